@@ -1,0 +1,153 @@
+"""DuckDB store: where the database lives, how to open it, schema migrations and named SQL.
+
+The database path is chosen as: the CLI's `--db`, then `$NQEXP_DB`, then
+`./nqexp_data/nqexp.duckdb` inside the current working directory (DEFAULT_DB).
+
+Every connection runs with `TimeZone='UTC'` (so tz-aware inputs are never shifted by the
+session zone; STACK_NOTES §6.7), an explicit `memory_limit` and `threads` (so one heavy
+query cannot take the whole machine), and a temp directory next to the database instead
+of `./.tmp`.
+
+Schema changes are numbered files in `sql/schema/` (001_*.sql, 002_*.sql, ...). They are
+applied once, in order, each in its own transaction, and recorded in `_migrations`.
+A merged migration is never edited; changes go into a new file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from nqexp.errors import DatabaseError, SqlError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = Path("nqexp_data") / "nqexp.duckdb"
+MEMORY_LIMIT = os.environ.get("NQEXP_DUCKDB_MEMORY", "6GB")
+THREADS = int(os.environ.get("NQEXP_DUCKDB_THREADS", str(min(os.cpu_count() or 2, 8))))
+
+
+def sql_root() -> Path:
+    """The folder holding `schema/` and `features/`.
+
+    Installed packages carry it as the package data `nqexp.sql` (pyproject maps the
+    top-level sql/ folder there); a plain source checkout falls back to ./sql.
+    """
+    try:
+        root = Path(str(resources.files("nqexp.sql")))
+        if (root / "schema").is_dir():
+            return root
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+def resolve_db_path(db: str | os.PathLike | None = None) -> str:
+    """`--db` if given, else $NQEXP_DB, else DEFAULT_DB (relative to the cwd). ':memory:' passes through."""
+    chosen = db or os.environ.get("NQEXP_DB") or DEFAULT_DB
+    if str(chosen) == ":memory:":
+        return ":memory:"
+    return str(Path(chosen).expanduser().absolute())
+
+
+def connect(db: str | os.PathLike | None = None, *, read_only: bool = False, migrate: bool = True):
+    """Open the DuckDB database (creating its folder), configure it and apply pending migrations.
+
+    Raises DatabaseError with a readable message when the file is locked by another
+    process or is not a DuckDB database.
+    """
+    path = resolve_db_path(db)
+    if path != ":memory:":
+        if read_only and not Path(path).exists():
+            raise DatabaseError(f"database {path} does not exist; create it with `nqexp data demo` or `nqexp data import`")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    config = {"memory_limit": MEMORY_LIMIT, "threads": THREADS}
+    if path != ":memory:":
+        config["temp_directory"] = path + ".tmp"
+    try:
+        con = duckdb.connect(path, read_only=read_only, config=config)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            holder = re.search(r"PID (\d+)", text)
+            who = f" (held by process {holder.group(1)})" if holder else ""
+            raise DatabaseError(
+                f"database {path} is locked by another process{who}; wait for it to finish "
+                "or point --db / NQEXP_DB at another file"
+            ) from None
+        raise DatabaseError(f"cannot open database {path}: {text.splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
+    con.execute("set TimeZone = 'UTC'")
+    if migrate and not read_only:
+        apply_migrations(con)
+    return con
+
+
+def migration_files() -> list[Path]:
+    files = sorted((sql_root() / "schema").glob("[0-9][0-9][0-9]_*.sql"))
+    numbers = [f.name[:3] for f in files]
+    if len(set(numbers)) != len(numbers):
+        raise SqlError(f"two schema migrations share a number: {[f.name for f in files]}")
+    return files
+
+
+def apply_migrations(con) -> list[str]:
+    """Apply every migration not yet recorded in `_migrations`, in order. Returns the names applied."""
+    con.execute(
+        "create table if not exists _migrations ("
+        " name varchar primary key, sha256 varchar not null, applied_at timestamp not null default now())"
+    )
+    done = {name: sha for name, sha in con.execute("select name, sha256 from _migrations").fetchall()}
+    applied = []
+    for path in migration_files():
+        text = path.read_text()
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        if path.name in done:
+            if done[path.name] != sha:
+                # Editing a merged migration would silently diverge existing databases.
+                log.warning("migration %s changed after it was applied; schema changes belong in a new file", path.name)
+            continue
+        con.execute("begin transaction")
+        try:
+            con.execute(text)
+            con.execute("insert into _migrations (name, sha256) values (?, ?)", [path.name, sha])
+            con.execute("commit")
+        except duckdb.Error as exc:
+            con.execute("rollback")
+            raise SqlError(f"schema migration {path.name} failed: {exc}") from None
+        applied.append(path.name)
+        log.info("applied migration %s", path.name)
+    return applied
+
+
+def read_sql(name: str) -> str:
+    """Text of `sql/<name>.sql` (name may include a subfolder, e.g. 'features/returns')."""
+    path = sql_root() / f"{name}.sql"
+    if not path.is_file():
+        raise SqlError(f"no SQL file {path}")
+    return path.read_text()
+
+
+def run_sql(con, name: str, **params: Any):
+    """Run a named SQL file with DuckDB named parameters ($start, $end, ...). Values are never formatted into SQL."""
+    text = read_sql(name)
+    try:
+        return con.execute(text, params) if params else con.execute(text)
+    except duckdb.Error as exc:
+        raise SqlError(f"sql/{name}.sql failed: {str(exc).splitlines()[0]}") from None
+
+
+def table_exists(con, name: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from information_schema.tables where table_name = ?", [name]
+        ).fetchall()[0][0]
+    )
