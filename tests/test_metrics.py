@@ -209,3 +209,34 @@ def test_tail_accuracy_uses_only_the_largest_moves_each_way():
 def test_rmse_and_mae_by_hand():
     assert M.rmse([0.0, 0.0], [3.0, 4.0]) == pytest.approx(np.sqrt(12.5))
     assert M.mae([0.0, 0.0], [3.0, -4.0]) == pytest.approx(3.5)
+
+
+def test_daily_ic_equals_per_day_spearman_and_skips_constant_or_small_days():
+    rng = np.random.default_rng(8)
+    n = 3000
+    ts = pd.date_range("2024-01-02", periods=n, freq="5min").values
+    pred = np.round(rng.normal(size=n), 1)  # many ties
+    y = 0.2 * pred + rng.normal(size=n)
+    pred[:288] = 0.0  # the first session day is constant -> no IC
+    s = M.daily_ic(ts, pred, y, min_obs=10)
+    days = M.session_dates(ts)
+    expected = {}
+    for day in np.unique(days):
+        m = days == day
+        ic = M.spearman_ic(pred[m], y[m])
+        if m.sum() >= 10 and np.isfinite(ic):
+            expected[pd.Timestamp(day)] = ic
+    assert list(s.index) == list(expected), "days differ"
+    _close(s.to_numpy(), list(expected.values()), 1e-12, "vectorized daily IC vs per-day loop")
+    assert pd.Timestamp("2024-01-02") not in s.index
+
+
+@pytest.mark.parametrize("n,block", [(1000, 37), (1000, 1), (999, 1000), (512, 64)])
+def test_fast_correlation_bootstrap_equals_generic_bootstrap_of_pearson(n, block):
+    rng = np.random.default_rng(n + block)
+    a = rng.normal(size=n)
+    b = 0.3 * a + rng.normal(size=n)
+    fast = M.block_bootstrap_corr_ci(a, b, block=block, n_boot=200, seed=11)
+    slow = M.block_bootstrap_ci(np.column_stack([a, b]), lambda x: M.pearson(x[:, 0], x[:, 1]),
+                                block=block, n_boot=200, seed=11)
+    _close(fast, slow, 1e-12, f"prefix-sum bootstrap vs generic (n={n}, block={block})")
