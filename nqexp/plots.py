@@ -1,0 +1,228 @@
+"""Evaluation plots as PNG files (DESIGN §8): each function writes one figure and returns its path.
+
+matplotlib is imported inside the functions, and figures are built with `matplotlib.figure.Figure`
+(Agg canvas) rather than pyplot, so no global backend or figure state is touched and the
+functions are safe in headless Ray workers. Returns are drawn in basis points (1 bp = 1e-4
+log-return). Samples whose target is NaN are left out per horizon, as in evaluate.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nqexp import metrics as M
+
+BP = 1e4  # log-return -> basis points
+NY_TZ = "America/New_York"
+
+
+def _figure(nrows=1, ncols=1, figsize=(7.0, 4.5)):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _horizon_colors(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.05, 0.85, n)]
+
+
+def _valid(y_h, q_h):
+    return np.isfinite(y_h) & np.isfinite(q_h).all(axis=1)
+
+
+def _tau_index(taus, tau) -> int:
+    hit = np.nonzero(np.isclose(np.asarray(taus), tau))[0]
+    if not len(hit):
+        raise ValueError(f"quantile level {tau} is not among taus {list(taus)}")
+    return int(hit[0])
+
+
+def reliability_diagram(path: str | os.PathLike, y, q, taus, horizon_minutes: Sequence[int],
+                        title: str = "Reliability diagram") -> Path:
+    """Empirical coverage mean(y ≤ q_τ) against nominal τ, one line per horizon.
+
+    y: (N, H); q: (N, H, Q). Points on the diagonal are calibrated; below it the quantile is too low.
+    """
+    y, q, taus = np.asarray(y, float), np.asarray(q, float), np.asarray(taus, float)
+    fig, axes = _figure(figsize=(5.5, 5.0))
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="ideal")
+    for h, (minutes, color) in enumerate(zip(horizon_minutes, _horizon_colors(len(horizon_minutes)))):
+        ok = _valid(y[:, h], q[:, h])
+        if ok.any():
+            ax.plot(taus, M.coverage(y[ok, h], q[ok, h]), marker="o", color=color,
+                    label=f"{M.horizon_label(minutes)} (CE {M.calibration_error(y[ok, h], q[ok, h], taus):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal quantile level τ",
+           ylabel="empirical coverage  P(y ≤ q_τ)", title=title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, title="horizon (calib. error)", title_fontsize=8)
+    return _save(fig, path)
+
+
+def pit_histogram(path: str | os.PathLike, y, q, taus, horizon_minutes: Sequence[int],
+                  title: str = "PIT histogram", seed: int = 0) -> Path:
+    """PIT density per horizon, with bins at the quantile levels (exact for a calibrated forecast,
+    see metrics.pit_histogram); the dashed line at 1 is the uniform target. A U shape means
+    intervals too narrow, a hump means too wide, a slope means bias."""
+    y, q, taus = np.asarray(y, float), np.asarray(q, float), np.asarray(taus, float)
+    n_h = len(horizon_minutes)
+    ncols = min(n_h, 3)
+    nrows = -(-n_h // ncols)
+    fig, axes = _figure(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows))
+    edges = np.r_[0.0, taus, 1.0]
+    for h, minutes in enumerate(horizon_minutes):
+        ax = axes[h // ncols, h % ncols]
+        ok = _valid(y[:, h], q[:, h])
+        _, dens = M.pit_histogram(M.pit_values(y[ok, h], q[ok, h], taus, seed=seed), bins=edges)
+        ax.bar(edges[:-1], dens, width=np.diff(edges), align="edge", color="tab:blue",
+               edgecolor="white", alpha=0.8, label="model")
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="uniform")
+        ax.set(xlim=(0, 1), title=f"{M.horizon_label(minutes)}  (n={int(ok.sum())})", xlabel="PIT",
+               ylabel="density")
+        if h == 0:
+            ax.legend(fontsize=8)
+    for k in range(n_h, nrows * ncols):
+        axes[k // ncols, k % ncols].set_visible(False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def coverage_by_time_of_day(path: str | os.PathLike, ts, y, q, taus, horizon_minutes: Sequence[int],
+                            lo_tau: float = 0.1, hi_tau: float = 0.9,
+                            title: str = "Interval coverage by time of day") -> Path:
+    """Coverage of the [q_lo, q_hi] interval (80% by default) per New York hour of the forecast
+    origin, one line per horizon, hours in Globex session order (18:00 ET first)."""
+    y, q = np.asarray(y, float), np.asarray(q, float)
+    lo, hi = _tau_index(taus, lo_tau), _tau_index(taus, hi_tau)
+    idx = pd.DatetimeIndex(np.asarray(ts))
+    idx = (idx.tz_localize("UTC") if idx.tz is None else idx).tz_convert(NY_TZ)
+    hour = np.asarray(idx.hour)
+    order = [(18 + k) % 24 for k in range(24)]  # session starts 18:00 ET
+    fig, axes = _figure(figsize=(9.0, 4.5))
+    ax = axes[0, 0]
+    nominal = hi_tau - lo_tau
+    ax.axhline(nominal, color="k", linestyle="--", linewidth=1, label=f"nominal {nominal:.0%}")
+    for h, (minutes, color) in enumerate(zip(horizon_minutes, _horizon_colors(len(horizon_minutes)))):
+        ok = _valid(y[:, h], q[:, h])
+        inside = (y[:, h] >= q[:, h, lo]) & (y[:, h] <= q[:, h, hi])
+        frame = pd.DataFrame({"hour": hour[ok], "inside": inside[ok]})
+        cov = frame.groupby("hour")["inside"].mean().reindex(order)
+        ax.plot(np.arange(24), cov.to_numpy(), marker=".", color=color, label=M.horizon_label(minutes))
+    ax.set_xticks(np.arange(24), [f"{hr:02d}" for hr in order], fontsize=8)
+    ax.set(ylim=(0, 1.02), xlabel="hour of forecast origin (America/New_York, session order)",
+           ylabel=f"PICP{round(nominal * 100)}  share of y in [q{lo_tau:g}, q{hi_tau:g}]", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=3, loc="lower right")
+    return _save(fig, path)
+
+
+def fan_chart(path: str | os.PathLike, ts, y, q, taus, horizon_minutes: Sequence[int], horizon: int = 0,
+              start=None, days: float = 7.0, title: str | None = None) -> Path:
+    """Quantile fan over `days` of forecast origins from `start` (default: the first origin) for
+    one horizon index, with the realized forward return drawn on top. Bands join symmetric
+    quantile pairs (5–95, 10–90, 25–75); gaps longer than 30 minutes (maintenance break,
+    weekend) are left blank instead of being bridged."""
+    y, q, taus = np.asarray(y, float), np.asarray(q, float), np.asarray(taus, float)
+    t = pd.DatetimeIndex(np.asarray(ts))
+    t = (t.tz_localize("UTC") if t.tz is None else t).tz_convert(NY_TZ).tz_localize(None)
+    t0 = t[0] if start is None else pd.Timestamp(start)
+    sel = np.nonzero((t >= t0) & (t < t0 + pd.Timedelta(days=days)))[0]
+    if len(sel) == 0:
+        raise ValueError(f"no forecast origin between {t0} and {days} days later")
+    tt = t[sel].to_numpy()
+    yy = y[sel, horizon] * BP  # (n,)
+    qq = q[sel, horizon, :] * BP  # (n, Q)
+    # Insert a NaN row after each long gap so lines and bands break there.
+    gap = np.nonzero(np.diff(tt) > np.timedelta64(30, "m"))[0] + 1
+    tt = np.insert(tt, gap, tt[gap - 1] + np.timedelta64(1, "m"))
+    yy = np.insert(yy, gap, np.nan)
+    qq = np.insert(qq, gap, np.nan, axis=0)
+    fig, axes = _figure(figsize=(11.0, 4.5))
+    ax = axes[0, 0]
+    n_q = len(taus)
+    blues = ["#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]
+    for k in range(n_q // 2):
+        j = n_q - 1 - k
+        ax.fill_between(tt, qq[:, k], qq[:, j], color=blues[min(k, len(blues) - 1)], linewidth=0,
+                        label=f"{taus[k]:g}–{taus[j]:g}")
+    med = _tau_index(taus, 0.5) if np.isclose(taus, 0.5).any() else None
+    if med is not None:
+        ax.plot(tt, qq[:, med], color="#08306b", linewidth=1.0, label="median")
+    ax.plot(tt, yy, color="tab:red", linewidth=0.7, marker=".", markersize=2, label="realized")
+    label = M.horizon_label(horizon_minutes[horizon])
+    ax.set(xlabel="forecast origin (America/New_York)", ylabel=f"{label} forward log-return (bp)",
+           title=title or f"Quantile fan chart, {label} horizon, {days:g} days from {t0:%Y-%m-%d}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=6, loc="upper right")
+    fig.autofmt_xdate()
+    return _save(fig, path)
+
+
+def crps_by_horizon(path: str | os.PathLike, table: pd.DataFrame, split: str,
+                    title: str | None = None) -> Path:
+    """Grouped bars of CRPS per horizon for the model and each baseline, from the long metrics
+    table of evaluate.evaluate_split_table, with the model's skill vs climatology written above."""
+    part = table[(table["split"] == split) & (table["metric"] == "crps") & (table["horizon"] != "all")]
+    if part.empty:
+        raise ValueError(f"no crps rows for split {split!r} in the metrics table")
+    wide = part.pivot_table(index="horizon", columns="source", values="value", sort=False)
+    labels = list(dict.fromkeys(part["horizon"]))  # horizon order of the table
+    wide = wide.reindex(labels)
+    sources = ["model"] + sorted(c for c in wide.columns if c != "model")
+    colors = {"model": "tab:blue", "climatology": "0.6", "volscaled": "tab:orange"}
+    fig, axes = _figure(figsize=(7.5, 4.5))
+    ax = axes[0, 0]
+    x = np.arange(len(labels))
+    width = 0.8 / len(sources)
+    for k, source in enumerate(sources):
+        if source in wide:
+            ax.bar(x + (k - (len(sources) - 1) / 2) * width, wide[source].to_numpy() * BP, width,
+                   label=source, color=colors.get(source))
+    skill = table[(table["split"] == split) & (table["metric"] == "crpss_climatology")
+                  & (table["source"] == "model")].set_index("horizon")["value"]
+    if "model" in wide:
+        for i, label in enumerate(labels):
+            if label in skill.index and np.isfinite(skill[label]):
+                top = np.nanmax(wide.loc[label].to_numpy()) * BP
+                ax.annotate(f"{skill[label]:+.1%}", (x[i], top), ha="center", va="bottom", fontsize=8,
+                            xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, labels)
+    ax.set(xlabel="horizon", ylabel="CRPS (bp, lower is better)",
+           title=title or f"CRPS by horizon ({split}); labels: model skill vs climatology")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_all(out_dir: str | os.PathLike, split: str, ts, y, q, taus, horizon_minutes: Sequence[int],
+             table: pd.DataFrame) -> Mapping[str, Path]:
+    """Write the five evaluation figures of one split into out_dir as `{split}_{name}.png`."""
+    out = Path(out_dir)
+    return {
+        "reliability": reliability_diagram(out / f"{split}_reliability.png", y, q, taus, horizon_minutes,
+                                           title=f"Reliability diagram ({split})"),
+        "pit": pit_histogram(out / f"{split}_pit.png", y, q, taus, horizon_minutes,
+                             title=f"PIT histogram ({split})"),
+        "coverage_tod": coverage_by_time_of_day(out / f"{split}_coverage_by_hour.png", ts, y, q, taus,
+                                                horizon_minutes, title=f"80% interval coverage by hour ({split})"),
+        "fan": fan_chart(out / f"{split}_fan.png", ts, y, q, taus, horizon_minutes),
+        "crps": crps_by_horizon(out / f"{split}_crps_by_horizon.png", table, split),
+    }

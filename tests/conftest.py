@@ -1,0 +1,83 @@
+"""Shared fixtures and markers.
+
+Markers (pyproject registers them; --strict-markers is on):
+  slow      opt-in with --run-slow (long benchmarks-as-tests, big data)
+  gpu       needs CUDA; skips itself without it
+  realdata  reads ../shared/data (real vendor fixtures); skips when that folder is absent,
+            because a user's clone doesn't have it
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NQEXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Tests never talk to W&B servers or create Ray auth tokens noisily.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_slow = pytest.mark.skip(reason="slow: opt in with --run-slow")
+    skip_real = pytest.mark.skip(reason=f"realdata: {SHARED_DATA} is absent")
+    has_cuda = None
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "realdata" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(skip_real)
+        if "gpu" in item.keywords:
+            if has_cuda is None:
+                try:
+                    import torch
+
+                    has_cuda = torch.cuda.is_available()
+                except ImportError:
+                    has_cuda = False
+            if not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (real vendor fixtures). Use with @pytest.mark.realdata."""
+    return SHARED_DATA
+
+
+@pytest.fixture
+def con():
+    """A fresh in-memory DuckDB with every migration applied (about 10 ms)."""
+    from nqexp import db
+
+    connection = db.connect(":memory:")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def demo_small():
+    """30 days of demo bars (seed 0), generated once per session."""
+    from nqexp import demo
+
+    return demo.generate(days=30, seed=0)
+
+
+@pytest.fixture
+def demo_con(con, demo_small):
+    """`con` seeded with the 30-day demo series NQ.demo and its ground truth."""
+    from nqexp import ingest
+
+    ingest.write_demo(con, demo_small)
+    return con

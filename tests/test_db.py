@@ -1,0 +1,72 @@
+"""db.py: where the database lives, migrations applied once and in order, readable lock errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nqexp import db
+from nqexp.errors import DatabaseError
+
+
+def test_migrations_are_recorded_and_applied_once(tmp_path):
+    path = tmp_path / "x.duckdb"
+    con = db.connect(path)
+    names = [r[0] for r in con.execute("select name from _migrations order by name").fetchall()]
+    assert names == [f.name for f in db.migration_files()]
+    assert db.apply_migrations(con) == []  # nothing left to apply
+    con.close()
+    con = db.connect(path)  # reopening applies nothing twice (a second CREATE would fail)
+    assert con.execute("select count(*) from _migrations").fetchall()[0][0] == len(names)
+
+
+def test_connections_run_in_utc_with_explicit_limits(con):
+    assert con.execute("select current_setting('TimeZone')").fetchall()[0][0] == "UTC"
+    threads = con.execute("select current_setting('threads')").fetchall()[0][0]
+    assert int(threads) == db.THREADS
+
+
+def test_db_path_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("NQEXP_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert db.resolve_db_path() == str(tmp_path / "nqexp_data" / "nqexp.duckdb")
+    monkeypatch.setenv("NQEXP_DB", str(tmp_path / "env.duckdb"))
+    assert db.resolve_db_path() == str(tmp_path / "env.duckdb")
+    assert db.resolve_db_path(tmp_path / "flag.duckdb") == str(tmp_path / "flag.duckdb")
+
+
+def test_sql_files_ship_with_the_package():
+    root = db.sql_root()
+    assert (root / "schema" / "001_raw_bars.sql").is_file()
+
+
+def test_a_database_locked_by_another_process_gives_a_readable_error(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    db.connect(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(path)!r})
+            print("ready", flush=True)
+            time.sleep(30)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DatabaseError) as err:
+            db.connect(path)
+        assert "locked by another process" in str(err.value) and str(path) in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    path = tmp_path / "junk.duckdb"
+    path.write_bytes(b"this is not duckdb" * 1000)
+    with pytest.raises(DatabaseError, match="cannot open database"):
+        db.connect(path)

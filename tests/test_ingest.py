@@ -1,0 +1,263 @@
+"""ingest.py: validated, idempotent imports where nothing a user gave is silently dropped."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nqexp import ingest
+from nqexp.errors import DataError
+
+GOOD_ROWS = [
+    "2024-03-04 09:30:00,18000.00,18001.00,17999.00,18000.50,10",
+    "2024-03-04 09:31:00,18000.50,18002.00,18000.00,18001.75,12",
+    "2024-03-04 09:32:00,18001.75,18003.25,18001.50,18002.00,7",
+]
+
+
+def write(tmp_path, name, lines):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def table_counts(con):
+    return {t: con.execute(f"select count(*) from {t}").fetchall()[0][0]
+            for t in ("raw_bars", "rejected_bars", "imports")}
+
+
+def test_reimporting_the_same_file_changes_nothing(con, tmp_path):
+    path = write(tmp_path, "bars.csv", GOOD_ROWS)
+    first = ingest.import_file(con, path, tz="America/New_York")
+    before = con.execute("select * from raw_bars order by ts").fetchall()
+    second = ingest.import_file(con, path, tz="America/New_York")
+    after = con.execute("select * from raw_bars order by ts").fetchall()
+    assert (first.new, first.unchanged) == (3, 0)
+    assert (second.new, second.unchanged, second.changed) == (0, 3, 0)
+    assert second.summary().startswith("0 new, 3 unchanged")
+    assert before == after  # including ingested_at: unchanged rows are not rewritten
+
+
+def test_a_vendor_correction_updates_the_row_and_is_counted(con, tmp_path):
+    ingest.import_file(con, write(tmp_path, "a.csv", GOOD_ROWS), tz="UTC")
+    fixed = GOOD_ROWS[:2] + ["2024-03-04 09:32:00,18001.75,18003.25,18001.50,18003.00,9"]
+    report = ingest.import_file(con, write(tmp_path, "a.csv", fixed), tz="UTC")
+    assert (report.new, report.unchanged, report.changed) == (0, 2, 1)
+    assert con.execute("select close, volume from raw_bars where ts = '2024-03-04 09:32:00'").fetchall() == [(18003.0, 9)]
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ("2024-03-04 09:33:00,,18003.00,18001.00,18002.00,5", "missing or NaN open"),
+        ("2024-03-04 09:33:00,18002.00,NaN,18001.00,18002.00,5", "missing or NaN high"),
+        ("2024-03-04 09:33:00,18002.00,18003.00,18001.00,18002.00,", "missing or NaN volume"),
+        ("2024-03-04 09:33:00,0,18003.00,18001.00,18002.00,5", "non-positive price"),
+        ("2024-03-04 09:33:00,18002.00,18003.00,-1,18002.00,5", "non-positive price"),
+        ("2024-03-04 09:33:00,18002.00,18000.00,18001.00,18000.50,5", "high < low"),
+        ("2024-03-04 09:33:00,18005.00,18003.00,18001.00,18002.00,5", "open outside [low, high]"),
+        ("2024-03-04 09:33:00,18002.00,18003.00,18001.00,18000.00,5", "close outside [low, high]"),
+        ("2024-03-04 09:33:00,18002.00,18003.00,18001.00,18002.00,-3", "negative volume"),
+        ("2024-03-04 09:31:00,18000.50,18002.00,18000.00,18001.75,12", "duplicate timestamp (row 2 kept)"),
+    ],
+)
+def test_each_bad_row_is_rejected_with_its_reason_and_kept(con, tmp_path, row, reason):
+    path = write(tmp_path, "bad.csv", GOOD_ROWS + [row])
+    report = ingest.import_file(con, path, tz="UTC")
+    assert (report.new, report.rejected) == (3, 1)
+    rejects = con.execute("select source, row_number, reason, raw from rejected_bars").fetchall()
+    assert len(rejects) == 1
+    source, row_number, got_reason, raw = rejects[0]
+    assert source == str(path) and row_number == 4 and got_reason == reason
+    assert raw is not None and "2024-03-04 09:3" in raw  # the row as read, for the user to inspect
+
+
+def test_rejects_are_not_duplicated_by_a_second_import(con, tmp_path):
+    path = write(tmp_path, "bad.csv", GOOD_ROWS + ["2024-03-04 09:33:00,18002,18000,18001,18000.5,5"])
+    ingest.import_file(con, path, tz="UTC")
+    ingest.import_file(con, path, tz="UTC")
+    assert table_counts(con)["rejected_bars"] == 1
+
+
+def test_all_rows_high_below_low_are_all_kept_as_rejects(con, tmp_path):
+    rows = [f"2024-03-04 10:{m:02d}:00,100.0,99.0,101.0,100.0,5" for m in range(20)]
+    report = ingest.import_file(con, write(tmp_path, "inverted.csv", rows), tz="UTC")
+    assert (report.new, report.rejected) == (0, 20)
+    assert report.reasons == {"high < low": 20}
+    assert table_counts(con)["raw_bars"] == 0
+    assert table_counts(con)["rejected_bars"] == 20
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "the file is empty"),
+        (b"\x00\x01\x02garbage\xff\xfe" * 50, "binary data"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "unknown file format"),
+        (b"timestamp,open,high,low,close,volume\n", "header but no data rows"),
+        (b"when,o,h,l,c\n2024-03-04 09:30:00,1,2,0.5,1.5\n", "missing required column(s) ['ts', 'volume']"),
+        (b"2024-03-04 09:30:00,1,2,0.5,1.5,3\nnot-a-time,1,2,0.5,1.5,3\n", "unparseable timestamp 'not-a-time' on data row 2"),
+        (b"2024-03-04 09:30:00,1,2\n", "3 columns, expected 6"),
+    ],
+)
+def test_unreadable_files_fail_whole_with_one_message_and_write_nothing(con, tmp_path, content, message):
+    ingest.import_file(con, write(tmp_path, "ok.csv", GOOD_ROWS), tz="UTC")
+    before = table_counts(con)
+    path = tmp_path / ("hostile.csv" if not content.startswith(b"\x89PNG") else "hostile.bin")
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        ingest.import_file(con, path, tz="UTC")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert table_counts(con) == before
+
+
+def test_a_missing_path_is_a_clear_error(con, tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        ingest.import_file(con, tmp_path / "nope.csv", tz="UTC")
+
+
+def test_naive_timestamps_without_tz_are_refused(con, tmp_path):
+    with pytest.raises(DataError, match="--tz"):
+        ingest.import_file(con, write(tmp_path, "naive.csv", GOOD_ROWS))
+    assert table_counts(con)["raw_bars"] == 0
+
+
+def test_eastern_naive_times_land_on_the_right_utc_instants_across_dst(con, tmp_path):
+    # 2024-03-10 02:00 ET does not exist (spring forward); 2024-11-03 01:30 ET happens twice.
+    rows = [
+        "2024-03-08 16:59:00,1,1,1,1,1",   # EST: UTC-5
+        "2024-03-10 01:59:00,1,1,1,1,1",   # still EST
+        "2024-03-10 02:30:00,1,1,1,1,1",   # nonexistent local time: rejected, not guessed
+        "2024-03-10 03:00:00,1,1,1,1,1",   # EDT: UTC-4
+        "2024-11-03 01:30:00,1,1,1,1,1",   # first (EDT) occurrence
+        "2024-11-03 01:30:00,1,1,1,1,1",   # second (EST) occurrence, inferred from file order
+        "2024-11-03 02:00:00,1,1,1,1,1",   # EST
+    ]
+    report = ingest.import_file(con, write(tmp_path, "dst.csv", rows), tz="America/New_York")
+    got = [r[0] for r in con.execute("select ts from raw_bars order by ts").fetchall()]
+    assert got == [
+        dt.datetime(2024, 3, 8, 21, 59), dt.datetime(2024, 3, 10, 6, 59), dt.datetime(2024, 3, 10, 7, 0),
+        dt.datetime(2024, 11, 3, 5, 30), dt.datetime(2024, 11, 3, 6, 30), dt.datetime(2024, 11, 3, 7, 0),
+    ]
+    assert report.reasons == {"nonexistent local time (DST gap)": 1}
+
+
+def test_end_stamped_bars_are_moved_to_their_start(con, tmp_path):
+    ingest.import_file(con, write(tmp_path, "end.csv", GOOD_ROWS), tz="UTC", ts_is="end")
+    first = con.execute("select min(ts) from raw_bars").fetchall()[0][0]
+    assert first == dt.datetime(2024, 3, 4, 9, 29)
+
+
+def test_header_columns_are_matched_by_name_and_by_mapping(con, tmp_path):
+    by_name = write(tmp_path, "named.csv", ["Volume,Close,Low,High,Open,Timestamp"] + [
+        ",".join(np.array(r.split(","))[[5, 4, 3, 2, 1, 0]]) for r in GOOD_ROWS])
+    assert ingest.import_file(con, by_name, tz="UTC", symbol="A").new == 3
+    mapped = write(tmp_path, "mapped.csv", ["when,o,h,l,c,qty"] + GOOD_ROWS)
+    report = ingest.import_file(con, mapped, tz="UTC", symbol="B", columns="ts=when,open=o,high=h,low=l,close=c,volume=qty")
+    assert report.new == 3
+    a = con.execute("select ts, open, high, low, close, volume from raw_bars where symbol='A' order by ts").fetchall()
+    b = con.execute("select ts, open, high, low, close, volume from raw_bars where symbol='B' order by ts").fetchall()
+    assert a == b
+
+
+def test_bad_column_spec_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown fields"):
+        ingest.parse_columns("ts=a,price=b")
+    with pytest.raises(DataError, match="lacks"):
+        ingest.parse_columns("ts,open,high")
+
+
+def test_parquet_with_tz_aware_timestamps_needs_no_tz(con, tmp_path):
+    df = pd.DataFrame({
+        "timestamp": pd.date_range("2024-03-04 14:30", periods=3, freq="min", tz="UTC"),
+        "open": [1.0, 1.0, 1.0], "high": [2.0, 2.0, 2.0], "low": [0.5, 0.5, 0.5],
+        "close": [1.5, 1.5, 1.5], "volume": [3, 4, 5],
+    })
+    path = tmp_path / "bars.parquet"
+    df.to_parquet(path)
+    report = ingest.import_file(con, path)
+    assert (report.format, report.new) == ("parquet", 3)
+    assert con.execute("select min(ts) from raw_bars").fetchall()[0][0] == dt.datetime(2024, 3, 4, 14, 30)
+
+
+@pytest.mark.realdata
+def test_firstrate_sample_imports_14714_rows_without_rejects_then_adds_nothing(con, shared_data):
+    path = shared_data / "firstrate-nq-2023" / "NQ_1min_sample.csv"
+    first = ingest.import_file(con, path, tz="America/New_York")
+    second = ingest.import_file(con, path, tz="America/New_York")
+    assert (first.new, first.rejected) == (14714, 0)
+    assert (second.new, second.unchanged) == (0, 14714)
+    lo, hi = con.execute("select min(ts), max(ts) from raw_bars").fetchall()[0]
+    # 2023-11-19 18:00 EST is 23:00 UTC; 2023-12-04 16:59 EST is 21:59 UTC.
+    assert (lo, hi) == (dt.datetime(2023, 11, 19, 23, 0), dt.datetime(2023, 12, 4, 21, 59))
+    prices = np.array(con.execute("select open, high, low, close from raw_bars").fetchall())
+    assert np.abs(4 * prices - np.round(4 * prices)).max() < 1e-6  # every price on the 0.25 tick
+
+
+@pytest.mark.realdata
+def test_databento_dbn_fixture_decodes_through_the_user_path(con, shared_data):
+    report = ingest.import_file(con, shared_data / "databento-test" / "test_data.ohlcv-1m.dbn.zst")
+    assert (report.format, report.new, report.symbols) == ("dbn", 4, ["ESH1"])
+    rows = con.execute("select ts, open, close, instrument_id, contract from raw_bars order by ts").fetchall()
+    assert rows[0][0] == dt.datetime(2020, 12, 28, 0, 0)
+    assert all(r[3] == 5482 and r[4] == "ESH1" for r in rows)
+    # Prices come back as floats in index points (not 1e-9 units), on the 0.25 tick.
+    assert 3000 < rows[0][1] < 5000
+    assert all(abs(4 * r[1] - round(4 * r[1])) < 1e-6 for r in rows)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["test_data.trades.dbn.zst", "test_data.definition.dbn.zst"])
+def test_dbn_files_of_other_schemas_are_refused(con, shared_data, name):
+    with pytest.raises(DataError, match="nqexp imports ohlcv-1m bars"):
+        ingest.import_file(con, shared_data / "databento-test" / name)
+    assert table_counts(con)["raw_bars"] == 0
+
+
+@pytest.mark.realdata
+def test_lean_zip_imports_each_contract_as_its_own_series(con, shared_data):
+    report = ingest.import_file(con, shared_data / "lean-es" / "minute" / "20131218_trade.zip")
+    assert report.rejected == 0
+    assert {"ESZ13", "ESH14"} <= set(report.symbols)
+    vols = dict(con.execute("select symbol, sum(volume) from raw_bars group by 1").fetchall())
+    assert vols["ESH14"] > vols["ESZ13"]  # the day the roll happened: ESH14 already dominates
+
+
+def test_dbn_written_with_the_databento_encoder_keeps_instrument_ids(con, tmp_path):
+    dbn = pytest.importorskip("databento_dbn")
+    from dataclasses import dataclass
+
+    @dataclass
+    class Interval:
+        start_date: dt.date
+        end_date: dt.date
+        symbol: str
+
+    @dataclass
+    class Mapping:
+        raw_symbol: str
+        intervals: list
+
+    meta = dbn.Metadata(
+        dataset="GLBX.MDP3", start=pd.Timestamp("2025-03-10", tz="UTC").value,
+        end=pd.Timestamp("2025-03-13", tz="UTC").value, stype_in=dbn.SType.CONTINUOUS,
+        stype_out=dbn.SType.INSTRUMENT_ID, schema=dbn.Schema.OHLCV_1M, symbols=["NQ.v.0"], partial=[], not_found=[],
+        mappings=[Mapping("NQ.v.0", [Interval(dt.date(2025, 3, 10), dt.date(2025, 3, 12), "1001"),
+                                     Interval(dt.date(2025, 3, 12), dt.date(2025, 3, 13), "2002")])],
+    )
+    px = lambda x: int(round(x * dbn.FIXED_PRICE_SCALE))  # noqa: E731
+    recs = []
+    for day, iid, price in ((10, 1001, 20000.25), (11, 1001, 20010.0), (12, 2002, 20330.5)):
+        ts = pd.Timestamp(f"2025-03-{day} 14:30", tz="UTC").value
+        recs.append(dbn.OHLCVMsg(dbn.RType.OHLCV_1M, 1, iid, ts, px(price), px(price + 1), px(price - 1), px(price), 100))
+    path = tmp_path / "nq.dbn"
+    path.write_bytes(bytes(meta) + b"".join(bytes(r) for r in recs))
+    report = ingest.import_file(con, path)
+    assert report.symbols == ["NQ.v.0"] and report.new == 3
+    ids = [r[0] for r in con.execute("select instrument_id from raw_bars order by ts").fetchall()]
+    assert ids == [1001, 1001, 2002]
+    assert con.execute("select count(*) from raw_bars where contract is null").fetchall()[0][0] == 3
