@@ -158,20 +158,24 @@ def fan_chart(path: str | os.PathLike, ts, y, q, taus, horizon_minutes: Sequence
     fig, axes = _figure(figsize=(11.0, 4.5))
     ax = axes[0, 0]
     n_q = len(taus)
-    blues = ["#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]
+    blues = ["#9ecae1", "#6baed6", "#3182bd", "#08519c"]  # outer band lightest
     for k in range(n_q // 2):
         j = n_q - 1 - k
         ax.fill_between(tt, qq[:, k], qq[:, j], color=blues[min(k, len(blues) - 1)], linewidth=0,
                         label=f"{taus[k]:g}–{taus[j]:g}")
-    med = _tau_index(taus, 0.5) if np.isclose(taus, 0.5).any() else None
-    if med is not None:
-        ax.plot(tt, qq[:, med], color="#08306b", linewidth=1.0, label="median")
-    ax.plot(tt, yy, color="tab:red", linewidth=0.7, marker=".", markersize=2, label="realized")
+    if np.isclose(taus, 0.5).any():
+        ax.plot(tt, qq[:, _tau_index(taus, 0.5)], color="#08306b", linewidth=0.6, label="median")
+    # Realized returns as dots (a line through thousands of bars hides the fan); the ones outside
+    # the outer band are drawn in red so misses stand out.
+    outside = (yy < qq[:, 0]) | (yy > qq[:, -1])
+    ax.scatter(tt[~outside], yy[~outside], s=2, color="k", linewidths=0, label="realized", zorder=3)
+    ax.scatter(tt[outside], yy[outside], s=4, color="tab:red", linewidths=0, zorder=3,
+               label=f"realized outside {taus[0]:g}–{taus[-1]:g}")
     label = M.horizon_label(horizon_minutes[horizon])
     ax.set(xlabel="forecast origin (America/New_York)", ylabel=f"{label} forward log-return (bp)",
            title=title or f"Quantile fan chart, {label} horizon, {days:g} days from {t0:%Y-%m-%d}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=6, loc="upper right")
+    ax.legend(fontsize=8, ncols=3, loc="upper right", markerscale=3)
     fig.autofmt_xdate()
     return _save(fig, path)
 
