@@ -1,8 +1,41 @@
-"""Training: train(config, data, tracker) -> TrainResult. Knows nothing of Ray, click or YAML."""
+"""Training: `train(model_cfg, train_cfg, data, tracker, run_dir) -> TrainResult`.
+
+Knows nothing of Ray, click or YAML: the CLI and the Tune trainable both call this function
+with arrays that windows.py built, and a Tracker (track.py) that receives every metric.
+
+What it does (DESIGN §7):
+- pinball loss over the quantiles in the O(1) space y / scale with horizon weights (MSE for the
+  point head), computed in fp32 by `model.model_loss`;
+- AdamW, linear warmup, then cosine with warm restarts (`lr_factor`, a pure function of the
+  optimizer step, so resuming needs only the step);
+- gradient clipping, gradient accumulation, bf16 autocast on CUDA and fp32 on CPU;
+- evaluation of val CRPS (original return scale) after every epoch, early stopping on it, and
+  the best `keep_checkpoints` checkpoints kept on disk;
+- atomic checkpoints (write to a temporary file, then rename) holding model, optimizer, RNG
+  states, epoch, step and early-stopping state, written at every epoch end and every
+  `checkpoint_every` optimizer steps.
+
+Exact resume: batches come in an order that depends only on (seed, epoch), and the checkpoint
+holds the torch/numpy RNG states and the micro-batch position inside the epoch. A resumed run
+skips the micro-batches it already did and continues with identical state, so a run killed with
+SIGKILL and resumed ends with the same metrics as one that never stopped (tested with a real kill).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,9 +57,285 @@ class TrainConfig:
     steps_per_epoch: int | None = None     # cap on optimizer steps per epoch (None: one pass over train)
     patience: int = 10                     # early stopping: epochs without a val CRPS improvement
     keep_checkpoints: int = 3              # best-k checkpoints kept on disk
+    checkpoint_every: int = 0              # also checkpoint every N optimizer steps mid-epoch (0: epoch ends only)
     horizon_weighting: str = "log"         # "log": w_h ∝ 1/ln(h+1) (seed 000); "uniform"
     crossing_penalty: float = 0.1          # only applied when the head can cross (ours cannot)
     amp: str = "auto"                      # "auto": bf16 autocast on CUDA, fp32 on CPU; "off"
     time_budget_s: float | None = None     # stop after this much training wall time (CPU budgets)
     num_threads: int | None = None         # torch intra-op threads (None: leave as the runner set it)
     eval_batch_size: int = 512             # samples per batch when scoring val/test
+    max_eval_samples: int | None = None    # score val on an evenly spaced subset during training (None: all)
+
+    def __post_init__(self):
+        from nqexp.errors import SpecError
+
+        checks = [
+            (self.lr > 0, f"train.lr ({self.lr}) must be > 0"),
+            (self.batch_size >= 1, f"train.batch_size ({self.batch_size}) must be >= 1"),
+            (self.grad_accum >= 1, f"train.grad_accum ({self.grad_accum}) must be >= 1"),
+            (self.max_epochs >= 1, f"train.max_epochs ({self.max_epochs}) must be >= 1"),
+            (self.keep_checkpoints >= 1, f"train.keep_checkpoints ({self.keep_checkpoints}) must be >= 1"),
+            (self.horizon_weighting in ("log", "uniform"),
+             f"train.horizon_weighting ({self.horizon_weighting!r}) must be 'log' or 'uniform'"),
+            (self.amp in ("auto", "off"), f"train.amp ({self.amp!r}) must be 'auto' or 'off'"),
+            (self.lr_min < self.lr, f"train.lr_min ({self.lr_min}) must be below train.lr ({self.lr})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SpecError(message)
+
+
+class Batches(Protocol):
+    """One split of windowed samples, as windows.py provides them."""
+
+    n: int                  # number of samples
+    y: np.ndarray           # (n, H) targets, original scale
+    scale: np.ndarray       # (n, H) causal volatility, > 0
+    ts: np.ndarray          # (n,) datetime64 of each sample's last bar
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int,
+                subset: np.ndarray | None = None) -> Iterator[tuple]:
+        """Yields (x, mask, temporal, y, scale) torch tensors; the order depends only on seed."""
+
+
+class Tracker(Protocol):
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_crps: float
+    epochs: int
+    steps: int
+    stopped: str                            # "max_epochs" | "early_stopping" | "time_budget"
+    train_seconds: float                    # wall time inside the training loop (excl. final scoring)
+    checkpoint: str                         # path of the best checkpoint
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of cfg.lr at optimizer step `step`: linear warmup, then cosine warm restarts."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = step - cfg.warmup_steps
+    period = max(1, cfg.restart_epochs * steps_per_epoch)
+    while t >= period:                      # SGDR: T_i = T_0 * T_mult^i
+        t -= period
+        period *= max(1, cfg.restart_mult)
+    floor = cfg.lr_min / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / period))
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Scored:
+    """Model quantiles for one split, in the original return scale."""
+
+    q: np.ndarray   # (n, H, Q)
+    y: np.ndarray   # (n, H)
+    ts: np.ndarray  # (n,)
+
+
+def predict(model, data: Batches, batch_size: int, device, subset: np.ndarray | None = None) -> Scored:
+    """Quantiles for every sample of a split (or `subset` of its indices), in sample order."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for x, mask, temporal, _y, scale in data.batches(batch_size, shuffle=False, seed=0, subset=subset):
+            fc = model(x.to(device), mask.to(device), temporal.to(device), scale.to(device))
+            out.append(fc.q.float().cpu().numpy())              # (b, H, Q)
+    idx = np.arange(data.n) if subset is None else subset
+    return Scored(q=np.concatenate(out, axis=0), y=data.y[idx], ts=data.ts[idx])
+
+
+def crps_by_horizon(scored: Scored, taus) -> np.ndarray:
+    """Mean CRPS per horizon over samples with a finite target: (H,)."""
+    from nqexp.metrics import crps_quantile
+
+    H = scored.y.shape[1]
+    out = np.empty(H)
+    for h in range(H):
+        ok = np.isfinite(scored.y[:, h])
+        out[h] = crps_quantile(scored.y[ok, h], scored.q[ok, h, :], taus).mean()
+    return out
+
+
+def train(model_cfg, cfg: TrainConfig, data: Mapping[str, Batches], tracker: Tracker, run_dir,
+          *, seed: int = 0, horizon_minutes=(15, 30, 60, 120, 240), device: str | None = None,
+          resume: bool = True, on_epoch=None) -> TrainResult:
+    """Train on data['train'], early-stop on data['val'] CRPS; checkpoints go to run_dir.
+
+    Resumes from run_dir/latest.pt when it exists (and `resume`). `on_epoch(epoch, metrics)` is
+    called after each epoch (the Tune trainable reports from there).
+    """
+    import torch
+
+    from nqexp.metrics import horizon_label
+    from nqexp.model import build_model, model_loss
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    use_bf16 = cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    seed_everything(seed)
+
+    model = build_model(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.beta1, cfg.beta2))
+    train_data, val_data = data["train"], data["val"]
+    micro_per_epoch = math.ceil(train_data.n / cfg.batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
+    if cfg.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    micro_per_epoch = steps_per_epoch * cfg.grad_accum
+    val_subset = None
+    if cfg.max_eval_samples and val_data.n > cfg.max_eval_samples:
+        val_subset = np.linspace(0, val_data.n - 1, cfg.max_eval_samples).round().astype(np.int64)
+    taus = tuple(model_cfg.quantiles) if model_cfg.head == "quantile" else (0.5,)
+    labels = [horizon_label(m) for m in horizon_minutes]
+
+    state = {"epoch": 0, "micro": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "best_ckpts": [], "history": [], "train_seconds": 0.0, "stopped": None}
+    latest = run_dir / "latest.pt"
+    if resume and latest.exists():
+        ckpt = torch.load(latest, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d, micro-batch %d, step %d", latest, state["epoch"],
+                 state["micro"], state["step"])
+
+    def save_latest():
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                     "rng": _rng_state(), "model_cfg": asdict(model_cfg), "train_cfg": asdict(cfg)}, latest)
+
+    t_start = time.perf_counter() - state["train_seconds"]
+    while state["stopped"] is None and state["epoch"] < cfg.max_epochs:
+        epoch = state["epoch"]
+        model.train()
+        losses = []
+        batches = train_data.batches(cfg.batch_size, shuffle=True, seed=seed * 100_003 + epoch)
+        for micro, (x, mask, temporal, y, scale) in enumerate(batches):
+            if micro >= micro_per_epoch:
+                break
+            if micro < state["micro"]:          # resumed mid-epoch: these were already done
+                continue
+            x, mask, temporal, y, scale = (t.to(device) for t in (x, mask, temporal, y, scale))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                fc = model(x, mask, temporal, scale, y)
+            loss = model_loss(fc, y, scale, model_cfg)           # fp32 inside
+            (loss / cfg.grad_accum).backward()
+            losses.append(float(loss.detach()))
+            state["micro"] = micro + 1
+            if state["micro"] % cfg.grad_accum == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(state["step"], cfg, steps_per_epoch)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                tracker.log({"train/loss": float(np.mean(losses[-cfg.grad_accum:])),
+                             "train/lr": optimizer.param_groups[0]["lr"],
+                             "train/grad_norm": float(grad_norm)}, step=state["step"])
+                if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                    state["train_seconds"] = time.perf_counter() - t_start
+                    save_latest()
+            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                state["stopped"] = "time_budget"
+                break
+
+        # Epoch end: score val in the original scale, early stopping, best-k checkpoints.
+        scored = predict(model, val_data, cfg.eval_batch_size, device, subset=val_subset)
+        crps_h = crps_by_horizon(scored, taus)
+        val_crps = float(np.mean(crps_h))
+        metrics = {"epoch": epoch + 1, "train/loss_epoch": float(np.mean(losses)) if losses else float("nan"),
+                   "val/crps": val_crps, **{f"val/crps_{lab}": float(c) for lab, c in zip(labels, crps_h)}}
+        tracker.log(metrics, step=state["step"])
+        state["history"].append(metrics)
+        state["epoch"] = epoch + 1
+        state["micro"] = 0
+        if not np.isfinite(val_crps):
+            state["stopped"] = "nonfinite"
+        elif val_crps < state["best"]:
+            state["best"], state["best_epoch"], state["bad_epochs"] = val_crps, epoch + 1, 0
+            path = run_dir / f"best-epoch{epoch + 1:04d}.pt"
+            atomic_save({"model": model.state_dict(), "model_cfg": asdict(model_cfg), "epoch": epoch + 1,
+                         "val_crps": val_crps}, path)
+            state["best_ckpts"] = sorted(state["best_ckpts"] + [(val_crps, str(path))])
+            for _, old in state["best_ckpts"][cfg.keep_checkpoints:]:
+                Path(old).unlink(missing_ok=True)
+            state["best_ckpts"] = state["best_ckpts"][: cfg.keep_checkpoints]
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] >= cfg.patience:
+                state["stopped"] = "early_stopping"
+        if state["stopped"] is None and state["epoch"] >= cfg.max_epochs:
+            state["stopped"] = "max_epochs"
+        state["train_seconds"] = time.perf_counter() - t_start
+        save_latest()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+
+    best_path = state["best_ckpts"][0][1] if state["best_ckpts"] else str(latest)
+    return TrainResult(best_epoch=state["best_epoch"], best_val_crps=state["best"], epochs=state["epoch"],
+                       steps=state["step"], stopped=state["stopped"] or "max_epochs",
+                       train_seconds=state["train_seconds"], checkpoint=best_path, history=state["history"])
+
+
+def load_checkpoint_model(path, device: str = "cpu"):
+    """Rebuild the model stored in a checkpoint (best-*.pt or latest.pt)."""
+    import torch
+
+    from nqexp.model import ModelConfig, build_model
+
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg_dict = dict(ckpt["model_cfg"])
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    model = build_model(cfg).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg
