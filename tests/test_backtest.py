@@ -105,7 +105,7 @@ def test_sharpe_is_annualized_by_trades_per_year():
 def test_backtest_sharpe_uses_the_span_of_the_evaluated_period():
     # 4 trades of a 60m horizon over origins spanning exactly 365.25/100 days: 4 trades in 0.01
     # years = 400 trades per year, so sharpe = per-trade Sharpe x 20.
-    span = np.timedelta64(int(365.25 / 100 * 24 * 60), "m")
+    span = np.timedelta64(315576, "s")  # 3.6525 days = 0.01 years exactly
     ts = np.array([T0, T0 + np.timedelta64(60, "m"), T0 + np.timedelta64(120, "m"), T0 + span])
     y = np.log(1 + np.array([10.0, -5.0, 20.0, 0.0]) / 1e4)  # points 10, -5, 20, 0 at price 1e4
     costs = B.CostModel(commission_per_side=0.0, slippage_ticks=0.0)
