@@ -1,0 +1,269 @@
+"""Reports: ablation and sweep summaries built from the local run store alone (fully offline).
+
+An ablation report holds:
+- per-variant test metrics per horizon, mean ± std over seeds (CRPS, skill vs climatology and
+  the vol-scaled baseline, PICP80, calibration error, MPIW80, IC);
+- **paired** differences against the reference variant (the spec's first variant) on identical
+  test samples: for every seed both variants scored, the per-sample CRPS difference
+  d = CRPS_variant − CRPS_reference is averaged over seeds, and a moving-block bootstrap gives a
+  95% CI of mean(d) (blocks of one trading day keep intraday dependence inside a block). A CI
+  entirely above 0 means the variant is worse than the reference, beyond sampling noise;
+- the calibration figures of each variant (reliability, PIT, coverage by time of day);
+- every sanity-gate flag.
+
+`build_report` writes `<store>/<experiment>/report.md` (or .html) with figures beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nqexp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("crps", "crpss_climatology", "crpss_volscaled", "picp80", "calib_err", "mpiw80", "ic")
+
+
+@dataclass
+class ReportData:
+    experiment: str
+    trials: pd.DataFrame        # experiment, trial, variant, seed, status, gated, dir, ...
+    metrics: pd.DataFrame       # trial, key, value
+    flags: pd.DataFrame         # trial, gate, reason
+    reference: str              # the variant others are compared with
+
+
+def load(store, experiment: str) -> ReportData:
+    con = store.connect(read_only=True)
+    try:
+        trials = con.execute("select * from trials where experiment = ? order by variant, seed", [experiment]).df()
+        if trials.empty:
+            known = [r[0] for r in con.execute("select experiment from experiments order by created_at").fetchall()]
+            raise DataError(f"no experiment {experiment!r} in {store.path}; known: {known or 'none'}")
+        metrics = con.execute("select trial, key, value from metrics where experiment = ?", [experiment]).df()
+        flags = con.execute("select trial, gate, reason from gate_flags where experiment = ?", [experiment]).df()
+        spec_yaml = con.execute("select spec_yaml from experiments where experiment = ?", [experiment]).fetchall()[0][0]
+    finally:
+        con.close()
+    import yaml
+
+    variants = list((yaml.safe_load(spec_yaml) or {}).get("variants") or {})
+    order = [v for v in variants if v in set(trials["variant"])] or sorted(trials["variant"].unique())
+    return ReportData(experiment, trials, metrics, flags, reference=order[0])
+
+
+def variant_order(data: ReportData) -> list[str]:
+    seen = list(dict.fromkeys(data.trials["variant"]))
+    return [data.reference] + [v for v in seen if v != data.reference]
+
+
+def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
+    """Rows: variant x horizon; columns: metric -> 'mean ± std' over seeds (and n seeds)."""
+    m = data.metrics.merge(data.trials[["trial", "variant", "seed"]], on="trial")
+    m = m[m["key"].str.startswith(f"{split}/")]
+    m["name"] = m["key"].str[len(split) + 1:]
+    rows = []
+    for variant in variant_order(data):
+        mv = m[m["variant"] == variant]
+        labels = sorted({n.rsplit("_", 1)[1] for n in mv["name"] if n.startswith("crps_") and n.count("_") == 1},
+                        key=_label_minutes)
+        for label in ["all", *labels]:
+            row = {"variant": variant, "horizon": label}
+            for metric in SUMMARY_METRICS:
+                key = metric if label == "all" else f"{metric}_{label}"
+                vals = mv.loc[mv["name"] == key, "value"].to_numpy(dtype=float)
+                row[metric] = _mean_std(vals)
+            row["seeds"] = int(mv.loc[mv["name"] == "crps", "trial"].nunique())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _label_minutes(label: str) -> int:
+    return int(label[:-1]) * (60 if label.endswith("h") else 1)
+
+
+def _mean_std(vals: np.ndarray) -> str:
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0:
+        return "n/a"
+    if len(vals) == 1:
+        return _fmt(vals[0])
+    return f"{_fmt(vals.mean())} ± {_fmt(vals.std(ddof=1))}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1e-2 and x != 0 else f"{x:.4f}"
+
+
+def paired_differences(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per variant and horizon: mean paired CRPS difference vs the reference, its block-bootstrap CI, relative %."""
+    from nqexp.evaluate import load_predictions
+    from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
+
+    trials = data.trials[data.trials["status"] == "finished"]
+    by_key = {(r.variant, int(r.seed)): Path(r.dir) / "predictions.parquet" for r in trials.itertuples()}
+    rows = []
+    for variant in variant_order(data)[1:]:
+        diffs, refs, ts_all = [], [], None
+        for (v, s), path in by_key.items():
+            if v != variant or (data.reference, s) not in by_key:
+                continue
+            ref_path = by_key[(data.reference, s)]
+            if not path.exists() or not ref_path.exists():
+                continue
+            a, b = load_predictions(path), load_predictions(ref_path)
+            pa, pb = a.splits.get(split), b.splits.get(split)
+            if pa is None or pb is None or pa.y.shape != pb.y.shape or not np.array_equal(pa.ts, pb.ts):
+                log.warning("%s seed %d: test samples differ from the reference's; not paired", variant, s)
+                continue
+            H = pa.y.shape[1]
+            d = np.full(pa.y.shape, np.nan)
+            r = np.full(pa.y.shape, np.nan)
+            for h in range(H):
+                ok = np.isfinite(pa.y[:, h]) & np.isfinite(pa.q[:, h]).all(1) & np.isfinite(pb.q[:, h]).all(1)
+                # A point-head variant has one "quantile": score it as a degenerate forecast (CRPS = |y - m|).
+                ca = _crps_any(pa.y[ok, h], pa.q[ok, h], a.taus, crps_quantile)
+                cb = _crps_any(pb.y[ok, h], pb.q[ok, h], b.taus, crps_quantile)
+                d[ok, h], r[ok, h] = ca - cb, cb
+            diffs.append(d)
+            refs.append(r)
+            ts_all, horizons = pa.ts, a.horizon_minutes
+        if not diffs:
+            continue
+        d = np.nanmean(np.stack(diffs), axis=0)          # (N, H), averaged over seeds
+        r = np.nanmean(np.stack(refs), axis=0)
+        block = _day_block(ts_all)
+        for h, minutes in enumerate(horizons):
+            ok = np.isfinite(d[:, h])
+            lo, hi = block_bootstrap_ci(d[ok, h], np.mean, block=block, n_boot=n_boot, seed=seed)
+            mean = float(d[ok, h].mean())
+            rows.append({"variant": variant, "horizon": horizon_label(minutes), "seeds": len(diffs),
+                         "n": int(ok.sum()), "mean_diff": mean, "ci_lo": lo, "ci_hi": hi,
+                         "rel_pct": 100 * mean / float(r[ok, h].mean()),
+                         "verdict": "worse" if lo > 0 else "better" if hi < 0 else "no clear difference"})
+    return pd.DataFrame(rows)
+
+
+def _crps_any(y, q, taus, crps_quantile):
+    if q.shape[-1] == 1:
+        return np.abs(y - q[:, 0])
+    return crps_quantile(y, q, taus)
+
+
+def _day_block(ts) -> int:
+    ts = pd.DatetimeIndex(ts)
+    if len(ts) < 2:
+        return 1
+    per_day = pd.Series(1, index=ts).groupby(ts.floor("D")).size().median()
+    return max(1, int(per_day))
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_none_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return _fmt(v)
+    return str(v)
+
+
+def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) -> Path:
+    """Write the experiment's report into the store and return its path."""
+    data = load(store, experiment)
+    out_dir = store.experiment_dir(experiment)
+    summary = summary_table(data)
+    paired = paired_differences(data, n_boot=n_boot)
+    figures = _figures(data, out_dir / "report_figures")
+    counts = data.trials["status"].value_counts().to_dict()
+    parts = [
+        f"# Experiment `{experiment}`\n",
+        f"Trials: {len(data.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}). "
+        f"Reference variant for paired comparisons: `{data.reference}`.\n",
+        "## Test metrics per variant (mean ± std over seeds)\n",
+        "CRPS is in log-return units; `crpss_*` is the CRPS skill 1 − CRPS/CRPS_baseline against baselines "
+        "fitted on train only (positive = better than the baseline).\n",
+        _md_table(summary),
+        f"## Paired CRPS differences vs `{data.reference}` (identical test samples)\n",
+        "mean_diff = mean over samples of CRPS(variant) − CRPS(reference), averaged over seeds; "
+        "CI = 95% moving-block bootstrap (one-day blocks). Positive = the variant is worse.\n",
+        _md_table(paired),
+        "## Sanity gates\n",
+        _md_table(data.flags.merge(data.trials[["trial", "variant"]], on="trial")[["variant", "trial", "gate", "reason"]]
+                  if not data.flags.empty else data.flags),
+        "## Figures\n",
+    ]
+    for title, path in figures:
+        parts.append(f"### {title}\n\n![{title}]({path.relative_to(out_dir)})\n")
+    text = "\n".join(parts)
+    if fmt == "md":
+        path = out_dir / "report.md"
+        path.write_text(text)
+        return path
+    if fmt == "html":
+        path = out_dir / "report.html"
+        path.write_text(_to_html(text, out_dir))
+        return path
+    raise DataError(f"--format must be md or html, not {fmt!r}")
+
+
+def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
+    """Reliability and CRPS-by-horizon figures per variant, from the first seed's saved plots."""
+    figs = []
+    trials = data.trials[data.trials["status"] == "finished"]
+    for variant in variant_order(data):
+        rows = trials[trials["variant"] == variant].sort_values("seed")
+        if rows.empty:
+            continue
+        plot_dir = Path(rows.iloc[0]["dir"]) / "plots"
+        for name in ("test_reliability", "test_pit", "test_coverage_by_hour", "test_crps_by_horizon"):
+            p = plot_dir / f"{name}.png"
+            if p.exists():
+                figs.append((f"{variant}: {name.removeprefix('test_').replace('_', ' ')} (seed {rows.iloc[0]['seed']})", p))
+    return figs
+
+
+def _to_html(markdown_text: str, base: Path) -> str:
+    """Minimal Markdown -> self-contained HTML (tables, headings, images inlined as base64)."""
+    html, in_table = [], False
+    for line in markdown_text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                html.append("<table>")
+                in_table = True
+            html.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            html.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            html.append(f"<h{level}>{line.lstrip('#').strip()}</h{level}>")
+        elif line.startswith("![") and "](" in line:
+            alt, src = line[2:].split("](", 1)
+            data = base64.b64encode((base / src.rstrip(")")).read_bytes()).decode()
+            html.append(f'<img alt="{alt}" src="data:image/png;base64,{data}" style="max-width:900px">')
+        elif line.strip():
+            html.append(f"<p>{line}</p>")
+    if in_table:
+        html.append("</table>")
+    style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(html)}</body></html>"
