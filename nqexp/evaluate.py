@@ -49,6 +49,34 @@ _NOT_AVERAGED = ("n", "ic_lo", "ic_hi")
 PREDICTIONS_FORMAT_VERSION = 1
 
 
+# What each metric name in the table means. Patterns: {b} a baseline name, {q} a quantile label
+# ("q05"), {lo}_{hi} PIT bin edges in percent ("00_05"). Every name the table emits is listed.
+METRIC_DESCRIPTIONS = {
+    "n": "samples scored (finite target and finite quantiles of every source); summed in 'all'",
+    "crps": "quantile CRPS (2/Q) Σ_τ pinball_τ, mean over samples (log-return units)",
+    "crpss_{b}": "CRPS skill vs baseline b: 1 − crps / crps_b (> 0 beats it)",
+    "calib_err": "mean_τ |coverage_τ − τ|",
+    "cov_{q}": "coverage_τ = share of y ≤ q_τ",
+    "picp50": "share of y in [q.25, q.75]",
+    "picp80": "share of y in [q.10, q.90]",
+    "picp90": "share of y in [q.05, q.95]",
+    "mpiw80": "mean width q.90 − q.10 (log-return units)",
+    "pit_{lo}_{hi}": "PIT density on the bin [lo%, hi%) (1 = calibrated)",
+    "crossing_rate": "share of samples with any crossed quantile pair (must be 0)",
+    "nonfinite_rate": "share of samples with a finite target but NaN/Inf model quantiles (must be 0)",
+    "y_std": "std of the scored targets (scale reference for the width gate)",
+    "dir_acc": "share of sign(median) == sign(y) over y != 0; a 0 median counts as wrong",
+    "tail_acc": "dir_acc on samples with y in its bottom or top 10%",
+    "rmse": "RMSE of the median",
+    "mae": "MAE of the median",
+    "ic": "pooled Spearman IC of median vs y",
+    "ic_lo": "2.5% bound of the pooled IC, moving-block bootstrap with blocks of one session day",
+    "ic_hi": "97.5% bound of the same bootstrap",
+    "ic_daily": "mean of the daily (Globex session) Spearman IC",
+    "icir": "mean / std of the daily IC (not annualized)",
+}
+
+
 # --------------------------------------------------------------------------------------------
 # Baselines
 # --------------------------------------------------------------------------------------------
@@ -141,6 +169,11 @@ def _tau_index(taus: np.ndarray, tau: float) -> int | None:
     return int(hit[0]) if len(hit) else None
 
 
+def _pct(x: float) -> str:
+    """0.05 -> "05", 1.0 -> "100", 0.025 -> "02p5" (for PIT bin names)."""
+    return M.quantile_label(x)[1:]
+
+
 def _utc_naive(ts) -> np.ndarray:
     """Timestamps as naive datetime64[ns] in UTC (tz-aware input is converted)."""
     idx = pd.DatetimeIndex(np.asarray(ts) if not isinstance(ts, pd.Series) else ts)
@@ -174,6 +207,11 @@ def _score_source(y, q, taus, ts, *, with_ic_ci: bool, n_boot: int, seed: int) -
             if name == "picp80":
                 out["mpiw80"] = M.mpiw(q[:, lo], q[:, hi])
     out["crossing_rate"] = M.crossing_rate(q)
+    # PIT histogram data: densities on bins whose edges are the quantile levels (exact for a
+    # calibrated forecast; see metrics.pit_histogram), named by their edges in percent.
+    edges, dens = M.pit_histogram(M.pit_values(y, q, taus, seed=seed), bins=np.r_[0.0, taus, 1.0])
+    for lo_e, hi_e, d in zip(edges[:-1], edges[1:], dens):
+        out[f"pit_{_pct(lo_e)}_{_pct(hi_e)}"] = float(d)
     med_i = _tau_index(taus, 0.5)
     if med_i is not None:
         med = q[:, med_i]  # (N,)

@@ -144,6 +144,32 @@ def test_table_values_match_metric_functions_on_the_same_samples():
     assert list(table.columns) == ["split", "horizon", "metric", "value", "source"]
 
 
+def test_pit_histogram_data_is_in_the_table_on_tau_aligned_bins():
+    ts, y, q, bq = _split(8000)
+    d = E.evaluate_split("test", y, q, TAUS, HM, ts, bq, n_boot=10)
+    names = ["pit_00_05", "pit_05_10", "pit_10_25", "pit_25_50", "pit_50_75", "pit_75_90",
+             "pit_90_95", "pit_95_100"]
+    dens = np.array([d[f"{k}_60m"] for k in names])
+    widths = np.diff(np.r_[0, TAUS, 1])
+    assert (dens * widths).sum() == pytest.approx(1.0)  # a density over [0, 1]
+    assert np.abs(dens - 1).max() < 0.15, dens  # the true law gives a flat PIT
+    # A collapsed forecast puts everything in the two outer bins.
+    collapsed = np.repeat(q[:, :, 3:4], len(TAUS), axis=2)
+    dc = E.evaluate_split("test", y, collapsed, TAUS, HM, ts, bq, n_boot=10)
+    assert dc["pit_00_05_60m"] * 0.05 + dc["pit_95_100_60m"] * 0.05 == pytest.approx(1.0)
+
+
+def test_every_metric_in_the_table_is_described():
+    import re
+
+    ts, y, q, bq = _split(2000)
+    table = _table(y, q, ts, bq, n_boot=10)
+    patterns = [re.compile("^" + re.sub(r"\\{\w+\\}", r"[a-z0-9p]+(?:_[a-z0-9p]+)?", re.escape(k)) + "$")
+                for k in E.METRIC_DESCRIPTIONS]
+    undocumented = sorted(m for m in set(table["metric"]) if not any(p.match(m) for p in patterns))
+    assert not undocumented, f"add to METRIC_DESCRIPTIONS: {undocumented}"
+
+
 def test_nan_targets_are_dropped_per_horizon_only():
     ts, y, q, bq = _split(3000)
     y_nan = y.copy()
