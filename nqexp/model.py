@@ -38,6 +38,9 @@ Deliberate deviations from the source specs:
 - MIGT's gate equation is unverified; `gate` chooses none | sigmoid (Lite Gate Unit, seed 001:
   out = x + sigmoid(W x + b) * y) | gru (seed 000: z = sigmoid(W_z x + U_z y),
   h = tanh(W_h x + U_h (z * y)), out = (1 - z) x + z h). The default is sigmoid.
+- `patch_len` (an addition; default 1 = DESIGN's one token per bar) lets a token cover p bars, as
+  Crossformer's segments do. Per-bar temporal attention at T = 288, V = 24 costs ~52 GFLOP per sample
+  (forward), far too much for a CPU quickstart; p = 12 (one hour) cuts the tokens 12-fold.
 - With one token per step (flat embedding, or attention="temporal"), there is no variable axis to
   attend over, so the variable (group) stage is skipped.
 """
@@ -79,6 +82,7 @@ class ModelConfig:
     head: Literal["quantile", "point"] = "quantile"  # non-crossing quantiles (pinball) or a mean (MSE), Q = 1
     horizon_mode: Literal["independent", "autoregressive"] = "independent"  # AR: each horizon sees the previous one
     variable_attention: Literal["full", "none"] = "full"  # attention across variables (groups), or none
+    patch_len: int = 1  # bars per temporal token (Crossformer-style segments); 1 = one token per bar, as DESIGN
     groups: tuple[int, ...] = (4, 4, 4, 4, 4, 4)  # Grok-SL feature-group sizes, in column order; sum = n_vars
     width_floor: float = 1e-3  # smallest gap between adjacent quantiles, in units of scale
     init_width: float = 1.0  # initial quantile spread, as a multiple of the standard-normal gaps
@@ -98,7 +102,7 @@ class ModelConfig:
             raise SpecError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.d_model % 2 != 0:
             raise SpecError(f"model.d_model ({self.d_model}) must be even (the time-of-day encoding uses sin/cos pairs)")
-        for name in ("n_vars", "d_model", "n_heads", "d_ff", "n_temporal_layers"):
+        for name in ("n_vars", "d_model", "n_heads", "d_ff", "n_temporal_layers", "patch_len"):
             if getattr(self, name) < 1:
                 raise SpecError(f"model.{name} ({getattr(self, name)}) must be at least 1")
         if self.n_variable_layers < 0:
@@ -195,20 +199,26 @@ class Time2Vec(nn.Module):
 
 
 class InputEncoder(nn.Module):
-    """(x, mask, temporal) -> tokens (B, N, T, D): RevIN, embedding, positional encodings, optional merge."""
+    """(x, mask, temporal) -> tokens (B, N, S, D) and their mask (B, S).
+
+    RevIN, embedding, positional encodings, then (attention="temporal") a merge of the N tokens of
+    each step. With patch_len p > 1 each token covers p consecutive bars (S = ceil(T / p) segments,
+    as Crossformer's segment embedding); a segment is valid when its first bar is, and carries that
+    bar's time encodings. With p = 1 (the default), S = T.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        D, V = cfg.d_model, cfg.n_vars
+        D, V, p = cfg.d_model, cfg.n_vars, cfg.patch_len
         if cfg.embedding == "flat":
-            self.flat = nn.Linear(V, D)  # all variables of a step -> one token
+            self.flat = nn.Linear(p * V, D)  # all variables of a step (segment) -> one token
         elif cfg.arch == "migt_tvdt":
-            # One linear map R -> R^D per variable: token_v = x_v * w_v + b_v.
-            self.var_weight = nn.Parameter(torch.empty(V, 1, D))
+            # One linear map R^p -> R^D per variable: token_v = x_v @ w_v + b_v.
+            self.var_weight = nn.Parameter(torch.empty(V, p, D))
             self.var_bias = nn.Parameter(torch.zeros(V, 1, D))
         else:
-            self.group_proj = nn.ModuleList(nn.Linear(g, D) for g in cfg.groups)
+            self.group_proj = nn.ModuleList(nn.Linear(p * g, D) for g in cfg.groups)
         self.pe = CompositePositionalEncoding(D)
         n_embedded = 1 if cfg.embedding == "flat" else (V if cfg.arch == "migt_tvdt" else len(cfg.groups))
         # attention="temporal": a vanilla Transformer over T, whose step token merges the variable tokens.
@@ -217,29 +227,40 @@ class InputEncoder(nn.Module):
 
     def init_special(self):
         if hasattr(self, "var_weight"):
-            nn.init.normal_(self.var_weight, std=1.0)  # RevIN'd inputs are O(1); keep tokens O(1) too
+            # RevIN'd inputs are O(1); keep tokens O(1) too.
+            nn.init.normal_(self.var_weight, std=self.cfg.patch_len**-0.5)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, temporal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, p = self.cfg, self.cfg.patch_len
         # torch.where, not a product, so even NaN/Inf in padding cannot reach a valid step.
         x = torch.where(mask.unsqueeze(-1), x, 0.0)  # (B, T, V)
         temporal = torch.where(mask.unsqueeze(-1), temporal, 0.0)  # (B, T, 4)
         if cfg.instance_norm:
             x, _, _ = revin(x, mask, cfg.norm_eps)  # (B, T, V)
+        if p > 1:
+            pad = -x.shape[1] % p
+            x = F.pad(x, (0, 0, 0, pad))  # (B, S*p, V)
+            mask = F.pad(mask, (0, pad))[:, ::p]  # (B, S): the first bar of each segment
+            temporal = F.pad(temporal, (0, 0, 0, pad))[:, ::p]  # (B, S, 4)
+        B, S = mask.shape
         if cfg.embedding == "flat":
-            tok = self.flat(x).unsqueeze(1)  # (B, 1, T, D)
-        elif cfg.arch == "migt_tvdt":
+            tok = self.flat(x.reshape(B, S, -1)).unsqueeze(1)  # (B, 1, S, D)
+        elif cfg.arch == "migt_tvdt" and p == 1:
             # Contiguous (B, V, T) first, so the tokens come out (B, V, T, D) in memory and views stay free.
             tok = x.transpose(1, 2).contiguous().unsqueeze(-1) * self.var_weight + self.var_bias  # (B, V, T, D)
+        elif cfg.arch == "migt_tvdt":
+            xs = x.view(B, S, p, -1).permute(0, 3, 1, 2)  # (B, V, S, p)
+            tok = torch.einsum("bvsp,vpd->bvsd", xs, self.var_weight).contiguous() + self.var_bias  # (B, V, S, D)
         else:
-            parts = x.split(list(cfg.groups), dim=-1)  # G x (B, T, g)
-            tok = torch.stack([proj(p) for proj, p in zip(self.group_proj, parts)], dim=1)  # (B, G, T, D)
-        # The same step encoding for every variable: (B, T, D) -> (B, 1, T, D), i.e. unsqueeze over V.
-        tok = tok + self.pe(temporal).unsqueeze(1)  # (B, N, T, D)
+            parts = x.view(B, S, p, -1).split(list(cfg.groups), dim=-1)  # G x (B, S, p, g)
+            tok = torch.stack([proj(g.reshape(B, S, -1)) for proj, g in zip(self.group_proj, parts)], dim=1)
+            # tok: (B, G, S, D)
+        # The same step encoding for every variable: (B, S, D) -> (B, 1, S, D), i.e. unsqueeze over V.
+        tok = tok + self.pe(temporal).unsqueeze(1)  # (B, N, S, D)
         if self.merge is not None:
-            B, N, T, D = tok.shape
-            tok = self.merge(tok.permute(0, 2, 1, 3).reshape(B, T, N * D)).unsqueeze(1)  # (B, 1, T, D)
-        return self.drop(tok)
+            B, N, S, D = tok.shape
+            tok = self.merge(tok.permute(0, 2, 1, 3).reshape(B, S, N * D)).unsqueeze(1)  # (B, 1, S, D)
+        return self.drop(tok), mask
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -517,7 +538,7 @@ class MigtTvdt(_Forecaster):
         self._init_all()
 
     def forward(self, x, mask, temporal, scale, y=None) -> Forecast:
-        tok = self.encoder(x, mask, temporal)  # (B, N, T, D)
+        tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
         h = tok.view(B * N, T, D)  # (B*N, T, D)
@@ -547,7 +568,7 @@ class GrokSL(_Forecaster):
         self._init_all()
 
     def forward(self, x, mask, temporal, scale, y=None) -> Forecast:
-        tok = self.encoder(x, mask, temporal)  # (B, N, T, D)
+        tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
         for block in self.blocks:

@@ -51,7 +51,7 @@ ONE_FLIP = [
     for name, values in SWITCHES.items()
     if name != "arch"
     for value in values
-]
+] + [dataclasses.replace(TINY, arch=arch, patch_len=4) for arch in SWITCHES["arch"]]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -101,8 +101,9 @@ def describe(a: torch.Tensor, b: torch.Tensor) -> str:
 def test_output_shapes_for_every_switch_combination():
     x, mask, temporal, scale, y = make_batch()
     failures = []
-    for values in itertools.product(*SWITCHES.values()):
-        cfg = dataclasses.replace(TINY, **dict(zip(SWITCHES, values)))
+    for i, values in enumerate(itertools.product(*SWITCHES.values())):
+        # patch_len (not an ablation switch) alternates with a length that does not divide T.
+        cfg = dataclasses.replace(TINY, patch_len=(1, 5)[i % 2], **dict(zip(SWITCHES, values)))
         model = build_model(cfg)
         for training in (True, False):
             model.train(training)
@@ -195,10 +196,13 @@ MASK_CONFIGS = [
     dataclasses.replace(TINY, embedding="flat"),
     dataclasses.replace(TINY, attention="temporal", instance_norm=False),
     dataclasses.replace(TINY, arch="grok_sl", horizon_mode="autoregressive", variable_attention="none"),
+    dataclasses.replace(TINY, patch_len=4),
+    dataclasses.replace(TINY, arch="grok_sl", patch_len=5),
+    dataclasses.replace(TINY, embedding="flat", patch_len=3),
 ]
 
 
-@pytest.mark.parametrize("cfg", MASK_CONFIGS, ids=lambda c: f"{c.arch}-{c.embedding}-{c.attention}-{c.gate}")
+@pytest.mark.parametrize("cfg", MASK_CONFIGS, ids=lambda c: f"{c.arch}-{c.embedding}-{c.attention}-{c.gate}-p{c.patch_len}")
 def test_values_at_padded_positions_do_not_change_outputs(cfg):
     model = seeded(cfg).eval()
     x, mask, temporal, scale, _ = make_batch(cfg)
@@ -211,7 +215,7 @@ def test_values_at_padded_positions_do_not_change_outputs(cfg):
     assert torch.equal(ref, out), describe(ref, out)
 
 
-@pytest.mark.parametrize("cfg", MASK_CONFIGS, ids=lambda c: f"{c.arch}-{c.embedding}-{c.attention}-{c.gate}")
+@pytest.mark.parametrize("cfg", MASK_CONFIGS, ids=lambda c: f"{c.arch}-{c.embedding}-{c.attention}-{c.gate}-p{c.patch_len}")
 def test_nothing_after_the_last_valid_step_matters(cfg):
     # A window padded to T must forecast exactly what its valid prefix alone forecasts.
     model = seeded(cfg).eval()
@@ -228,7 +232,7 @@ def test_nothing_after_the_last_valid_step_matters(cfg):
 
 
 @pytest.mark.parametrize("cfg", ONE_FLIP, ids=lambda c: f"{c.arch}-{c.embedding}-{c.attention}-{c.instance_norm}-"
-                         f"{c.gate}-{c.head}-{c.horizon_mode}-{c.variable_attention}")
+                         f"{c.gate}-{c.head}-{c.horizon_mode}-{c.variable_attention}-p{c.patch_len}")
 def test_gradients_reach_every_parameter(cfg):
     model = seeded(cfg).train()
     x, mask, temporal, scale, y = make_batch(cfg)
