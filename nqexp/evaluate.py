@@ -395,6 +395,10 @@ def check_gates(
 ) -> list[GateFlag]:
     """Sanity gates over a long metrics table (one or more splits; model rows per horizon).
 
+    Each (split, horizon) of the model is checked for: non-finite outputs (or no scorable
+    sample), crossings, PICP80 < min_picp80, MPIW80 ≈ 0 relative to climatology, CRPS skill vs
+    climatology below min_crpss_climatology, and |IC| > max_abs_ic. The climatology gate needs
+    the climatology baseline in the table; without it that gate is skipped (and logged).
     Returns the flags (empty when the trial is sane); with strict=True raises GateError instead.
     """
     t = thresholds
@@ -406,6 +410,9 @@ def check_gates(
     def get(row, source, metric):
         return float(row.get((source, metric), np.nan))
 
+    if "climatology" not in set(per_h["source"]):
+        log.warning("sanity gates: no climatology baseline in the metrics table; "
+                    "the worse-than-climatology gate is skipped")
     for (split, label), row in wide.iterrows():
         def flag(gate, metric, value, threshold, why):
             flags.append(GateFlag(gate, split, label, metric, value, threshold,
@@ -488,6 +495,8 @@ def save_predictions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not splits:
+        raise DataError("save_predictions got no splits; pass e.g. {'val': SplitPredictions(...)}")
     taus = tuple(float(t) for t in taus)
     qlabels = [M.quantile_label(t) for t in taus]
     hlabels = [M.horizon_label(m) for m in horizon_minutes]
@@ -518,7 +527,7 @@ def save_predictions(
             for j, ql in enumerate(qlabels):
                 cols[f"{name}_{ql}"] = bq[:, :, j].reshape(-1)
         frames.append(pd.DataFrame(cols))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
     df["ts"] = pd.to_datetime(df["ts"]).dt.tz_localize("UTC")
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = {"version": PREDICTIONS_FORMAT_VERSION, "taus": list(taus),

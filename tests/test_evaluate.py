@@ -1,5 +1,7 @@
 """Baselines, the per-split metric table, sanity gates and the predictions file."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -341,3 +343,38 @@ def test_metrics_recomputed_from_saved_predictions_equal_in_memory(tmp_path):
 def test_load_predictions_of_a_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         E.load_predictions(tmp_path / "nope.parquet")
+
+
+# ------------------------------------------------------------------------------ real data
+
+DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "firstrate-nq-2023" / "NQ_5min_sample.csv"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not DATA.exists(), reason="real-data fixtures (../shared/data) are absent")
+def test_real_nq_volscaled_forecast_beats_climatology_and_passes_the_gates():
+    # Two weeks of real NQ 5-minute bars. Scale: a causal rolling RMS of the last 24 one-bar
+    # returns times sqrt(h). Fit on week 1, score on week 2. A sane, simple forecast must beat
+    # climatology and trip no gate: the gates must not cry wolf on real data.
+    df = pd.read_csv(DATA, header=0, names=["t", "o", "h", "l", "c", "v"])
+    start = pd.to_datetime(df["t"], format="%Y-%m-%d %H:%M:%S").dt.tz_localize("America/New_York")
+    ts = (start + pd.Timedelta(minutes=5)).dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()  # bar close
+    lc = np.log(df["c"].to_numpy(float))
+    bars = np.array([3, 6, 12])
+    y = np.full((len(lc), 3), np.nan)
+    for j, h in enumerate(bars):
+        y[:-h, j] = lc[h:] - lc[:-h]  # (N, H) forward log-returns; the last h are unknown
+    r2 = pd.Series(np.r_[np.nan, np.diff(lc)] ** 2).rolling(24, min_periods=12).mean().to_numpy()
+    scale = np.sqrt(r2)[:, None] * np.sqrt(bars)[None, :]  # (N, H)
+    ok = np.isfinite(scale).all(axis=1) & (scale > 0).all(axis=1)
+    ts, y, scale = ts[ok], y[ok], scale[ok]
+    k = len(y) // 2
+    fitted = E.fit_baselines(y[:k], scale[:k], TAUS)
+    bq = E.baseline_quantiles(fitted, scale[k:])
+    table = E.evaluate_split_table("test", y[k:], bq["volscaled"], TAUS, (15, 30, 60), ts[k:], bq, n_boot=100)
+    d = E.flatten_metrics(table)
+    assert d["n_15m"] > 1000 and d["n_60m"] == d["n_15m"] - 9  # the last targets are NaN, dropped
+    for label in ("15m", "30m", "60m"):
+        assert d[f"crpss_climatology_{label}"] > 0.02, (label, d[f"crpss_climatology_{label}"])
+        assert 0.7 < d[f"picp80_{label}"] < 0.9
+    assert E.check_gates(table) == []
