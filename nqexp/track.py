@@ -164,6 +164,7 @@ create table if not exists trials (
     stopped     varchar,
     gated       boolean,
     error       varchar,
+    last_step   integer,                   -- last optimizer step logged to W&B (no duplicates on resume)
     updated_at  timestamp not null default now(),
     primary key (experiment, trial)
 );
@@ -250,6 +251,18 @@ class RunStore:
         for gate, reason in flags:
             con.execute("insert into gate_flags values (?, ?, ?, ?)", [experiment, trial, gate, reason])
         con.execute("commit")
+        con.close()
+
+    def last_step(self, experiment: str, trial: str) -> int:
+        con = self.connect()
+        rows = con.execute("select last_step from trials where experiment = ? and trial = ?", [experiment, trial]).fetchall()
+        con.close()
+        return int(rows[0][0]) if rows and rows[0][0] is not None else -1
+
+    def set_last_step(self, experiment: str, trial: str, step: int) -> None:
+        con = self.connect()
+        con.execute("update trials set last_step = greatest(coalesce(last_step, -1), ?) where experiment = ? and trial = ?",
+                    [int(step), experiment, trial])
         con.close()
 
     def finished_trials(self, experiment: str) -> set[str]:

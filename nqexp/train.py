@@ -85,17 +85,16 @@ class TrainConfig:
                 raise SpecError(message)
 
 
-class Batches(Protocol):
-    """One split of windowed samples, as windows.py provides them."""
+def batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, subset=None):
+    """(x, mask, temporal, y, scale) torch batches of a windows.WindowDataset; order depends only on (seed, epoch)."""
+    from nqexp.windows import WindowLoader
 
-    n: int                  # number of samples
-    y: np.ndarray           # (n, H) targets, original scale
-    scale: np.ndarray       # (n, H) causal volatility, > 0
-    ts: np.ndarray          # (n,) datetime64 of each sample's last bar
-
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int,
-                subset: np.ndarray | None = None) -> Iterator[tuple]:
-        """Yields (x, mask, temporal, y, scale) torch tensors; the order depends only on seed."""
+    if subset is not None:
+        dataset = dataset.subset(subset)
+    loader = WindowLoader.from_dataset(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    loader.set_epoch(epoch)
+    for b in loader:
+        yield b["x"], b["mask"], b["temporal"], b["y"], b["scale"]
 
 
 class Tracker(Protocol):
@@ -175,17 +174,17 @@ class Scored:
     ts: np.ndarray  # (n,)
 
 
-def predict(model, data: Batches, batch_size: int, device, subset: np.ndarray | None = None) -> Scored:
+def predict(model, data, batch_size: int, device, subset: np.ndarray | None = None) -> Scored:
     """Quantiles for every sample of a split (or `subset` of its indices), in sample order."""
     import torch
 
     model.eval()
     out = []
     with torch.no_grad():
-        for x, mask, temporal, _y, scale in data.batches(batch_size, shuffle=False, seed=0, subset=subset):
+        for x, mask, temporal, _y, scale in batches(data, batch_size, shuffle=False, subset=subset):
             fc = model(x.to(device), mask.to(device), temporal.to(device), scale.to(device))
             out.append(fc.q.float().cpu().numpy())              # (b, H, Q)
-    idx = np.arange(data.n) if subset is None else subset
+    idx = np.arange(len(data)) if subset is None else subset
     return Scored(q=np.concatenate(out, axis=0), y=data.y[idx], ts=data.ts[idx])
 
 
@@ -201,10 +200,12 @@ def crps_by_horizon(scored: Scored, taus) -> np.ndarray:
     return out
 
 
-def train(model_cfg, cfg: TrainConfig, data: Mapping[str, Batches], tracker: Tracker, run_dir,
+def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
           *, seed: int = 0, horizon_minutes=(15, 30, 60, 120, 240), device: str | None = None,
           resume: bool = True, on_epoch=None) -> TrainResult:
     """Train on data['train'], early-stop on data['val'] CRPS; checkpoints go to run_dir.
+
+    `data` maps split name -> windows.WindowDataset (plain numpy, as built once by the driver).
 
     Resumes from run_dir/latest.pt when it exists (and `resume`). `on_epoch(epoch, metrics)` is
     called after each epoch (the Tune trainable reports from there).
@@ -226,14 +227,14 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping[str, Batches], tracker: Tra
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(cfg.beta1, cfg.beta2))
     train_data, val_data = data["train"], data["val"]
-    micro_per_epoch = math.ceil(train_data.n / cfg.batch_size)
+    micro_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
     if cfg.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
     micro_per_epoch = steps_per_epoch * cfg.grad_accum
     val_subset = None
-    if cfg.max_eval_samples and val_data.n > cfg.max_eval_samples:
-        val_subset = np.linspace(0, val_data.n - 1, cfg.max_eval_samples).round().astype(np.int64)
+    if cfg.max_eval_samples and len(val_data) > cfg.max_eval_samples:
+        val_subset = np.linspace(0, len(val_data) - 1, cfg.max_eval_samples).round().astype(np.int64)
     taus = tuple(model_cfg.quantiles) if model_cfg.head == "quantile" else (0.5,)
     labels = [horizon_label(m) for m in horizon_minutes]
 
@@ -258,8 +259,8 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping[str, Batches], tracker: Tra
         epoch = state["epoch"]
         model.train()
         losses = []
-        batches = train_data.batches(cfg.batch_size, shuffle=True, seed=seed * 100_003 + epoch)
-        for micro, (x, mask, temporal, y, scale) in enumerate(batches):
+        stream = batches(train_data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch)
+        for micro, (x, mask, temporal, y, scale) in enumerate(stream):
             if micro >= micro_per_epoch:
                 break
             if micro < state["micro"]:          # resumed mid-epoch: these were already done

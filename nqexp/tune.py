@@ -1,0 +1,444 @@
+"""Tune: experiments as Ray Tune trials. The only module that imports ray.
+
+The driver (`run_experiment`):
+1. reads DuckDB once (`prepare_data`: demo data if the spec asks for it, bars, features), builds
+   the windowed numpy datasets for train/val/test, and hands them to Tune with
+   `tune.with_parameters`, which puts them in Ray's object store once. Trials never open the DB;
+2. runs one Tune trial per (variant, seed) for `nqexp run`, or a search (Optuna TPE + ASHA over
+   `search:`) for `nqexp sweep`, with the objective val CRPS — penalised ×1e3 for a trial whose
+   val PICP80 collapses below the gate, so a collapsed trial can never win a sweep;
+3. follows trials through a driver-side `tune.Callback` (`_Follower`) that writes the local run
+   store, feeds one W&B run per trial (STACK_NOTES §4: the clean way), and drives the progress bar.
+
+Interrupt and resume: the run store and each trial's own checkpoints (train.py) are the source
+of truth. Tune swallows Ctrl-C and returns normally (STACK_NOTES §3), so completion is read from
+the store, not from the ResultGrid. Running the same spec again (or `--resume EXP`) starts a
+Tune run over the unfinished trials only; each resumes from its latest checkpoint, its W&B run is
+resumed under the same id, and steps already logged are not logged again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+QUIET_RAY_ENV = {
+    "RAY_AUTH_MODE": "token",              # keep auth on without the banner (STACK_NOTES §3)
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",             # with verbose=0: no Tune tables on the console
+    "RAY_DEDUP_LOGS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",         # trials keep the driver's cwd; we use absolute paths anyway
+}
+PROPAGATED_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_BASE_URL", "DATABENTO_API_KEY",
+                  "NQEXP_DB", "OMP_NUM_THREADS")
+GATE_PENALTY = 1e3
+
+
+# ------------------------------------------------------------------------------------------
+# Driver: data preparation (DuckDB is read here, once)
+
+
+@dataclass
+class PreparedData:
+    """The windowed datasets of one data configuration, plain numpy (picklable, Ray-friendly)."""
+
+    key: str                                   # hash of the data/features/windows/splits sections
+    datasets: dict[str, Any]                   # split -> windows.WindowDataset
+    horizon_minutes: tuple[int, ...]
+    names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ds.nbytes for ds in self.datasets.values())
+
+
+def data_key(spec_dict: Mapping[str, Any]) -> str:
+    """Trials share prepared data when these sections agree (variants usually change only the model)."""
+    part = {k: spec_dict.get(k) for k in ("data", "features", "windows", "splits")}
+    return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> PreparedData:
+    """DuckDB -> (demo data if needed) -> bars -> features -> splits -> scalers -> datasets."""
+    from nqexp import bars, db, demo, features, ingest, windows
+
+    notes = notes if notes is not None else []
+    data_cfg = trial_spec.data
+    con = db.connect(db_path)
+    try:
+        n_raw = con.execute("select count(*) from raw_bars where symbol = ?", [data_cfg.symbol]).fetchall()[0][0]
+        if n_raw == 0:
+            if data_cfg.symbol != demo.DEMO_SYMBOL or not data_cfg.demo_days:
+                from nqexp.errors import DataError
+
+                raise DataError(
+                    f"no bars for data.symbol {data_cfg.symbol!r} in {db.resolve_db_path(db_path)}; "
+                    "import them first (nqexp data import / nqexp data download)"
+                )
+            t0 = time.perf_counter()
+            generated = demo.generate(days=data_cfg.demo_days, seed=data_cfg.demo_seed)
+            generated.seed = data_cfg.demo_seed
+            ingest.write_demo(con, generated)
+            notes.append(f"The database had no {demo.DEMO_SYMBOL} bars: generated {len(generated.bars):,} demo bars "
+                         f"({data_cfg.demo_days} days, seed {data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s.")
+        bars.ensure_bars(con, data_cfg.symbol)
+        arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol)
+    finally:
+        con.close()
+    split_idx = windows.make_splits(arrays, trial_spec.splits, trial_spec.windows)
+    for split, idx in split_idx.items():
+        if len(idx) == 0:
+            from nqexp.errors import SpecError
+
+            raise SpecError(f"splits: the {split} split has no samples for {data_cfg.symbol} "
+                            f"({arrays.ts[0]} .. {arrays.ts[-1]}); check the split dates against the data")
+    scalers = windows.fit_scalers(arrays, split_idx["train"], trial_spec.windows)
+    datasets = {s: windows.dataset_arrays(arrays, idx, scalers, trial_spec.windows) for s, idx in split_idx.items()}
+    horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
+    return PreparedData(key=data_key(trial_spec.to_dict()), datasets=datasets, horizon_minutes=horizon_minutes,
+                        names=list(arrays.names), notes=notes)
+
+
+# ------------------------------------------------------------------------------------------
+# Inside a trial
+
+
+def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu"):
+    """Best checkpoint -> val/test quantiles -> metrics vs baselines, gates, predictions, plots."""
+    import pandas as pd
+
+    from nqexp import evaluate, plots
+    from nqexp.train import load_checkpoint_model, predict
+
+    model, _ = load_checkpoint_model(checkpoint, device=device)
+    taus = tuple(model_cfg.quantiles)
+    ds = data.datasets
+    fitted = evaluate.fit_baselines(ds["train"].y, ds["train"].scale, taus)   # train only
+    tables, splits = [], {}
+    for split in ("val", "test"):
+        scored = predict(model, ds[split], 512, device)
+        q = scored.q
+        if q.shape[-1] == 1:
+            # Point head: a point mass scored on the same levels. With symmetric taus this gives
+            # exactly CRPS = |y - m|, and zero interval width, which the collapse gate flags.
+            q = np.repeat(q, len(taus), axis=-1)
+        base = evaluate.baseline_quantiles(fitted, ds[split].scale)
+        tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base))
+        splits[split] = evaluate.SplitPredictions(ts=scored.ts, y=scored.y, q=q, baselines=base)
+    table = pd.concat(tables, ignore_index=True)
+    flags = evaluate.check_gates(table[table["split"] == "test"], thresholds=eval_cfg_thresholds(eval_cfg))
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    evaluate.save_predictions(trial_dir / "predictions.parquet", splits, taus, data.horizon_minutes)
+    table.to_parquet(trial_dir / "metrics_table.parquet")
+    test = splits["test"]
+    plot_paths = plots.plot_all(trial_dir / "plots", "test", test.ts, test.y, test.q, taus, data.horizon_minutes, table)
+    flat = {}
+    for split in ("val", "test"):
+        part = evaluate.flatten_metrics(table[table["split"] == split])
+        flat.update({f"{split}/{k}": v for k, v in part.items()})
+    return flat, flags, {k: str(v) for k, v in plot_paths.items()}
+
+
+def eval_cfg_thresholds(eval_cfg):
+    from nqexp.evaluate import GateThresholds
+
+    names = {f.name for f in __import__("dataclasses").fields(GateThresholds)}
+    given = {k: getattr(eval_cfg, k) for k in names if hasattr(eval_cfg, k)}
+    return GateThresholds(**given)
+
+
+def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Mapping[str, dict],
+               base_spec: dict | None, store_root: str, experiment: str):
+    """One Tune trial: build the trial's spec, train, score, report. Runs in a Ray worker."""
+    import torch
+    from ray import tune
+
+    from nqexp import spec as spec_mod
+    from nqexp.track import BufferTracker
+    from nqexp.train import train
+
+    if "trial" in config:                                   # `nqexp run`: a named (variant, seed)
+        name = config["trial"]
+        spec_dict = trial_specs[name]
+    else:                                                    # `nqexp sweep`: searched dotted keys
+        name = f"t{tune.get_context().get_trial_id().split('_')[-1]}"
+        spec_dict = spec_mod.apply_overrides(base_spec, {k: v for k, v in config.items()})
+    tspec = spec_mod.spec_from_dict(spec_dict)
+    data = datasets[data_key(spec_dict)]
+    cpus = max(1, int(tspec.resources.cpus_per_trial))
+    torch.set_num_threads(cpus)
+    device = "cuda" if tspec.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    trial_dir = Path(store_root) / experiment / "trials" / name
+    tracker = BufferTracker()
+    min_picp80 = getattr(tspec.eval, "min_picp80", 0.4)
+
+    def on_epoch(epoch, metrics):
+        gated = metrics.get("val/picp80", 1.0) < min_picp80
+        objective = metrics["val/crps"] * (GATE_PENALTY if gated else 1.0)
+        tune.report({**metrics, "objective": objective, "trial_name": name, "_steps": tracker.drain()})
+
+    t0 = time.perf_counter()
+    result = train(tspec.model, tspec.train, {"train": data.datasets["train"], "val": data.datasets["val"]},
+                   tracker, trial_dir / "checkpoints", seed=tspec.seed, horizon_minutes=data.horizon_minutes,
+                   device=device, on_epoch=on_epoch)
+    train_seconds = time.perf_counter() - t0
+    flat, flags, plot_paths = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval, device)
+    gated_final = bool(flags)
+    objective = result.best_val_crps * (GATE_PENALTY if gated_final else 1.0)
+    tune.report({
+        **flat, "objective": objective, "trial_name": name, "final": 1, "best_epoch": result.best_epoch,
+        "epochs": result.epochs, "stopped": result.stopped, "train_seconds": result.train_seconds,
+        "trial_seconds": train_seconds, "gate_flags": json.dumps([[f.gate, f.reason] for f in flags]),
+        "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": result.best_val_crps,
+    })
+
+
+# ------------------------------------------------------------------------------------------
+# Driver: following trials (store, W&B, progress)
+
+
+def _wandb_id(experiment: str, trial: str) -> str:
+    return hashlib.sha1(f"{experiment}/{trial}".encode()).hexdigest()[:16]
+
+
+class _Follower:
+    """Driver-side Tune callback: run store + one W&B run per trial + progress events."""
+
+    def __init__(self, *, store, experiment, trial_meta: Mapping[str, dict], track_cfg, on_event: Callable | None):
+        from nqexp.track import wandb_mode
+
+        self.store, self.experiment, self.trial_meta = store, experiment, trial_meta
+        self.track = track_cfg
+        self.mode = wandb_mode(track_cfg.wandb_mode)
+        self.on_event = on_event or (lambda *a, **k: None)
+        self.runs: dict[str, Any] = {}
+        self.names: dict[str, str] = {}
+
+    def _name(self, trial) -> str:
+        if trial.trial_id not in self.names:
+            self.names[trial.trial_id] = trial.config.get("trial") or f"t{trial.trial_id.split('_')[-1]}"
+        return self.names[trial.trial_id]
+
+    def _meta(self, name, trial) -> dict:
+        if name in self.trial_meta:
+            return self.trial_meta[name]
+        return {"variant": "sweep", "seed": self.trial_meta.get("_sweep_seed", 0),
+                "params": {k: v for k, v in trial.config.items()}, "spec": {}}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name = self._name(trial)
+        meta = self._meta(name, trial)
+        self.store.upsert_trial(
+            self.experiment, name, variant=meta["variant"], seed=int(meta["seed"]), status="running",
+            params_json=json.dumps(meta["params"], default=str), spec_yaml=meta.get("spec_yaml", ""),
+            dir=str(self.store.trial_dir(self.experiment, name)),
+        )
+        if self.mode != "disabled":
+            from nqexp.track import WandbRun
+
+            last_step = self.store.last_step(self.experiment, name)
+            run = WandbRun(project=self.track.wandb_project, entity=self.track.wandb_entity, group=self.experiment,
+                           job_type=meta["variant"], name=name, run_id=_wandb_id(self.experiment, name),
+                           config=meta.get("spec") or meta["params"], directory=self.store.experiment_dir(self.experiment),
+                           mode=self.mode, tags=tuple(self.track.tags))
+            run.last_step = last_step
+            self.runs[name] = run
+        self.on_event("start", name)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        name = self._name(trial)
+        steps = result.get("_steps") or []
+        run = self.runs.get(name)
+        if run is not None:
+            for row in steps:
+                run.log({k: v for k, v in row.items() if k != "_step"}, step=int(row["_step"]))
+        last = max([int(r["_step"]) for r in steps], default=None)
+        if last is not None:
+            self.store.set_last_step(self.experiment, name, last)
+        if result.get("final"):
+            self._finalize(name, result)
+        else:
+            epoch_metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/"))}
+            step = last if last is not None else int(result.get("training_iteration", 0))
+            if run is not None:
+                run.log(epoch_metrics, step=step)
+            self.on_event("epoch", name, epoch=int(result.get("epoch", 0)), val_crps=result.get("val/crps"))
+
+    def _finalize(self, name, result):
+        flags = [tuple(f) for f in json.loads(result.get("gate_flags") or "[]")]
+        metrics = {k: v for k, v in result.items() if k.startswith(("val/", "test/"))
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.store.write_metrics(self.experiment, name, metrics, flags)
+        self.store.upsert_trial(self.experiment, name, status="finished", best_epoch=int(result["best_epoch"]),
+                                epochs=int(result["epochs"]), train_seconds=float(result["train_seconds"]),
+                                stopped=str(result["stopped"]), gated=bool(flags), error=None)
+        run = self.runs.pop(name, None)
+        if run is not None:
+            run.summary({**metrics, "best_epoch": result["best_epoch"], "gated": bool(flags),
+                         "gate_reasons": "; ".join(r for _, r in flags)})
+            plots = {f"plots/{k}": Path(v) for k, v in json.loads(result.get("plots") or "{}").items()}
+            run.log_images(plots, step=run.last_step)
+            self._log_prediction_sample(run, name)
+            run.finish()
+        self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"))
+
+    def _log_prediction_sample(self, run, name):
+        from nqexp.evaluate import load_predictions
+
+        path = self.store.trial_dir(self.experiment, name) / "predictions.parquet"
+        if not path.exists():
+            return
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        frame = frame[frame["split"] == "test"]
+        sample = frame.iloc[np.linspace(0, len(frame) - 1, min(500, len(frame))).astype(int)]
+        run.log_table("test/predictions_sample", sample.astype({"ts": str}), step=run.last_step)
+        del load_predictions
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        name = self._name(trial)
+        error = str(getattr(trial, "error_file", "") or "trial failed")
+        self.store.upsert_trial(self.experiment, name, status="failed", error=error)
+        run = self.runs.pop(name, None)
+        if run is not None:
+            run.finish(exit_code=1)
+        self.on_event("error", name, error=error)
+
+    def close(self):
+        for run in self.runs.values():        # interrupted trials: close their W&B runs cleanly
+            run.finish(exit_code=130)
+        self.runs.clear()
+
+
+def _make_callback(follower: _Follower):
+    from ray import tune
+
+    class Callback(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            follower.on_trial_start(iteration, trials, trial, **info)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            follower.on_trial_result(iteration, trials, trial, result, **info)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            follower.on_trial_error(iteration, trials, trial, **info)
+
+    return Callback()
+
+
+# ------------------------------------------------------------------------------------------
+# Driver: Ray session
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None):
+    for k, v in QUIET_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    env_vars = {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}
+    env_vars.update({k: v for k, v in QUIET_RAY_ENV.items()})
+    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": env_vars},
+                  ignore_reinit_error=True)
+    if address:
+        return ray.init(address=address, **kwargs)
+    return ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kwargs)
+
+
+@dataclass
+class ExperimentOutcome:
+    experiment: str
+    finished: list[str]
+    unfinished: list[str]
+    failed: list[str]
+    wall_seconds: float
+    notes: list[str]
+
+
+def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial_meta: Mapping[str, dict],
+               datasets: Mapping[str, PreparedData], resources, track_cfg, address: str | None = None,
+               max_failures: int = 1, on_event: Callable | None = None, search: dict | None = None,
+               base_spec: dict | None = None, num_samples: int = 1, max_epochs: int | None = None) -> None:
+    """Run trials on Ray Tune (grid over named trials, or a search when `search` is given)."""
+    from ray import tune
+
+    trainable = tune.with_parameters(_trainable, datasets=dict(datasets), trial_specs=dict(trial_specs),
+                                     base_spec=base_spec, store_root=str(store.root), experiment=experiment)
+    per_trial = {"cpu": float(resources.cpus_per_trial)}
+    if resources.gpus_per_trial:
+        per_trial["gpu"] = float(resources.gpus_per_trial)
+    trainable = tune.with_resources(trainable, per_trial)
+    follower = _Follower(store=store, experiment=experiment, trial_meta=trial_meta, track_cfg=track_cfg,
+                         on_event=on_event)
+    storage = str((store.experiment_dir(experiment) / "ray").absolute())
+    attempt = time.strftime("%Y%m%d-%H%M%S")
+    if search is None:
+        param_space = {"trial": tune.grid_search(list(trial_specs))}
+        tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent_trials or 0)
+    else:
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space = search
+        tune_config = tune.TuneConfig(
+            metric="objective", mode="min", num_samples=num_samples,
+            search_alg=OptunaSearch(seed=0),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_epochs or 1),
+                                    grace_period=1, reduction_factor=2),
+            max_concurrent_trials=resources.max_concurrent_trials or 0,
+        )
+    tuner = tune.Tuner(
+        trainable, param_space=param_space, tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=f"attempt-{attempt}", storage_path=storage, verbose=0,
+            callbacks=[_make_callback(follower)],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        follower.close()
+
+
+def sweep_space(search: Mapping[str, Mapping[str, Any]]) -> dict:
+    """spec.search (dotted key -> {distribution: args}) -> a Tune param space."""
+    from ray import tune
+
+    makers = {
+        "loguniform": lambda a: tune.loguniform(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "choice": lambda a: tune.choice(list(a)),
+        "randint": lambda a: tune.randint(*a),
+        "quniform": lambda a: tune.quniform(*a),
+    }
+    space = {}
+    for key, dist in search.items():
+        (kind, args), = dict(dist).items()
+        space[key] = makers[kind](args)
+    return space
+
+
+def shutdown_ray():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
