@@ -1,0 +1,645 @@
+"""Windows, splits and the loader: FeatureArrays -> model batches (x, mask, temporal, y, scale).
+
+Everything here works on whole arrays: one contiguous float32 array of scaled bars, index
+arithmetic for the windows and one vectorized gather per batch. There is no per-sample pandas
+and no Python loop per sample.
+
+The flow:
+
+    arrays = features.load_arrays(con, "migt24", "NQ.v.0")      # FeatureArrays (bar level)
+    idx = make_splits(arrays, SplitConfig(), WindowConfig())      # {"train","val","test"}: end bars
+    scalers = fit_scalers(arrays, idx["train"], WindowConfig())   # fitted on train bars only
+    loader = WindowLoader(arrays, idx["train"], scalers, WindowConfig(), batch_size=128, shuffle=True)
+    for batch in loader: ...                                      # dict of torch tensors (contracts.md)
+
+`arrays` is anything with the FeatureArrays attributes (contracts.md): ts, X, names, close,
+horizons, freq_minutes, targets, target_flags, session_date, minute_of_day_et. The class itself
+lives in nqexp/features.py; this module only reads those attributes.
+
+Windows. A sample is named by its end index t (the window's last bar). Two kinds:
+  * wall-clock (seed 001, `migt24`): bars with ts in (ts_t - lookback_minutes, ts_t], at most t_max
+    of them. 24 hours of 5-minute bars gives T_max = 288; real days hold 273-276 bars, a short day
+    (Thanksgiving) fewer, and the first bars after a weekend very few.
+  * bar-count (seed 000, `grok24`, lookback_minutes=None): the last t_max bars, whatever their
+    times. A trading week of 1-minute bars is 5 Globex sessions x 1380 minutes = 6900 bars. Counting
+    bars rather than wall time keeps a Monday window a full week (a wall-clock 6900 minutes back from
+    Monday morning would reach only Wednesday afternoon and hold ~3 sessions).
+Windows are left-aligned: steps 0..L-1 are bars t-L+1..t in time order, steps L..T-1 are zeros and
+mask False. A window holds no bar after t.
+
+Documented choices:
+  * NaN targets: a sample whose target is NaN for any horizon is dropped (the model never sees
+    NaN, and every sample carries all H targets, so metrics need no NaN handling).
+  * Non-finite features: make_splits drops any sample whose window holds a non-finite raw feature
+    (indicator warm-up at the start of the series, a zero-volume division). As a second guard the
+    scaled bars have NaN/Inf replaced by 0, so even an index array from elsewhere can't feed NaN;
+    the mask is never changed by this.
+  * Feature scaling: robust per-variable standardization, (x - median) / (IQR / 1.349) with the
+    median and IQR computed only from train bars, clipped to +-clip (10). The model's RevIN then
+    normalizes each window on top; this global step just keeps raw magnitudes (prices ~1e4,
+    Amihud ~1e-9) at O(1) so padding zeros and RevIN statistics are well conditioned.
+  * Target scale sigma-hat (DESIGN §6 "Numerics", §8 vol-scaled baseline): for sample t and horizon h,
+        sigma2(t, h) = v_t * sum_{k=1..h} tod[slot(t+k)]
+    with tod the train-fitted time-of-day profile (mean squared 1-bar log-return per
+    freq-minute slot of the ET day, shrunk toward the overall mean, normalized to mean 1 over train
+    bars) and v_t an EWMA (half-life vol_halflife_minutes) of deseasonalized squared returns
+    r_s^2 / tod[slot(s)] for s <= t. The future slots are calendar times of the next h bars, known at
+    t from the exchange schedule, so this is causal. The EWMA starts at the train mean and a
+    single bar's contribution is capped at 100x that mean (a 10-sigma bar). sigma-hat is floored
+    at scale_floor x sqrt(train mean x h), so it is always > 0.
+  * Splits assign a sample to a split by the Globex session_date of its end bar (inclusive date
+    ranges). Between consecutive splits the tail of the earlier split is purged so that the last
+    earlier end index a and the first later end index b satisfy b - a >= purge_bars, with
+    purge_bars >= max horizon + t_max (+ feature_lookback_bars). Hence a + max_h < first bar of
+    every later window: no target of one split overlaps the inputs or targets of the next.
+  * stride: samples end on bars with index % stride == 0 (global alignment, so it does not depend
+    on split boundaries); val/test use eval_stride (default: the same).
+  * subsample_fraction applies to every split (fast iteration), each split with its own stream
+    from `seed`, so the same seed gives the same samples.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from nqexp.errors import DataError, SpecError
+
+log = logging.getLogger(__name__)
+
+ET = "America/New_York"
+FLAG_BREAK, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4  # target_flags bits (contracts.md)
+SPLITS = ("train", "val", "test")
+_MAX_FIT_ROWS = 262_144  # percentiles are estimated on at most this many evenly spaced train bars
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How samples are cut from the bar arrays. Defaults are seed 001's `migt24` (24 h of 5-minute bars)."""
+
+    lookback_minutes: int | None = 1440   # wall-clock look-back: bars with ts in (ts_t - lookback, ts_t]; None = last t_max bars
+    t_max: int = 288                      # padded window length T (1440 / 5; 6900 for a 1-minute trading week)
+    stride: int = 1                       # train samples end on bars with index % stride == 0 (60 for 1-minute training)
+    eval_stride: int | None = None        # stride for val/test samples; None = stride
+    min_valid_bars: int = 12              # drop samples whose window holds fewer real bars (first bars after a weekend)
+    drop_target_flags: int = 0            # target_flags bits that drop a sample: 1 break, 2 weekend/holiday, 4 roll; 0 keeps all
+    subsample_fraction: float = 1.0       # keep this share of each split's samples (fast iteration)
+    seed: int = 0                         # seeds the subsample and the loader's shuffling
+    clip: float = 10.0                    # standardized features are clipped to +-clip
+    vol_halflife_minutes: float = 360.0   # EWMA half-life of the recent-realized-vol part of sigma-hat
+    scale_floor: float = 0.1              # sigma-hat floor, as a share of the horizon's train-typical sigma
+
+    def __post_init__(self):
+        problems = []
+        if self.lookback_minutes is not None and self.lookback_minutes <= 0:
+            problems.append(f"windows.lookback_minutes ({self.lookback_minutes}) must be > 0 or None")
+        if self.t_max < 1:
+            problems.append(f"windows.t_max ({self.t_max}) must be >= 1")
+        if self.stride < 1:
+            problems.append(f"windows.stride ({self.stride}) must be >= 1")
+        if self.eval_stride is not None and self.eval_stride < 1:
+            problems.append(f"windows.eval_stride ({self.eval_stride}) must be >= 1 or None")
+        if not 1 <= self.min_valid_bars <= self.t_max:
+            problems.append(f"windows.min_valid_bars ({self.min_valid_bars}) must be in 1..windows.t_max ({self.t_max})")
+        if not 0 <= self.drop_target_flags <= 7:
+            problems.append(f"windows.drop_target_flags ({self.drop_target_flags}) must be a bitmask in 0..7")
+        if not 0 < self.subsample_fraction <= 1:
+            problems.append(f"windows.subsample_fraction ({self.subsample_fraction}) must be in (0, 1]")
+        if not self.clip > 0:
+            problems.append(f"windows.clip ({self.clip}) must be > 0")
+        if not self.vol_halflife_minutes > 0:
+            problems.append(f"windows.vol_halflife_minutes ({self.vol_halflife_minutes}) must be > 0")
+        if not self.scale_floor > 0:
+            problems.append(f"windows.scale_floor ({self.scale_floor}) must be > 0 so the scale stays > 0")
+        if problems:
+            raise SpecError("; ".join(problems))
+
+    @classmethod
+    def migt24(cls, **overrides) -> WindowConfig:
+        """Seed 001: the last 24 hours of 5-minute bars, padded to 288, every bar a sample."""
+        return cls(**overrides)
+
+    @classmethod
+    def grok24(cls, **overrides) -> WindowConfig:
+        """Seed 000: a trading week of 1-minute bars (5 x 1380 = 6900 bars), a sample every 60 bars."""
+        return cls(**{"lookback_minutes": None, "t_max": 5 * 1380, "stride": 60, "min_valid_bars": 1380, **overrides})
+
+    def stride_for(self, split: str) -> int:
+        return self.stride if split == "train" or self.eval_stride is None else self.eval_stride
+
+
+def _as_date(value, name: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise SpecError(f"splits.{name} ({value!r}) must be a date like 2021-12-31")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Split dates (inclusive, by the Globex session date of a sample's end bar). Defaults are seed 001's."""
+
+    train_start: dt.date = dt.date(2010, 6, 6)    # first train session date
+    train_end: dt.date = dt.date(2021, 12, 31)    # last train session date
+    val_start: dt.date = dt.date(2022, 1, 1)      # first val session date
+    val_end: dt.date = dt.date(2023, 12, 31)      # last val session date
+    test_start: dt.date = dt.date(2024, 1, 1)     # first test session date
+    test_end: dt.date = dt.date(2025, 12, 3)      # last test session date
+    purge_bars: int | None = None                 # gap between splits in bars; None = the minimum allowed
+    feature_lookback_bars: int = 0                # longest feature look-back in bars, added to the minimum purge
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name.endswith(("_start", "_end")):
+                object.__setattr__(self, f.name, _as_date(getattr(self, f.name), f.name))
+        order = ["train_start", "train_end", "val_start", "val_end", "test_start", "test_end"]
+        for a, b in zip(order, order[1:]):
+            va, vb = getattr(self, a), getattr(self, b)
+            # Within a split start <= end; between splits the next one starts strictly later.
+            if (vb < va) if a.endswith("_start") else (vb <= va):
+                raise SpecError(f"splits.{b} ({vb}) must come after splits.{a} ({va})")
+        if self.purge_bars is not None and self.purge_bars < 0:
+            raise SpecError(f"splits.purge_bars ({self.purge_bars}) must be >= 0 or None")
+        if self.feature_lookback_bars < 0:
+            raise SpecError(f"splits.feature_lookback_bars ({self.feature_lookback_bars}) must be >= 0")
+
+    def ranges(self) -> dict[str, tuple[dt.date, dt.date]]:
+        return {s: (getattr(self, f"{s}_start"), getattr(self, f"{s}_end")) for s in SPLITS}
+
+
+def min_purge_bars(horizons, window_cfg: WindowConfig, split_cfg: SplitConfig) -> int:
+    """The smallest allowed gap between splits: max horizon + window look-back (t_max) + feature look-back."""
+    return int(max(horizons)) + window_cfg.t_max + split_cfg.feature_lookback_bars
+
+
+def resolve_purge(horizons, window_cfg: WindowConfig, split_cfg: SplitConfig) -> int:
+    """split_cfg.purge_bars, or the minimum when unset. Raises SpecError naming both when it is too small."""
+    need = min_purge_bars(horizons, window_cfg, split_cfg)
+    if split_cfg.purge_bars is None:
+        return need
+    if split_cfg.purge_bars < need:
+        raise SpecError(
+            f"splits.purge_bars ({split_cfg.purge_bars}) must be at least max horizon + look-back = "
+            f"{max(horizons)} + {window_cfg.t_max} + feature_lookback_bars {split_cfg.feature_lookback_bars} "
+            f"= {need} bars; raise splits.purge_bars to {need} or leave it unset")
+    return int(split_cfg.purge_bars)
+
+
+def walk_forward_folds(first: dt.date | str, last: dt.date | str, *, n_folds: int, val_days: int, test_days: int,
+                       train_days: int | None = None, purge_bars: int | None = None,
+                       feature_lookback_bars: int = 0) -> Iterator[SplitConfig]:
+    """Walk-forward folds ending at `last`: fold k tests the k-th of n_folds consecutive test_days blocks.
+
+    Each fold's val block is the val_days just before its test block, and train runs from `first`
+    (expanding window) or covers the train_days before val (rolling window). Purging is applied by
+    make_splits like for any SplitConfig.
+    """
+    first, last = _as_date(first, "first"), _as_date(last, "last")
+    if n_folds < 1 or val_days < 1 or test_days < 1 or (train_days is not None and train_days < 1):
+        raise SpecError(f"walk-forward n_folds ({n_folds}), val_days ({val_days}), test_days ({test_days}) "
+                        f"and train_days ({train_days}) must be >= 1")
+    day = dt.timedelta(days=1)
+    for k in range(n_folds):
+        test_end = last - (n_folds - 1 - k) * test_days * day
+        test_start = test_end - (test_days - 1) * day
+        val_end = test_start - day
+        val_start = val_end - (val_days - 1) * day
+        train_end = val_start - day
+        train_start = first if train_days is None else max(first, train_end - (train_days - 1) * day)
+        if train_start > train_end:
+            raise SpecError(f"walk-forward fold {k}: no train days left between {first} and {train_end}; "
+                            f"use fewer folds or shorter val_days/test_days")
+        yield SplitConfig(train_start, train_end, val_start, val_end, test_start, test_end,
+                          purge_bars=purge_bars, feature_lookback_bars=feature_lookback_bars)
+
+
+# ---------------------------------------------------------------------------------------------
+# Window geometry and sample selection
+# ---------------------------------------------------------------------------------------------
+
+
+def _n_bars(arrays) -> int:
+    return int(np.shape(arrays.ts)[0])
+
+
+def window_starts(ts: np.ndarray, window_cfg: WindowConfig, idx: np.ndarray | None = None) -> np.ndarray:
+    """(n,) int64 index of the first bar of the window ending at each idx (all bars when idx is None)."""
+    ts = np.asarray(ts)
+    end = np.arange(ts.shape[0], dtype=np.int64) if idx is None else np.asarray(idx, dtype=np.int64)
+    start = np.maximum(end - (window_cfg.t_max - 1), 0)  # never more than t_max bars
+    if window_cfg.lookback_minutes is not None:
+        cutoff = ts[end] - np.timedelta64(int(window_cfg.lookback_minutes), "m")
+        # First bar with ts > ts_t - lookback: the window is (ts_t - lookback, ts_t].
+        start = np.maximum(start, np.searchsorted(ts, cutoff, side="right").astype(np.int64))
+    return start
+
+
+def _valid_samples(arrays, window_cfg: WindowConfig) -> tuple[np.ndarray, dict[str, int]]:
+    """(N,) bool: the sample ending at each bar is usable, and the count each rule removed."""
+    n = _n_bars(arrays)
+    X = np.asarray(arrays.X)
+    targets = np.asarray(arrays.targets)
+    start = window_starts(arrays.ts, window_cfg)  # (N,)
+    length = np.arange(n, dtype=np.int64) - start + 1  # (N,)
+    enough = length >= window_cfg.min_valid_bars
+    # Non-finite raw features anywhere in the window: prefix sums over bad bars.
+    bad_bar = ~np.isfinite(X).all(axis=1)  # (N,)
+    bad_cum = np.concatenate([[0], np.cumsum(bad_bar, dtype=np.int64)])  # (N+1,)
+    finite_x = (bad_cum[np.arange(n) + 1] - bad_cum[start]) == 0
+    finite_y = np.isfinite(targets).all(axis=1)
+    flags_ok = (np.bitwise_or.reduce(np.asarray(arrays.target_flags), axis=1) & window_cfg.drop_target_flags) == 0
+    valid = enough & finite_x & finite_y & flags_ok
+    counts = {"short_window": int((~enough).sum()), "nonfinite_features": int((~finite_x).sum()),
+              "nan_targets": int((~finite_y).sum()), "flagged_targets": int((~flags_ok).sum())}
+    return valid, counts
+
+
+def make_splits(arrays, split_cfg: SplitConfig, window_cfg: WindowConfig) -> dict[str, np.ndarray]:
+    """{"train", "val", "test"} -> sorted (n,) int64 sample end indices, purged and filtered.
+
+    A sample is kept when its end bar's session_date is inside the split's dates, its index is on
+    the split's stride, its window holds >= min_valid_bars bars all with finite features, all its
+    targets are finite and none carries a dropped flag. Then the tail of each earlier split is
+    purged (see the module docstring) and subsample_fraction is applied.
+    """
+    n = _n_bars(arrays)
+    horizons = tuple(int(h) for h in arrays.horizons)
+    purge = resolve_purge(horizons, window_cfg, split_cfg)
+    valid, dropped = _valid_samples(arrays, window_cfg)
+    session = np.asarray(arrays.session_date).astype("datetime64[D]")
+    index = np.arange(n, dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    for split, (lo, hi) in split_cfg.ranges().items():
+        in_dates = (session >= np.datetime64(lo, "D")) & (session <= np.datetime64(hi, "D"))
+        on_stride = index % window_cfg.stride_for(split) == 0
+        out[split] = index[valid & in_dates & on_stride]
+    # Purge the tail of each earlier split against the first sample of the next non-empty split.
+    for i, earlier in enumerate(SPLITS[:-1]):
+        later = next((s for s in SPLITS[i + 1:] if out[s].size), None)
+        if later is not None and out[earlier].size:
+            out[earlier] = out[earlier][out[earlier] <= out[later][0] - purge]
+    for k, split in enumerate(SPLITS):
+        idx = out[split]
+        if window_cfg.subsample_fraction < 1 and idx.size:
+            keep = max(1, round(window_cfg.subsample_fraction * idx.size))
+            split_rng = np.random.default_rng([window_cfg.seed, k])
+            idx = np.sort(split_rng.choice(idx, size=keep, replace=False))
+        out[split] = idx
+    _check_no_overlap(arrays, out, window_cfg, horizons)
+    for split in SPLITS:
+        if out[split].size == 0:
+            log.warning("split %s has no samples (dates %s..%s)", split, *split_cfg.ranges()[split])
+    log.info("splits: %s samples (purge %d bars; dropped before splitting: %s)",
+             {s: int(v.size) for s, v in out.items()}, purge, dropped)
+    return out
+
+
+def _check_no_overlap(arrays, idx: dict[str, np.ndarray], window_cfg: WindowConfig, horizons) -> None:
+    """Internal invariant: the last target bar of a split comes before the first window bar of the next."""
+    present = [s for s in SPLITS if idx[s].size]
+    for a, b in zip(present, present[1:]):
+        last_target = int(idx[a].max()) + max(horizons)
+        first_input = int(window_starts(arrays.ts, window_cfg, idx[b]).min())
+        assert last_target < first_input, (
+            f"purge failed: {a} target reaches bar {last_target}, {b} inputs start at bar {first_input}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalers (fitted on train bars only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_returns(close: np.ndarray) -> np.ndarray:
+    """(N,) 1-bar log-returns of the adjusted close; NaN on the first bar."""
+    close = np.asarray(close, dtype=np.float64)
+    r = np.full(close.shape[0], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r[1:] = np.diff(np.log(close))
+    return r
+
+
+def _slots(arrays) -> np.ndarray:
+    """(N,) int64 time-of-day slot: minute of the ET day // freq_minutes."""
+    return np.asarray(arrays.minute_of_day_et).astype(np.int64) // int(arrays.freq_minutes)
+
+
+@dataclass
+class Scalers:
+    """Everything fitted on train: feature standardization and the target-scale (sigma-hat) model."""
+
+    center: np.ndarray            # (V,) float64 train median per variable
+    spread: np.ndarray            # (V,) float64 train IQR / 1.349 per variable (std, then 1, when the IQR is 0)
+    clip: float                   # standardized features are clipped to +-clip
+    tod_profile: np.ndarray       # (S,) float64 mean squared 1-bar return per ET time-of-day slot, mean 1 over train bars
+    var_per_bar: float            # train mean of the deseasonalized squared 1-bar return (EWMA start, floor base)
+    halflife_bars: float          # EWMA half-life of recent realized variance, in bars
+    scale_floor: np.ndarray       # (H,) float64 lower bound of sigma-hat per horizon (> 0)
+    horizons: tuple[int, ...]     # horizons in bars, as in arrays.horizons
+    freq_minutes: int             # bar size the scalers were fitted on
+    names: list[str] = field(default_factory=list)  # variable names, as in arrays.names
+    fit_bars: tuple[int, int] = (0, 0)              # [first, last] bar index the fit read
+
+    def transform_features(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, V) raw features -> (N, V) float32 standardized, clipped, non-finite -> 0."""
+        X = np.asarray(X)
+        if X.shape[1] != self.center.shape[0]:
+            raise DataError(f"features have {X.shape[1]} variables, the scalers were fitted on {self.center.shape[0]}")
+        out = np.empty(X.shape, dtype=np.float32) if out is None else out
+        center = self.center.astype(np.float32)
+        inv = (1.0 / self.spread).astype(np.float32)
+        chunk = 1 << 16  # bounded float32 temporaries on 5M-row inputs
+        for i in range(0, X.shape[0], chunk):
+            block = (X[i:i + chunk].astype(np.float32, copy=False) - center) * inv  # (c, V)
+            np.clip(block, -self.clip, self.clip, out=block)
+            out[i:i + chunk] = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
+
+    def recent_variance(self, arrays) -> np.ndarray:
+        """(N,) float64 EWMA of deseasonalized squared 1-bar returns up to and including each bar (causal)."""
+        from scipy.signal import lfilter
+
+        self._check_arrays(arrays)
+        r = _log_returns(arrays.close)  # (N,)
+        slot = _slots(arrays)  # (N,)
+        u = r * r / self.tod_profile[slot]  # (N,)
+        m = self.var_per_bar
+        u = np.where(np.isfinite(u), np.minimum(u, 100.0 * m), m)  # one bar moves the estimate at most 10 sigma
+        lam = 0.5 ** (1.0 / self.halflife_bars)
+        # v_t = lam v_{t-1} + (1 - lam) u_t, v_{-1} = m; lfilter is the exact recursion in C.
+        v, _ = lfilter([1.0 - lam], [1.0, -lam], u, zi=[lam * m])
+        return v
+
+    def target_scale(self, arrays, idx) -> np.ndarray:
+        """(n, H) float32 causal sigma-hat for the samples ending at idx; strictly > 0."""
+        self._check_arrays(arrays)
+        idx = np.asarray(idx, dtype=np.int64)
+        n = _n_bars(arrays)
+        v = self.recent_variance(arrays)[idx]  # (n,)
+        prof = self.tod_profile[_slots(arrays)]  # (N,) profile of every bar's slot
+        cum = np.concatenate([[0.0], np.cumsum(prof)])  # (N+1,)
+        scale = np.empty((idx.size, len(self.horizons)), dtype=np.float64)  # (n, H)
+        for j, h in enumerate(self.horizons):
+            last = np.minimum(idx + h, n - 1)  # (n,)
+            # Profile of the next h bars' slots; past the series end each missing bar counts as the mean (1).
+            tod_sum = cum[last + 1] - cum[idx + 1] + (idx + h - last)  # (n,)
+            scale[:, j] = np.sqrt(v * tod_sum)
+        scale = np.maximum(scale, self.scale_floor[None, :])  # (n, H)
+        scale = np.where(np.isfinite(scale), scale, self.scale_floor[None, :]).astype(np.float32)
+        assert (scale > 0).all(), "target scale must be strictly positive"
+        return scale
+
+    def _check_arrays(self, arrays) -> None:
+        horizons = tuple(int(h) for h in arrays.horizons)
+        if horizons != self.horizons or int(arrays.freq_minutes) != self.freq_minutes:
+            raise DataError(f"arrays have horizons {horizons} on {arrays.freq_minutes}-minute bars; the scalers were "
+                            f"fitted on {self.horizons} on {self.freq_minutes}-minute bars: refit them")
+
+
+def fit_scalers(arrays, train_idx, window_cfg: WindowConfig) -> Scalers:
+    """Fit feature standardization and the sigma-hat model on the bars the train windows cover.
+
+    Reads only bars first_train_window_start..last_train_end, so nothing from val or test (which
+    lie after the purge gap) can change the result.
+    """
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    if train_idx.size == 0:
+        raise DataError("no train samples to fit scalers on: widen splits.train_start..train_end or check the data")
+    lo = int(window_starts(arrays.ts, window_cfg, train_idx).min())
+    hi = int(train_idx.max())
+    rows = slice(lo, hi + 1)
+
+    # Feature standardization from (at most _MAX_FIT_ROWS evenly spaced) train bars.
+    X = np.asarray(arrays.X)[rows]  # (M, V)
+    step = max(1, math.ceil(X.shape[0] / _MAX_FIT_ROWS))
+    Xf = X[::step].astype(np.float64)
+    Xf[~np.isfinite(Xf)] = np.nan
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns fall back below
+        q25, q50, q75 = np.nanpercentile(Xf, [25, 50, 75], axis=0)  # 3 x (V,)
+        std = np.nanstd(Xf, axis=0)  # (V,)
+    spread = (q75 - q25) / 1.349  # IQR of a normal is 1.349 sigma
+    spread = np.where(np.isfinite(spread) & (spread > 0), spread, np.where(np.isfinite(std) & (std > 0), std, 1.0))
+    center = np.where(np.isfinite(q50), q50, 0.0)
+
+    # Time-of-day profile of squared 1-bar returns on the same train bars.
+    n_slots = 1440 // int(arrays.freq_minutes)
+    r = _log_returns(arrays.close)[rows]  # (M,)
+    slot = _slots(arrays)[rows]  # (M,)
+    ok = np.isfinite(r)
+    if ok.sum() < 2:
+        raise DataError(f"train bars {lo}..{hi} hold fewer than 2 finite returns: cannot fit the target scale")
+    r2 = r[ok] ** 2
+    r2 = np.minimum(r2, np.quantile(r2, 0.999))  # winsorize so one crash bar can't own a slot
+    s = slot[ok]
+    m0 = float(r2.mean())
+    total = np.bincount(s, weights=r2, minlength=n_slots)  # (S,)
+    count = np.bincount(s, minlength=n_slots)  # (S,)
+    k = 10.0  # pseudo-observations of the overall mean: sparse slots shrink toward 1
+    if m0 > 0:
+        prof = (total + k * m0) / (count + k) / m0  # (S,)
+        prof = prof / float(np.mean(prof[s]))  # mean 1 over train bars
+        var_per_bar = float(np.mean(r2 / prof[s]))
+    else:  # constant prices: a flat profile and a tiny positive variance
+        prof = np.ones(n_slots)
+        var_per_bar = 0.0
+    var_per_bar = max(var_per_bar, 1e-16)
+    horizons = tuple(int(h) for h in arrays.horizons)
+    floor = window_cfg.scale_floor * np.sqrt(var_per_bar * np.asarray(horizons, dtype=np.float64))  # (H,)
+    return Scalers(center=center, spread=spread, clip=float(window_cfg.clip), tod_profile=prof,
+                   var_per_bar=var_per_bar,
+                   halflife_bars=float(window_cfg.vol_halflife_minutes) / int(arrays.freq_minutes),
+                   scale_floor=np.maximum(floor, 1e-12), horizons=horizons, freq_minutes=int(arrays.freq_minutes),
+                   names=list(arrays.names), fit_bars=(lo, hi))
+
+
+def target_scale(arrays, idx, scalers: Scalers) -> np.ndarray:
+    """(n, H) float32 causal sigma-hat (train-fitted tod profile x recent realized vol); the vol-scaled baseline's scale."""
+    return scalers.target_scale(arrays, idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def temporal_features(ts: np.ndarray) -> np.ndarray:
+    """(N,) naive-UTC datetime64 -> (N, 4) float32 [minute_of_day, day_of_week (Mon=0), day_of_month, day_of_year] in ET."""
+    import pandas as pd
+
+    et = pd.DatetimeIndex(np.asarray(ts).astype("datetime64[us]")).tz_localize("UTC").tz_convert(ET)
+    out = np.empty((et.shape[0], 4), dtype=np.float32)
+    out[:, 0] = et.hour * 60 + et.minute
+    out[:, 1] = et.day_of_week
+    out[:, 2] = et.day
+    out[:, 3] = et.day_of_year
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset (plain numpy, Ray-friendly) and loader (torch batches)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WindowDataset:
+    """One split's samples as plain numpy: bar-level arrays plus per-sample indices (no windows materialized).
+
+    Memory is O(bars + samples); a batch is gathered on demand. Built once by the driver, it can be
+    put into Ray's object store as is (or as `to_numpy()`), and trials rebuild loaders from it
+    without DuckDB.
+    """
+
+    bars: np.ndarray       # (M+1, V) float32 scaled features of the bars the windows touch; row M is zeros (padding)
+    temporal: np.ndarray   # (M+1, 4) float32 temporal inputs of the same bars; row M is zeros (padding)
+    start: np.ndarray      # (n,) int64 first window bar of each sample, as a row of `bars`
+    length: np.ndarray     # (n,) int64 valid steps L of each sample (1..t_max)
+    y: np.ndarray          # (n, H) float32 forward log-returns (finite)
+    scale: np.ndarray      # (n, H) float32 causal sigma-hat (> 0)
+    idx: np.ndarray        # (n,) int64 sample end index into the original arrays
+    ts: np.ndarray         # (n,) datetime64[us] ts of each sample's end bar (forecast origin)
+    t_max: int             # padded window length T
+    names: list[str] = field(default_factory=list)       # variable names (V)
+    horizons: tuple[int, ...] = ()                         # horizons in bars (H)
+
+    def __len__(self) -> int:
+        return int(self.idx.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f.name).nbytes for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray))
+
+    def batch(self, rows) -> dict[str, np.ndarray]:
+        """Numpy batch for dataset rows: x (B,T,V), mask (B,T), temporal (B,T,4), y (B,H), scale (B,H), idx (B,)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        steps = np.arange(self.t_max, dtype=np.int64)  # (T,)
+        mask = steps[None, :] < self.length[rows, None]  # (B, T)
+        # Padding steps point at the zero row, so one gather writes data and padding together.
+        gather = np.where(mask, self.start[rows, None] + steps[None, :], self.bars.shape[0] - 1)  # (B, T)
+        return {
+            "x": np.take(self.bars, gather, axis=0),  # (B, T, V)
+            "mask": mask,  # (B, T)
+            "temporal": np.take(self.temporal, gather, axis=0),  # (B, T, 4)
+            "y": self.y[rows],  # (B, H)
+            "scale": self.scale[rows],  # (B, H)
+            "idx": self.idx[rows],  # (B,)
+        }
+
+    def to_numpy(self) -> dict:
+        """A plain dict (numpy arrays and small metadata), e.g. for ray.put."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_numpy(cls, d: dict) -> WindowDataset:
+        return cls(**d)
+
+    def subset(self, rows) -> WindowDataset:
+        """The same bars with only some samples (e.g. a quick val subset)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(self, start=self.start[rows], length=self.length[rows], y=self.y[rows],
+                       scale=self.scale[rows], idx=self.idx[rows], ts=self.ts[rows])
+
+
+def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> WindowDataset:
+    """Materialize one split for the loader: scaled bars of the covered range, temporal inputs, y, scale."""
+    idx = np.asarray(idx, dtype=np.int64)
+    n = _n_bars(arrays)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise DataError(f"sample indices must lie in 0..{n - 1}, got {idx.min()}..{idx.max()}")
+    if idx.size > 1 and np.any(np.diff(idx) < 0):
+        idx = np.sort(idx)
+    H = len(scalers.horizons)
+    V = np.shape(arrays.X)[1]
+    if idx.size == 0:
+        return WindowDataset(bars=np.zeros((1, V), np.float32), temporal=np.zeros((1, 4), np.float32),
+                             start=np.zeros(0, np.int64), length=np.zeros(0, np.int64),
+                             y=np.zeros((0, H), np.float32), scale=np.ones((0, H), np.float32),
+                             idx=idx, ts=np.zeros(0, "datetime64[us]"), t_max=window_cfg.t_max,
+                             names=list(arrays.names), horizons=scalers.horizons)
+    y = np.asarray(arrays.targets)[idx].astype(np.float32)  # (n, H)
+    bad = ~np.isfinite(y).all(axis=1)
+    if bad.any():
+        raise DataError(f"{int(bad.sum())} samples have NaN targets (first end index {int(idx[bad][0])}); "
+                        f"build the indices with make_splits, which drops them")
+    start = window_starts(arrays.ts, window_cfg, idx)  # (n,)
+    lo, hi = int(start.min()), int(idx.max())
+    M = hi - lo + 1
+    bars = np.zeros((M + 1, V), dtype=np.float32)  # row M stays zero: the padding row
+    scalers.transform_features(np.asarray(arrays.X)[lo:hi + 1], out=bars[:M])
+    temporal = np.zeros((M + 1, 4), dtype=np.float32)
+    temporal[:M] = temporal_features(np.asarray(arrays.ts)[lo:hi + 1])
+    return WindowDataset(bars=bars, temporal=temporal, start=start - lo, length=idx - start + 1, y=y,
+                         scale=scalers.target_scale(arrays, idx), idx=idx,
+                         ts=np.asarray(arrays.ts)[idx].astype("datetime64[us]"), t_max=window_cfg.t_max,
+                         names=list(arrays.names), horizons=scalers.horizons)
+
+
+class WindowLoader:
+    """Iterates a split in batches of torch tensors: x, mask, temporal, y, scale, idx (contracts.md).
+
+    WindowLoader(arrays, idx, scalers, window_cfg, ...) builds the split's WindowDataset;
+    WindowLoader.from_dataset(ds, ...) reuses one (e.g. from Ray's object store). With shuffle, each
+    epoch draws a permutation from (seed, epoch), so runs repeat exactly; call set_epoch(e) to resume.
+    """
+
+    def __init__(self, arrays, idx, scalers: Scalers, window_cfg: WindowConfig, batch_size: int = 128,
+                 shuffle: bool = False, seed: int | None = None, drop_last: bool = False):
+        ds = dataset_arrays(arrays, idx, scalers, window_cfg)
+        self._setup(ds, batch_size, shuffle, window_cfg.seed if seed is None else seed, drop_last)
+
+    @classmethod
+    def from_dataset(cls, dataset: WindowDataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
+                     drop_last: bool = False) -> WindowLoader:
+        self = cls.__new__(cls)
+        self._setup(dataset, batch_size, shuffle, seed, drop_last)
+        return self
+
+    def _setup(self, dataset: WindowDataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+        if batch_size < 1:
+            raise SpecError(f"batch_size ({batch_size}) must be >= 1")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """(n,) dataset rows in this epoch's order."""
+        n = len(self.dataset)
+        if not self.shuffle:
+            return np.arange(n, dtype=np.int64)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+
+    def __iter__(self):
+        import torch
+
+        order = self.order()
+        for b in range(len(self)):
+            batch = self.dataset.batch(order[b * self.batch_size:(b + 1) * self.batch_size])
+            yield {k: torch.from_numpy(v) for k, v in batch.items()}
+        if self.shuffle:
+            self.epoch += 1  # the next pass draws a new permutation
