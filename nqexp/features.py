@@ -1,0 +1,812 @@
+"""Features are SQL: run a feature set's `sql/features/*.sql` files into one versioned table.
+
+A **feature set** is a YAML file in `sql/features/` (`migt24.yaml`, `grok24.yaml`) naming its
+bars table, its horizons, its SQL family files and its column order (and, for grok24, the
+group of each column). Adding a set means adding files; nothing here changes.
+
+A **family file** (`sql/features/<family>.sql`) is one select over the relation
+`feature_input` returning `bar_index` plus the columns its header declares, each named
+`<family>_<name>`. Its header (STYLE §5) gives purpose, grain, inputs, params, lookback,
+lookahead and columns. Contracts checked here, raising SqlError:
+  * statically: the header is complete, column names carry the family prefix, no `following`,
+    no `lead(`, and every window spec (inline `over (...)` or a `window` clause) writes its
+    frame out and ends it at `current row`;
+  * at run time: the select returns exactly `bar_index` + the declared columns.
+
+**Recursive filters.** DuckDB has no EMA, a recursive CTE costs ~24 s per EMA on 5.4M rows and
+an Arrow UDF is wrong (it loses state at 2,048-row chunks; STACK_NOTES §6). So the SQL keeps
+the definition and Python only runs the recursion: a family declares each filter it needs in
+its header,
+
+    -- filter ema_close_12 = ema(close, 12)
+    -- filter wilder_dx_14 = wilder(100 * abs(a - b) / (a + b), 14)
+
+where the first argument is any SQL expression over `feature_input` (including filters
+declared before it) and the second the span. `ema` has alpha = 2/(n+1), `wilder` alpha = 1/n.
+The engine evaluates the input expressions in SQL (one query per dependency level), runs the
+exact recursion y_t = y_{t-1} + alpha (x_t - y_{t-1}) with scipy.signal.lfilter, seeded with
+the first non-NaN x (pandas `ewm(alpha, adjust=False, ignore_na=True)`; NaN inputs are
+skipped and the state carried), and appends the result to `feature_input` as a column the
+family SQL reads. One filter of the same name may be declared by several files only with the
+same definition.
+
+**Pipeline** (`compute`): `_input.sql` (bars of one symbol, optionally truncated at `until`) ->
+filters -> each family file -> `_targets.sql` (event counters) -> targets by an index shift:
+`fwd_ret_h[t] = ln C[t+h] - ln C[t]` and `fwd_flag_h[t]` bits (1 session end, 2 weekend or
+holiday, 4 roll) where a counter differs between t and t+h. `build` writes the result to
+`features_<set>_<symbol>_<hash>` and records it in `feature_builds` (003_features.sql); it is
+rebuilt only when the SQL hash or the bars fingerprint changes.
+
+Features run on the back-adjusted continuous series across sessions and rolls (only the grok24
+VWAP resets, at the RTH open). Each set's `warmup_bars` is the largest declared lookback;
+windows should skip those bars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from nqexp.db import sql_root, table_exists
+from nqexp.errors import DataError, SqlError
+
+log = logging.getLogger(__name__)
+
+# Part of every set's hash: bump it when the filter recursion or the table layout changes.
+ENGINE_VERSION = "features-engine-1"
+FLAG_SESSION, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4
+LONG_BREAK_MINUTES = 240.0   # a gap longer than this is a weekend or holiday (see _targets.sql)
+INPUT_FILE, TARGETS_FILE = "_input", "_targets"
+INPUT_VIEW = "feature_input"
+REQUIRED_HEADER = ("purpose", "grain", "inputs", "params", "lookback", "lookahead", "columns")
+FILTER_KINDS = {"ema": lambda n: 2.0 / (n + 1.0), "wilder": lambda n: 1.0 / n}
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_FILTER_LINE = re.compile(r"^filter\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Definitions: SQL files and feature sets
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilterDecl:
+    """A recursive filter a family file declares: `name = kind(expr, span)`."""
+
+    name: str
+    kind: str        # 'ema' (alpha = 2/(n+1)) or 'wilder' (alpha = 1/n)
+    expr: str        # SQL expression over feature_input and earlier filters
+    span: int
+    source: str      # the file that declared it
+
+    @property
+    def alpha(self) -> float:
+        return FILTER_KINDS[self.kind](self.span)
+
+
+@dataclass(frozen=True)
+class SqlFile:
+    name: str                      # file stem, e.g. 'migt_vol'
+    path: Path
+    text: str
+    header: dict[str, str]
+    columns: tuple[str, ...]       # declared output columns (families: without bar_index)
+    filters: tuple[FilterDecl, ...]
+    lookback: int                  # bars
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    name: str
+    description: str
+    bars_table: str                # 'bars_5m' | 'bars_1m'
+    freq_minutes: int
+    horizons: tuple[int, ...]      # bars ahead
+    files: tuple[SqlFile, ...]     # family files, in the order they run
+    columns: tuple[str, ...]       # V feature columns, in the set's order
+    groups: tuple[str, ...] | None # group of each column (grok24), else None
+    warmup_bars: int               # max lookback over the files
+    filters: tuple[FilterDecl, ...]
+    sql_hash: str                  # sha256 over the definition, every SQL text and ENGINE_VERSION
+    input_file: SqlFile = field(repr=False, default=None)
+    targets_file: SqlFile = field(repr=False, default=None)
+
+    @property
+    def target_names(self) -> list[str]:
+        return [f"fwd_ret_{h}" for h in self.horizons]
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [f"fwd_flag_{h}" for h in self.horizons]
+
+    def table_name(self, symbol: str) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "_", symbol.lower()).strip("_") or "series"
+        return f"features_{self.name}_{slug}_{self.sql_hash[:10]}"
+
+
+def _features_dir() -> Path:
+    return sql_root() / "features"
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+
+
+def _balanced(text: str, open_at: int) -> str:
+    """The text inside the parenthesis opening at `open_at` (exclusive)."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1:i]
+    raise SqlError("unbalanced parentheses")
+
+
+def _window_specs(code: str) -> list[str]:
+    """Every inline `over (...)` spec and every `name as (...)` inside a `window` clause."""
+    specs = [_balanced(code, m.end() - 1) for m in re.finditer(r"\bover\s*\(", code, re.I)]
+    for m in re.finditer(r"\bwindow\b", code, re.I):
+        pos = m.end()
+        while True:
+            d = re.match(r"\s*(\w+)\s+as\s*\(", code[pos:], re.I)
+            if not d:
+                break
+            open_at = pos + d.end() - 1
+            body = _balanced(code, open_at)
+            specs.append(body)
+            pos = open_at + len(body) + 2
+            comma = re.match(r"\s*,", code[pos:])
+            if not comma:
+                break
+            pos += comma.end()
+    return specs
+
+
+_FRAME = re.compile(r"\b(rows|range|groups)\s+between\s+.+?\s+and\s+current\s+row\s*$", re.I | re.S)
+
+
+def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
+    """Read one SQL file, parse its header and check its static contract (SqlError if broken)."""
+    text = path.read_text()
+    name = path.stem
+    where = f"sql/features/{path.name}"
+    header: dict[str, str] = {}
+    filters: list[FilterDecl] = []
+    key = None
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            if line.strip():
+                break
+            key = None
+            continue
+        body = line[2:]
+        stripped = body.strip()
+        m = _FILTER_LINE.match(stripped)
+        if m:
+            fname, kind, expr, span = m.group(1), m.group(2).lower(), m.group(3).strip(), int(m.group(4))
+            if kind not in FILTER_KINDS:
+                raise SqlError(f"{where}: filter {fname} has kind {kind!r}; expected one of {sorted(FILTER_KINDS)}")
+            if span < 1:
+                raise SqlError(f"{where}: filter {fname} has span {span}; expected >= 1")
+            filters.append(FilterDecl(fname, kind, expr, span, name))
+            key = None
+            continue
+        km = re.match(r"^\s?([a-z_]+):\s*(.*)$", body)
+        if km:
+            key = km.group(1)
+            header[key] = km.group(2).strip()
+        elif key and body.startswith("   ") and stripped:
+            header[key] += " " + stripped          # continuation line of the previous key
+        else:
+            key = None
+    missing = [k for k in REQUIRED_HEADER if k not in header]
+    if missing:
+        raise SqlError(f"{where}: header lacks {', '.join(missing)}; every feature file starts with "
+                       f"`-- key: value` lines for {', '.join(REQUIRED_HEADER)} (STYLE §5)")
+    columns = tuple(c.strip() for c in header["columns"].split(",") if c.strip())
+    lb = re.match(r"\s*(\d+)\s+bars?\b", header["lookback"])
+    if family and not lb:
+        raise SqlError(f"{where}: lookback {header['lookback']!r} must start with a bar count, e.g. '72 bars'")
+    code = _strip_comments(text)
+    checked = [(where, code)] + [(f"{where}: filter {f.name}", f.expr) for f in filters]
+    for label, snippet in checked:
+        if re.search(r"\bfollowing\b", snippet, re.I):
+            raise SqlError(f"{label}: uses `following`; a feature at bar t may use only bars <= t")
+        if re.search(r"\blead\s*\(", snippet, re.I):
+            raise SqlError(f"{label}: uses lead(); a feature at bar t may use only bars <= t")
+    for spec in _window_specs(code):
+        if not _FRAME.search(spec.strip()):
+            raise SqlError(f"{where}: window ({' '.join(spec.split())}) must write its frame out and end it at "
+                           "`current row`, e.g. `rows between 19 preceding and current row`")
+    if family:
+        bad = [c for c in columns if not c.startswith(name + "_") or not _IDENT.match(c)]
+        if bad:
+            raise SqlError(f"{where}: columns {bad} must be named {name}_<name> (STYLE §5)")
+    return SqlFile(name, path, text, header, columns, tuple(filters), int(lb.group(1)) if lb else 0)
+
+
+def list_sets() -> list[str]:
+    """Names of the feature sets defined in sql/features/*.yaml."""
+    return sorted(p.stem for p in _features_dir().glob("*.yaml"))
+
+
+def feature_set(name: str) -> FeatureSet:
+    """Load and validate a feature set definition (SqlError when it breaks its contract)."""
+    directory = _features_dir()
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        raise SqlError(f"no feature set {name!r}; known sets: {', '.join(list_sets()) or 'none'} "
+                       f"(a set is a YAML file in {directory})")
+    return _load_set(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _load_set(path: Path, _mtime: int) -> FeatureSet:
+    import yaml
+
+    where = f"sql/features/{path.name}"
+    spec = yaml.safe_load(path.read_text()) or {}
+    known = {"name", "description", "bars", "freq_minutes", "horizons", "files", "columns", "groups"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise SqlError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+    for key in ("bars", "freq_minutes", "horizons", "files"):
+        if key not in spec:
+            raise SqlError(f"{where}: missing key {key!r}")
+    name = spec.get("name", path.stem)
+    if name != path.stem or not _IDENT.match(name):
+        raise SqlError(f"{where}: name {name!r} must equal the file stem {path.stem!r} and be a lowercase identifier")
+    bars_table = str(spec["bars"])
+    if not _IDENT.match(bars_table):
+        raise SqlError(f"{where}: bars {bars_table!r} is not a table name")
+    horizons = tuple(int(h) for h in spec["horizons"])
+    if not horizons or min(horizons) < 1:
+        raise SqlError(f"{where}: horizons {list(horizons)} must be positive bar counts")
+    directory = path.parent
+    files = []
+    for stem in spec["files"]:
+        fpath = directory / f"{stem}.sql"
+        if not fpath.is_file():
+            raise SqlError(f"{where}: lists {stem!r} but {fpath} does not exist")
+        files.append(parse_sql_file(fpath))
+    if "groups" in spec and spec["groups"]:
+        columns, groups = [], []
+        for group, cols in spec["groups"].items():
+            columns += list(cols)
+            groups += [str(group)] * len(cols)
+        if spec.get("columns") and list(spec["columns"]) != columns:
+            raise SqlError(f"{where}: `columns` and the concatenated `groups` disagree")
+        group_tuple = tuple(groups)
+    else:
+        columns, group_tuple = list(spec.get("columns") or []), None
+    if not columns:
+        raise SqlError(f"{where}: no columns; list them under `columns:` (or `groups:`)")
+    declared = {c: f.name for f in files for c in f.columns}
+    unknown_cols = [c for c in columns if c not in declared]
+    if unknown_cols:
+        raise SqlError(f"{where}: columns {unknown_cols} are declared by none of the files {list(spec['files'])}")
+    if len(set(columns)) != len(columns):
+        raise SqlError(f"{where}: a column is listed twice")
+    # Filters: one namespace per set; a repeated name must repeat the same definition.
+    filters: dict[str, FilterDecl] = {}
+    for f in files:
+        for decl in f.filters:
+            prev = filters.get(decl.name)
+            if prev and (prev.kind, prev.expr, prev.span) != (decl.kind, decl.expr, decl.span):
+                raise SqlError(f"filter {decl.name} is declared differently in {prev.source}.sql and {decl.source}.sql")
+            filters.setdefault(decl.name, decl)
+    input_file = parse_sql_file(directory / f"{INPUT_FILE}.sql", family=False)
+    targets_file = parse_sql_file(directory / f"{TARGETS_FILE}.sql", family=False)
+    clash = sorted(set(filters) & set(input_file.columns))
+    if clash:
+        raise SqlError(f"filters {clash} shadow columns of {INPUT_FILE}.sql")
+    digest = hashlib.sha256(ENGINE_VERSION.encode())
+    for part in (path, input_file.path, targets_file.path, *(f.path for f in files)):
+        digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
+    return FeatureSet(
+        name=name,
+        description=str(spec.get("description", "")),
+        bars_table=bars_table,
+        freq_minutes=int(spec["freq_minutes"]),
+        horizons=horizons,
+        files=tuple(files),
+        columns=tuple(columns),
+        groups=group_tuple,
+        warmup_bars=max(f.lookback for f in files),
+        filters=tuple(filters.values()),
+        sql_hash=digest.hexdigest(),
+        input_file=input_file,
+        targets_file=targets_file,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The recursive filter
+# ---------------------------------------------------------------------------------------------
+
+def recursive_filter(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Exact y_t = (1 - alpha) y_{t-1} + alpha x_t, seeded y = x at the first non-NaN x.
+
+    NaN inputs are skipped (the state carries over and the output repeats it); outputs before
+    the first non-NaN input are NaN. Equals pandas `Series.ewm(alpha=alpha, adjust=False,
+    ignore_na=True).mean()` to round-off.
+    """
+    from scipy.signal import lfilter
+
+    x = np.asarray(x, dtype=np.float64)
+    ok = ~np.isnan(x)
+    out = np.full(x.shape, np.nan)
+    if not ok.any():
+        return out
+    xs = x[ok]
+    ys, _ = lfilter([alpha], [1.0, alpha - 1.0], xs, zi=[(1.0 - alpha) * xs[0]])
+    if ok.all():
+        return ys
+    # Scatter back and carry the state over skipped inputs.
+    pos = np.where(ok, np.cumsum(ok) - 1, -1)
+    np.maximum.accumulate(pos, out=pos)
+    valid = pos >= 0
+    out[valid] = ys[pos[valid]]
+    return out
+
+
+def _filter_levels(filters: tuple[FilterDecl, ...]) -> list[list[FilterDecl]]:
+    """Group filters by dependency depth: level k reads only base columns and levels < k."""
+    level: dict[str, int] = {}
+    for decl in filters:
+        deps = [n for n in level if re.search(rf"\b{re.escape(n)}\b", decl.expr)]
+        level[decl.name] = 1 + max((level[d] for d in deps), default=-1)
+    out: list[list[FilterDecl]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for decl in filters:
+        out[level[decl.name]].append(decl)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Computed:
+    """One computation of a feature set on one symbol's bars (float64, in ts order)."""
+
+    ts: np.ndarray                 # (N,) datetime64[us]
+    X: np.ndarray                  # (N, V) float64
+    names: list[str]
+    close: np.ndarray              # (N,) adjusted close
+    targets: np.ndarray            # (N, H) float64
+    target_flags: np.ndarray       # (N, H) uint8
+    session_date: np.ndarray       # (N,) datetime64[D]
+    minute_of_day_et: np.ndarray   # (N,) int16
+    seconds: dict[str, float]
+
+
+def _fetch(con, sql: str, params: dict | None, where: str) -> dict[str, np.ndarray]:
+    import duckdb
+
+    try:
+        res = con.execute(sql, params) if params else con.execute(sql)
+        cols = res.fetchnumpy()
+    except duckdb.Error as exc:
+        raise SqlError(f"{where} failed: {str(exc).splitlines()[0]}") from None
+    # fetchnumpy gives masked arrays for columns with NULLs (STACK_NOTES §6.5): NULL -> NaN.
+    out = {}
+    for k, v in cols.items():
+        if isinstance(v, np.ma.MaskedArray):
+            v = v.astype(np.float64).filled(np.nan) if v.dtype.kind in "fiub" else v.filled()
+        out[k] = np.asarray(v)
+    return out
+
+
+def _float(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
+    """Run the set's SQL on `symbol`'s bars (ts <= `until` when given). Nothing is written."""
+    import pyarrow as pa
+
+    fs = feature_set(fs) if isinstance(fs, str) else fs
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    if not table_exists(con, fs.bars_table):
+        raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.bars.build_bars)")
+    params = {"bars_table": fs.bars_table, "symbol": symbol,
+              "until": None if until is None else np.datetime64(until, "us").item()}
+    import duckdb
+
+    try:
+        base = con.sql(fs.input_file.text, params=params).to_arrow_table()
+    except duckdb.Error as exc:
+        raise SqlError(f"sql/features/{INPUT_FILE}.sql failed: {str(exc).splitlines()[0]}") from None
+    n = base.num_rows
+    if n == 0:
+        raise DataError(f"no rows for symbol {symbol!r} in {fs.bars_table}"
+                        + ("" if until is None else f" at or before {until}"))
+    seconds["input"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    try:
+        for level in _filter_levels(fs.filters):
+            con.register(INPUT_VIEW, base)
+            select = ", ".join(f"({d.expr})::double as {d.name}" for d in level)
+            cols = _fetch(con, f"select bar_index, {select} from {INPUT_VIEW}", None,
+                          f"filter inputs {[d.name for d in level]}")
+            if not np.array_equal(cols["bar_index"], np.arange(n)):
+                raise SqlError("filter inputs came back out of bar order")  # DuckDB keeps scan order; guard anyway
+            for d in level:
+                base = base.append_column(d.name, pa.array(recursive_filter(_float(cols[d.name]), d.alpha)))
+        seconds["filters"] = time.perf_counter() - t1
+
+        con.register(INPUT_VIEW, base)
+        X = np.full((n, len(fs.columns)), np.nan)                                    # (N, V)
+        col_index = {c: j for j, c in enumerate(fs.columns)}
+        for f in fs.files:
+            t2 = time.perf_counter()
+            cols = _fetch(con, f.text, None, f"sql/features/{f.name}.sql")
+            got = list(cols)
+            if got != ["bar_index", *f.columns]:
+                missing = [c for c in ["bar_index", *f.columns] if c not in got]
+                extra = [c for c in got if c not in ["bar_index", *f.columns]]
+                raise SqlError(f"sql/features/{f.name}.sql returned {got}; its header declares bar_index + "
+                               f"{list(f.columns)} (missing {missing}, extra {extra}), in that order")
+            idx = cols["bar_index"].astype(np.int64)
+            in_order = np.array_equal(idx, np.arange(n))
+            for c in f.columns:
+                if c in col_index:
+                    values = _float(cols[c])
+                    if in_order:
+                        X[:, col_index[c]] = values
+                    else:
+                        X[idx, col_index[c]] = values
+            seconds[f.name] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        tg = _fetch(con, fs.targets_file.text, {"long_break_minutes": LONG_BREAK_MINUTES},
+                    f"sql/features/{TARGETS_FILE}.sql")
+    finally:
+        con.unregister(INPUT_VIEW)
+    order = np.argsort(tg["bar_index"], kind="stable")
+    log_close = _float(tg["log_close"])[order]
+    counters = [(FLAG_SESSION, tg["session_no"][order]), (FLAG_WEEKEND, tg["long_break_no"][order]),
+                (FLAG_ROLL, tg["roll_no"][order])]
+    H = len(fs.horizons)
+    targets = np.full((n, H), np.nan)                                                # (N, H)
+    flags = np.zeros((n, H), dtype=np.uint8)                                         # (N, H)
+    for k, h in enumerate(fs.horizons):
+        if h < n:
+            targets[:-h, k] = log_close[h:] - log_close[:-h]
+            for bit, counter in counters:
+                flags[:-h, k] |= np.where(counter[h:] != counter[:-h], bit, 0).astype(np.uint8)
+    seconds["targets"] = time.perf_counter() - t3
+
+    ts = base.column("ts").to_numpy().astype("datetime64[us]")
+    session_date = base.column("session_date").to_numpy().astype("datetime64[D]")
+    seconds["total"] = time.perf_counter() - t0
+    return Computed(
+        ts=ts, X=X, names=list(fs.columns), close=_float(base.column("close").to_numpy()),
+        targets=targets, target_flags=flags, session_date=session_date,
+        minute_of_day_et=base.column("minute_of_day_et").to_numpy().astype(np.int16), seconds=seconds,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Build (materialize, versioned) and load
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class BuildReport:
+    set_name: str
+    symbol: str
+    table: str
+    rows: int
+    seconds: float
+    rebuilt: bool        # False: the table was up to date (cached)
+    reason: str          # why it was (re)built, or 'up to date'
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        what = "built" if self.rebuilt else "cached"
+        return f"{self.set_name} on {self.symbol}: {what} {self.table} ({self.rows:,} rows, {self.seconds:.2f}s; {self.reason})"
+
+
+def bars_fingerprint(con, bars_table: str, symbol: str) -> str:
+    """Row count, first/last ts and an order-free hash of every bar field the features read."""
+    row = con.execute(
+        """
+        select
+            count(*),
+            min(ts)::varchar,
+            max(ts)::varchar,
+            bit_xor(hash(ts, open, high, low, close, volume, session_date, minute_of_day_et, is_rth,
+                         minutes_since_prev, is_session_start, roll_flag)),
+        from query_table($bars_table::varchar)
+        where symbol = $symbol::varchar
+        """,
+        {"bars_table": bars_table, "symbol": symbol},
+    ).fetchall()[0]
+    return f"{row[0]}|{row[1]}|{row[2]}|{row[3]}"
+
+
+def _current_build(con, set_name: str, symbol: str):
+    if not table_exists(con, "feature_builds"):
+        raise SqlError("table feature_builds is missing; open the database with nqexp.db.connect() (migration 003)")
+    rows = con.execute(
+        "select table_name, sql_hash, bars_fingerprint, n_rows from feature_builds where set_name = ? and symbol = ?",
+        [set_name, symbol],
+    ).fetchall()
+    return rows[0] if rows else None
+
+
+def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
+    """Materialize the set's features and targets for `symbol` unless the table is up to date."""
+    import pyarrow as pa
+
+    t0 = time.perf_counter()
+    fs = feature_set(set_name)
+    if not table_exists(con, fs.bars_table):
+        raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.bars.build_bars)")
+    fingerprint = bars_fingerprint(con, fs.bars_table, symbol)
+    if fingerprint.startswith("0|"):
+        raise DataError(f"no bars for symbol {symbol!r} in {fs.bars_table}; build them first (nqexp.bars.build_bars)")
+    table = fs.table_name(symbol)
+    current = _current_build(con, fs.name, symbol)
+    if current and not force and current[0] == table and current[1] == fs.sql_hash \
+            and current[2] == fingerprint and table_exists(con, table):
+        return BuildReport(fs.name, symbol, table, int(current[3]), time.perf_counter() - t0, False, "up to date")
+    if force:
+        reason = "forced"
+    elif not current:
+        reason = "first build"
+    elif current[1] != fs.sql_hash:
+        reason = "SQL changed"
+    elif current[2] != fingerprint:
+        reason = "bars changed"
+    else:
+        reason = "table missing"
+
+    res = compute(con, fs, symbol)
+    t_write = time.perf_counter()
+    arrays = {
+        "ts": pa.array(res.ts),
+        "session_date": pa.array(res.session_date),
+        "minute_of_day_et": pa.array(res.minute_of_day_et),
+        "close": pa.array(res.close),
+    }
+    for j, c in enumerate(res.names):
+        arrays[c] = pa.array(res.X[:, j])
+    for k, h in enumerate(fs.horizons):
+        arrays[f"fwd_ret_{h}"] = pa.array(res.targets[:, k])
+    for k, h in enumerate(fs.horizons):
+        arrays[f"fwd_flag_{h}"] = pa.array(res.target_flags[:, k])
+    out = pa.table(arrays)
+    stale = [current[0]] if current and current[0] != table else []
+    con.register("_features_out", out)
+    con.execute("begin transaction")
+    try:
+        for old in stale:
+            con.execute(f'drop table if exists "{old}"')
+        con.execute(f'create or replace table "{table}" as select * from _features_out')
+        con.execute("delete from feature_builds where set_name = ? and symbol = ?", [fs.name, symbol])
+        con.execute(
+            "insert into feature_builds (set_name, symbol, table_name, sql_hash, bars_fingerprint, bars_table,"
+            " n_rows, n_features, warmup_bars, seconds) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [fs.name, symbol, table, fs.sql_hash, fingerprint, fs.bars_table, len(res.ts), len(res.names),
+             fs.warmup_bars, time.perf_counter() - t0],
+        )
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+    finally:
+        con.unregister("_features_out")
+    timings = dict(res.seconds, write=time.perf_counter() - t_write)
+    report = BuildReport(fs.name, symbol, table, len(res.ts), time.perf_counter() - t0, True, reason, timings)
+    log.info("%s", report.summary())
+    return report
+
+
+@dataclass
+class FeatureArrays:
+    """A feature table as contiguous arrays (the contract windows.py builds on)."""
+
+    ts: np.ndarray                 # (N,) datetime64[us], sorted
+    X: np.ndarray                  # (N, V) float32, C-contiguous, NaN in warm-up
+    names: list[str]
+    close: np.ndarray              # (N,) float64, adjusted
+    horizons: tuple[int, ...]      # bars
+    freq_minutes: int
+    targets: np.ndarray            # (N, H) float64 forward log-returns, NaN where the series ends
+    target_flags: np.ndarray       # (N, H) uint8: 1 session end, 2 weekend/holiday, 4 roll
+    session_date: np.ndarray       # (N,) datetime64[D]
+    minute_of_day_et: np.ndarray   # (N,) int16
+    groups: list[str] | None = None  # group per variable (grok24)
+    warmup_bars: int = 0           # leading bars whose features are still warming up
+    set_name: str = ""
+    symbol: str = ""
+
+
+def load_arrays(con, set_name: str, symbol: str) -> FeatureArrays:
+    """Load (building first if needed) the set's feature table for `symbol` as arrays."""
+    fs = feature_set(set_name)
+    report = build(con, set_name, symbol)
+    cols = _fetch(con, f'select * from "{report.table}"', None, f"loading {report.table}")
+    ts = cols["ts"].astype("datetime64[us]")
+    if len(ts) > 1 and not (np.diff(ts) > np.timedelta64(0, "us")).all():
+        order = np.argsort(ts, kind="stable")   # insertion order is normally kept; never trust it blindly
+        cols = {k: v[order] for k, v in cols.items()}
+        ts = ts[order]
+    X = np.empty((len(ts), len(fs.columns)), dtype=np.float32)                      # (N, V)
+    for j, c in enumerate(fs.columns):
+        X[:, j] = cols[c]
+    return FeatureArrays(
+        ts=ts,
+        X=X,
+        names=list(fs.columns),
+        close=_float(cols["close"]),
+        horizons=fs.horizons,
+        freq_minutes=fs.freq_minutes,
+        targets=np.column_stack([_float(cols[c]) for c in fs.target_names]),     # (N, H)
+        target_flags=np.column_stack([cols[c].astype(np.uint8) for c in fs.flag_names]),  # (N, H)
+        session_date=cols["session_date"].astype("datetime64[D]"),
+        minute_of_day_et=cols["minute_of_day_et"].astype(np.int16),
+        groups=list(fs.groups) if fs.groups else None,
+        warmup_bars=fs.warmup_bars,
+        set_name=fs.name,
+        symbol=symbol,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Check: statistics, collinearity, leakage
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FeatureStats:
+    name: str
+    group: str | None
+    n: int            # rows after warm-up
+    n_nan: int
+    n_inf: int
+    min: float
+    max: float
+    mean: float
+    std: float
+
+
+@dataclass
+class LeakageResult:
+    cut_index: int       # last bar kept
+    cut_ts: np.datetime64
+    rows_compared: int
+    max_abs_diff: float  # over all features at bars <= cut (NaN vs NaN counts as equal)
+    n_mismatch: int      # values not equal to within 1e-12 relative (or NaN on one side only)
+    worst_feature: str | None
+    ok: bool
+
+
+@dataclass
+class CheckReport:
+    set_name: str
+    symbol: str
+    table: str
+    rows: int
+    warmup_bars: int
+    stats: list[FeatureStats]
+    correlated: list[tuple[str, str, float]]   # |corr| > threshold, strongest first
+    leakage: list[LeakageResult]
+    corr_threshold: float = 0.95
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.leakage)
+
+
+def _compare(a: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element mismatch mask and abs diff; NaN==NaN and equal infinities count as equal."""
+    both_nan = np.isnan(a) & np.isnan(b)
+    same = (a == b) | both_nan
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(a - b))
+        tol = rtol * np.maximum(np.abs(b), 1.0)
+        mismatch = ~same & ~(diff <= tol)
+    return mismatch, np.where(np.isnan(diff), np.inf, diff)
+
+
+def leakage_check(con, fs: FeatureSet | str, symbol: str, cuts, full: Computed | None = None) -> list[LeakageResult]:
+    """Recompute on bars truncated after each cut index; features at bars <= cut must not change."""
+    fs = feature_set(fs) if isinstance(fs, str) else fs
+    full = full or compute(con, fs, symbol)
+    results = []
+    for cut in cuts:
+        cut = int(cut)
+        part = compute(con, fs, symbol, until=full.ts[cut])
+        a, b = part.X, full.X[: cut + 1]                                            # (cut+1, V)
+        if a.shape != b.shape or not np.array_equal(part.ts, full.ts[: cut + 1]):
+            results.append(LeakageResult(cut, full.ts[cut], a.shape[0], np.inf, a.size, None, False))
+            continue
+        mismatch, diff = _compare(a, b)
+        per_feature = mismatch.sum(axis=0)
+        worst = int(np.argmax(diff.max(axis=0))) if diff.size else 0
+        results.append(LeakageResult(
+            cut_index=cut, cut_ts=full.ts[cut], rows_compared=a.shape[0],
+            max_abs_diff=float(diff.max()) if diff.size else 0.0, n_mismatch=int(per_feature.sum()),
+            worst_feature=fs.columns[worst] if diff.size and diff.max() > 0 else None,
+            ok=bool(per_feature.sum() == 0),
+        ))
+    return results
+
+
+def check(con, set_name: str, symbol: str, n_cuts: int = 5, seed: int = 0,
+          corr_threshold: float = 0.95) -> CheckReport:
+    """Stats after warm-up per feature, pairs with |corr| > threshold, and the truncation leakage check."""
+    fs = feature_set(set_name)
+    report = build(con, set_name, symbol)
+    full = compute(con, fs, symbol)
+    w = min(fs.warmup_bars, len(full.ts))
+    X = full.X[w:]                                                                   # (N - warmup, V)
+    stats = []
+    for j, name in enumerate(fs.columns):
+        col = X[:, j]
+        finite = col[np.isfinite(col)]
+        stats.append(FeatureStats(
+            name=name, group=fs.groups[j] if fs.groups else None, n=len(col),
+            n_nan=int(np.isnan(col).sum()), n_inf=int(np.isinf(col).sum()),
+            min=float(finite.min()) if finite.size else np.nan, max=float(finite.max()) if finite.size else np.nan,
+            mean=float(finite.mean()) if finite.size else np.nan, std=float(finite.std()) if finite.size else np.nan,
+        ))
+    rows = np.isfinite(X).all(axis=1)
+    pairs: list[tuple[str, str, float]] = []
+    if rows.sum() > 2:
+        Z = X[rows]
+        sd = Z.std(axis=0)
+        live = np.flatnonzero(sd > 0)
+        corr = np.corrcoef(Z[:, live], rowvar=False)                                 # (V', V')
+        for a in range(len(live)):
+            for b in range(a + 1, len(live)):
+                if abs(corr[a, b]) > corr_threshold:
+                    pairs.append((fs.columns[live[a]], fs.columns[live[b]], float(corr[a, b])))
+        pairs.sort(key=lambda p: -abs(p[2]))
+    n = len(full.ts)
+    rng = np.random.default_rng(seed)
+    lo = min(w, n - 1)
+    cuts = np.sort(rng.choice(np.arange(lo, n - 1), size=min(n_cuts, max(n - 1 - lo, 0)), replace=False)) \
+        if n - 1 > lo else np.array([], dtype=int)
+    leakage = leakage_check(con, fs, symbol, cuts, full=full)
+    return CheckReport(fs.name, symbol, report.table, n, fs.warmup_bars, stats, pairs, leakage, corr_threshold)
+
+
+def render_check(report: CheckReport):
+    """Rich renderables for `nqexp features check` (the CLI prints them)."""
+    from rich.table import Table
+
+    stats = Table(title=f"{report.set_name} on {report.symbol}: {report.rows:,} rows, "
+                        f"stats after {report.warmup_bars} warm-up bars ({report.table})")
+    for col in ("feature", "group", "NaN", "inf", "min", "max", "mean", "std"):
+        stats.add_column(col, justify="left" if col in ("feature", "group") else "right")
+    for s in report.stats:
+        stats.add_row(s.name, s.group or "", str(s.n_nan), str(s.n_inf),
+                      *(f"{v:.6g}" for v in (s.min, s.max, s.mean, s.std)),
+                      style="red" if s.n_nan or s.n_inf else None)
+    corr = Table(title=f"pairs with |corr| > {report.corr_threshold}")
+    for col in ("feature a", "feature b", "corr"):
+        corr.add_column(col, justify="right" if col == "corr" else "left")
+    for a, b, c in report.correlated:
+        corr.add_row(a, b, f"{c:+.4f}")
+    leak = Table(title="leakage: recompute on bars truncated at the cut; features at bars <= cut must not change")
+    for col in ("cut bar", "cut ts (UTC)", "rows", "mismatches", "max |diff|", "worst feature", "ok"):
+        leak.add_column(col)
+    for r in report.leakage:
+        leak.add_row(str(r.cut_index), str(r.cut_ts), f"{r.rows_compared:,}", str(r.n_mismatch),
+                     f"{r.max_abs_diff:.3g}", r.worst_feature or "", "yes" if r.ok else "NO",
+                     style=None if r.ok else "red")
+    return [stats, corr, leak]

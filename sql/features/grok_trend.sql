@@ -1,0 +1,65 @@
+-- grok_trend: trend group of grok24 (DESIGN §4).
+--
+-- purpose:   distance of the close from its anchored VWAP, the MACD histogram, and the
+--            log distance from the 20/50/200-bar simple moving averages.
+--              vwap_deviation = (C - VWAP) / C, VWAP of the typical price (H + L + C) / 3
+--                               weighted by volume, reset at each RTH open: the first bar of
+--                               a session_date with is_rth (09:30 ET). Before the first RTH
+--                               open in the data it accumulates from the first bar.
+--              macd_histogram = (MACD - EMA_9(MACD)) / C, MACD = EMA_12 - EMA_26 of close
+--              sma_n_dev      = ln(C / SMA_n), NULL until n closes exist
+--            EMAs: alpha = 2/(n+1), seeded with the first value (pandas ewm(span=n,
+--            adjust=False)); features.py materializes them exactly (see `filter`).
+-- grain:     one row per (symbol, ts) of feature_input (1-minute bars for grok24).
+-- inputs:    feature_input (sql/features/_input.sql) with the filters declared below.
+-- params:    none.
+-- lookback:  200 bars (sma_200_dev); the MACD EMAs are settled well before that.
+-- lookahead: none; windows end at the current row.
+-- sessions:  only the VWAP resets (at the RTH open); everything else runs across sessions and
+--            rolls on the back-adjusted continuous series.
+-- columns:   grok_trend_vwap_deviation, grok_trend_macd_histogram, grok_trend_sma_20_dev,
+--            grok_trend_sma_50_dev, grok_trend_sma_200_dev
+-- filter ema_close_12 = ema(close, 12)
+-- filter ema_close_26 = ema(close, 26)
+-- filter ema_macd_9 = ema(ema_close_12 - ema_close_26, 9)
+
+with rth_opens as (
+    select
+        symbol,
+        ts,
+        bar_index,
+        close,
+        volume,
+        (high + low + close) / 3 as typical_price,
+        ema_close_12 - ema_close_26 as macd,
+        ema_macd_9,
+        is_rth and not coalesce(
+            lag(is_rth) over w_prev and lag(session_date) over w_prev = session_date, false
+        ) as is_rth_open,
+    from feature_input
+    window
+        w_prev as (partition by symbol order by ts rows between 1 preceding and current row)
+),
+
+vwap_anchors as (
+    select
+        *,
+        sum(is_rth_open::int) over w_all as vwap_anchor,
+    from rth_opens
+    window
+        w_all as (partition by symbol order by ts rows between unbounded preceding and current row)
+)
+
+select
+    bar_index,
+    (close - sum(typical_price * volume) over w_vwap / sum(volume) over w_vwap) / close as grok_trend_vwap_deviation,
+    (macd - ema_macd_9) / close as grok_trend_macd_histogram,
+    case when count(close) over w20 = 20 then ln(close / avg(close) over w20) end as grok_trend_sma_20_dev,
+    case when count(close) over w50 = 50 then ln(close / avg(close) over w50) end as grok_trend_sma_50_dev,
+    case when count(close) over w200 = 200 then ln(close / avg(close) over w200) end as grok_trend_sma_200_dev,
+from vwap_anchors
+window
+    w_vwap as (partition by symbol, vwap_anchor order by ts rows between unbounded preceding and current row),
+    w20 as (partition by symbol order by ts rows between 19 preceding and current row),
+    w50 as (partition by symbol order by ts rows between 49 preceding and current row),
+    w200 as (partition by symbol order by ts rows between 199 preceding and current row)
