@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from nqexp import metrics as M
 from nqexp.errors import DataError, NqexpError
@@ -225,6 +224,8 @@ def _score_source(y, q, taus, ts, *, with_ic_ci: bool, n_boot: int, seed: int) -
         out["icir"] = M.icir(daily)
         if with_ic_ci:
             if np.isfinite(out["ic"]):
+                from scipy.stats import rankdata
+
                 # Rank once, then bootstrap the Pearson correlation of the ranks: no sort per
                 # replicate. It differs from re-ranking each replicate only through duplicated rows.
                 lo, hi = M.block_bootstrap_corr_ci(rankdata(med), rankdata(y), block=_ic_block(ts, len(y)),
@@ -272,6 +273,12 @@ def evaluate_split_table(
     ts = _utc_naive(ts)
     if ts.shape != (n,):
         raise DataError(f"{split_name}: ts has shape {ts.shape}, expected ({n},)")
+    if n > 1 and (np.diff(ts) < np.timedelta64(0, "ns")).any():
+        # Only the bootstrap blocks depend on order; put samples in time order so blocks are
+        # contiguous in time (every other metric is order-free).
+        order = np.argsort(ts, kind="stable")
+        ts, y, q = ts[order], y[order], q[order]
+        baselines = {k: v[order] for k, v in baselines.items()}
 
     rows = []
     for h, minutes in enumerate(horizon_minutes):

@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 NY_TZ = "America/New_York"
 
@@ -168,6 +167,8 @@ def crossing_rate(q) -> float:
 def spearman_ic(pred, y) -> float:
     """Spearman rank correlation (average ranks for ties). NaN when fewer than 3 samples or
     either side is constant (e.g. a collapsed median), rather than a misleading 0."""
+    from scipy.stats import rankdata  # scipy.stats costs ~0.3 s to import; keep it off CLI startup
+
     pred, y = _as_1d(pred), _as_1d(y)
     if len(pred) < 3:
         return float("nan")

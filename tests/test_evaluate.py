@@ -210,6 +210,15 @@ def test_evaluation_is_deterministic():
     assert all((a[k] == b[k]) or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
 
 
+def test_sample_order_does_not_change_any_metric():
+    ts, y, q, bq = _split(2000, signal=0.2)
+    perm = np.random.default_rng(0).permutation(len(y))
+    a = E.evaluate_split("val", y, q, TAUS, HM, ts, bq, n_boot=50)
+    b = E.evaluate_split("val", y[perm], q[perm], TAUS, HM, ts[perm], {k: v[perm] for k, v in bq.items()}, n_boot=50)
+    bad = {k: (a[k], b[k]) for k in a if not (np.isclose(a[k], b[k], rtol=1e-12, atol=0) or np.isnan(a[k]) and np.isnan(b[k]))}
+    assert not bad, list(bad.items())[:5]
+
+
 def test_shape_mismatch_is_a_data_error_naming_the_split():
     ts, y, q, bq = _split(1000)
     with pytest.raises(DataError, match=r"^val: q has shape"):
