@@ -56,6 +56,7 @@ class TrainConfig:
     max_epochs: int = 100                  # hard cap on epochs
     steps_per_epoch: int | None = None     # cap on optimizer steps per epoch (None: one pass over train)
     patience: int = 10                     # early stopping: epochs without a val CRPS improvement
+    min_improvement: float = 1e-4          # relative val CRPS drop that counts as an improvement
     keep_checkpoints: int = 3              # best-k checkpoints kept on disk
     checkpoint_every: int = 0              # also checkpoint every N optimizer steps mid-epoch (0: epoch ends only)
     horizon_weighting: str = "log"         # "log": w_h ∝ 1/ln(h+1) (seed 000); "uniform"
@@ -301,7 +302,7 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
         state["micro"] = 0
         if not np.isfinite(val_crps):
             state["stopped"] = "nonfinite"
-        elif val_crps < state["best"]:
+        elif val_crps < state["best"] * (1 - cfg.min_improvement):
             state["best"], state["best_epoch"], state["bad_epochs"] = val_crps, epoch + 1, 0
             path = run_dir / f"best-epoch{epoch + 1:04d}.pt"
             atomic_save({"model": model.state_dict(), "model_cfg": asdict(model_cfg), "epoch": epoch + 1,

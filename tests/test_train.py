@@ -1,0 +1,152 @@
+"""train.py: the loop learns, checkpoints atomically, keeps the best k, and resumes exactly after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nqexp.model import ModelConfig  # noqa: E402
+from nqexp.track import NullTracker  # noqa: E402
+from nqexp.train import TrainConfig, lr_factor, train  # noqa: E402
+from nqexp.windows import WindowDataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_dataset(n: int, seed: int, T: int = 16, V: int = 4, H: int = 2) -> WindowDataset:
+    """Windows whose target volatility is carried by feature 0: a model that reads it beats a constant."""
+    rng = np.random.default_rng(seed)
+    M = n + T
+    bars = np.zeros((M + 1, V), np.float32)
+    bars[:M] = rng.standard_normal((M, V)).astype(np.float32)
+    temporal = np.zeros((M + 1, 4), np.float32)
+    temporal[:M, 0] = np.arange(M) * 5 % 1440
+    temporal[:M, 1] = (np.arange(M) // 288) % 5
+    temporal[:M, 2] = 1 + (np.arange(M) // 288) % 28
+    temporal[:M, 3] = 1 + (np.arange(M) // 288) % 365
+    start = np.arange(n, dtype=np.int64)
+    length = np.full(n, T, np.int64)
+    last = bars[start + T - 1, 0]                                   # (n,) feature 0 at the last bar
+    sigma = np.exp(0.8 * last)[:, None] * np.array([1.0, 1.5])[None, :H]  # (n, H)
+    y = (sigma * rng.standard_normal((n, H))).astype(np.float32) * 1e-3
+    scale = np.full((n, H), 1e-3, np.float32) * np.array([1.0, 1.5], np.float32)[None, :H]
+    ts = np.datetime64("2024-01-01T00:00", "us") + np.arange(n) * np.timedelta64(5, "m")
+    return WindowDataset(bars=bars, temporal=temporal, start=start, length=length, y=y, scale=scale,
+                         idx=start + T - 1, ts=ts, t_max=T, names=[f"v{i}" for i in range(V)], horizons=(3, 6)[:H])
+
+
+def tiny_model() -> ModelConfig:
+    return ModelConfig(n_vars=4, horizons=(3, 6), d_model=16, n_heads=2, d_ff=32, n_temporal_layers=1,
+                       n_variable_layers=1, dropout=0.1)
+
+
+def tiny_train(**kw) -> TrainConfig:
+    base = dict(lr=3e-3, warmup_steps=5, batch_size=32, grad_accum=2, max_epochs=4, patience=10,
+                keep_checkpoints=2, restart_epochs=2, num_threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {"train": synthetic_dataset(256, 0), "val": synthetic_dataset(96, 1)}
+
+
+def test_training_lowers_val_crps_and_keeps_the_best_k_checkpoints(tmp_path, data):
+    result = train(tiny_model(), tiny_train(max_epochs=6), data, NullTracker(), tmp_path, seed=0,
+                   horizon_minutes=(15, 30))
+    crps = [h["val/crps"] for h in result.history]
+    assert len(crps) == 6 and all(math.isfinite(c) for c in crps)
+    assert min(crps[1:]) < crps[0], crps
+    assert result.best_val_crps <= min(crps) * (1 + 1e-4)
+    assert result.history[result.best_epoch - 1]["val/crps"] == result.best_val_crps
+    best = sorted(tmp_path.glob("best-epoch*.pt"))
+    assert 1 <= len(best) <= 2 and Path(result.checkpoint) in best
+    assert not list(tmp_path.glob(".*tmp*")), "atomic writes leave no temporary files"
+    assert result.stopped == "max_epochs"
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path, data):
+    result = train(tiny_model(), tiny_train(lr=1e-9, lr_min=1e-10, max_epochs=30, patience=2), data,
+                   NullTracker(), tmp_path, seed=0, horizon_minutes=(15, 30))
+    assert result.stopped == "early_stopping"
+    assert result.epochs < 30
+
+
+def test_metrics_reach_the_tracker_with_increasing_steps(tmp_path, data):
+    class Recorder:
+        def __init__(self):
+            self.rows = []
+
+        def log(self, metrics, step):
+            self.rows.append((step, dict(metrics)))
+
+    rec = Recorder()
+    train(tiny_model(), tiny_train(max_epochs=2), data, rec, tmp_path, seed=0, horizon_minutes=(15, 30))
+    steps = [s for s, _ in rec.rows]
+    assert steps == sorted(steps)
+    keys = set().union(*(m.keys() for _, m in rec.rows))
+    assert {"train/loss", "train/lr", "val/crps", "val/crps_15m", "val/crps_30m"} <= keys
+
+
+def test_lr_schedule_warms_up_linearly_then_restarts():
+    cfg = TrainConfig(lr=1e-3, lr_min=1e-6, warmup_steps=10, restart_epochs=1, restart_mult=2)
+    assert lr_factor(0, cfg, 20) == pytest.approx(0.1)
+    assert lr_factor(9, cfg, 20) == pytest.approx(1.0)
+    assert lr_factor(10, cfg, 20) == pytest.approx(1.0)               # cosine starts at the top
+    assert lr_factor(29, cfg, 20) < 0.01                               # end of the first period (20 steps)
+    assert lr_factor(30, cfg, 20) == pytest.approx(1.0)                # warm restart
+    assert lr_factor(50, cfg, 20) == pytest.approx(0.5 * (1 + 1e-3), rel=1e-3)  # halfway through 40 steps
+
+
+RUNNER = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
+    from test_train import synthetic_dataset, tiny_model, tiny_train
+    from nqexp.train import train
+    kill_at = int(sys.argv[2])
+    class KillingTracker:
+        def log(self, metrics, step):
+            if kill_at and step == kill_at and "train/loss" in metrics:
+                os.kill(os.getpid(), signal.SIGKILL)      # a real, uncatchable kill mid-epoch
+    data = {{"train": synthetic_dataset(256, 0), "val": synthetic_dataset(64, 1)}}
+    r = train(tiny_model(), tiny_train(max_epochs=3, checkpoint_every=2), data, KillingTracker(), sys.argv[1],
+              seed=3, horizon_minutes=(15, 30))
+    print(json.dumps({{"history": r.history, "best": r.best_val_crps, "steps": r.steps}}))
+""")
+
+
+def test_a_run_killed_mid_epoch_resumes_to_identical_results(tmp_path):
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER.format(tests=str(ROOT / "tests"), root=str(ROOT)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def go(run_dir, kill_at):
+        return subprocess.run([sys.executable, str(script), str(run_dir), str(kill_at)], capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    straight = go(tmp_path / "straight", 0)
+    assert straight.returncode == 0, straight.stderr
+    # 256 samples / 32 = 8 micro-batches = 4 optimizer steps per epoch; step 7 is mid-epoch 2,
+    # one step after the checkpoint at step 6 (checkpoint_every=2).
+    killed = go(tmp_path / "killed", 7)
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "killed" / "latest.pt").exists()
+    resumed = go(tmp_path / "killed", 0)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = json.loads(straight.stdout.splitlines()[-1]), json.loads(resumed.stdout.splitlines()[-1])
+    assert a["steps"] == b["steps"] == 12
+    assert [h["val/crps"] for h in a["history"]] == [h["val/crps"] for h in b["history"]]
+    wa = torch.load(tmp_path / "straight" / "latest.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "killed" / "latest.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
