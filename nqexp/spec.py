@@ -331,7 +331,7 @@ class ExperimentSpec:
                 value = _coerce(value, leaf, prefix + (".".join(parts),), problems)
                 _set_path(tree, parts, _plain(value))
         built = _build_sections(tree, registry, problems, cross_path=prefix) if not problems else {}
-        _raise_if(problems, lambda path: source)
+        _raise_if(problems, lambda path, message=None: source)
         return dataclasses.replace(self, **built)
 
 
@@ -517,7 +517,7 @@ def _read_chain(label: str, registry, src, chain: tuple[str, ...] = (), labels: 
         cycle = " -> ".join(labels[chain.index(real):] + (label,))
         raise SpecError(f"{labels[-1]}: extends: cycle {cycle}")
     data = _read_yaml(label)
-    _check_secrets(data, (), lambda p: label)
+    _check_secrets(data, (), lambda path, message=None: label)
     ext = data.pop("extends", None)
     ext = ext.value if isinstance(ext, _Word) else ext
     base: dict = {}
@@ -609,6 +609,7 @@ def _merge(base: dict, over: dict, label: str, src: dict, path: tuple = ()) -> d
 
 
 def _record(src, path, value, label):
+    src.pop(path, None)  # re-insert: the dict's order is the order paths were last written
     src[path] = label
     if isinstance(value, dict):
         for k, v in value.items():
@@ -681,7 +682,7 @@ def _raise_if(problems: list[_Problem], label_for) -> None:
         return
     lines = []
     for p in problems:
-        where = label_for(p.path)
+        where = label_for(p.path, None if p.show_path else p.message)
         dotted = ".".join(str(x) for x in p.path)
         line = f"{where}: {dotted}: {p.message}" if p.show_path and dotted else f"{where}: {p.message}"
         if line not in lines:
@@ -689,8 +690,24 @@ def _raise_if(problems: list[_Problem], label_for) -> None:
     raise SpecError("\n".join(lines))
 
 
+_FIELD_REF_RE = re.compile(r"\b([a-z_]+(?:\.[a-z_0-9]+)+)\b")
+
+
 def _label_for(src: dict, default: str):
-    def label(path: tuple) -> str:
+    """problem path (and message) -> the file (or --set) that wrote it.
+
+    A cross-field message ("model.d_model (96) must be divisible by model.n_heads (5)") is
+    attributed to whichever named field was written last, e.g. `--set` for `--set model.n_heads=5`.
+    """
+    order = {p: i for i, p in enumerate(src)}
+
+    def label(path: tuple, message: str | None = None) -> str:
+        if message:
+            named = [tuple(m.split(".")) for m in _FIELD_REF_RE.findall(message)]
+            named = [p for p in named if p in order]
+            if named:
+                return src[max(named, key=order.__getitem__)]
+            return default
         for n in range(len(path), 0, -1):
             if path[:n] in src:
                 return src[path[:n]]
@@ -728,7 +745,10 @@ def _hints(cls: type) -> dict[str, Any]:
             from nqexp.evaluate import GateThresholds
 
             localns["GateThresholds"] = GateThresholds
-        _HINTS[cls] = typing.get_type_hints(cls, localns=localns)
+        try:
+            _HINTS[cls] = typing.get_type_hints(cls, localns=localns)
+        except NameError as exc:  # an annotation only importable under TYPE_CHECKING: a bug there
+            raise TypeError(f"cannot resolve the field types of {cls.__module__}.{cls.__qualname__}: {exc}") from exc
     return _HINTS[cls]
 
 
@@ -896,10 +916,11 @@ def _build_dataclass(cls: type, raw, path: tuple, problems: list[_Problem], cros
     try:
         return cls(**kwargs)
     except SpecError as exc:
-        if cross_path:
-            problems.append(_Problem(cross_path, str(exc)))
-        else:
-            problems.append(_Problem(path, str(exc), show_path=False))
+        for line in str(exc).splitlines() or [""]:  # a multi-problem message: one line each
+            if cross_path:
+                problems.append(_Problem(cross_path, line))
+            else:
+                problems.append(_Problem(path, line, show_path=False))
     except (ValueError, TypeError) as exc:  # a stage's own check that did not use SpecError
         problems.append(_Problem(path, str(exc)))
     return _MISSING
@@ -1125,7 +1146,7 @@ def _convert(value, tp, path, problems, prefix):
         raise _CoerceError(f"{_show(value)} is not {_describe(tp)}")
     if origin in (tuple, list) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise _CoerceError(f"{_show(value)} is not a list")
+            raise _CoerceError(f"{_show(value)} is not {_describe(tp)}")
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
