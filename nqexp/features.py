@@ -151,6 +151,16 @@ def _balanced(text: str, open_at: int) -> str:
     raise SqlError("unbalanced parentheses")
 
 
+def _top_level(args: str) -> str:
+    """`args` with every nested parenthesised part blanked, so top-level commas stand out."""
+    out, depth = [], 0
+    for ch in args:
+        depth += ch == "("
+        out.append(ch if depth == 0 else " ")
+        depth -= ch == ")"
+    return "".join(out)
+
+
 def _window_specs(code: str) -> list[str]:
     """Every inline `over (...)` spec and every `name as (...)` inside a `window` clause."""
     specs = [_balanced(code, m.end() - 1) for m in re.finditer(r"\bover\s*\(", code, re.I)]
@@ -223,6 +233,9 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
             raise SqlError(f"{label}: uses `following`; a feature at bar t may use only bars <= t")
         if re.search(r"\blead\s*\(", snippet, re.I):
             raise SqlError(f"{label}: uses lead(); a feature at bar t may use only bars <= t")
+        for m in re.finditer(r"\blag\s*\(", snippet, re.I):
+            if re.search(r"^[^,]*,\s*-", _top_level(_balanced(snippet, m.end() - 1))):
+                raise SqlError(f"{label}: lag() with a negative offset looks ahead; a feature at bar t may use only bars <= t")
     for spec in _window_specs(code):
         if not _FRAME.search(spec.strip()):
             raise SqlError(f"{where}: window ({' '.join(spec.split())}) must write its frame out and end it at "

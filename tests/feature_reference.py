@@ -287,7 +287,7 @@ REFERENCES = {"migt24": migt24, "grok24": grok24}
 # ---------------------------------------------------------------------------------------------
 
 def targets(df: pd.DataFrame, horizons, long_break_minutes: float = 240.0) -> tuple[np.ndarray, np.ndarray]:
-    """Forward log-returns (N, H) and flags (N, H), by a direct loop over the bars crossed."""
+    """Forward log-returns (N, H) and flags (N, H), marking the targets each event bar falls inside."""
     close = df["close"].to_numpy(float)
     sess_start = df["is_session_start"].to_numpy(bool)
     long_gap = (df["minutes_since_prev"].fillna(0).to_numpy(float) > long_break_minutes)
@@ -297,10 +297,12 @@ def targets(df: pd.DataFrame, horizons, long_break_minutes: float = 240.0) -> tu
     f = np.zeros((n, H), dtype=np.uint8)
     for k, h in enumerate(horizons):
         y[: n - h, k] = np.log(close[h:] / close[: n - h]) if h < n else np.nan
-        for t in range(n - h):
-            crossed = slice(t + 1, t + h + 1)            # bars entered after t, up to t+h
-            f[t, k] = (FLAG_SESSION * sess_start[crossed].any() | FLAG_WEEKEND * long_gap[crossed].any()
-                       | FLAG_ROLL * roll[crossed].any())
+        # A target from t covers the bars entered after t up to t+h: an event at bar e is
+        # crossed by the targets starting at t = e-h .. e-1 (and only those whose end exists).
+        for bit, events in ((FLAG_SESSION, sess_start), (FLAG_WEEKEND, long_gap), (FLAG_ROLL, roll)):
+            for e in np.flatnonzero(events):
+                if e > 0:
+                    f[max(e - h, 0): min(e, n - h), k] |= bit
     return y, f
 
 
