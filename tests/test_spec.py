@@ -494,8 +494,8 @@ def test_nested_gate_thresholds_are_validated(tmp_path):
 # The production registry (imports nqexp.model, hence torch)
 
 
-def test_real_registry_loads_validates_and_smokes(tmp_path):
-    # Imported here, not at collection, so the rest of the file never pays for torch.
+def _require_real_stage_modules():
+    # Imported inside the tests, not at collection, so the rest of the file never pays for torch.
     for mod in ("nqexp.model", "nqexp.windows"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} does not exist yet (its helper has not committed it)")
@@ -503,6 +503,10 @@ def test_real_registry_loads_validates_and_smokes(tmp_path):
             importlib.import_module(mod)
         except ImportError as exc:
             pytest.skip(f"{mod} is not importable yet: {exc}")
+
+
+def test_real_registry_loads_validates_and_smokes(tmp_path):
+    _require_real_stage_modules()
     from nqexp.model import ModelConfig
     from nqexp.train import TrainConfig
     from nqexp.windows import SplitConfig, WindowConfig
@@ -522,3 +526,16 @@ def test_real_registry_loads_validates_and_smokes(tmp_path):
     with pytest.raises(SpecError) as info:
         S.load_spec(bad)
     assert str(info.value) == f"{bad}: model.d_model (96) must be divisible by model.n_heads (5)"
+
+
+def test_draft_experiments_load_with_the_real_registry(tmp_path):
+    _require_real_stage_modules()
+    ablation = S.load_spec(FIXTURES / "draft_tsa_ablation.yaml")
+    assert len(ablation.trials()) == len(ablation.variants) * 3 and ablation.reference_variant == "base"
+    assert ablation.splits.train_start == dt.date(2023, 12, 5)  # inherited from draft_base.yaml
+    sweep = S.load_spec(FIXTURES / "draft_sweep.yaml", smoke=True)
+    assert set(sweep.search_space()) == {"train.lr", "train.weight_decay", "model.d_model",
+                                         "model.n_temporal_layers", "model.dropout"}
+    assert sweep.sweep.num_samples == 2 and len(sweep.trials()) == 1
+    for d_model in sweep.search_space()["model.d_model"].values:  # every choice is a valid model
+        assert sweep.apply({"model.d_model": d_model}).model.d_model == d_model
