@@ -52,7 +52,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -470,6 +470,13 @@ def _construct_null(loader, node):
     return _Word(None, node.value)
 
 
+def _construct_timestamp(loader, node):
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:  # looks like a date but is not one (2020-13-01): the field's check names it
+        return node.value
+
+
 def _construct_mapping(loader, node):
     loader.flatten_mapping(node)
     out: dict[str, Any] = {}
@@ -485,6 +492,7 @@ def _construct_mapping(loader, node):
 _SpecLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
 _SpecLoader.add_constructor("tag:yaml.org,2002:null", _construct_null)
 _SpecLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 def _read_yaml(label: str) -> dict:
@@ -767,10 +775,6 @@ def _is_union(tp) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
-class _Root:
-    """Type marker for the mapping of sections."""
-
-
 def _walk_type(parts: Sequence[str], registry):
     """The type at a dotted path below the sections, or None if the path does not exist."""
     if not parts or parts[0] not in registry:
@@ -903,10 +907,12 @@ def _build_dataclass(cls: type, raw, path: tuple, problems: list[_Problem], cros
         if key not in fields:
             problems.append(_Problem(path + (key,), f"unknown key '{key}'{_suggest(key, fields)}"))
             continue
-        value = _coerce(value, hints[key], path + (key,), problems)
-        if value is not _MISSING:
-            _check_range(value, fields[key].metadata, path + (key,), problems)
-            kwargs[key] = value
+        coerced = _coerce(value, hints[key], path + (key,), problems)
+        if coerced is not _MISSING:
+            # Show the number as written (0, not the coerced 0.0).
+            shown = value if isinstance(value, (int, float)) and not isinstance(value, bool) else coerced
+            _check_range(coerced, fields[key].metadata, path + (key,), problems, shown)
+            kwargs[key] = coerced
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
                 and name not in raw:
@@ -1202,7 +1208,7 @@ def _unword(value):
     return value
 
 
-def _check_range(value, meta: Mapping, path, problems) -> None:
+def _check_range(value, meta: Mapping, path, problems, shown=None) -> None:
     if not meta or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     lo = ("ge", meta["ge"]) if "ge" in meta else ("gt", meta["gt"]) if "gt" in meta else None
@@ -1211,13 +1217,14 @@ def _check_range(value, meta: Mapping, path, problems) -> None:
           and (hi is None or (value <= hi[1] if hi[0] == "le" else value < hi[1])))
     if ok:
         return
+    shown = value if shown is None else shown
     if lo and hi:
         interval = f"{'[' if lo[0] == 'ge' else '('}{_show(lo[1])}, {_show(hi[1])}{']' if hi[0] == 'le' else ')'}"
-        problems.append(_Problem(path, f"{_show(value)} is not in {interval}"))
+        problems.append(_Problem(path, f"{_show(shown)} is not in {interval}"))
     else:
         op, bound = lo or hi
         sym = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
-        problems.append(_Problem(path, f"{_show(value)} is not {sym} {_show(bound)}"))
+        problems.append(_Problem(path, f"{_show(shown)} is not {sym} {_show(bound)}"))
 
 
 def _describe(tp) -> str:

@@ -107,6 +107,13 @@ def test_wrong_type_names_the_value(tmp_path):
     ]
 
 
+def test_impossible_date_is_a_type_error_not_a_crash(tmp_path):
+    p = write(tmp_path, "name: exp\nsplits:\n  val_start: 2022-13-01\n")
+    assert error_text(p) == f"{p}: splits.val_start: '2022-13-01' is not a date (YYYY-MM-DD)"
+    assert error_text(write(tmp_path, "name: exp\n", "ok.yaml"), "splits.val_start=2022-02-30") == (
+        "--set: splits.val_start: '2022-02-30' is not a date (YYYY-MM-DD)")
+
+
 def test_literal_error_lists_choices_and_suggests(tmp_path):
     p = write(tmp_path, "name: exp\nmodel:\n  gate: sigmod\n")
     assert error_text(p) == (f"{p}: model.gate: 'sigmod' is not one of ['none', 'sigmoid', 'gru'] "
@@ -266,7 +273,7 @@ def test_yaml_words_in_files_follow_the_field_type(tmp_path):
 def test_set_errors_are_labelled_set(tmp_path):
     p = write(tmp_path, "name: exp\n")
     assert error_text(p, "train.lrr=1") == "--set: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"
-    assert error_text(p, "model.dropout=2") == "--set: model.dropout: 2.0 is not in [0, 1)"
+    assert error_text(p, "model.dropout=2") == "--set: model.dropout: 2 is not in [0, 1)"
     assert error_text(p, "model.n_heads=5") == "--set: model.d_model (64) must be divisible by model.n_heads (5)"
     assert error_text(p, "train.lr") == ("--set: 'train.lr': expected KEY=VALUE with a dotted KEY, "
                                          "e.g. --set train.lr=3e-4")
