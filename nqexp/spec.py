@@ -446,8 +446,9 @@ def flatten_dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class _Word:
-    """A plain YAML scalar that YAML 1.1 turned into bool/null (`off`, `no`, `none`...). The
-    target field decides: a bool/optional field takes the value, a string field the text."""
+    """A plain YAML scalar that YAML 1.1 turned into bool/null (`off`, `no`, `on`, `null`, `~`).
+    The target field decides: a bool/optional field takes the value, a string or Literal field
+    that allows the word takes the text (`amp: off` -> "off")."""
 
     __slots__ = ("value", "text")
 

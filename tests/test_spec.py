@@ -12,6 +12,8 @@ import dataclasses
 import datetime as dt
 import importlib.util
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -210,6 +212,13 @@ def test_section_that_is_not_a_mapping(tmp_path):
 
 def test_spec_error_exits_with_code_2():
     assert SpecError.exit_code == 2
+
+
+def test_importing_spec_pulls_no_heavy_library():
+    code = ("import sys, nqexp.spec; heavy = {'torch', 'ray', 'wandb', 'databento', 'pandas'} & set(sys.modules); "
+            "print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 # ------------------------------------------------------------------------------------------
