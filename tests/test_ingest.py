@@ -24,7 +24,13 @@ def write(tmp_path, name, lines):
     return path
 
 
+def assert_unique(con):
+    dup = con.execute("select count(*) from (select symbol, ts from raw_bars group by all having count(*) > 1)").fetchall()[0][0]
+    assert dup == 0, f"{dup} duplicate (symbol, ts) keys in raw_bars"
+
+
 def table_counts(con):
+    assert_unique(con)
     return {t: con.execute(f"select count(*) from {t}").fetchall()[0][0]
             for t in ("raw_bars", "rejected_bars", "imports")}
 
