@@ -6,8 +6,9 @@ Everything heavy runs as SQL files in `sql/bars/` (one statement each):
     source_continuous   the raw series of one continuous symbol          -> _src_1m
     source_per_contract per-contract series spliced by volume crossover  -> _src_1m
     rolls_instrument    rolls where instrument_id/contract changes      -> _rolls_new
+                        (rolls_instrument_windowed if a contract reappears)
     rolls_volume        rolls of the spliced series, R from common bars -> _rolls_new
-    roll_factors        product of later ratios before each roll        -> _roll_factors
+    segments            contract runs between rolls and their factor    -> _segments
     bars_1m, bars_5m    adjusted bars + session fields                  -> bars_1m, bars_5m
 
 Conventions (also in sql/schema/002_bars.sql):
@@ -93,14 +94,28 @@ def detect_mode(con, symbol: str) -> str:
     )
 
 
+def _drop_temps(con) -> None:
+    for name, kind in con.execute(
+        "select table_name, table_type from information_schema.tables "
+        "where table_name in ('_src_1m', '_segments', '_et_years', '_series', '_rolls_new')"
+    ).fetchall():
+        con.execute(f"drop {'view' if kind == 'VIEW' else 'table'} if exists {name}")
+
+
 def _prepare_source(con, symbol: str, mode: str) -> int:
-    years = con.execute(
-        "select year(min(ts)), year(max(ts)) from raw_bars where symbol = $s or regexp_full_match(symbol, $p)",
-        {"s": symbol, "p": per_contract_pattern(symbol)},
-    ).fetchall()[0]
+    _drop_temps(con)
+    if mode == "continuous":
+        years = con.execute("select year(min(ts)), year(max(ts)) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
+    else:
+        years = con.execute(
+            "select year(min(ts)), year(max(ts)) from raw_bars where regexp_full_match(symbol, ?)",
+            [per_contract_pattern(symbol)],
+        ).fetchall()[0]
     db.run_sql(con, "bars/et_years", first_year=int(years[0]), last_year=int(years[1]))
     if mode == "continuous":
-        db.run_sql(con, "bars/source_continuous", symbol=symbol)
+        con.execute("create or replace temp table _series (symbol varchar)")
+        con.execute("insert into _series values (?)", [symbol])
+        db.run_sql(con, "bars/source_continuous")
     else:
         db.run_sql(con, "bars/source_per_contract", pattern=per_contract_pattern(symbol))
     return con.execute("select count(*) from _src_1m").fetchall()[0][0]
@@ -110,31 +125,40 @@ def detect_rolls(con, symbol: str) -> pd.DataFrame:
     """Detect the rolls of a series without writing anything; returns ROLL_COLUMNS sorted by ts."""
     mode = detect_mode(con, symbol)
     _prepare_source(con, symbol, mode)
-    return _detect_on_source(con, mode)
+    try:
+        return _detect_on_source(con, mode)
+    finally:
+        _drop_temps(con)
 
 
 def _detect_on_source(con, mode: str) -> pd.DataFrame:
     db.run_sql(con, "bars/rolls_instrument" if mode == "continuous" else "bars/rolls_volume")
+    if con.execute("select count(*) filter (where runs_overlap) from _rolls_new").fetchall()[0][0]:
+        # A contract came back after a roll (a roll back): per-contract runs overlap, so walk bar by bar.
+        db.run_sql(con, "bars/rolls_instrument_windowed")
     rolls = con.execute(f"select {', '.join(ROLL_COLUMNS)} from _rolls_new order by ts").df()
     con.execute("drop table if exists _rolls_new")
     return rolls
 
 
-def _check_rolls(rolls: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in ("ts", "ratio") if c not in rolls.columns]
-    if missing:
-        raise DataError(f"given rolls lack column(s) {missing}; expected {list(ROLL_COLUMNS)}")
+def _apply_ratios(rolls: pd.DataFrame, ratios) -> pd.DataFrame:
+    """Replace detected ratios with given ones (e.g. the demo generator's exact ratios)."""
+    given = pd.Series(ratios, dtype=float) if not isinstance(ratios, pd.Series) else ratios.astype(float)
+    given.index = pd.to_datetime(given.index).astype("datetime64[us]")
+    detected = pd.DatetimeIndex(rolls["ts"]).astype("datetime64[us]")
+    unknown = given.index.difference(detected)
+    if len(unknown):
+        raise DataError(
+            f"ratio given for {unknown[0]}, which is not a detected roll; detected rolls: "
+            f"{[str(t) for t in detected[:5]]}{' ...' if len(detected) > 5 else ''}"
+        )
+    if not (given > 0).all():
+        raise DataError(f"roll ratios must be > 0; got {given[~(given > 0)].iloc[0]!r}")
     out = rolls.copy()
-    for col in ROLL_COLUMNS:
-        if col not in out.columns:
-            out[col] = "given" if col == "method" else None
-    bad = out[~(out["ratio"].astype(float) > 0)]
-    if len(bad):
-        raise DataError(f"roll ratio must be > 0; got {bad['ratio'].iloc[0]!r} at {bad['ts'].iloc[0]}")
-    if out["ts"].duplicated().any():
-        raise DataError(f"two given rolls share ts {out.loc[out['ts'].duplicated(), 'ts'].iloc[0]}")
-    out["ts"] = pd.to_datetime(out["ts"]).astype("datetime64[us]")
-    return out[list(ROLL_COLUMNS)].sort_values("ts").reset_index(drop=True)
+    hit = detected.isin(given.index)
+    out.loc[hit, "ratio"] = given.reindex(detected[hit]).to_numpy()
+    out.loc[hit, "method"] = out.loc[hit, "method"] + "+given_ratio"
+    return out
 
 
 def _store_rolls(con, symbol: str, rolls: pd.DataFrame) -> None:
@@ -154,13 +178,15 @@ def _store_rolls(con, symbol: str, rolls: pd.DataFrame) -> None:
         con.unregister("_rolls_stage")
 
 
-def build_bars(con, symbol: str, freq_minutes=(1, 5), *, rolls: pd.DataFrame | None = None) -> BarsReport:
+def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsReport:
     """Build (or rebuild) rolls and the back-adjusted bars_1m / bars_5m of one continuous series.
 
     `symbol` is a continuous series in raw_bars ('NQ.v.0', 'NQ.demo', 'NQ') or, for
-    per-contract data, the root ('ES' uses every series named like ESZ13 / ESH4). `rolls`
-    replaces roll detection (e.g. with known ratios); it needs columns ts and ratio. Everything
-    for `symbol` is replaced in one transaction, so a failed build leaves the old bars intact.
+    per-contract data, the root ('ES' uses every series named like ESZ13 / ESH4). Rolls are
+    always detected from the data; `ratios` ({roll ts: R} or a Series) replaces the measured
+    ratio of those rolls (e.g. with the demo generator's exact ones; method gets
+    '+given_ratio'). Everything for `symbol` is replaced in one transaction, so a failed build
+    leaves the old bars intact.
     """
     t0 = time.perf_counter()
     freqs = tuple(sorted({int(f) for f in freq_minutes}))
@@ -169,23 +195,33 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, rolls: pd.DataFrame | N
         raise DataError(f"bar frequency {unknown or list(freq_minutes)} minutes is not supported; use 1 and/or 5")
     mode = detect_mode(con, symbol)
     n_src = _prepare_source(con, symbol, mode)
-    used = _detect_on_source(con, mode) if rolls is None else _check_rolls(rolls)
+    used = _detect_on_source(con, mode)
+    if ratios is not None:
+        used = _apply_ratios(used, ratios)
     report = BarsReport(symbol=symbol, mode=mode, source_rows=n_src, rolls=used)
     con.execute("begin transaction")
     try:
         _store_rolls(con, symbol, used)
-        db.run_sql(con, "bars/roll_factors", symbol=symbol)
+        db.run_sql(con, "bars/segments", symbol=symbol)
         for freq in freqs:
             table = f"bars_{freq}m"
             con.execute(f"delete from {table} where symbol = ?", [symbol])
             db.run_sql(con, f"bars/{table}", symbol=symbol)
+            covered = con.execute(
+                f"select coalesce(sum({'n_bars' if freq > 1 else '1'}), 0) from {table} where symbol = ?", [symbol]
+            ).fetchall()[0][0]
+            if covered != n_src:
+                # A bar whose contract matches no segment would otherwise vanish silently.
+                raise DataError(
+                    f"{table} for {symbol} covers {covered:,} of {n_src:,} source bars: some bars' contract "
+                    "matches no roll segment (instrument_id/contract missing on some rows?)"
+                )
         con.execute("commit")
     except Exception:
         con.execute("rollback")
         raise
     finally:
-        for temp in ("_src_1m", "_roll_factors", "_et_years"):
-            con.execute(f"drop table if exists {temp}")
+        _drop_temps(con)
     for freq in freqs:
         row = con.execute(
             f"select count(*), count(*) filter (where gap_flag), count(*) filter (where outlier_flag), "

@@ -1,7 +1,7 @@
 -- bars/bars_1m: back-adjusted 1-minute bars of one continuous series, with session fields.
 --
 -- Grain:   one row per (symbol, ts); ts = bar START in UTC. Rows inserted in ts order.
--- Inputs:  _src_1m (raw spliced series), _roll_factors, _et_years.
+-- Inputs:  _src_1m (raw spliced series), _segments, _et_years.
 -- Params:  $symbol (the name the bars are stored under).
 -- Fields:  session_date = ET date of (ts_et + 6 h), so the 18:00 ET open belongs to the next
 --          trading day; is_session_start = first bar of a session date (after the daily
@@ -13,19 +13,23 @@ insert into bars_1m
 with adjusted as (
     select
         s.ts as ts,
-        s.open * coalesce(f.factor_before, 1.0) as open,
-        s.high * coalesce(f.factor_before, 1.0) as high,
-        s.low * coalesce(f.factor_before, 1.0) as low,
-        s.close * coalesce(f.factor_before, 1.0) as close,
+        s.open * g.factor as open,
+        s.high * g.factor as high,
+        s.low * g.factor as low,
+        s.close * g.factor as close,
         s.volume as volume,
         s.close as raw_close,
-        coalesce(f.factor_before, 1.0) as adj_factor,
+        g.factor as adj_factor,
         s.contract as contract,
         s.instrument_id as instrument_id,
-        coalesce(f.roll_no, 9223372036854775807) as segment,
+        g.segment as segment,
         s.ts + case when s.ts >= y.dst_start and s.ts < y.dst_end then y.dst_off else y.std_off end as ts_et,
     from _src_1m as s
-    asof left join _roll_factors as f on s.ts < f.ts
+    join _segments as g
+        on s.instrument_id is not distinct from g.instrument_id
+        and s.contract is not distinct from g.contract
+        and s.ts >= g.start_ts
+        and s.ts < g.end_ts
     join _et_years as y on y.year = year(s.ts)
 ),
 stepped as (
@@ -39,21 +43,13 @@ stepped as (
     from adjusted
     window w as (order by ts)
 ),
-cumulative as (
-    select
-        *,
-        sum(coalesce(log_return * log_return, 0.0)) over w as cum_r2,
-        count(log_return) over w as cum_n,
-    from stepped
-    window w as (order by ts rows between unbounded preceding and current row)
-),
 scored as (
     select
         *,
-        lag(cum_r2) over w - coalesce(lag(cum_r2, 121) over w, 0.0) as prev_r2,
-        lag(cum_n) over w - coalesce(lag(cum_n, 121) over w, 0) as prev_n,
-    from cumulative
-    window w as (order by ts)
+        sum(log_return * log_return) over w as prev_r2,
+        count(log_return) over w as prev_n,
+    from stepped
+    window w as (order by ts rows between 120 preceding and 1 preceding)
 )
 select
     $symbol as symbol,

@@ -4,7 +4,7 @@
 --          aggregates the 1-minute bars with ts in [ts, ts + 5 minutes): open = first open,
 --          high = max, low = min, close = last close, volume = sum, by ORDERED aggregates on
 --          ts (arg_min/arg_max; unordered first/last would not be guaranteed).
--- Inputs:  _src_1m, _roll_factors, _et_years. Params: $symbol.
+-- Inputs:  _src_1m, _segments, _et_years. Params: $symbol.
 -- Prices are adjusted per 1-minute bar before aggregating, so a bucket that straddles a roll
 -- still combines consistent prices. Session fields as in bars_1m, computed on the 5m stamps
 -- (sessions open on whole hours, so a 5m bucket never spans two sessions); the outlier RMS
@@ -14,36 +14,53 @@ with adjusted as (
     select
         time_bucket(interval 5 minute, s.ts) as bucket,
         s.ts as ts,
-        s.open * coalesce(f.factor_before, 1.0) as open,
-        s.high * coalesce(f.factor_before, 1.0) as high,
-        s.low * coalesce(f.factor_before, 1.0) as low,
-        s.close * coalesce(f.factor_before, 1.0) as close,
-        s.volume as volume,
+        s.open as raw_open,
+        s.high * g.factor as high,
+        s.low * g.factor as low,
         s.close as raw_close,
-        coalesce(f.factor_before, 1.0) as adj_factor,
-        s.contract as contract,
-        s.instrument_id as instrument_id,
-        coalesce(f.roll_no, 9223372036854775807) as segment,
+        s.volume as volume,
+        g.segment as segment,
     from _src_1m as s
-    asof left join _roll_factors as f on s.ts < f.ts
+    join _segments as g
+        on s.instrument_id is not distinct from g.instrument_id
+        and s.contract is not distinct from g.contract
+        and s.ts >= g.start_ts
+        and s.ts < g.end_ts
 ),
-buckets as (
+raw_buckets as (
+    -- Segments only grow with ts, so min/max(segment) are the first and last bar's segments.
     select
         bucket as ts,
-        arg_min(open, ts) as open,
+        arg_min(raw_open, ts) as raw_open,
         max(high) as high,
         min(low) as low,
-        arg_max(close, ts) as close,
-        sum(volume)::bigint as volume,
         arg_max(raw_close, ts) as raw_close,
-        arg_max(adj_factor, ts) as adj_factor,
-        arg_max(contract, ts) as contract,
-        arg_max(instrument_id, ts) as instrument_id,
+        sum(volume)::bigint as volume,
         min(segment) as first_segment,
         max(segment) as last_segment,
         count(*)::integer as n_bars,
     from adjusted
     group by bucket
+),
+buckets as (
+    -- open/close = the first/last 1-minute bar's adjusted price (the same product as in bars_1m).
+    select
+        b.ts as ts,
+        b.raw_open * gf.factor as open,
+        b.high as high,
+        b.low as low,
+        b.raw_close * gl.factor as close,
+        b.volume as volume,
+        b.raw_close as raw_close,
+        gl.factor as adj_factor,
+        gl.contract as contract,
+        gl.instrument_id as instrument_id,
+        b.first_segment as first_segment,
+        b.last_segment as last_segment,
+        b.n_bars as n_bars,
+    from raw_buckets as b
+    join _segments as gf on gf.segment = b.first_segment
+    join _segments as gl on gl.segment = b.last_segment
 ),
 local as (
     select
@@ -63,21 +80,13 @@ stepped as (
     from local
     window w as (order by ts)
 ),
-cumulative as (
-    select
-        *,
-        sum(coalesce(log_return * log_return, 0.0)) over w as cum_r2,
-        count(log_return) over w as cum_n,
-    from stepped
-    window w as (order by ts rows between unbounded preceding and current row)
-),
 scored as (
     select
         *,
-        lag(cum_r2) over w - coalesce(lag(cum_r2, 121) over w, 0.0) as prev_r2,
-        lag(cum_n) over w - coalesce(lag(cum_n, 121) over w, 0) as prev_n,
-    from cumulative
-    window w as (order by ts)
+        sum(log_return * log_return) over w as prev_r2,
+        count(log_return) over w as prev_n,
+    from stepped
+    window w as (order by ts rows between 120 preceding and 1 preceding)
 )
 select
     $symbol as symbol,

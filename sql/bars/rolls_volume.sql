@@ -40,6 +40,7 @@ select
     s.instrument_id as to_instrument_id,
     coalesce(c.ratio, s.open / s.prev_close) as ratio,
     'volume_crossover' as method,
+    false as runs_overlap,
 from splices as s
 left join common as c on c.roll_ts = s.ts
 order by s.ts

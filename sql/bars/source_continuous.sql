@@ -1,9 +1,9 @@
 -- bars/source_continuous: the raw 1-minute series of one continuous symbol (NQ.v.0, NQ.demo, NQ).
 --
 -- Grain:   one row per ts (raw_bars is unique on (symbol, ts)).
--- Inputs:  raw_bars.
--- Params:  $symbol.
-create or replace temp table _src_1m as
+-- Inputs:  raw_bars, _series (one row: the symbol; bars.py fills it). A view, not a copy:
+--          copying 5M rows would cost ~1 s, and a view cannot hold a $parameter.
+create or replace temp view _src_1m as
 select
     ts,
     open,
@@ -14,4 +14,4 @@ select
     instrument_id,
     contract,
 from raw_bars
-where symbol = $symbol
+where symbol = (select symbol from _series)
