@@ -247,6 +247,539 @@ def data_info(ctx):
             console.print(f"Demo ground truth: demo_truth (sigma per bar), demo_rolls ({n_rolls} rolls)")
 
 
+@data.command("bars")
+@click.option("--symbol", default="NQ.demo", show_default=True,
+              help="Continuous series in raw_bars (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES).")
+@click.option("--freq", "freqs", type=click.Choice(["1m", "5m"]), multiple=True,
+              help="Bar sizes to build (default: both). 1m bars are always the base of 5m ones.")
+@click.pass_context
+def data_bars(ctx, symbol, freqs):
+    """Build (or rebuild) rolls and back-adjusted 1m/5m bars with session fields.
+
+    Rolls are detected from instrument_id changes (continuous series) or the daily volume
+    crossover (per-contract series); prices before each roll are ratio back-adjusted.
+
+    \b
+    Example:
+      nqexp data bars --symbol NQ.demo --freq 5m
+    """
+    from nqexp import bars
+
+    console = _console()
+    freq_minutes = sorted({1, *(int(f[:-1]) for f in freqs)}) if freqs else [1, 5]
+    con = _open_db(ctx)
+    with console.status(f"Building bars for {symbol}..."):
+        report = bars.build_bars(con, symbol, freq_minutes)
+    console.print(f"[green]Built[/] {report.summary()}")
+    if len(report.rolls):
+        from rich.table import Table
+
+        table = Table(title=f"rolls of {symbol}")
+        for col in ("ts (UTC)", "from", "to", "ratio", "method"):
+            table.add_column(col)
+        for r in report.rolls.itertuples():
+            table.add_row(str(r.ts), str(r.from_contract), str(r.to_contract), f"{r.ratio:.6f}", str(r.method))
+        console.print(table)
+
+
+# --------------------------------------------------------------------------------------- features
+
+
+@cli.group()
+def features():
+    """SQL feature sets (sql/features/): build the versioned feature table, check it.
+
+    \b
+    Example:
+      nqexp features build --set migt24 --symbol NQ.demo
+    """
+
+
+@features.command("list")
+def features_list():
+    """List the feature sets and their variables.
+
+    \b
+    Example:
+      nqexp features list
+    """
+    from rich.table import Table
+
+    from nqexp import features as feat
+
+    table = Table(title="feature sets")
+    for col in ("set", "bars", "variables", "horizons (bars)", "files"):
+        table.add_column(col, overflow="fold")
+    for name in feat.list_sets():
+        fs = feat.feature_set(name)
+        table.add_row(name, f"{fs.freq_minutes}m", f"{len(fs.columns)}: {', '.join(fs.columns)}",
+                      ", ".join(map(str, fs.horizons)), ", ".join(f.path.name for f in fs.files))
+    _console().print(table)
+
+
+@features.command("build")
+@click.option("--set", "set_name", default="migt24", show_default=True, help="Feature set name.")
+@click.option("--symbol", default="NQ.demo", show_default=True, help="Series whose bars to use.")
+@click.option("--force", is_flag=True, help="Rebuild even when the SQL and bars are unchanged.")
+@click.pass_context
+def features_build(ctx, set_name, symbol, force):
+    """Materialize a feature set (plus targets) into its versioned table.
+
+    Rebuilds only when the SQL text or the bars changed.
+
+    \b
+    Example:
+      nqexp features build --set migt24 --symbol NQ.demo
+    """
+    from nqexp import features as feat
+    from nqexp.tune import ensure_bars
+
+    console = _console()
+    con = _open_db(ctx)
+    with console.status(f"Building {set_name} on {symbol}..."):
+        built = ensure_bars(con, symbol)
+        report = feat.build(con, set_name, symbol, force=force)
+    if built is not None:
+        console.print(f"Built bars first: {built.summary()}")
+    console.print(f"[green]{report.summary()}[/]")
+
+
+@features.command("check")
+@click.option("--set", "set_name", default="migt24", show_default=True, help="Feature set name.")
+@click.option("--symbol", default="NQ.demo", show_default=True, help="Series whose bars to use.")
+@click.option("--cuts", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Random truncation points for the leakage check.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def features_check(ctx, set_name, symbol, cuts, seed):
+    """Check a feature set: NaN/inf after warm-up, ranges, correlated pairs, and look-ahead leakage.
+
+    The leakage check recomputes every feature on bars truncated at random cut points and
+    requires identical values at and before each cut. Exits 1 if any check fails.
+
+    \b
+    Example:
+      nqexp features check --set migt24 --symbol NQ.demo
+    """
+    from nqexp import features as feat
+    from nqexp.tune import ensure_bars
+
+    console = _console()
+    con = _open_db(ctx)
+    with console.status(f"Checking {set_name} on {symbol}..."):
+        ensure_bars(con, symbol)
+        report = feat.check(con, set_name, symbol, n_cuts=cuts, seed=seed)
+    for renderable in feat.render_check(report):
+        console.print(renderable)
+    leaks = [r for r in report.leakage if not r.ok]
+    if leaks:
+        raise click.ClickException(f"look-ahead leakage at {len(leaks)} cut point(s); see the table above")
+    console.print("[green]No look-ahead leakage at any cut point.[/]")
+
+
+# --------------------------------------------------------------------------------------- experiments
+
+
+def _trial_table(spec):
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name}: {len(spec.trials())} trials")
+    for col in ("trial", "variant", "seed", "changes vs the resolved spec"):
+        table.add_column(col, overflow="fold")
+    for t in spec.trials():
+        delta = spec.variants[t.variant]
+        table.add_row(t.trial_name, t.variant + (" (reference)" if t.is_reference else ""), str(t.seed),
+                      ", ".join(f"{k}={v}" for k, v in delta.items()) or "-")
+    return table
+
+
+class _Progress:
+    """Rich progress bars, one per trial: epoch and latest val CRPS, then test CRPS and gate status."""
+
+    def __init__(self, console, total_epochs: int, trials):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
+        self.total = total_epochs
+        self.tasks = {}
+        for name in trials:
+            self.tasks[name] = self.progress.add_task(name, total=total_epochs, status="pending", start=False)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event, name, **info):
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=self.total, status="", start=False)
+        task = self.tasks[name]
+        if event == "start":
+            self.progress.start_task(task)
+            self.progress.update(task, status="running")
+        elif event == "epoch":
+            crps = info.get("val_crps")
+            self.progress.update(task, completed=info.get("epoch", 0),
+                                 status=f"val CRPS {crps:.3e}" if crps is not None else "")
+        elif event == "done":
+            crps = info.get("test_crps")
+            gate = "[red]GATED[/]" if info.get("gated") else "[green]ok[/]"
+            self.progress.update(task, completed=self.total,
+                                 status=f"test CRPS {crps:.3e} {gate}" if crps is not None else gate)
+        elif event == "error":
+            self.progress.update(task, status="[red]failed[/]")
+
+
+def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spec, extra_sets=()):
+    from nqexp import spec as spec_mod
+
+    console = _console()
+    spec = spec_mod.load_spec(spec_path, overrides=[*sets, *extra_sets], smoke=smoke)
+    if print_spec:
+        import yaml
+
+        click.echo(yaml.safe_dump(spec_mod.redact(spec.to_dict()), sort_keys=False), nl=False)
+        return
+    if dry_run:
+        if kind == "run":
+            console.print(_trial_table(spec))
+        else:
+            from rich.table import Table
+
+            table = Table(title=f"{spec.name}: sweep of {spec.sweep.num_samples} trials "
+                                f"({spec.sweep.algorithm}, {spec.sweep.scheduler}), objective {spec.sweep.metric}")
+            for col in ("parameter", "distribution"):
+                table.add_column(col)
+            for key, dim in spec.search_space().items():
+                table.add_row(key, f"{dim.kind} {list(dim.values) if dim.kind == 'choice' else [dim.low, dim.high]}")
+            console.print(table)
+        return
+    from nqexp import tune as tune_mod
+    from nqexp.track import wandb_mode
+
+    mode = wandb_mode(spec.track.wandb_mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode != "disabled":
+        os.environ["WANDB_MODE"] = mode
+    console.print(f"[bold]{spec.name}[/]: {kind}, W&B {mode}"
+                  + (" (no WANDB_API_KEY; sync later with `nqexp sync`)" if mode == "offline" else "")
+                  + f", store {spec.track.store_path()}")
+    epochs = spec.train.max_epochs if kind == "run" else (spec.sweep.max_epochs or spec.train.max_epochs)
+    names = [t.trial_name for t in spec.trials()] if kind == "run" else []
+    with _Progress(console, epochs, names) as progress:
+        outcome = tune_mod.run_experiment(spec, kind=kind, spec_path=spec_path, db_path=ctx.obj["db"],
+                                          address=address, on_event=progress,
+                                          on_note=lambda text: progress.progress.console.print(text))
+    _print_outcome(console, spec, outcome)
+
+
+def _print_outcome(console, spec, outcome):
+    from nqexp import report as report_mod
+    from nqexp.track import RunStore
+
+    store = RunStore(spec.track.store_path())
+    if outcome.finished:
+        data = report_mod.load(store, outcome.experiment)
+        console.print(_summary_rich(report_mod.summary_table(data), title=f"{outcome.experiment}: test metrics, all horizons"))
+        path = report_mod.build_report(store, outcome.experiment)
+        if not data.flags.empty:
+            gated = data.flags.merge(data.trials[["trial", "variant"]], on="trial")
+            console.print(f"[yellow]{gated['trial'].nunique()} trial(s) flagged by sanity gates[/] "
+                          f"(see the report): {', '.join(sorted(gated['trial'].unique()))}")
+        console.print(f"Report: {path}")
+    console.print(f"Wall time {outcome.wall_seconds:.0f}s; {len(outcome.finished)} finished, "
+                  f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished.")
+    if outcome.unfinished:
+        raise click.exceptions.Exit(_interrupted(console, outcome))
+    if outcome.failed:
+        raise click.ClickException(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}; "
+                                   f"see their error files under {store.experiment_dir(outcome.experiment)}/ray")
+    strict_flags = spec.eval.strict and _has_flags(store, outcome.experiment)
+    if strict_flags:
+        raise click.ClickException("eval.strict is on and sanity gates flagged trials (see the report)")
+
+
+def _has_flags(store, experiment) -> bool:
+    con = store.connect(read_only=True)
+    n = con.execute("select count(*) from gate_flags where experiment = ?", [experiment]).fetchall()[0][0]
+    con.close()
+    return n > 0
+
+
+def _interrupted(console, outcome) -> int:
+    console.print(f"[yellow]Interrupted:[/] {len(outcome.unfinished)} trial(s) unfinished "
+                  f"({', '.join(outcome.unfinished[:6])}{'...' if len(outcome.unfinished) > 6 else ''}). "
+                  f"Resume with: nqexp run --resume {outcome.experiment} (or run the same spec again)")
+    return 130
+
+
+def _summary_rich(frame, title):
+    from rich.table import Table
+
+    table = Table(title=title)
+    part = frame[frame["horizon"] == "all"] if "horizon" in frame else frame
+    cols = [c for c in part.columns if c != "horizon"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in part.itertuples(index=False):
+        table.add_row(*(str(getattr(row, c)) for c in cols))
+    return table
+
+
+@cli.command()
+@click.argument("spec_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value (dotted key); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print the trials (variants x seeds) and exit.")
+@click.option("--smoke", is_flag=True, help="Tiny model, windows and epochs on CPU: a one-minute end-to-end check.")
+@click.option("--address", default=None, metavar="ray://HOST:10001", help="Submit to a Ray cluster instead of a local Ray.")
+@click.option("--resume", "resume_exp", default=None, metavar="EXPERIMENT",
+              help="Finish the unfinished trials of an experiment in the run store.")
+@click.option("--print-spec", is_flag=True, help="Print the resolved spec (extends, --smoke, --set applied) and exit.")
+@click.pass_context
+def run(ctx, spec_path, sets, dry_run, smoke, address, resume_exp, print_spec):
+    """Run an experiment: every variant x seed of the spec as a Ray Tune trial.
+
+    Each trial trains the distributional Transformer, scores val/test against baselines fitted
+    on train, applies the sanity gates, and lands in the local run store (and W&B). Ends with
+    the ablation table and the report path. Ctrl-C stops cleanly; run again to resume.
+
+    \b
+    Example:
+      nqexp run experiments/quickstart.yaml
+      nqexp run experiments/tsa_ablation.yaml --set train.lr=3e-4 --dry-run
+    """
+    if resume_exp:
+        if spec_path:
+            raise click.UsageError("give either SPEC_PATH or --resume EXPERIMENT, not both")
+        spec_path = _resume_spec_path(resume_exp, sets)
+    elif not spec_path:
+        raise click.UsageError("missing SPEC_PATH (or --resume EXPERIMENT)")
+    _run_or_sweep(ctx, "run", spec_path, sets, smoke, dry_run, address, print_spec)
+
+
+def _resume_spec_path(experiment, sets):
+    from nqexp.errors import SpecError
+    from nqexp.spec import TrackConfig
+
+    for store_root in {TrackConfig().store_path(), *(os.path.abspath(v.split("=", 1)[1]) for v in sets
+                                                     if v.startswith("track.store="))}:
+        path = os.path.join(store_root, experiment, "spec.resolved.yaml")
+        if os.path.exists(path):
+            return path
+    raise SpecError(f"--resume {experiment}: no run store entry {experiment}/spec.resolved.yaml under "
+                    f"{TrackConfig().store_path()}; see `nqexp runs ls`")
+
+
+@cli.command()
+@click.argument("spec_path", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value (dotted key); repeatable.")
+@click.option("--num-samples", type=click.IntRange(1, 10000), default=None, help="Trials to sample (sweep.num_samples).")
+@click.option("--dry-run", is_flag=True, help="Print the search space and exit.")
+@click.option("--smoke", is_flag=True, help="Two tiny trials of one epoch on CPU.")
+@click.option("--address", default=None, metavar="ray://HOST:10001", help="Submit to a Ray cluster instead of a local Ray.")
+@click.pass_context
+def sweep(ctx, spec_path, sets, num_samples, dry_run, smoke, address):
+    """Search hyperparameters: Optuna TPE over `search:` with ASHA early stopping on val CRPS.
+
+    Collapsed trials (val PICP80 below the gate) are penalised so they never win.
+
+    \b
+    Example:
+      nqexp sweep experiments/sweep.yaml --num-samples 20
+    """
+    extra = [f"sweep.num_samples={num_samples}"] if num_samples else []
+    _run_or_sweep(ctx, "sweep", spec_path, sets, smoke, dry_run, address, False, extra_sets=extra)
+
+
+@cli.group()
+def runs():
+    """The local run store: experiments, trials and their metrics (works offline).
+
+    \b
+    Example:
+      nqexp runs compare quickstart
+    """
+
+
+def _store(store_dir):
+    from nqexp.spec import TrackConfig
+    from nqexp.track import RunStore
+
+    return RunStore(store_dir or TrackConfig().store_path())
+
+
+_store_option = click.option("--store", "store_dir", default=None, type=click.Path(file_okay=False),
+                             help="Run store folder (default: ./runs).")
+
+
+@runs.command("ls")
+@_store_option
+def runs_ls(store_dir):
+    """List experiments with their status, trial counts and wall time.
+
+    \b
+    Example:
+      nqexp runs ls
+    """
+    from rich.table import Table
+
+    store = _store(store_dir)
+    con = store.connect(read_only=True)
+    rows = con.execute(
+        """
+        select e.experiment, e.kind, e.status, strftime(e.created_at, '%Y-%m-%d %H:%M'), e.wall_seconds,
+            count(t.trial), count(t.trial) filter (where t.status = 'finished'), count(t.trial) filter (where t.gated)
+        from experiments e left join trials t using (experiment)
+        group by all order by e.created_at
+        """
+    ).fetchall()
+    con.close()
+    table = Table(title=f"experiments in {store.root}")
+    for col in ("experiment", "kind", "status", "created", "wall s", "trials", "finished", "gated"):
+        table.add_column(col)
+    for exp, kind, status, created, wall, n, fin, gated in rows:
+        table.add_row(exp, kind, status, created, f"{wall:.0f}" if wall else "-", str(n), str(fin), str(gated))
+    _console().print(table)
+
+
+@runs.command("show")
+@click.argument("run_name")
+@_store_option
+def runs_show(run_name, store_dir):
+    """Show one trial's metrics per horizon (RUN is EXPERIMENT/TRIAL) and its gate flags.
+
+    \b
+    Example:
+      nqexp runs show quickstart/full-s0
+    """
+    from rich.table import Table
+
+    from nqexp.errors import DataError
+
+    if "/" not in run_name:
+        raise DataError(f"RUN must be EXPERIMENT/TRIAL, e.g. quickstart/full-s0, not {run_name!r}")
+    experiment, trial = run_name.split("/", 1)
+    store = _store(store_dir)
+    con = store.connect(read_only=True)
+    info = con.execute("select variant, seed, status, best_epoch, epochs, train_seconds, stopped, dir "
+                       "from trials where experiment = ? and trial = ?", [experiment, trial]).fetchall()
+    if not info:
+        con.close()
+        raise DataError(f"no trial {run_name} in {store.path}; see `nqexp runs ls`")
+    metrics = dict(con.execute("select key, value from metrics where experiment = ? and trial = ?",
+                               [experiment, trial]).fetchall())
+    flags = con.execute("select gate, reason from gate_flags where experiment = ? and trial = ?",
+                        [experiment, trial]).fetchall()
+    con.close()
+    variant, seed, status, best, epochs, secs, stopped, path = info[0]
+    console = _console()
+    console.print(f"[bold]{run_name}[/]: variant {variant}, seed {seed}, {status}; best epoch {best} of {epochs} "
+                  f"({stopped}), {secs or 0:.0f}s training; files in {path}")
+    labels = sorted({k.rsplit("_", 1)[1] for k in metrics if k.startswith("test/crps_") and k.count("_") == 1},
+                    key=lambda x: int(x[:-1]) * (60 if x.endswith("h") else 1))
+    shown = ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp80", "picp90", "mpiw80",
+             "calib_err", "ic", "dir_acc", "crossing_rate")
+    for split in ("val", "test"):
+        table = Table(title=f"{split} metrics")
+        table.add_column("metric")
+        for lab in labels:
+            table.add_column(lab, justify="right")
+        table.add_column("all", justify="right")
+        for m in shown:
+            vals = [metrics.get(f"{split}/{m}_{lab}") for lab in labels] + [metrics.get(f"{split}/{m}")]
+            table.add_row(m, *("-" if v is None else f"{v:.4g}" for v in vals))
+        console.print(table)
+    for gate, reason in flags:
+        console.print(f"[red]gate[/] {gate}: {reason}")
+
+
+@runs.command("compare")
+@click.argument("experiment")
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@_store_option
+def runs_compare(experiment, split, store_dir):
+    """Compare the variants of an experiment: metrics per horizon, mean ± std over seeds.
+
+    \b
+    Example:
+      nqexp runs compare quickstart --split test
+    """
+    from rich.table import Table
+
+    from nqexp import report as report_mod
+
+    data = report_mod.load(_store(store_dir), experiment)
+    frame = report_mod.summary_table(data, split=split)
+    table = Table(title=f"{experiment}: {split} metrics, mean ± std over seeds")
+    for col in frame.columns:
+        table.add_column(col, justify="left" if col in ("variant", "horizon") else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("experiment")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option("--wandb", "publish", is_flag=True, help="Also publish it as a W&B Report (needs WANDB_API_KEY).")
+@_store_option
+def report(experiment, fmt, publish, store_dir):
+    """Write the ablation/sweep report of an experiment from the local run store.
+
+    Per-variant metrics per horizon (mean ± std over seeds), paired CRPS differences vs the
+    reference variant on identical test samples with block-bootstrap CIs, calibration
+    figures and gate flags.
+
+    \b
+    Example:
+      nqexp report quickstart --format html
+    """
+    from nqexp import report as report_mod
+
+    store = _store(store_dir)
+    console = _console()
+    with console.status("Building the report..."):
+        path = report_mod.build_report(store, experiment, fmt=fmt)
+    console.print(f"Report: {path}")
+    if publish:
+        import yaml
+
+        spec = yaml.safe_load((store.experiment_dir(experiment) / "spec.resolved.yaml").read_text())
+        url = report_mod.publish_wandb_report(store, experiment, project=spec["track"]["wandb_project"],
+                                              entity=spec["track"].get("wandb_entity"))
+        console.print(f"W&B Report: {url}")
+
+
+@cli.command()
+@_store_option
+def sync(store_dir):
+    """Upload offline W&B runs from the run store (needs WANDB_API_KEY).
+
+    \b
+    Example:
+      WANDB_API_KEY=... nqexp sync
+    """
+    import glob
+    import subprocess
+
+    from nqexp.errors import CredentialsError
+
+    if not os.environ.get("WANDB_API_KEY"):
+        raise CredentialsError("nqexp sync needs WANDB_API_KEY in the environment to upload offline runs")
+    store = _store(store_dir)
+    paths = sorted(glob.glob(str(store.root / "*" / "wandb" / "offline-run-*")))
+    if not paths:
+        _console().print(f"No offline W&B runs under {store.root}.")
+        return
+    result = subprocess.run([sys.executable, "-m", "wandb", "sync", "--include-offline", *paths])
+    if result.returncode:
+        raise click.ClickException(f"wandb sync failed with exit code {result.returncode}")
+    _console().print(f"Synced {len(paths)} offline run(s).")
+
+
 # --------------------------------------------------------------------------------------- doctor
 
 

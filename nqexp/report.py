@@ -267,3 +267,49 @@ def _to_html(markdown_text: str, base: Path) -> str:
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(html)}</body></html>"
+
+
+def wandb_report(data: ReportData, *, project: str, entity: str | None, summary: pd.DataFrame | None = None,
+                 paired: pd.DataFrame | None = None):
+    """The experiment's W&B Report object (built offline; `publish_wandb_report` saves it online).
+
+    Blocks: the summary and paired tables as Markdown, then panels over this experiment's runs
+    (grouped by variant): val CRPS curves, test CRPS and PICP80 per variant, gate flags.
+    """
+    import wandb_workspaces.reports.v2 as wr
+
+    summary = summary_table(data) if summary is None else summary
+    paired = paired_differences(data) if paired is None else paired
+    runset = wr.Runset(project=project, entity=entity or "", name=data.experiment,
+                       filters=f"Group = '{data.experiment}'", groupby=["job_type"])
+    flags = data.flags if not data.flags.empty else pd.DataFrame(columns=["trial", "gate", "reason"])
+    return wr.Report(
+        project=project, entity=entity or "", title=f"nqexp: {data.experiment}",
+        description=f"Ablation report for {data.experiment}; reference variant {data.reference}.",
+        blocks=[
+            wr.H1(text=f"Experiment {data.experiment}"),
+            wr.MarkdownBlock(text="## Test metrics per variant (mean ± std over seeds)\n\n" + _md_table(summary)),
+            wr.MarkdownBlock(text=f"## Paired CRPS differences vs {data.reference}\n\n" + _md_table(paired)),
+            wr.PanelGrid(runsets=[runset], panels=[
+                wr.LinePlot(title="val CRPS", x="Step", y=["val/crps"]),
+                wr.BarPlot(title="test CRPS", metrics=["test/crps"]),
+                wr.BarPlot(title="test PICP80", metrics=["test/picp80"]),
+                wr.BarPlot(title="test CRPS skill vs climatology", metrics=["test/crpss_climatology"]),
+            ]),
+            wr.MarkdownBlock(text="## Sanity gates\n\n" + _md_table(flags)),
+        ],
+    )
+
+
+def publish_wandb_report(store, experiment: str, *, project: str, entity: str | None) -> str:
+    """Save the W&B Report online and return its URL. Needs WANDB_API_KEY (the Reports API is online-only)."""
+    import os
+
+    from nqexp.errors import CredentialsError
+
+    if not os.environ.get("WANDB_API_KEY"):
+        raise CredentialsError("publishing a W&B Report needs WANDB_API_KEY in the environment "
+                               "(the local report does not); the key is never stored in specs")
+    report = wandb_report(load(store, experiment), project=project, entity=entity)
+    report.save()
+    return report.url

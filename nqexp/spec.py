@@ -960,7 +960,9 @@ def _build_variants(raw, registry, tree, problems, sections_ok: bool) -> FrozenD
                                                 "{dotted.key: value}"))
         return FrozenDict()
     out: dict[str, FrozenDict] = {}
-    if BASE_VARIANT not in raw:
+    # The spec as written is a variant too: implicit `base` first, unless a listed variant
+    # already is it (empty deltas, e.g. `full: {}`), which then stays where the user put it.
+    if BASE_VARIANT not in raw and not any(not d for d in raw.values()):
         out[BASE_VARIANT] = FrozenDict()
     for name, delta in raw.items():
         if not NAME_RE.match(name):

@@ -95,11 +95,19 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
             ingest.write_demo(con, generated)
             notes.append(f"The database had no {demo.DEMO_SYMBOL} bars: generated {len(generated.bars):,} demo bars "
                          f"({data_cfg.demo_days} days, seed {data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s.")
-        bars.ensure_bars(con, data_cfg.symbol)
+        built = ensure_bars(con, data_cfg.symbol)
+        if built is not None:
+            notes.append(f"Built bars: {built.summary()}.")
         arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol)
     finally:
         con.close()
-    split_idx = windows.make_splits(arrays, trial_spec.splits, trial_spec.windows)
+    # The purge must also cover the longest feature look-back (DESIGN §5).
+    split_cfg = trial_spec.splits
+    if split_cfg.feature_lookback_bars < arrays.warmup_bars:
+        import dataclasses
+
+        split_cfg = dataclasses.replace(split_cfg, feature_lookback_bars=int(arrays.warmup_bars))
+    split_idx = windows.make_splits(arrays, split_cfg, trial_spec.windows)
     for split, idx in split_idx.items():
         if len(idx) == 0:
             from nqexp.errors import SpecError
@@ -111,6 +119,17 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
     return PreparedData(key=data_key(trial_spec.to_dict()), datasets=datasets, horizon_minutes=horizon_minutes,
                         names=list(arrays.names), notes=notes)
+
+
+def ensure_bars(con, symbol: str):
+    """Build bars_1m/bars_5m for `symbol` when missing or behind raw_bars; returns the BarsReport or None."""
+    from nqexp import bars
+
+    raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
+    built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
+    if built[0] and (raw[0] == 0 or tuple(raw) == tuple(built)):   # per-contract roots have no raw rows of their own
+        return None
+    return bars.build_bars(con, symbol)
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,7 +159,8 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
         tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base))
         splits[split] = evaluate.SplitPredictions(ts=scored.ts, y=scored.y, q=q, baselines=base)
     table = pd.concat(tables, ignore_index=True)
-    flags = evaluate.check_gates(table[table["split"] == "test"], thresholds=eval_cfg_thresholds(eval_cfg))
+    # Gates look at val and test: a sweep picks on val, so a collapse there must disqualify too.
+    flags = evaluate.check_gates(table, thresholds=eval_cfg.gates, strict=False)
     trial_dir.mkdir(parents=True, exist_ok=True)
     evaluate.save_predictions(trial_dir / "predictions.parquet", splits, taus, data.horizon_minutes)
     table.to_parquet(trial_dir / "metrics_table.parquet")
@@ -151,14 +171,6 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
         part = evaluate.flatten_metrics(table[table["split"] == split])
         flat.update({f"{split}/{k}": v for k, v in part.items()})
     return flat, flags, {k: str(v) for k, v in plot_paths.items()}
-
-
-def eval_cfg_thresholds(eval_cfg):
-    from nqexp.evaluate import GateThresholds
-
-    names = {f.name for f in __import__("dataclasses").fields(GateThresholds)}
-    given = {k: getattr(eval_cfg, k) for k in names if hasattr(eval_cfg, k)}
-    return GateThresholds(**given)
 
 
 def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Mapping[str, dict],
@@ -173,18 +185,18 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
 
     if "trial" in config:                                   # `nqexp run`: a named (variant, seed)
         name = config["trial"]
-        spec_dict = trial_specs[name]
+        tspec = spec_mod.spec_from_dict(trial_specs[name], source=name)
     else:                                                    # `nqexp sweep`: searched dotted keys
-        name = f"t{tune.get_context().get_trial_id().split('_')[-1]}"
-        spec_dict = spec_mod.apply_overrides(base_spec, {k: v for k, v in config.items()})
-    tspec = spec_mod.spec_from_dict(spec_dict)
+        name = sweep_trial_name(tune.get_context().get_trial_id())
+        tspec = spec_mod.spec_from_dict(base_spec, source="sweep").apply(config, source=f"sweep trial {name}")
+    spec_dict = tspec.to_dict()
     data = datasets[data_key(spec_dict)]
     cpus = max(1, int(tspec.resources.cpus_per_trial))
     torch.set_num_threads(cpus)
     device = "cuda" if tspec.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
     trial_dir = Path(store_root) / experiment / "trials" / name
     tracker = BufferTracker()
-    min_picp80 = getattr(tspec.eval, "min_picp80", 0.4)
+    min_picp80 = tspec.eval.gates.min_picp80
 
     def on_epoch(epoch, metrics):
         gated = metrics.get("val/picp80", 1.0) < min_picp80
@@ -204,11 +216,17 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
         "epochs": result.epochs, "stopped": result.stopped, "train_seconds": result.train_seconds,
         "trial_seconds": train_seconds, "gate_flags": json.dumps([[f.gate, f.reason] for f in flags]),
         "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": result.best_val_crps,
+        "strict": bool(tspec.eval.strict),
     })
 
 
 # ------------------------------------------------------------------------------------------
 # Driver: following trials (store, W&B, progress)
+
+
+def sweep_trial_name(trial_id: str) -> str:
+    """Tune trial ids look like 'a1b2c3d4_00007': the sweep trial is named by its index, t007."""
+    return f"t{int(trial_id.split('_')[-1]):03d}"
 
 
 def _wandb_id(experiment: str, trial: str) -> str:
@@ -230,7 +248,7 @@ class _Follower:
 
     def _name(self, trial) -> str:
         if trial.trial_id not in self.names:
-            self.names[trial.trial_id] = trial.config.get("trial") or f"t{trial.trial_id.split('_')[-1]}"
+            self.names[trial.trial_id] = trial.config.get("trial") or sweep_trial_name(trial.trial_id)
         return self.names[trial.trial_id]
 
     def _meta(self, name, trial) -> dict:
@@ -368,12 +386,16 @@ class ExperimentOutcome:
     wall_seconds: float
     notes: list[str]
 
+    @property
+    def complete(self) -> bool:
+        return not self.unfinished and not self.failed
+
 
 def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial_meta: Mapping[str, dict],
-               datasets: Mapping[str, PreparedData], resources, track_cfg, address: str | None = None,
-               max_failures: int = 1, on_event: Callable | None = None, search: dict | None = None,
-               base_spec: dict | None = None, num_samples: int = 1, max_epochs: int | None = None) -> None:
-    """Run trials on Ray Tune (grid over named trials, or a search when `search` is given)."""
+               datasets: Mapping[str, PreparedData], resources, track_cfg, on_event: Callable | None = None,
+               search: Mapping[str, Any] | None = None, base_spec: dict | None = None, sweep_cfg=None,
+               max_epochs: int = 1) -> None:
+    """Run trials on Ray Tune: a grid over named trials, or a search when `search` is given."""
     from ray import tune
 
     trainable = tune.with_parameters(_trainable, datasets=dict(datasets), trial_specs=dict(trial_specs),
@@ -385,28 +407,38 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial
     follower = _Follower(store=store, experiment=experiment, trial_meta=trial_meta, track_cfg=track_cfg,
                          on_event=on_event)
     storage = str((store.experiment_dir(experiment) / "ray").absolute())
-    attempt = time.strftime("%Y%m%d-%H%M%S")
+    concurrency = resources.max_concurrent_trials or 0
     if search is None:
         param_space = {"trial": tune.grid_search(list(trial_specs))}
-        tune_config = tune.TuneConfig(max_concurrent_trials=resources.max_concurrent_trials or 0)
+        tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
     else:
-        from ray.tune.schedulers import ASHAScheduler
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
-        param_space = search
-        tune_config = tune.TuneConfig(
-            metric="objective", mode="min", num_samples=num_samples,
-            search_alg=OptunaSearch(seed=0),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max(1, max_epochs or 1),
-                                    grace_period=1, reduction_factor=2),
-            max_concurrent_trials=resources.max_concurrent_trials or 0,
-        )
+        param_space = sweep_space(search)
+        if sweep_cfg.algorithm == "tpe":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(seed=0)
+        else:
+            search_alg = None                                  # Tune's random sampling
+        scheduler = {
+            "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                          grace_period=sweep_cfg.grace_period,
+                                          reduction_factor=sweep_cfg.reduction_factor),
+            "median": lambda: MedianStoppingRule(time_attr="training_iteration",
+                                                 grace_period=sweep_cfg.grace_period),
+            "none": FIFOScheduler,
+        }[sweep_cfg.scheduler]()
+        # The objective is val CRPS, x1e3 for a trial whose val PICP80 collapsed (see _trainable).
+        tune_config = tune.TuneConfig(metric="objective", mode="min", num_samples=sweep_cfg.num_samples,
+                                      search_alg=search_alg, scheduler=scheduler,
+                                      max_concurrent_trials=concurrency)
     tuner = tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=f"attempt-{attempt}", storage_path=storage, verbose=0,
+            name=f"attempt-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=0,
             callbacks=[_make_callback(follower)],
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=resources.max_failures),
         ),
     )
     try:
@@ -415,21 +447,124 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial
         follower.close()
 
 
-def sweep_space(search: Mapping[str, Mapping[str, Any]]) -> dict:
-    """spec.search (dotted key -> {distribution: args}) -> a Tune param space."""
+def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_path=None,
+                   address: str | None = None, on_event: Callable | None = None,
+                   on_note: Callable[[str], None] | None = None) -> ExperimentOutcome:
+    """The whole driver: store, resolved spec, data once, Ray Tune trials, outcome from the store."""
+    from nqexp import spec as spec_mod
+    from nqexp.errors import SpecError
+    from nqexp.track import RunStore, scrub
+
+    t0 = time.perf_counter()
+    note = on_note or (lambda text: log.info(text))
+    store = RunStore(spec.track.store_path())
+    experiment = spec.name
+    resolved = spec.to_dict()
+    exp_dir = store.experiment_dir(experiment)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    saved = exp_dir / "spec.resolved.yaml"
+    if saved.exists():
+        previous = spec_mod.spec_from_dict(__import__("yaml").safe_load(saved.read_text()), source=str(saved))
+        if previous.to_dict() != resolved:
+            raise SpecError(
+                f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
+                f"different resolved spec; give this one a new name (--set name=...) or compare with "
+                f"`diff {saved} <(nqexp run {spec_path or 'SPEC'} --dry-run --print-spec)`"
+            )
+    spec_mod.dump_resolved(spec, saved)
+    spec_yaml = saved.read_text()
+    store.start_experiment(experiment, kind, spec_path, spec_yaml)
+    finished = store.finished_trials(experiment)
+
+    if kind == "run":
+        trials = spec.trials()
+        todo = [t for t in trials if t.trial_name not in finished]
+        if finished:
+            note(f"Resuming '{experiment}': {len(finished)} of {len(trials)} trials already finished; "
+                 f"running {len(todo)}.")
+        trial_specs = {t.trial_name: t.spec.to_dict() for t in todo}
+        trial_meta = {t.trial_name: {"variant": t.variant, "seed": t.seed,
+                                     "params": dict(spec.variants[t.variant]), "spec": t.tracker_config(),
+                                     "spec_yaml": __import__("yaml").safe_dump(scrub(t.spec.to_dict()), sort_keys=False)}
+                      for t in todo}
+        for t in todo:
+            d = store.trial_dir(experiment, t.trial_name)
+            d.mkdir(parents=True, exist_ok=True)
+            spec_mod.dump_resolved(t.spec, d / "spec.yaml")
+        reps = {data_key(d): spec_mod.spec_from_dict(d) for d in trial_specs.values()}
+    else:
+        if not spec.search:
+            raise SpecError(f"{spec_path or experiment}: search: is empty; `nqexp sweep` needs a search space")
+        todo, trial_specs = [None], {}
+        trial_meta = {"_sweep_seed": spec.seeds[0]}
+        base = spec.trials()[0].spec
+        reps = {data_key(base.to_dict()): base}
+
+    outcome_notes: list[str] = []
+    if not todo:
+        note(f"All {len(finished)} trials of '{experiment}' are finished; nothing to run.")
+    else:
+        datasets = {}
+        for key, rep in reps.items():
+            prepared = prepare_data(rep, db_path, notes=outcome_notes)
+            datasets[key] = prepared
+            for text in prepared.notes:
+                note(text)
+            prepared.notes.clear()
+            sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.datasets.items())
+            note(f"Data {rep.data.symbol} / {rep.features.set}: samples {sizes} "
+                 f"({prepared.nbytes / 1e6:.0f} MB, shared with every trial through the object store).")
+        init_ray(address, num_gpus=None)
+        try:
+            if kind == "run":
+                run_trials(experiment=experiment, store=store, trial_specs=trial_specs, trial_meta=trial_meta,
+                           datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event)
+            else:
+                max_epochs = spec.sweep.max_epochs or spec.train.max_epochs
+                base_dict = spec.trials()[0].spec.to_dict()
+                base_dict["train"]["max_epochs"] = max_epochs
+                run_trials(experiment=experiment, store=store, trial_specs={}, trial_meta=trial_meta,
+                           datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
+                           search=spec.search_space(), base_spec=base_dict, sweep_cfg=spec.sweep,
+                           max_epochs=max_epochs)
+        finally:
+            shutdown_ray()
+
+    con = store.connect()
+    rows = con.execute("select trial, status from trials where experiment = ?", [experiment]).fetchall()
+    con.close()
+    status = dict(rows)
+    expected = [t.trial_name for t in spec.trials()] if kind == "run" else list(status)
+    fin = [t for t in expected if status.get(t) == "finished"]
+    failed = [t for t in expected if status.get(t) == "failed"]
+    unfinished = [t for t in expected if status.get(t) not in ("finished", "failed")]
+    if kind == "sweep" and len(fin) + len(failed) < spec.sweep.num_samples:
+        unfinished = unfinished or ["(sweep stopped before all samples ran)"]
+    exp_status = "interrupted" if unfinished else "failed" if failed else "finished"
+    wall = time.perf_counter() - t0
+    store.finish_experiment(experiment, exp_status, wall)
+    return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes)
+
+
+def sweep_space(search: Mapping[str, Any]) -> dict:
+    """spec.search_space() (dotted key -> SearchDim) -> a Tune param space with the same meaning."""
     from ray import tune
 
-    makers = {
-        "loguniform": lambda a: tune.loguniform(*a),
-        "uniform": lambda a: tune.uniform(*a),
-        "choice": lambda a: tune.choice(list(a)),
-        "randint": lambda a: tune.randint(*a),
-        "quniform": lambda a: tune.quniform(*a),
-    }
     space = {}
-    for key, dist in search.items():
-        (kind, args), = dict(dist).items()
-        space[key] = makers[kind](args)
+    for key, dim in search.items():
+        if dim.kind == "loguniform":
+            space[key] = tune.loguniform(dim.low, dim.high)
+        elif dim.kind == "uniform":
+            space[key] = tune.uniform(dim.low, dim.high)
+        elif dim.kind == "randint":
+            space[key] = tune.randint(dim.low, dim.high + 1)      # SearchDim's randint includes high
+        elif dim.kind == "quniform":
+            space[key] = (tune.qrandint(dim.low, dim.high, dim.q) if dim.value_type == "int"
+                          else tune.quniform(dim.low, dim.high, dim.q))
+        elif dim.kind == "choice":
+            space[key] = tune.choice(list(dim.values))
+        else:
+            raise ValueError(f"unknown search kind {dim.kind!r} for {key}")
     return space
 
 
