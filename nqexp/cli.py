@@ -633,7 +633,7 @@ def runs_ls(store_dir):
         select e.experiment, e.kind, e.status, strftime(e.created_at, '%Y-%m-%d %H:%M'), e.wall_seconds,
             count(t.trial), count(t.trial) filter (where t.status = 'finished'), count(t.trial) filter (where t.gated)
         from experiments e left join trials t using (experiment)
-        group by all order by e.created_at
+        group by all order by min(e.created_at)
         """
     ).fetchall()
     con.close()
@@ -678,8 +678,9 @@ def runs_show(run_name, store_dir):
     console = _console()
     console.print(f"[bold]{run_name}[/]: variant {variant}, seed {seed}, {status}; best epoch {best} of {epochs} "
                   f"({stopped}), {secs or 0:.0f}s training; files in {path}")
-    labels = sorted({k.rsplit("_", 1)[1] for k in metrics if k.startswith("test/crps_") and k.count("_") == 1},
-                    key=lambda x: int(x[:-1]) * (60 if x.endswith("h") else 1))
+    from nqexp.report import horizon_labels
+
+    labels = horizon_labels(k.removeprefix("test/") for k in metrics if k.startswith("test/"))
     shown = ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp80", "picp90", "mpiw80",
              "calib_err", "ic", "dir_acc", "crossing_rate")
     for split in ("val", "test"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,7 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
     rows = []
     for variant in variant_order(data):
         mv = m[m["variant"] == variant]
-        labels = sorted({n.rsplit("_", 1)[1] for n in mv["name"] if n.startswith("crps_") and n.count("_") == 1},
-                        key=_label_minutes)
+        labels = horizon_labels(mv["name"])
         for label in ["all", *labels]:
             row = {"variant": variant, "horizon": label}
             for metric in SUMMARY_METRICS:
@@ -83,6 +83,12 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
             row["seeds"] = int(mv.loc[mv["name"] == "crps", "trial"].nunique())
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def horizon_labels(keys) -> list[str]:
+    """Horizon labels ('15m', '2h') present as crps_<label> keys, shortest first."""
+    labels = {k.split("_", 1)[1] for k in keys if re.fullmatch(r"crps_\d+[mh]", k)}
+    return sorted(labels, key=_label_minutes)
 
 
 def _label_minutes(label: str) -> int:

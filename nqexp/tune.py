@@ -343,20 +343,38 @@ class _Follower:
         self.runs.clear()
 
 
+_FOLLOWERS: dict[str, _Follower] = {}
+
+
 def _make_callback(follower: _Follower):
+    """A Tune callback that forwards to `follower`. Tune pickles its callbacks into tuner.pkl, so
+    the callback holds only a key; the follower (store, W&B runs, progress bar) stays in this process."""
     from ray import tune
 
+    key = f"{follower.experiment}-{id(follower)}"
+    _FOLLOWERS[key] = follower
+
     class Callback(tune.Callback):
+        # Methods look the follower up through the module at call time: a by-value pickle of this
+        # class must not capture _FOLLOWERS (it holds locks and open W&B runs).
+        def __init__(self, key):
+            self.key = key
+
+        def _follower(self):
+            from nqexp import tune as this
+
+            return this._FOLLOWERS[self.key]
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            follower.on_trial_start(iteration, trials, trial, **info)
+            self._follower().on_trial_start(iteration, trials, trial, **info)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            follower.on_trial_result(iteration, trials, trial, result, **info)
+            self._follower().on_trial_result(iteration, trials, trial, result, **info)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            follower.on_trial_error(iteration, trials, trial, **info)
+            self._follower().on_trial_error(iteration, trials, trial, **info)
 
-    return Callback()
+    return Callback(key)
 
 
 # ------------------------------------------------------------------------------------------
