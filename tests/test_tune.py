@@ -1,0 +1,213 @@
+"""The product's main job, end to end: `nqexp run SPEC` on Ray Tune, the run store, W&B offline runs.
+
+One module-scoped smoke run of experiments/quickstart.yaml (real Ray Tune, real W&B client in
+offline mode, real DuckDB) feeds most tests here; it takes about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "name:" in p.read_text())
+SECRET = "db-TESTSECRET0123456789abcdefXYZ"
+
+
+def nqexp(*args, cwd, env=None, timeout=600, **kw):
+    full_env = {**os.environ, "NQEXP_DB": str(Path(cwd) / "nq.duckdb"), "WANDB_MODE": "offline",
+                "WANDB_SILENT": "true", "DATABENTO_API_KEY": SECRET, **(env or {})}
+    full_env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "nqexp.cli", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+@pytest.mark.parametrize("spec", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_shipped_spec_passes_dry_run(spec, tmp_path):
+    result = nqexp("run", str(spec), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trials" in result.stdout
+
+
+def test_a_spec_error_is_one_readable_line_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: bad\nextends: {ROOT / 'experiments' / 'base.yaml'}\ntrain:\n  lrr: 0.1\n")
+    result = nqexp("run", str(bad), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"Error: {bad}: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"
+
+
+def read_wandb_records(path: Path):
+    """Parse a .wandb transaction log (LevelDB-log framing, protobuf records; STACK_NOTES §4)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    magic, _, _ = struct.unpack("<4sHB", data[:7])
+    assert magic == b":W&B"
+    records, pos, block, pending = [], 7, 32768, b""
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(pending)
+            records.append(rec)
+            pending = b""
+    return records
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("smoke")
+    t0 = time.perf_counter()
+    result = nqexp("run", str(ROOT / "experiments" / "quickstart.yaml"), "--smoke", cwd=cwd)
+    return cwd, result, time.perf_counter() - t0
+
+
+def test_quickstart_smoke_runs_every_trial_and_prints_the_ablation_table(smoke):
+    cwd, result, seconds = smoke
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "generated" in out and "demo bars" in out          # it said it made the demo data
+    for variant in ("full", "no_tsa", "no_lgu", "no_instance_norm", "point_mse"):
+        assert variant in out
+    assert "Report:" in out and (cwd / "runs" / "quickstart" / "report.md").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_run_store_holds_every_trial_with_metrics_gates_and_files(smoke):
+    import duckdb
+
+    cwd, result, _ = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    con = duckdb.connect(str(cwd / "runs" / "store.duckdb"), read_only=True)
+    trials = con.execute("select trial, variant, status, dir from trials order by trial").fetchall()
+    assert [t[0] for t in trials] == sorted(["full-s0", "no_tsa-s0", "no_lgu-s0", "no_instance_norm-s0", "point_mse-s0"])
+    assert all(t[2] == "finished" for t in trials)
+    keys = {k for (k,) in con.execute("select distinct key from metrics").fetchall()}
+    for key in ("test/crps_15m", "test/picp80_60m", "test/ic_2h", "val/crps", "test/crpss_climatology_4h",
+                "test/crpss_volscaled_30m", "test/calib_err", "test/crossing_rate_15m"):
+        assert key in keys, key
+    # The point head's intervals have zero width: the collapse gate must say so.
+    reasons = [r for (r,) in con.execute("select reason from gate_flags where trial = 'point_mse-s0'").fetchall()]
+    assert any("picp80" in r for r in reasons), reasons
+    for _, _, _, d in trials:
+        d = Path(d)
+        assert (d / "predictions.parquet").exists() and (d / "spec.yaml").exists()
+        assert (d / "plots" / "test_reliability.png").stat().st_size > 5000
+    con.close()
+
+
+def test_every_trial_has_one_offline_wandb_run_with_explicit_increasing_steps(smoke):
+    cwd, result, _ = smoke
+    runs = sorted((cwd / "runs" / "quickstart" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 5
+    for run in runs:
+        (log,) = run.glob("run-*.wandb")
+        records = read_wandb_records(log)
+        history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+        steps = [h.step.num for h in history]
+        assert steps == sorted(steps) and len(set(steps)) == len(steps), steps
+        keys = {item.key or "/".join(item.nested_key) for h in history for item in h.item}
+        assert {"train/loss", "val/crps"} <= keys, keys
+        run_rec = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        assert run_rec.group == "quickstart" and run_rec.job_type in run_rec.display_name
+
+
+def test_no_secret_reaches_logs_store_specs_or_wandb(smoke):
+    cwd, result, _ = smoke
+    assert SECRET not in result.stdout + result.stderr
+    hits = [p for p in (cwd / "runs").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert hits == []
+    resolved = yaml.safe_load((cwd / "runs" / "quickstart" / "spec.resolved.yaml").read_text())
+    assert "databento" not in json.dumps(resolved).lower()
+
+
+def test_runs_and_report_commands_work_offline_from_the_store(smoke):
+    cwd, result, _ = smoke
+    assert result.returncode == 0
+    ls = nqexp("runs", "ls", cwd=cwd)
+    assert ls.returncode == 0 and "quickstart" in ls.stdout and "finished" in ls.stdout
+    cmp = nqexp("runs", "compare", "quickstart", cwd=cwd)
+    assert cmp.returncode == 0 and "no_lgu" in cmp.stdout and "±" not in cmp.stdout  # one seed: no std
+    show = nqexp("runs", "show", "quickstart/full-s0", cwd=cwd)
+    assert show.returncode == 0 and "picp80" in show.stdout
+    html = nqexp("report", "quickstart", "--format", "html", cwd=cwd)
+    assert html.returncode == 0
+    text = (cwd / "runs" / "quickstart" / "report.html").read_text()
+    assert "Paired CRPS differences" in text and "data:image/png;base64" in text
+    missing = nqexp("runs", "show", "quickstart/nope", cwd=cwd)
+    assert missing.returncode == 1 and "no trial quickstart/nope" in missing.stderr
+
+
+def test_running_the_same_spec_again_runs_nothing_new(smoke):
+    cwd, first, _ = smoke
+    assert first.returncode == 0
+    again = nqexp("run", str(ROOT / "experiments" / "quickstart.yaml"), "--smoke", cwd=cwd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing to run" in again.stdout
+    assert len(list((cwd / "runs" / "quickstart" / "wandb").glob("offline-run-*"))) == 5
+
+
+def test_a_changed_spec_under_the_same_name_is_refused(smoke):
+    cwd, first, _ = smoke
+    changed = nqexp("run", str(ROOT / "experiments" / "quickstart.yaml"), "--smoke", "--set", "train.lr=0.01", cwd=cwd)
+    assert changed.returncode == 2
+    assert "already exists" in changed.stderr and "--set name=" in changed.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_rerun_finishes_only_the_unfinished_trials(tmp_path):
+    spec = ROOT / "experiments" / "quickstart.yaml"
+    env = {**os.environ, "NQEXP_DB": str(tmp_path / "nq.duckdb"), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "nqexp.cli", "run", str(spec), "--smoke",
+                             "--set", "train.max_epochs=3"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = tmp_path / "runs" / "store.duckdb"
+    deadline = time.time() + 300
+    import duckdb
+
+    while time.time() < deadline:           # wait until at least one trial finished, then Ctrl-C
+        time.sleep(2)
+        if store.exists():
+            try:
+                con = duckdb.connect(str(store), read_only=True)
+                n = con.execute("select count(*) from trials where status = 'finished'").fetchall()[0][0]
+                con.close()
+            except duckdb.Error:
+                continue
+            if n >= 1:
+                break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Resume with" in out
+    again = subprocess.run([sys.executable, "-m", "nqexp.cli", "run", str(spec), "--smoke", "--set",
+                            "train.max_epochs=3"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "already finished" in again.stdout
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("select count(*) from trials where status = 'finished'").fetchall()[0][0] == 5
+    con.close()
+    ids = [p.name.rsplit("-", 1)[1] for p in (tmp_path / "runs" / "quickstart" / "wandb").glob("offline-run-*")]
+    # A resumed trial reuses its W&B id; no trial gets a second id.
+    assert len(set(ids)) == 5
