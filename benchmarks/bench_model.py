@@ -3,6 +3,7 @@
     python benchmarks/bench_model.py                     # everything on one CPU core (~5 min)
     python benchmarks/bench_model.py --only peak,flops   # a subset
     python benchmarks/bench_model.py --device cuda       # bf16 training with/without torch.compile, batch-1 latency
+    python benchmarks/bench_model.py --device cuda --only profile   # top CUDA kernels of one training step
 
 Numbers are medians of repeated timings; the fp32 matmul peak is measured in the same run so the
 "% of peak" ratio is robust to a busy machine. Results notes: benchmarks/README_model.md.
@@ -44,12 +45,13 @@ def _cpu_flash_backward_flops(grad_out_shape, query_shape, key_shape, value_shap
 
 
 DEFAULT = ModelConfig()
-SMALL = {  # candidates for the quickstart's CPU config, all at T = 288, V = 24
-    "small_d32": ModelConfig(d_model=32, n_heads=4, d_ff=64, n_temporal_layers=2, n_variable_layers=1),
-    "small_d64": ModelConfig(d_model=64, n_heads=4, d_ff=128, n_temporal_layers=2, n_variable_layers=1),
-    "small_d32_p12": ModelConfig(d_model=32, n_heads=4, d_ff=64, n_temporal_layers=2, n_variable_layers=1, patch_len=12),
-    "small_d64_p12": ModelConfig(d_model=64, n_heads=4, d_ff=128, n_temporal_layers=2, n_variable_layers=1, patch_len=12),
-    "small_d64_p6": ModelConfig(d_model=64, n_heads=4, d_ff=128, n_temporal_layers=2, n_variable_layers=1, patch_len=6),
+SMALL = {  # candidates for the quickstart's CPU config, all at T = 288, V = 24; timed
+    "small_d32_p12": ModelConfig(d_model=32, n_heads=2, d_ff=64, n_temporal_layers=2, n_variable_layers=1, patch_len=12),
+    "small_d64_p12": ModelConfig(d_model=64, n_heads=2, d_ff=128, n_temporal_layers=2, n_variable_layers=1, patch_len=12),
+    "small_d64_p6": ModelConfig(d_model=64, n_heads=2, d_ff=128, n_temporal_layers=2, n_variable_layers=1, patch_len=6),
+}
+PER_BAR_SMALL = {  # the issue's suggestion without segments: FLOPs only (a step at batch 64 takes ~25 s)
+    "small_d32_per_bar": ModelConfig(d_model=32, n_heads=2, d_ff=64, n_temporal_layers=2, n_variable_layers=1),
 }
 
 
@@ -67,16 +69,18 @@ def make_batch(cfg: ModelConfig, b: int, device="cpu", t=T):
     return [t_.to(device) for t_ in (x, mask, temporal, scale, y)]
 
 
-def median_time(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
+def median_time(fn, repeats: int, warmup: int = 1, sync=lambda: None, clock=time.process_time) -> float:
+    """Median seconds per call. On CPU the default clock is this process's CPU time: with one thread
+    it is the time the work ran, unaffected by other jobs on a shared machine (wall time is not)."""
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -117,11 +121,15 @@ def cpu_throughput(cfg: ModelConfig, b: int, repeats: int) -> dict:
     model = build_model(cfg).train()
     step = train_step_fn(model, cfg, make_batch(cfg, b))
     s_train = median_time(step, repeats)
+    s_train_wall = median_time(step, 1, warmup=0, clock=time.perf_counter)
     model.eval()
     one = make_batch(cfg, 1)[:4]
     with torch.inference_mode():
-        s_infer = median_time(lambda: model(*one), max(3, repeats))
-    return {"batch": b, "train_step_s": s_train, "train_samples_per_s": b / s_train, "infer_latency_ms": 1e3 * s_infer}
+        s_infer = median_time(lambda: model(*one), max(5, repeats))
+        s_infer_wall = median_time(lambda: model(*one), max(5, repeats), clock=time.perf_counter)
+    return {"batch": b, "train_step_s": s_train, "train_samples_per_s": b / s_train,
+            "train_step_wall_s": s_train_wall, "infer_latency_ms": 1e3 * s_infer,
+            "infer_latency_wall_ms": 1e3 * s_infer_wall}
 
 
 def profile_train_step(cfg: ModelConfig, b: int, path: Path) -> str:
@@ -135,6 +143,30 @@ def profile_train_step(cfg: ModelConfig, b: int, path: Path) -> str:
     return table
 
 
+def cuda_profile(b: int = 128) -> str:
+    """Top CUDA kernels of one eager bf16 training step of the default config."""
+    cfg = DEFAULT
+    model = build_model(cfg).to("cuda").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x, mask, temporal, scale, y = make_batch(cfg, b, "cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model_loss(model(x, mask, temporal, scale, y), y, scale, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=70)
+
+
 def cuda_bench(repeats: int) -> dict:
     cfg = DEFAULT
     dev = "cuda"
@@ -145,6 +177,7 @@ def cuda_bench(repeats: int) -> dict:
         batch = make_batch(cfg, b, dev)
         for compiled in (False, True):
             torch.manual_seed(0)
+            torch.cuda.reset_peak_memory_stats()
             model = build_model(cfg).to(dev).train()
             fwd = torch.compile(model) if compiled else model
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -162,11 +195,12 @@ def cuda_bench(repeats: int) -> dict:
             step()
             sync()
             first = time.perf_counter() - t0
-            s = median_time(step, repeats, warmup=2, sync=sync)
+            s = median_time(step, repeats, warmup=2, sync=sync, clock=time.perf_counter)
             key = f"train_b{b}_{'compiled' if compiled else 'eager'}"
-            out[key] = {"step_ms": 1e3 * s, "samples_per_s": b / s, "first_step_s": first}
+            out[key] = {"step_ms": 1e3 * s, "samples_per_s": b / s, "first_step_s": first,
+                        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
             print(key, out[key], flush=True)
-        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            del model, fwd, opt
     model = build_model(cfg).to(dev).eval()
     one = make_batch(cfg, 1, dev)[:4]
     for name, fwd in (("eager", model), ("compiled", torch.compile(model))):
@@ -175,22 +209,27 @@ def cuda_bench(repeats: int) -> dict:
                 fwd(*one)
 
         infer()
-        out[f"infer_b1_{name}_ms"] = 1e3 * median_time(infer, 50, warmup=5, sync=sync)
+        out[f"infer_b1_{name}_ms"] = 1e3 * median_time(infer, 50, warmup=5, sync=sync, clock=time.perf_counter)
         print(name, out[f"infer_b1_{name}_ms"], flush=True)
     return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="peak,flops,default,small,profile")
+    p.add_argument("--only", default="peak,flops,default,small,fallback,profile")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=8, help="default-config CPU batch")
     p.add_argument("--small-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default="benchmarks/results_model.json")
+    p.add_argument("--out", default="/tmp/bench_model.json", help="results JSON (the profile goes next to it)")
     args = p.parse_args()
     torch.manual_seed(0)
     if args.device == "cuda":
+        if args.only == "profile":
+            table = cuda_profile()
+            print(table)
+            Path(args.out).write_text(table)
+            return
         res = cuda_bench(max(args.repeats, 10))
         print(json.dumps(res, indent=2))
         Path(args.out).write_text(json.dumps(res, indent=2))
@@ -201,7 +240,7 @@ def main():
     if "peak" in only or "default" in only or "small" in only:
         res["matmul_peak_gflops"] = matmul_peak()
         print("fp32 matmul peak, 1 core:", round(res["matmul_peak_gflops"], 1), "GFLOP/s", flush=True)
-    cfgs = {"default": DEFAULT, **SMALL}
+    cfgs = {"default": DEFAULT, **SMALL, **PER_BAR_SMALL}
     if "flops" in only or "default" in only or "small" in only:
         for name, cfg in cfgs.items():
             fwd = count_flops(cfg, 1, backward=False)
@@ -218,9 +257,19 @@ def main():
         r["infer_gflops"] = res[name]["fwd_gflop_per_sample"] / (r["infer_latency_ms"] / 1e3)
         res[name]["cpu_1core"] = r
         print(name, r, flush=True)
+    if "fallback" in only:
+        # attn_dropout > 0 sends CPU SDPA to its math kernel (T x T scores per head in memory).
+        b = 2
+        for p_attn in (0.0, 0.1):
+            cfg = dataclasses.replace(DEFAULT, attn_dropout=p_attn)
+            step = train_step_fn(build_model(cfg).train(), cfg, make_batch(cfg, b))
+            res[f"default_b{b}_attn_dropout_{p_attn}_step_s"] = s = median_time(step, 2)
+            print(f"default, batch {b}, attn_dropout {p_attn}: {s:.2f} s per step", flush=True)
     if "profile" in only:
         table = profile_train_step(DEFAULT, args.batch, Path(args.out).with_suffix(".profile.txt"))
         print(table)
+    if "peak" in only:
+        res["matmul_peak_gflops_end"] = matmul_peak()  # drift check on a shared machine
     Path(args.out).write_text(json.dumps(res, indent=2))
 
 

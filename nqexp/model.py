@@ -56,6 +56,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from nqexp.errors import SpecError
 
@@ -441,8 +442,8 @@ class HorizonHead(nn.Module):
     """Context (B, D) -> z (B, H, Q) in fp32, independent or autoregressive over horizons.
 
     Autoregressive: horizon i sees ctx + embed(c_{i-1}), where c is a Q-vector: during training
-    (teacher forcing) the true y / scale repeated Q times (a point mass's quantiles), at inference the
-    horizon's own predicted quantiles; c_{-1} is a learned start vector.
+    (teacher forcing) the true y / scale repeated Q times (a point mass's quantiles), at inference (or
+    in training without targets) the horizon's own predicted quantiles; c_{-1} is a learned start vector.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -488,7 +489,13 @@ class HorizonHead(nn.Module):
 
 
 class _Forecaster(nn.Module):
-    """Shared tail: context -> fp32 head -> Forecast, plus weight init."""
+    """Shared tail: context -> fp32 head -> Forecast, plus weight init.
+
+    Both models are called as model(x, mask, temporal, scale, y=None) -> Forecast(z, q) with
+    x (B, T, V), mask (B, T) bool (True = real bar, left-aligned), temporal (B, T, 4),
+    scale (B, H) > 0 and y (B, H) original-scale targets, read only by autoregressive heads in
+    training mode (teacher forcing); in eval mode they condition on their own predictions.
+    """
 
     def _init_all(self):
         self.apply(_init_linear)
@@ -537,7 +544,7 @@ class MigtTvdt(_Forecaster):
         self.head = HorizonHead(cfg)
         self._init_all()
 
-    def forward(self, x, mask, temporal, scale, y=None) -> Forecast:
+    def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None) -> Forecast:
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -567,7 +574,7 @@ class GrokSL(_Forecaster):
         self.head = HorizonHead(cfg)
         self._init_all()
 
-    def forward(self, x, mask, temporal, scale, y=None) -> Forecast:
+    def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None) -> Forecast:
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
