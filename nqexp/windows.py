@@ -31,7 +31,8 @@ Documented choices:
   * NaN targets: a sample whose target is NaN for any horizon is dropped (the model never sees
     NaN, and every sample carries all H targets, so metrics need no NaN handling).
   * Non-finite features: make_splits drops any sample whose window holds a non-finite raw feature
-    (indicator warm-up at the start of the series, a zero-volume division). As a second guard the
+    (indicator warm-up at the start of the series, a zero-volume division) or starts inside the
+    arrays' `warmup_bars` (when the object has that attribute). As a second guard the
     scaled bars have NaN/Inf replaced by 0, so even an index array from elsewhere can't feed NaN;
     the mask is never changed by this.
   * Feature scaling: robust per-variable standardization, (x - median) / (IQR / 1.349) with the
@@ -61,6 +62,7 @@ Documented choices:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import warnings
@@ -265,8 +267,11 @@ def _valid_samples(arrays, window_cfg: WindowConfig) -> tuple[np.ndarray, dict[s
     finite_x = (bad_cum[np.arange(n) + 1] - bad_cum[start]) == 0
     finite_y = np.isfinite(targets).all(axis=1)
     flags_ok = (np.bitwise_or.reduce(np.asarray(arrays.target_flags), axis=1) & window_cfg.drop_target_flags) == 0
-    valid = enough & finite_x & finite_y & flags_ok
-    counts = {"short_window": int((~enough).sum()), "nonfinite_features": int((~finite_x).sum()),
+    # FeatureArrays.warmup_bars: leading bars whose (finite) indicators are still warming up.
+    warm = start >= int(getattr(arrays, "warmup_bars", 0) or 0)
+    valid = enough & finite_x & finite_y & flags_ok & warm
+    counts = {"short_window": int((~enough).sum()), "warmup": int((~warm).sum()),
+              "nonfinite_features": int((~finite_x).sum()),
               "nan_targets": int((~finite_y).sum()), "flagged_targets": int((~flags_ok).sum())}
     return valid, counts
 
@@ -506,8 +511,8 @@ class WindowDataset:
     without DuckDB.
     """
 
-    bars: np.ndarray       # (M+1, V) float32 scaled features of the bars the windows touch; row M is zeros (padding)
-    temporal: np.ndarray   # (M+1, 4) float32 temporal inputs of the same bars; row M is zeros (padding)
+    bars: np.ndarray       # (M+T, V) float32 scaled features of the M bars the windows touch, then T zero rows
+    temporal: np.ndarray   # (M+T, 4) float32 temporal inputs of the same bars, then T zero rows
     start: np.ndarray      # (n,) int64 first window bar of each sample, as a row of `bars`
     length: np.ndarray     # (n,) int64 valid steps L of each sample (1..t_max)
     y: np.ndarray          # (n, H) float32 forward log-returns (finite)
@@ -528,14 +533,24 @@ class WindowDataset:
     def batch(self, rows) -> dict[str, np.ndarray]:
         """Numpy batch for dataset rows: x (B,T,V), mask (B,T), temporal (B,T,4), y (B,H), scale (B,H), idx (B,)."""
         rows = np.asarray(rows, dtype=np.int64)
-        steps = np.arange(self.t_max, dtype=np.int64)  # (T,)
-        mask = steps[None, :] < self.length[rows, None]  # (B, T)
-        # Padding steps point at the zero row, so one gather writes data and padding together.
-        gather = np.where(mask, self.start[rows, None] + steps[None, :], self.bars.shape[0] - 1)  # (B, T)
+        B, T, V = rows.shape[0], self.t_max, self.bars.shape[1]
+        start, length = self.start[rows], self.length[rows]  # (B,), (B,)
+        # One block copy per window: the T consecutive bars from its first bar (a strided view, no
+        # per-step index array). Steps past the window's end hold later bars or the zero tail; they
+        # are overwritten with zeros below, so nothing after bar t survives.
+        x = _block_view(self.bars, T)[start].reshape(B, T, V)  # (B, T, V)
+        temporal = _block_view(self.temporal, T)[start].reshape(B, T, 4)  # (B, T, 4)
+        mask = _prefix_masks(T)[length]  # (B, T) row L of a (T+1, T) table: L leading Trues
+        pad = _padding_rows(length, T)  # (P,) flat step ids b*T + j with j >= L_b
+        if pad.size:
+            # Zero whole steps through a one-item-per-step view: much faster than a 2-D fancy assign.
+            for table in (x.reshape(B * T, V), temporal.reshape(B * T, 4)):
+                steps = _as_rows(table)  # (B*T,) one item per step
+                steps[pad] = np.zeros((), dtype=steps.dtype)
         return {
-            "x": np.take(self.bars, gather, axis=0),  # (B, T, V)
+            "x": x,  # (B, T, V)
             "mask": mask,  # (B, T)
-            "temporal": np.take(self.temporal, gather, axis=0),  # (B, T, 4)
+            "temporal": temporal,  # (B, T, 4)
             "y": self.y[rows],  # (B, H)
             "scale": self.scale[rows],  # (B, H)
             "idx": self.idx[rows],  # (B,)
@@ -556,6 +571,39 @@ class WindowDataset:
                        scale=self.scale[rows], idx=self.idx[rows], ts=self.ts[rows])
 
 
+def _block_view(table: np.ndarray, T: int) -> np.ndarray:
+    """(R, W) C-contiguous table -> read-only (R - T + 1, T * W) view whose row s is rows s..s+T-1, flattened."""
+    table = np.ascontiguousarray(table)
+    R, W = table.shape
+    item = table.itemsize
+    return np.lib.stride_tricks.as_strided(table, shape=(R - T + 1, T * W), strides=(W * item, item),
+                                           writeable=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _prefix_masks(T: int) -> np.ndarray:
+    """(T+1, T) read-only bool table whose row L is [True] * L + [False] * (T - L)."""
+    table = np.arange(T)[None, :] < np.arange(T + 1)[:, None]  # (T+1, T)
+    table.flags.writeable = False
+    return table
+
+
+def _as_rows(a: np.ndarray) -> np.ndarray:
+    """(R, W) C-contiguous -> (R,) view with one opaque W-wide item per row (for fast row assignment)."""
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(-1)
+
+
+def _padding_rows(length: np.ndarray, T: int) -> np.ndarray:
+    """(B,) valid lengths -> (P,) flat ids b*T + j of every padding step j >= L_b, without a (B, T) pass."""
+    counts = T - length  # (B,)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.arange(length.shape[0], dtype=np.int64) * T + length  # (B,) first padding step of each row
+    before = np.cumsum(counts) - counts  # (B,) padding steps of earlier rows
+    return np.repeat(first - before, counts) + np.arange(total, dtype=np.int64)  # (P,)
+
+
 def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> WindowDataset:
     """Materialize one split for the loader: scaled bars of the covered range, temporal inputs, y, scale."""
     idx = np.asarray(idx, dtype=np.int64)
@@ -567,7 +615,8 @@ def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> W
     H = len(scalers.horizons)
     V = np.shape(arrays.X)[1]
     if idx.size == 0:
-        return WindowDataset(bars=np.zeros((1, V), np.float32), temporal=np.zeros((1, 4), np.float32),
+        T = window_cfg.t_max
+        return WindowDataset(bars=np.zeros((T, V), np.float32), temporal=np.zeros((T, 4), np.float32),
                              start=np.zeros(0, np.int64), length=np.zeros(0, np.int64),
                              y=np.zeros((0, H), np.float32), scale=np.ones((0, H), np.float32),
                              idx=idx, ts=np.zeros(0, "datetime64[us]"), t_max=window_cfg.t_max,
@@ -580,9 +629,11 @@ def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> W
     start = window_starts(arrays.ts, window_cfg, idx)  # (n,)
     lo, hi = int(start.min()), int(idx.max())
     M = hi - lo + 1
-    bars = np.zeros((M + 1, V), dtype=np.float32)  # row M stays zero: the padding row
+    T = window_cfg.t_max
+    # T zero rows after the last bar, so every window's block copy of T rows stays inside the table.
+    bars = np.zeros((M + T, V), dtype=np.float32)  # (M+T, V)
     scalers.transform_features(np.asarray(arrays.X)[lo:hi + 1], out=bars[:M])
-    temporal = np.zeros((M + 1, 4), dtype=np.float32)
+    temporal = np.zeros((M + T, 4), dtype=np.float32)  # (M+T, 4)
     temporal[:M] = temporal_features(np.asarray(arrays.ts)[lo:hi + 1])
     return WindowDataset(bars=bars, temporal=temporal, start=start - lo, length=idx - start + 1, y=y,
                          scale=scalers.target_scale(arrays, idx), idx=idx,
