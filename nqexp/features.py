@@ -30,8 +30,9 @@ skipped and the state carried), and appends the result to `feature_input` as a c
 family SQL reads. One filter of the same name may be declared by several files only with the
 same definition.
 
-**Pipeline** (`compute`): `_input.sql` (bars of one symbol, optionally truncated at `until`) ->
-filters -> each family file -> `_targets.sql` (event counters) -> targets by an index shift:
+**Pipeline** (`compute`): `_input.sql` (bars of one symbol, optionally truncated at `until`, with
+the event counters that define the target flags) -> filters -> each family file -> targets by
+an index shift:
 `fwd_ret_h[t] = ln C[t+h] - ln C[t]` and `fwd_flag_h[t]` bits (1 session end, 2 weekend or
 holiday, 4 roll) where a counter differs between t and t+h. `build` writes the result to
 `features_<set>_<symbol>_<hash>` and records it in `feature_builds` (003_features.sql); it is
@@ -62,8 +63,8 @@ log = logging.getLogger(__name__)
 # Part of every set's hash: bump it when the filter recursion or the table layout changes.
 ENGINE_VERSION = "features-engine-1"
 FLAG_SESSION, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4
-LONG_BREAK_MINUTES = 240.0   # a gap longer than this is a weekend or holiday (see _targets.sql)
-INPUT_FILE, TARGETS_FILE = "_input", "_targets"
+LONG_BREAK_MINUTES = 240.0   # a gap longer than this is a weekend or holiday (see _input.sql)
+INPUT_FILE = "_input"
 INPUT_VIEW = "feature_input"
 REQUIRED_HEADER = ("purpose", "grain", "inputs", "params", "lookback", "lookahead", "columns")
 FILTER_KINDS = {"ema": lambda n: 2.0 / (n + 1.0), "wilder": lambda n: 1.0 / n}
@@ -115,7 +116,6 @@ class FeatureSet:
     filters: tuple[FilterDecl, ...]
     sql_hash: str                  # sha256 over the definition, every SQL text and ENGINE_VERSION
     input_file: SqlFile = field(repr=False, default=None)
-    targets_file: SqlFile = field(repr=False, default=None)
 
     @property
     def target_names(self) -> list[str]:
@@ -318,12 +318,11 @@ def _load_set(path: Path, _mtime: int) -> FeatureSet:
                 raise SqlError(f"filter {decl.name} is declared differently in {prev.source}.sql and {decl.source}.sql")
             filters.setdefault(decl.name, decl)
     input_file = parse_sql_file(directory / f"{INPUT_FILE}.sql", family=False)
-    targets_file = parse_sql_file(directory / f"{TARGETS_FILE}.sql", family=False)
     clash = sorted(set(filters) & set(input_file.columns))
     if clash:
         raise SqlError(f"filters {clash} shadow columns of {INPUT_FILE}.sql")
     digest = hashlib.sha256(ENGINE_VERSION.encode())
-    for part in (path, input_file.path, targets_file.path, *(f.path for f in files)):
+    for part in (path, input_file.path, *(f.path for f in files)):
         digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
     return FeatureSet(
         name=name,
@@ -338,7 +337,6 @@ def _load_set(path: Path, _mtime: int) -> FeatureSet:
         filters=tuple(filters.values()),
         sql_hash=digest.hexdigest(),
         input_file=input_file,
-        targets_file=targets_file,
     )
 
 
@@ -433,7 +431,7 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
     seconds: dict[str, float] = {}
     if not table_exists(con, fs.bars_table):
         raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.bars.build_bars)")
-    params = {"bars_table": fs.bars_table, "symbol": symbol,
+    params = {"bars_table": fs.bars_table, "symbol": symbol, "long_break_minutes": LONG_BREAK_MINUTES,
               "until": None if until is None else np.datetime64(until, "us").item()}
     import duckdb
 
@@ -482,16 +480,13 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
                     else:
                         X[idx, col_index[c]] = values
             seconds[f.name] = time.perf_counter() - t2
-
-        t3 = time.perf_counter()
-        tg = _fetch(con, fs.targets_file.text, {"long_break_minutes": LONG_BREAK_MINUTES},
-                    f"sql/features/{TARGETS_FILE}.sql")
     finally:
         con.unregister(INPUT_VIEW)
-    order = np.argsort(tg["bar_index"], kind="stable")
-    log_close = _float(tg["log_close"])[order]
-    counters = [(FLAG_SESSION, tg["session_no"][order]), (FLAG_WEEKEND, tg["long_break_no"][order]),
-                (FLAG_ROLL, tg["roll_no"][order])]
+
+    t3 = time.perf_counter()
+    log_close = np.log(_float(base.column("close").to_numpy()))
+    counters = [(bit, base.column(name).to_numpy())
+                for bit, name in ((FLAG_SESSION, "session_no"), (FLAG_WEEKEND, "long_break_no"), (FLAG_ROLL, "roll_no"))]
     H = len(fs.horizons)
     targets = np.full((n, H), np.nan)                                                # (N, H)
     flags = np.zeros((n, H), dtype=np.uint8)                                         # (N, H)

@@ -333,8 +333,10 @@ def test_sql_file_breaking_its_contract_raises_sql_error(tmp_path, monkeypatch, 
 def test_sql_file_missing_a_declared_column_raises_at_run_time(tmp_path, monkeypatch, demo_con):
     sql_dir = _copy_sql(tmp_path)
     path = sql_dir / "features" / "migt_liq.sql"
-    path.write_text(path.read_text().replace(
-        "case when count(volume) over w20 = 20 then volume / avg(volume) over w20 end as migt_liq_volume_ma_ratio,",
+    text = path.read_text()
+    assert "as migt_liq_volume_ma_ratio," in text
+    path.write_text(text.replace(
+        "case when bar_index >= 19 then volume / avg(volume) over w20 end as migt_liq_volume_ma_ratio,",
         ""))
     monkeypatch.setattr(features, "sql_root", lambda: sql_dir)
     with pytest.raises(SqlError, match=r"missing \['migt_liq_volume_ma_ratio'\]"):

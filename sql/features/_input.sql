@@ -1,18 +1,29 @@
 -- _input: the one relation every feature family reads (features.py registers it as `feature_input`).
 --
--- purpose:   the set's bars for one continuous series in time order, with a dense bar index and
---            the previous bar's prices, plus the session fields the targets need. features.py
---            then appends the recursive filters the family files declare (EMA, Wilder) as columns.
+-- purpose:   the set's bars for one continuous series in time order, with a dense bar index,
+--            the previous bar's prices, and the event counters that define the target flags.
+--            features.py then appends the recursive filters the family files declare (EMA,
+--            Wilder) as columns.
+-- targets:   a target at bar t is the forward log-return ln(close[t+h] / close[t]) of the
+--            back-adjusted close h bars ahead. features.py takes it and its flag bits by a pure
+--            index shift of the columns below; a bit is set when a counter differs between t
+--            and t+h, i.e. when one of the bars t+1..t+h is such an event:
+--              1 = crosses a session end / the maintenance break (session_no),
+--              2 = crosses a weekend or holiday: a gap longer than $long_break_minutes
+--                  (the daily break is 60 minutes, a weekend ~49 hours, a holiday halt such as
+--                  Thanksgiving 13:00-18:00 ET 5 hours; 240 splits them) (long_break_no),
+--              4 = crosses a roll (roll_no).
 -- grain:     one row per (symbol, ts) of the set's bars table; ts is the bar START in UTC.
 -- inputs:    bars_1m or bars_5m (the set's `bars:` key, passed as $bars_table): back-adjusted
 --            continuous bars. Nothing here resets at sessions or rolls: the series runs on.
 -- params:    $bars_table (varchar), $symbol (varchar), $until (timestamp or NULL: keep only bars
---            with ts <= $until; the leakage check truncates the series this way).
--- lookback:  1 bar
+--            with ts <= $until; the leakage check truncates the series this way),
+--            $long_break_minutes (double).
+-- lookback:  1 bar (the counters run over the whole series)
 -- lookahead: none; windows end at the current row.
 -- columns:   symbol, ts, bar_index, open, high, low, close, volume, prev_close, prev_high,
 --            prev_low, session_date, minute_of_day_et, is_rth, minutes_since_prev,
---            is_session_start, roll_flag
+--            is_session_start, roll_flag, session_no, long_break_no, roll_no
 
 with bars as (
     select
@@ -52,6 +63,9 @@ select
     minutes_since_prev,
     is_session_start,
     roll_flag,
+    (sum(is_session_start::int) over w_all)::bigint as session_no,
+    (sum((coalesce(minutes_since_prev, 0) > $long_break_minutes::double)::int) over w_all)::bigint as long_break_no,
+    (sum(roll_flag::int) over w_all)::bigint as roll_no,
 from bars
 window
     w_all as (partition by symbol order by ts rows between unbounded preceding and current row),

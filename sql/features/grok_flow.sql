@@ -45,7 +45,7 @@ flows as (
 select
     bar_index,
     case
-        when count(positive_flow) over w14 = 14
+        when bar_index >= 14
             then (100 * sum(positive_flow) over w14 / (sum(positive_flow) over w14 + sum(negative_flow) over w14) - 50) / 50
     end as grok_flow_mfi_norm,
     case

@@ -40,7 +40,6 @@ with typical as (
         wilder_dx_14,
         (high + low + close) / 3 as typical_price,
         avg((high + low + close) / 3) over w20 as typical_sma_20,
-        count(close) over w20 as n_20,
     from feature_input
     window
         w20 as (partition by symbol order by ts rows between 19 preceding and current row)
@@ -83,7 +82,7 @@ select
     bar_index,
     (100 * wilder_gain_14 / (wilder_gain_14 + wilder_loss_14) - 50) / 50 as grok_momentum_rsi_norm,
     case
-        when n_20 = 20 then (typical_price - typical_sma_20) / (0.015 * typical_mad_20) / 100
+        when bar_index >= 19 then (typical_price - typical_sma_20) / (0.015 * typical_mad_20) / 100
     end as grok_momentum_cci,
     wilder_plus_dm_14 / wilder_tr_14 as grok_momentum_plus_di,
     wilder_minus_dm_14 / wilder_tr_14 as grok_momentum_minus_di,

@@ -54,9 +54,9 @@ select
     bar_index,
     (close - sum(typical_price * volume) over w_vwap / sum(volume) over w_vwap) / close as grok_trend_vwap_deviation,
     (macd - ema_macd_9) / close as grok_trend_macd_histogram,
-    case when count(close) over w20 = 20 then ln(close / avg(close) over w20) end as grok_trend_sma_20_dev,
-    case when count(close) over w50 = 50 then ln(close / avg(close) over w50) end as grok_trend_sma_50_dev,
-    case when count(close) over w200 = 200 then ln(close / avg(close) over w200) end as grok_trend_sma_200_dev,
+    case when bar_index >= 19 then ln(close / avg(close) over w20) end as grok_trend_sma_20_dev,
+    case when bar_index >= 49 then ln(close / avg(close) over w50) end as grok_trend_sma_50_dev,
+    case when bar_index >= 199 then ln(close / avg(close) over w200) end as grok_trend_sma_200_dev,
 from vwap_anchors
 window
     w_vwap as (partition by symbol, vwap_anchor order by ts rows between unbounded preceding and current row),

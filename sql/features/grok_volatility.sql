@@ -28,7 +28,6 @@ with bands as (
         ln(close / prev_close) as log_return,
         avg(close) over w20 as mid,
         stddev_pop(close) over w20 as sd,
-        count(close) over w20 as n_20,
     from feature_input
     window
         w20 as (partition by symbol order by ts rows between 19 preceding and current row)
@@ -37,10 +36,10 @@ with bands as (
 select
     bar_index,
     wilder_tr_14 / close as grok_volatility_atr_norm,
-    case when n_20 = 20 and sd > 0 then (close - (mid - 2 * sd)) / (4 * sd) end as grok_volatility_bb_pct_b,
-    case when n_20 = 20 then 4 * sd / mid end as grok_volatility_bb_bandwidth,
+    case when bar_index >= 19 and sd > 0 then (close - (mid - 2 * sd)) / (4 * sd) end as grok_volatility_bb_pct_b,
+    case when bar_index >= 19 then 4 * sd / mid end as grok_volatility_bb_bandwidth,
     case
-        when count(log_return) over w20 = 20 then stddev_samp(log_return) over w20 * sqrt(252 * 390)
+        when bar_index >= 20 then stddev_samp(log_return) over w20 * sqrt(252 * 390)
     end as grok_volatility_realized_vol,
 from bands
 window

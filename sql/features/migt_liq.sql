@@ -13,7 +13,7 @@
 select
     bar_index,
     abs(ln(close / prev_close)) / (close * volume) as migt_liq_amihud_illiq,
-    case when count(volume) over w20 = 20 then volume / avg(volume) over w20 end as migt_liq_volume_ma_ratio,
+    case when bar_index >= 19 then volume / avg(volume) over w20 end as migt_liq_volume_ma_ratio,
 from feature_input
 window
     w20 as (partition by symbol order by ts rows between 19 preceding and current row)
