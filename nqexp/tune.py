@@ -42,6 +42,9 @@ QUIET_RAY_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_CHDIR_TO_TRIAL_DIR": "0",         # trials keep the driver's cwd; we use absolute paths anyway
 }
+# glibc malloc settings that cut a CPU training step's sys time ~4x (benchmarks/README_model.md);
+# they must be in a worker's environment before its Python starts, hence runtime_env.
+CPU_WORKER_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 PROPAGATED_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_BASE_URL", "DATABENTO_API_KEY",
                   "NQEXP_DB", "OMP_NUM_THREADS")
 GATE_PENALTY = 1e3
@@ -387,7 +390,8 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     import ray
 
     env_vars = {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}
-    env_vars.update({k: v for k, v in QUIET_RAY_ENV.items()})
+    env_vars.update(QUIET_RAY_ENV)
+    env_vars.update({k: v for k, v in CPU_WORKER_ENV.items() if k not in os.environ})
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": env_vars},
                   ignore_reinit_error=True)
     if address:
