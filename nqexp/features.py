@@ -402,19 +402,24 @@ class Computed:
 
 
 def _fetch(con, sql: str, params: dict | None, where: str) -> dict[str, np.ndarray]:
+    """Run a query and return its columns as numpy arrays, NULL -> NaN for numeric columns.
+
+    Goes through Arrow (2-4x cheaper than fetchnumpy here), and never through fetchnumpy's
+    masked arrays, which np.asarray would silently fill with 0.0 (STACK_NOTES §6.5).
+    """
     import duckdb
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     try:
-        res = con.execute(sql, params) if params else con.execute(sql)
-        cols = res.fetchnumpy()
+        table = con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise SqlError(f"{where} failed: {str(exc).splitlines()[0]}") from None
-    # fetchnumpy gives masked arrays for columns with NULLs (STACK_NOTES §6.5): NULL -> NaN.
     out = {}
-    for k, v in cols.items():
-        if isinstance(v, np.ma.MaskedArray):
-            v = v.astype(np.float64).filled(np.nan) if v.dtype.kind in "fiub" else v.filled()
-        out[k] = np.asarray(v)
+    for name, col in zip(table.column_names, table.columns):
+        if col.null_count and (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+            col = pc.fill_null(col.cast(pa.float64()), np.nan)
+        out[name] = col.to_numpy()
     return out
 
 
@@ -440,6 +445,9 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
     except duckdb.Error as exc:
         raise SqlError(f"sql/features/{INPUT_FILE}.sql failed: {str(exc).splitlines()[0]}") from None
     n = base.num_rows
+    bar_index = base.column("bar_index").to_numpy()
+    if not np.array_equal(bar_index, np.arange(n)):
+        base = base.take(pa.array(np.argsort(bar_index, kind="stable")))   # _input.sql has no ORDER BY
     if n == 0:
         raise DataError(f"no rows for symbol {symbol!r} in {fs.bars_table}"
                         + ("" if until is None else f" at or before {until}"))
@@ -452,14 +460,18 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
             select = ", ".join(f"({d.expr})::double as {d.name}" for d in level)
             cols = _fetch(con, f"select bar_index, {select} from {INPUT_VIEW}", None,
                           f"filter inputs {[d.name for d in level]}")
-            if not np.array_equal(cols["bar_index"], np.arange(n)):
-                raise SqlError("filter inputs came back out of bar order")  # DuckDB keeps scan order; guard anyway
+            idx = cols["bar_index"].astype(np.int64)
+            in_order = np.array_equal(idx, np.arange(n))   # a plain scan keeps order; never trust it blindly
             for d in level:
-                base = base.append_column(d.name, pa.array(recursive_filter(_float(cols[d.name]), d.alpha)))
+                x = _float(cols[d.name])
+                if not in_order:
+                    x = x[np.argsort(idx)]
+                base = base.append_column(d.name, pa.array(recursive_filter(x, d.alpha)))
         seconds["filters"] = time.perf_counter() - t1
 
         con.register(INPUT_VIEW, base)
-        X = np.full((n, len(fs.columns)), np.nan)                                    # (N, V)
+        # Column-major, so each feature column is contiguous (zero-copy into Arrow on write).
+        X = np.full((n, len(fs.columns)), np.nan, order="F")                         # (N, V)
         col_index = {c: j for j, c in enumerate(fs.columns)}
         for f in fs.files:
             t2 = time.perf_counter()
@@ -488,8 +500,8 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
     counters = [(bit, base.column(name).to_numpy())
                 for bit, name in ((FLAG_SESSION, "session_no"), (FLAG_WEEKEND, "long_break_no"), (FLAG_ROLL, "roll_no"))]
     H = len(fs.horizons)
-    targets = np.full((n, H), np.nan)                                                # (N, H)
-    flags = np.zeros((n, H), dtype=np.uint8)                                         # (N, H)
+    targets = np.full((n, H), np.nan, order="F")                                     # (N, H)
+    flags = np.zeros((n, H), dtype=np.uint8, order="F")                              # (N, H)
     for k, h in enumerate(fs.horizons):
         if h < n:
             targets[:-h, k] = log_close[h:] - log_close[:-h]
@@ -499,11 +511,13 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
 
     ts = base.column("ts").to_numpy().astype("datetime64[us]")
     session_date = base.column("session_date").to_numpy().astype("datetime64[D]")
+    minute_of_day_et = base.column("minute_of_day_et").to_numpy().astype(np.int16)
+    close = _float(base.column("close").to_numpy())
+    del base                                                                          # inputs + filters: ~1 GB at 5.4M rows
     seconds["total"] = time.perf_counter() - t0
     return Computed(
-        ts=ts, X=X, names=list(fs.columns), close=_float(base.column("close").to_numpy()),
-        targets=targets, target_flags=flags, session_date=session_date,
-        minute_of_day_et=base.column("minute_of_day_et").to_numpy().astype(np.int16), seconds=seconds,
+        ts=ts, X=X, names=list(fs.columns), close=close, targets=targets, target_flags=flags,
+        session_date=session_date, minute_of_day_et=minute_of_day_et, seconds=seconds,
     )
 
 
@@ -583,6 +597,7 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
         reason = "table missing"
 
     res = compute(con, fs, symbol)
+    n_rows, res_seconds = len(res.ts), res.seconds
     t_write = time.perf_counter()
     arrays = {
         "ts": pa.array(res.ts),
@@ -597,6 +612,7 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
     for k, h in enumerate(fs.horizons):
         arrays[f"fwd_flag_{h}"] = pa.array(res.target_flags[:, k])
     out = pa.table(arrays)
+    del res, arrays
     stale = [current[0]] if current and current[0] != table else []
     con.register("_features_out", out)
     con.execute("begin transaction")
@@ -608,7 +624,7 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
         con.execute(
             "insert into feature_builds (set_name, symbol, table_name, sql_hash, bars_fingerprint, bars_table,"
             " n_rows, n_features, warmup_bars, seconds) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [fs.name, symbol, table, fs.sql_hash, fingerprint, fs.bars_table, len(res.ts), len(res.names),
+            [fs.name, symbol, table, fs.sql_hash, fingerprint, fs.bars_table, n_rows, len(fs.columns),
              fs.warmup_bars, time.perf_counter() - t0],
         )
         con.execute("commit")
@@ -617,8 +633,8 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
         raise
     finally:
         con.unregister("_features_out")
-    timings = dict(res.seconds, write=time.perf_counter() - t_write)
-    report = BuildReport(fs.name, symbol, table, len(res.ts), time.perf_counter() - t0, True, reason, timings)
+    timings = dict(res_seconds, write=time.perf_counter() - t_write)
+    report = BuildReport(fs.name, symbol, table, n_rows, time.perf_counter() - t0, True, reason, timings)
     log.info("%s", report.summary())
     return report
 

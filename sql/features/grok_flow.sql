@@ -25,7 +25,7 @@ with typical as (
         lag((high + low + close) / 3) over w_prev as prev_typical_price,
     from feature_input
     window
-        w_prev as (partition by symbol order by ts rows between 1 preceding and current row)
+        w_prev as (order by ts rows between 1 preceding and current row)
 ),
 
 flows as (
@@ -53,4 +53,4 @@ select
     end as grok_flow_time_gap,
 from flows
 window
-    w14 as (partition by symbol order by ts rows between 13 preceding and current row)
+    w14 as (order by ts rows between 13 preceding and current row)

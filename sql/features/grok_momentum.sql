@@ -42,7 +42,7 @@ with typical as (
         avg((high + low + close) / 3) over w20 as typical_sma_20,
     from feature_input
     window
-        w20 as (partition by symbol order by ts rows between 19 preceding and current row)
+        w20 as (order by ts rows between 19 preceding and current row)
 ),
 
 -- DuckDB has no mean-absolute-deviation window aggregate, and list() windows cost ~3 GB on
@@ -75,7 +75,7 @@ deviations as (
         lag(close, 10) over w20 as close_10_ago,
     from typical
     window
-        w20 as (partition by symbol order by ts rows between 19 preceding and current row)
+        w20 as (order by ts rows between 19 preceding and current row)
 )
 
 select

@@ -38,7 +38,7 @@ with rth_opens as (
         ) as is_rth_open,
     from feature_input
     window
-        w_prev as (partition by symbol order by ts rows between 1 preceding and current row)
+        w_prev as (order by ts rows between 1 preceding and current row)
 ),
 
 vwap_anchors as (
@@ -47,7 +47,7 @@ vwap_anchors as (
         sum(is_rth_open::int) over w_all as vwap_anchor,
     from rth_opens
     window
-        w_all as (partition by symbol order by ts rows between unbounded preceding and current row)
+        w_all as (order by ts rows between unbounded preceding and current row)
 )
 
 select
@@ -59,7 +59,7 @@ select
     case when bar_index >= 199 then ln(close / avg(close) over w200) end as grok_trend_sma_200_dev,
 from vwap_anchors
 window
-    w_vwap as (partition by symbol, vwap_anchor order by ts rows between unbounded preceding and current row),
-    w20 as (partition by symbol order by ts rows between 19 preceding and current row),
-    w50 as (partition by symbol order by ts rows between 49 preceding and current row),
-    w200 as (partition by symbol order by ts rows between 199 preceding and current row)
+    w_vwap as (partition by vwap_anchor order by ts rows between unbounded preceding and current row),
+    w20 as (order by ts rows between 19 preceding and current row),
+    w50 as (order by ts rows between 49 preceding and current row),
+    w200 as (order by ts rows between 199 preceding and current row)

@@ -30,7 +30,7 @@ with bands as (
         stddev_pop(close) over w20 as sd,
     from feature_input
     window
-        w20 as (partition by symbol order by ts rows between 19 preceding and current row)
+        w20 as (order by ts rows between 19 preceding and current row)
 )
 
 select
@@ -43,4 +43,4 @@ select
     end as grok_volatility_realized_vol,
 from bands
 window
-    w20 as (partition by symbol order by ts rows between 19 preceding and current row)
+    w20 as (order by ts rows between 19 preceding and current row)

@@ -19,4 +19,4 @@ select
     ln(1 + close * volume) as grok_volume_dollar_volume,
 from feature_input
 window
-    w as (partition by symbol order by ts rows between 1 preceding and current row)
+    w as (order by ts rows between 1 preceding and current row)

@@ -16,4 +16,4 @@ select
     case when bar_index >= 19 then volume / avg(volume) over w20 end as migt_liq_volume_ma_ratio,
 from feature_input
 window
-    w20 as (partition by symbol order by ts rows between 19 preceding and current row)
+    w20 as (order by ts rows between 19 preceding and current row)

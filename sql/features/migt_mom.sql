@@ -24,4 +24,4 @@ select
     (close - lag(close, 20) over w) / lag(close, 20) over w as migt_mom_roc_20,
 from feature_input
 window
-    w as (partition by symbol order by ts rows between 20 preceding and current row)
+    w as (order by ts rows between 20 preceding and current row)

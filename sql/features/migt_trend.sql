@@ -2,7 +2,10 @@
 --
 -- purpose:   MACD line and the slope and relative deviation of the 9/21/50-bar EMAs of close.
 --              macd        = EMA_12 - EMA_26 (the signal line was dropped: 0.955 collinear)
---              ema_slope_n = EMA_n(t) - EMA_n(t-1)
+--              ema_slope_n = EMA_n(t) - EMA_n(t-1), computed as alpha/(1-alpha) (C_t - EMA_n(t)):
+--                            the same number (EMA_t - EMA_{t-1} = alpha (C_t - EMA_{t-1}) and
+--                            EMA_{t-1} = (EMA_t - alpha C_t)/(1-alpha)) without a lag window, which
+--                            would cost this file a sort; NULL on the first bar
 --              ema_dev_n   = (C - EMA_n) / EMA_n
 --            EMA_n has alpha = 2/(n+1) and is seeded with the first close (pandas
 --            ewm(span=n, adjust=False)); features.py materializes it exactly (see `filter`).
@@ -10,7 +13,7 @@
 -- inputs:    feature_input (sql/features/_input.sql) with the filters declared below.
 -- params:    none.
 -- lookback:  150 bars (3 x span 50: the EMA seed's weight is below 0.3% by then).
--- lookahead: none; windows end at the current row.
+-- lookahead: none; windows end at the current row (this file has no windows).
 -- sessions:  the EMAs run across sessions and rolls on the back-adjusted continuous series.
 -- columns:   migt_trend_macd, migt_trend_ema_slope_9, migt_trend_ema_slope_21,
 --            migt_trend_ema_slope_50, migt_trend_ema_dev_9, migt_trend_ema_dev_21,
@@ -24,12 +27,10 @@
 select
     bar_index,
     ema_close_12 - ema_close_26 as migt_trend_macd,
-    ema_close_9 - lag(ema_close_9) over w as migt_trend_ema_slope_9,
-    ema_close_21 - lag(ema_close_21) over w as migt_trend_ema_slope_21,
-    ema_close_50 - lag(ema_close_50) over w as migt_trend_ema_slope_50,
+    case when bar_index >= 1 then (close - ema_close_9) * 2 / (9 - 1) end as migt_trend_ema_slope_9,
+    case when bar_index >= 1 then (close - ema_close_21) * 2 / (21 - 1) end as migt_trend_ema_slope_21,
+    case when bar_index >= 1 then (close - ema_close_50) * 2 / (50 - 1) end as migt_trend_ema_slope_50,
     (close - ema_close_9) / ema_close_9 as migt_trend_ema_dev_9,
     (close - ema_close_21) / ema_close_21 as migt_trend_ema_dev_21,
     (close - ema_close_50) / ema_close_50 as migt_trend_ema_dev_50,
 from feature_input
-window
-    w as (partition by symbol order by ts rows between 1 preceding and current row)

@@ -40,7 +40,7 @@ select
     case when bar_index >= 14 then avg(true_range) over w14 end as migt_vol_atr_14,
 from bar_terms
 window
-    w12 as (partition by symbol order by ts rows between 11 preceding and current row),
-    w14 as (partition by symbol order by ts rows between 13 preceding and current row),
-    w36 as (partition by symbol order by ts rows between 35 preceding and current row),
-    w72 as (partition by symbol order by ts rows between 71 preceding and current row)
+    w12 as (order by ts rows between 11 preceding and current row),
+    w14 as (order by ts rows between 13 preceding and current row),
+    w36 as (order by ts rows between 35 preceding and current row),
+    w72 as (order by ts rows between 71 preceding and current row)

@@ -1,0 +1,121 @@
+"""Benchmark: build features + targets for 15 years of demo data, against a vectorized pandas reference.
+
+    python benchmarks/bench_features.py                  # 15 years (5475 days), 3 repeats, both sets
+    python benchmarks/bench_features.py --days 365 --repeats 5 --sets migt24
+
+The first run generates the demo series and its bars into --db (default
+/tmp/nqexp_bench_features.duckdb) and reuses them afterwards. Each measurement runs in a fresh
+subprocess so its peak RSS is its own:
+  * sql:    nqexp.features.build(con, set, 'NQ.demo', force=True): read the bars, run every SQL
+            file, materialize the filters, compute targets + flags, write the versioned table;
+  * pandas: tests/feature_reference.pandas_pipeline on the same bars, already in a DataFrame
+            (features + targets + flags, nothing written); the bars fetch is timed separately.
+Reported: the median of the repeats, the ratio sql / pandas, and each worker's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SYMBOL = "NQ.demo"
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6   # Linux: KiB -> GB (approx)
+
+
+def prepare(db_path: str, days: int, stand_in: bool) -> None:
+    from nqexp import db, demo, ingest
+    from tests import feature_reference as ref
+
+    con = db.connect(db_path)
+    con.execute("set enable_progress_bar = false")
+    have = con.execute("select count(*) from bars_1m where symbol = ?", [SYMBOL]).fetchall()[0][0]
+    marker = con.execute("select count(*) from raw_bars where symbol = ?", [SYMBOL]).fetchall()[0][0]
+    if have and marker:
+        print(f"reusing {db_path}: {have:,} 1m bars", flush=True)
+        con.close()
+        return
+    t0 = time.perf_counter()
+    data = demo.generate(days=days, seed=0)
+    ingest.write_demo(con, data)
+    del data
+    ref.build_bars(con, SYMBOL, stand_in=stand_in)
+    n1 = con.execute("select count(*) from bars_1m where symbol = ?", [SYMBOL]).fetchall()[0][0]
+    n5 = con.execute("select count(*) from bars_5m where symbol = ?", [SYMBOL]).fetchall()[0][0]
+    print(f"prepared {db_path}: {n1:,} 1m bars, {n5:,} 5m bars in {time.perf_counter() - t0:.1f}s", flush=True)
+    con.close()
+
+
+def worker(db_path: str, set_name: str, kind: str, repeats: int) -> dict:
+    import numpy as np
+
+    from nqexp import db, features
+
+    con = db.connect(db_path)
+    con.execute("set enable_progress_bar = false")
+    fs = features.feature_set(set_name)
+    times, extra = [], {}
+    if kind == "sql":
+        for _ in range(repeats):
+            rep = features.build(con, set_name, SYMBOL, force=True)
+            times.append(rep.seconds)
+            extra = {"rows": rep.rows, "timings": {k: round(v, 3) for k, v in rep.timings.items()}}
+    else:
+        from tests import feature_reference as ref
+
+        t0 = time.perf_counter()
+        df = ref.load_bars(con, fs.bars_table, SYMBOL)
+        extra = {"rows": len(df), "fetch_seconds": round(time.perf_counter() - t0, 3)}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            X, y, fl = ref.pandas_pipeline(df, set_name, fs.horizons)
+            times.append(time.perf_counter() - t0)
+            assert X.shape == (len(df), len(fs.columns)) and np.isfinite(X[fs.warmup_bars:]).mean() > 0.99
+    con.close()
+    return {"set": set_name, "kind": kind, "times": times, "median": statistics.median(times),
+            "peak_rss_gb": _peak_rss_gb(), **extra}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", default="/tmp/nqexp_bench_features.duckdb")
+    ap.add_argument("--days", type=int, default=5475)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sets", nargs="+", default=["migt24", "grok24"])
+    ap.add_argument("--stand-in-bars", action="store_true",
+                    help="build bars with tests/feature_reference.build_test_bars instead of nqexp.bars")
+    ap.add_argument("--worker", nargs=2, metavar=("SET", "KIND"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.db, args.worker[0], args.worker[1], args.repeats)))
+        return
+    prepare(args.db, args.days, args.stand_in_bars)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    results = {}
+    for set_name in args.sets:
+        for kind in ("sql", "pandas"):
+            out = subprocess.run([sys.executable, __file__, "--db", args.db, "--repeats", str(args.repeats),
+                                  "--worker", set_name, kind], capture_output=True, text=True, env=env, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[(set_name, kind)] = res
+            print(f"{set_name:7s} {kind:6s} rows={res['rows']:>9,} median={res['median']:.3f}s "
+                  f"runs={[round(t, 3) for t in res['times']]} peak_rss={res['peak_rss_gb']:.2f}GB "
+                  f"{res.get('timings') or ''}{'fetch=' + str(res['fetch_seconds']) + 's' if 'fetch_seconds' in res else ''}",
+                  flush=True)
+        sql, pd_ = results[(set_name, "sql")], results[(set_name, "pandas")]
+        print(f"{set_name:7s} ratio sql/pandas = {sql['median'] / pd_['median']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
