@@ -241,10 +241,73 @@ def data_info(ctx):
         for at, fmt, src, *nums in imports:
             it.add_row(str(at)[:19], fmt, os.path.basename(src), *(f"{x:,}" for x in nums))
         console.print(it)
+    from nqexp import bars
+
+    summary = bars.bars_summary(con)
+    if not summary["bars"].empty:
+        console.print(_frame_table(summary["bars"], "continuous bars (bars_1m / bars_5m)"))
+    if not summary["rolls"].empty:
+        console.print(_frame_table(summary["rolls"], "rolls (ratio back-adjustment: adjusted = raw x adj_factor)"))
+    if not summary["flagged"].empty:
+        console.print(_frame_table(summary["flagged"].head(20), "flagged 5m bars (latest 20)"))
     if dbmod.table_exists(con, "demo_rolls"):
         n_rolls = con.execute("select count(*) from demo_rolls").fetchall()[0][0]
         if n_rolls:
             console.print(f"Demo ground truth: demo_truth (sigma per bar), demo_rolls ({n_rolls} rolls)")
+
+
+@data.command("download")
+@click.option("--start", required=True, help="First day (UTC), e.g. 2010-06-06.")
+@click.option("--end", required=True, help="End day (UTC), exclusive, e.g. 2025-12-03.")
+@click.option("--dataset", default="GLBX.MDP3", show_default=True)
+@click.option("--symbol", default="NQ.v.0", show_default=True, help="NQ.v.0 = front month by volume.")
+@click.option("--schema", default="ohlcv-1m", show_default=True)
+@click.option("--stype-in", default="continuous", show_default=True)
+@click.option("--chunk-days", type=click.IntRange(1, 366), default=30, show_default=True,
+              help="Days per request; each chunk is stored on disk and ingested before the next.")
+@click.option("--credentials", "credentials", type=click.Path(dir_okay=False), default=None,
+              help="File holding the Databento API key (default: $DATABENTO_API_KEY).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where raw DBN chunks are kept (default: next to the database).")
+@click.option("--estimate", is_flag=True, help="Print the cost and record count, download nothing.")
+@click.pass_context
+def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days, credentials, data_dir, estimate):
+    """Download 1-minute bars from Databento in resumable chunks and ingest them.
+
+    The API key comes from $DATABENTO_API_KEY or --credentials and is never printed or stored.
+    Chunks already on disk or already ingested are skipped, so an interrupted download resumes
+    without buying data twice. 429/5xx responses are retried with backoff.
+
+    \b
+    Example:
+      nqexp data download --start 2010-06-06 --end 2025-12-03 --estimate
+    """
+    from nqexp import db as dbmod
+    from nqexp import download
+
+    console = _console()
+    common = dict(dataset=dataset, symbol=symbol, schema=schema, stype_in=stype_in, credentials_path=credentials)
+    if estimate:
+        with console.status("Asking Databento for the cost..."):
+            est = download.estimate(start, end, **common)
+        console.print(f"{est['dataset']} {est['symbol']} {est['schema']} {est['start']}..{est['end']}: "
+                      f"{est['records']:,} records, ${est['cost_usd']:,.2f}")
+        return
+    con = _open_db(ctx)
+    path = dbmod.resolve_db_path(ctx.obj["db"])
+    data_dir = data_dir or (os.path.dirname(path) if path != ":memory:" else "nqexp_data")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("chunks", total=None)
+
+        def on_chunk(done, total, what):
+            progress.update(task, completed=done, total=total, description=what)
+
+        report = download.download(con, start, end, chunk_days=chunk_days, data_dir=data_dir,
+                                   progress=on_chunk, **common)
+    console.print(f"[green]Done:[/] {report.summary()}")
 
 
 @data.command("bars")
@@ -266,11 +329,13 @@ def data_bars(ctx, symbol, freqs):
     from nqexp import bars
 
     console = _console()
-    freq_minutes = sorted({1, *(int(f[:-1]) for f in freqs)}) if freqs else [1, 5]
+    freq_minutes = sorted({int(f[:-1]) for f in freqs}) if freqs else [1, 5]
     con = _open_db(ctx)
     with console.status(f"Building bars for {symbol}..."):
         report = bars.build_bars(con, symbol, freq_minutes)
     console.print(f"[green]Built[/] {report.summary()}")
+    for freq, counts in sorted(report.flagged.items()):
+        console.print(f"  {freq}m flags: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if len(report.rolls):
         from rich.table import Table
 
@@ -846,6 +911,17 @@ def doctor(ctx):
     else:
         table.add_row("database", f"{path} (not created yet)")
     console.print(table)
+
+
+def _frame_table(frame, title):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    return table
 
 
 def _netrc_has(host: str) -> bool:
