@@ -25,7 +25,7 @@
 --            here costs a second sort). feature_input holds one symbol, so every feature
 --            window orders by ts without `partition by symbol` (partitioning on the constant
 --            costs ~20% per window query).
--- columns:   symbol, ts, bar_index, open, high, low, close, volume, prev_close, prev_high,
+-- columns:   ts, bar_index, open, high, low, close, volume, prev_close, prev_high,
 --            prev_low, session_date, minute_of_day_et, is_rth, minutes_since_prev,
 --            is_session_start, roll_flag, session_no, long_break_no, roll_no
 
@@ -50,7 +50,6 @@ with bars as (
 )
 
 select
-    symbol,
     ts,
     (row_number() over w_all - 1)::bigint as bar_index,
     open,

@@ -16,7 +16,6 @@
 
 with typical as (
     select
-        symbol,
         ts,
         bar_index,
         volume,

@@ -28,7 +28,6 @@
 
 with typical as (
     select
-        symbol,
         ts,
         bar_index,
         close,

@@ -25,7 +25,6 @@
 
 with rth_opens as (
     select
-        symbol,
         ts,
         bar_index,
         close,

@@ -20,7 +20,6 @@
 
 with bands as (
     select
-        symbol,
         ts,
         bar_index,
         close,

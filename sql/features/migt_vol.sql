@@ -19,7 +19,6 @@
 
 with bar_terms as (
     select
-        symbol,
         ts,
         bar_index,
         0.5 * pow(ln(high) - ln(low), 2) - (2 * ln(2) - 1) * pow(ln(close) - ln(open), 2) as gk_volatility,
