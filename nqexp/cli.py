@@ -467,6 +467,8 @@ class _Progress:
         self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
         self.total = total_epochs
+        self.console = console
+        self.lines = not console.is_terminal     # logs and pipes get one line per trial event instead
         self.tasks = {}
         for name in trials:
             self.tasks[name] = self.progress.add_task(name, total=total_epochs, status="pending", start=False)
@@ -482,6 +484,11 @@ class _Progress:
         if name not in self.tasks:
             self.tasks[name] = self.progress.add_task(name, total=self.total, status="", start=False)
         task = self.tasks[name]
+        if self.lines and event in ("done", "error"):
+            crps = info.get("test_crps")
+            what = (f"finished, test CRPS {crps:.3e}" if crps is not None else "finished") if event == "done" \
+                else f"FAILED ({info.get('error')})"
+            self.console.print(f"trial {name}: {what}" + (" [gated]" if info.get("gated") else ""))
         if event == "start":
             self.progress.start_task(task)
             self.progress.update(task, status="running")

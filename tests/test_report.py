@@ -1,0 +1,100 @@
+"""report.py: summaries and paired comparisons from the run store alone, and the W&B Report object offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from nqexp import evaluate, report
+from nqexp.track import RunStore
+
+TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+HORIZONS = (15, 60)
+
+
+def gaussian_quantiles(sigma: np.ndarray) -> np.ndarray:
+    from scipy.stats import norm
+
+    return sigma[..., None] * norm.ppf(np.array(TAUS))[None, None, :]  # (N, H, Q)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two variants x two seeds on the same test samples: `good` knows the true sigma, `wide` doubles it."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    ts = np.datetime64("2025-01-06T14:30", "us") + np.arange(n) * np.timedelta64(5, "m")
+    sigma = np.exp(rng.normal(0, 0.5, size=(n, 1))) * np.array([[1e-3, 2e-3]])   # (N, H)
+    y = sigma * rng.standard_normal((n, 2))
+    st = RunStore(tmp_path / "runs")
+    spec = {"name": "abl", "variants": {"good": {}, "wide": {"model.init_width": 2.0}}, "track": {"wandb_project": "p"}}
+    st.start_experiment("abl", "run", None, yaml.safe_dump(spec))
+    for variant, mult in (("good", 1.0), ("wide", 2.0)):
+        for seed in (0, 1):
+            name = f"{variant}-s{seed}"
+            d = st.trial_dir("abl", name)
+            d.mkdir(parents=True)
+            q = gaussian_quantiles(sigma * mult)
+            clim = np.broadcast_to(np.quantile(y, TAUS, axis=0).T[None], q.shape).copy()
+            evaluate.save_predictions(d / "predictions.parquet",
+                                      {"test": evaluate.SplitPredictions(ts=ts, y=y, q=q, baselines={"climatology": clim})},
+                                      TAUS, HORIZONS)
+            table = evaluate.evaluate_split_table("test", y, q, TAUS, HORIZONS, ts, {"climatology": clim}, n_boot=50)
+            metrics = {f"test/{k}": v for k, v in evaluate.flatten_metrics(table).items()}
+            st.upsert_trial("abl", name, variant=variant, seed=seed, status="finished", params_json="{}",
+                            spec_yaml="", dir=str(d))
+            st.write_metrics("abl", name, metrics, flags=[("collapse", "made up")] if variant == "wide" and seed else [])
+    return st
+
+
+def test_summary_has_mean_and_std_over_seeds_per_variant_and_horizon(store):
+    data = report.load(store, "abl")
+    assert data.reference == "good"
+    table = report.summary_table(data)
+    assert set(table["variant"]) == {"good", "wide"}
+    assert set(table["horizon"]) == {"all", "15m", "60m"}
+    assert (table["seeds"] == 2).all()
+    # Both seeds hold identical predictions here, so the std is exactly 0.
+    assert table.loc[(table.variant == "good") & (table.horizon == "15m"), "crps"].item().endswith("± 0.0000")
+
+
+def test_paired_differences_find_the_worse_variant_with_a_ci_above_zero(store):
+    paired = report.paired_differences(report.load(store, "abl"), n_boot=200)
+    assert list(paired["variant"]) == ["wide", "wide"]
+    assert (paired["ci_lo"] > 0).all() and (paired["mean_diff"] > 0).all()
+    assert (paired["verdict"] == "worse").all()
+    assert (paired["n"] == 2000).all() and (paired["seeds"] == 2).all()
+
+
+def test_markdown_report_holds_tables_gates_and_is_written_to_the_store(store):
+    path = report.build_report(store, "abl", n_boot=100)
+    text = path.read_text()
+    assert path.name == "report.md" and "Paired CRPS differences vs `good`" in text
+    assert "made up" in text and "| wide |" in text
+
+
+def test_wandb_report_object_is_built_offline(store):
+    pytest.importorskip("wandb_workspaces")
+    obj = report.wandb_report(report.load(store, "abl"), project="p", entity="e")
+    assert obj.title == "nqexp: abl"
+    kinds = [type(b).__name__ for b in obj.blocks]
+    assert kinds[0] == "H1" and "PanelGrid" in kinds
+    text = " ".join(getattr(b, "text", "") or "" for b in obj.blocks)
+    assert "Paired CRPS differences" in text and "wide" in text
+
+
+def test_unknown_experiment_is_a_clear_error(store):
+    from nqexp.errors import DataError
+
+    with pytest.raises(DataError, match="no experiment 'nope'"):
+        report.load(store, "nope")
+
+
+def test_publishing_without_a_key_is_refused_without_touching_the_network(store, monkeypatch):
+    from nqexp.errors import CredentialsError
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(CredentialsError, match="WANDB_API_KEY"):
+        report.publish_wandb_report(store, "abl", project="p", entity=None)
