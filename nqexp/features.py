@@ -259,11 +259,13 @@ def feature_set(name: str) -> FeatureSet:
     if not path.is_file():
         raise SqlError(f"no feature set {name!r}; known sets: {', '.join(list_sets()) or 'none'} "
                        f"(a set is a YAML file in {directory})")
-    return _load_set(path, path.stat().st_mtime_ns)
+    # Cache on every definition file's mtime, so an edited SQL file is never served stale.
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.iterdir() if p.suffix in (".sql", ".yaml")))
+    return _load_set(path, stamp)
 
 
 @lru_cache(maxsize=32)
-def _load_set(path: Path, _mtime: int) -> FeatureSet:
+def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
     import yaml
 
     where = f"sql/features/{path.name}"
@@ -770,12 +772,27 @@ def leakage_check(con, fs: FeatureSet | str, symbol: str, cuts, full: Computed |
     return results
 
 
+def _load_table(con, fs: FeatureSet, table: str) -> Computed:
+    """The materialized table as a float64 Computed (what the leakage check compares against)."""
+    cols = _fetch(con, f'select * from "{table}"', None, f"loading {table}")
+    order = np.argsort(cols["ts"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    X = np.column_stack([_float(cols[c]) for c in fs.columns])                       # (N, V)
+    return Computed(
+        ts=cols["ts"].astype("datetime64[us]"), X=X, names=list(fs.columns), close=_float(cols["close"]),
+        targets=np.column_stack([_float(cols[c]) for c in fs.target_names]),
+        target_flags=np.column_stack([cols[c].astype(np.uint8) for c in fs.flag_names]),
+        session_date=cols["session_date"].astype("datetime64[D]"),
+        minute_of_day_et=cols["minute_of_day_et"].astype(np.int16), seconds={},
+    )
+
+
 def check(con, set_name: str, symbol: str, n_cuts: int = 5, seed: int = 0,
           corr_threshold: float = 0.95) -> CheckReport:
     """Stats after warm-up per feature, pairs with |corr| > threshold, and the truncation leakage check."""
     fs = feature_set(set_name)
     report = build(con, set_name, symbol)
-    full = compute(con, fs, symbol)
+    full = _load_table(con, fs, report.table)
     w = min(fs.warmup_bars, len(full.ts))
     X = full.X[w:]                                                                   # (N - warmup, V)
     stats = []
