@@ -27,7 +27,10 @@
 --            costs ~20% per window query).
 -- columns:   ts, bar_index, open, high, low, close, volume, prev_close, prev_high,
 --            prev_low, session_date, minute_of_day_et, is_rth, minutes_since_prev,
---            is_session_start, roll_flag, session_no, long_break_no, roll_no
+--            is_session_start, roll_flag, session_no, long_break_no, roll_no, rth_date
+--            (rth_date: the session_date of the latest RTH bar at or before this one, i.e. the
+--            RTH day a bar belongs to from its 09:30 ET open until the next one; NULL before
+--            the first RTH bar)
 
 with bars as (
     select
@@ -69,6 +72,8 @@ select
     (sum(is_session_start::int) over w_all)::bigint as session_no,
     (sum((coalesce(minutes_since_prev, 0) > $long_break_minutes::double)::int) over w_all)::bigint as long_break_no,
     (sum(roll_flag::int) over w_all)::bigint as roll_no,
+    -- session_date is non-decreasing, so the running max is the date of the latest RTH bar.
+    max(case when is_rth then session_date end) over w_all as rth_date,
 from bars
 window
     w_all as (order by ts rows between unbounded preceding and current row),

@@ -4,7 +4,8 @@
 --            log distance from the 20/50/200-bar simple moving averages.
 --              vwap_deviation = (C - VWAP) / C, VWAP of the typical price (H + L + C) / 3
 --                               weighted by volume, reset at each RTH open: the first bar of
---                               a session_date with is_rth (09:30 ET). Before the first RTH
+--                               a session_date with is_rth (09:30 ET), i.e. accumulated over
+--                               the bars sharing rth_date (_input.sql). Before the first RTH
 --                               open in the data it accumulates from the first bar.
 --              macd_histogram = (MACD - EMA_9(MACD)) / C, MACD = EMA_12 - EMA_26 of close
 --              sma_n_dev      = ln(C / SMA_n), NULL until n closes exist
@@ -23,30 +24,17 @@
 -- filter ema_close_26 = ema(close, 26)
 -- filter ema_macd_9 = ema(ema_close_12 - ema_close_26, 9)
 
-with rth_opens as (
+with typical as (
     select
         ts,
         bar_index,
         close,
         volume,
+        rth_date,
         (high + low + close) / 3 as typical_price,
         ema_close_12 - ema_close_26 as macd,
         ema_macd_9,
-        is_rth and not coalesce(
-            lag(is_rth) over w_prev and lag(session_date) over w_prev = session_date, false
-        ) as is_rth_open,
     from feature_input
-    window
-        w_prev as (order by ts rows between 1 preceding and current row)
-),
-
-vwap_anchors as (
-    select
-        *,
-        sum(is_rth_open::int) over w_all as vwap_anchor,
-    from rth_opens
-    window
-        w_all as (order by ts rows between unbounded preceding and current row)
 )
 
 select
@@ -56,9 +44,9 @@ select
     case when bar_index >= 19 then ln(close / avg(close) over w20) end as grok_trend_sma_20_dev,
     case when bar_index >= 49 then ln(close / avg(close) over w50) end as grok_trend_sma_50_dev,
     case when bar_index >= 199 then ln(close / avg(close) over w200) end as grok_trend_sma_200_dev,
-from vwap_anchors
+from typical
 window
-    w_vwap as (partition by vwap_anchor order by ts rows between unbounded preceding and current row),
+    w_vwap as (partition by rth_date order by ts rows between unbounded preceding and current row),
     w20 as (order by ts rows between 19 preceding and current row),
     w50 as (order by ts rows between 49 preceding and current row),
     w200 as (order by ts rows between 199 preceding and current row)
