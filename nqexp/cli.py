@@ -553,7 +553,9 @@ def _print_outcome(console, spec, outcome):
     from nqexp.track import RunStore
 
     store = RunStore(spec.track.store_path())
-    if outcome.finished:
+    if outcome.finished and outcome.kind == "sweep":
+        console.print(_sweep_table(store, outcome.experiment))
+    elif outcome.finished:
         data = report_mod.load(store, outcome.experiment)
         console.print(_summary_rich(report_mod.summary_table(data), title=f"{outcome.experiment}: test metrics, all horizons"))
         path = report_mod.build_report(store, outcome.experiment)
@@ -565,13 +567,40 @@ def _print_outcome(console, spec, outcome):
     console.print(f"Wall time {outcome.wall_seconds:.0f}s; {len(outcome.finished)} finished, "
                   f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished.")
     if outcome.unfinished:
-        raise click.exceptions.Exit(_interrupted(console, outcome))
+        raise click.exceptions.Exit(_interrupted(console, outcome, spec))
     if outcome.failed:
         raise click.ClickException(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}; "
                                    f"see their error files under {store.experiment_dir(outcome.experiment)}/ray")
     strict_flags = spec.eval.strict and _has_flags(store, outcome.experiment)
     if strict_flags:
         raise click.ClickException("eval.strict is on and sanity gates flagged trials (see the report)")
+
+
+def _sweep_table(store, experiment, top: int = 10):
+    """Sweep trials by val CRPS: gated (collapsed) trials rank last whatever their CRPS."""
+    import json
+
+    from rich.table import Table
+
+    con = store.connect(read_only=True)
+    rows = con.execute(
+        """
+        select t.trial, t.status, coalesce(t.gated, false), t.params_json, m.value as val_crps, tm.value as test_crps
+        from trials t
+        left join metrics m on m.experiment = t.experiment and m.trial = t.trial and m.key = 'val/crps'
+        left join metrics tm on tm.experiment = t.experiment and tm.trial = t.trial and tm.key = 'test/crps'
+        where t.experiment = ?
+        order by coalesce(t.gated, false), m.value nulls last
+        """, [experiment]).fetchall()
+    con.close()
+    table = Table(title=f"{experiment}: best {min(top, len(rows))} of {len(rows)} sweep trials by val CRPS (gated last)")
+    for col in ("trial", "status", "val CRPS", "test CRPS", "gated", "parameters"):
+        table.add_column(col, overflow="fold")
+    for trial, status, gated, params, val, test in rows[:top]:
+        table.add_row(trial, status, f"{val:.4e}" if val is not None else "-", f"{test:.4e}" if test is not None else "-",
+                      "yes" if gated else "no", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                          for k, v in json.loads(params or "{}").items()))
+    return table
 
 
 def _has_flags(store, experiment) -> bool:
@@ -581,10 +610,12 @@ def _has_flags(store, experiment) -> bool:
     return n > 0
 
 
-def _interrupted(console, outcome) -> int:
+def _interrupted(console, outcome, spec) -> int:
+    how = (f"nqexp run --resume {outcome.experiment} (or run the same spec again)" if outcome.kind == "run"
+           else f"nqexp sweep {spec.source or 'SPEC'} again")
     console.print(f"[yellow]Interrupted:[/] {len(outcome.unfinished)} trial(s) unfinished "
                   f"({', '.join(outcome.unfinished[:6])}{'...' if len(outcome.unfinished) > 6 else ''}). "
-                  f"Resume with: nqexp run --resume {outcome.experiment} (or run the same spec again)")
+                  f"Resume with: {how}")
     return 130
 
 

@@ -228,8 +228,8 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
 
 
 def sweep_trial_name(trial_id: str) -> str:
-    """Tune trial ids look like 'a1b2c3d4_00007': the sweep trial is named by its index, t007."""
-    return f"t{int(trial_id.split('_')[-1]):03d}"
+    """A sweep trial is named after its Tune trial id (known both to the driver and the trial)."""
+    return f"t-{trial_id}"
 
 
 def _wandb_id(experiment: str, trial: str) -> str:
@@ -257,8 +257,10 @@ class _Follower:
     def _meta(self, name, trial) -> dict:
         if name in self.trial_meta:
             return self.trial_meta[name]
-        return {"variant": "sweep", "seed": self.trial_meta.get("_sweep_seed", 0),
-                "params": {k: v for k, v in trial.config.items()}, "spec": {}}
+        # A sweep trial is its own "variant": reports then list every sampled configuration.
+        params = {k: v for k, v in trial.config.items()}
+        return {"variant": name, "seed": self.trial_meta.get("_sweep_seed", 0), "params": params,
+                "spec": {**params, "experiment": self.experiment, "trial_name": name}}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         name = self._name(trial)
@@ -331,6 +333,21 @@ class _Follower:
         run.log_table("test/predictions_sample", sample.astype({"ts": str}), step=run.last_step)
         del load_predictions
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        """A trial that ended without its final report was stopped early by the sweep's scheduler."""
+        name = self._name(trial)
+        if name not in self.runs:          # already finalized (or never started here)
+            return
+        last = trial.last_result or {}
+        metrics = {k: v for k, v in last.items() if k.startswith("val/") and finite(v)}
+        self.store.write_metrics(self.experiment, name, metrics)
+        self.store.upsert_trial(self.experiment, name, status="stopped", epochs=int(last.get("epoch", 0) or 0),
+                                stopped="scheduler", error=None)
+        run = self.runs.pop(name)
+        run.summary({**metrics, "stopped_by_scheduler": 1})
+        run.finish()
+        self.on_event("done", name, gated=False, test_crps=None)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         name = self._name(trial)
         error = str(getattr(trial, "error_file", "") or "trial failed")
@@ -374,6 +391,9 @@ def _make_callback(follower: _Follower):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self._follower().on_trial_result(iteration, trials, trial, result, **info)
 
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._follower().on_trial_complete(iteration, trials, trial, **info)
+
         def on_trial_error(self, iteration, trials, trial, **info):
             self._follower().on_trial_error(iteration, trials, trial, **info)
 
@@ -407,6 +427,7 @@ class ExperimentOutcome:
     failed: list[str]
     wall_seconds: float
     notes: list[str]
+    kind: str = "run"
 
     @property
     def complete(self) -> bool:
@@ -438,13 +459,17 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial
 
         param_space = sweep_space(search)
         if sweep_cfg.algorithm == "tpe":
+            import optuna
             from ray.tune.search.optuna import OptunaSearch
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
 
             search_alg = OptunaSearch(seed=0)
         else:
             search_alg = None                                  # Tune's random sampling
         scheduler = {
-            "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+            # Each epoch is one report and the final scoring one more, hence max_t = epochs + 1.
+            "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_epochs + 1,
                                           grace_period=sweep_cfg.grace_period,
                                           reduction_factor=sweep_cfg.reduction_factor),
             "median": lambda: MedianStoppingRule(time_attr="training_iteration",
@@ -517,7 +542,15 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     else:
         if not spec.search:
             raise SpecError(f"{spec_path or experiment}: search: is empty; `nqexp sweep` needs a search space")
-        todo, trial_specs = [None], {}
+        con = store.connect()
+        done = con.execute("select count(*) from trials where experiment = ? and status in ('finished', 'stopped')",
+                           [experiment]).fetchall()[0][0]
+        con.close()
+        remaining = spec.sweep.num_samples - done
+        if done:
+            note(f"Resuming sweep '{experiment}': {done} of {spec.sweep.num_samples} trials done; "
+                 f"sampling {max(remaining, 0)} more (the search restarts from the prior).")
+        todo, trial_specs = ([None] if remaining > 0 else []), {}
         trial_meta = {"_sweep_seed": spec.seeds[0]}
         base = spec.trials()[0].spec
         reps = {data_key(base.to_dict()): base}
@@ -545,10 +578,12 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                 max_epochs = spec.sweep.max_epochs or spec.train.max_epochs
                 base_dict = spec.trials()[0].spec.to_dict()
                 base_dict["train"]["max_epochs"] = max_epochs
+                import dataclasses
+
                 run_trials(experiment=experiment, store=store, trial_specs={}, trial_meta=trial_meta,
                            datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
-                           search=spec.search_space(), base_spec=base_dict, sweep_cfg=spec.sweep,
-                           max_epochs=max_epochs)
+                           search=spec.search_space(), base_spec=base_dict,
+                           sweep_cfg=dataclasses.replace(spec.sweep, num_samples=remaining), max_epochs=max_epochs)
         finally:
             shutdown_ray()
 
@@ -557,15 +592,15 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     con.close()
     status = dict(rows)
     expected = [t.trial_name for t in spec.trials()] if kind == "run" else list(status)
-    fin = [t for t in expected if status.get(t) == "finished"]
+    fin = [t for t in expected if status.get(t) in ("finished", "stopped")]   # stopped: by the sweep scheduler
     failed = [t for t in expected if status.get(t) == "failed"]
-    unfinished = [t for t in expected if status.get(t) not in ("finished", "failed")]
+    unfinished = [t for t in expected if status.get(t) not in ("finished", "stopped", "failed")]
     if kind == "sweep" and len(fin) + len(failed) < spec.sweep.num_samples:
-        unfinished = unfinished or ["(sweep stopped before all samples ran)"]
+        unfinished = unfinished or [f"{spec.sweep.num_samples - len(fin) - len(failed)} samples not run"]
     exp_status = "interrupted" if unfinished else "failed" if failed else "finished"
     wall = time.perf_counter() - t0
     store.finish_experiment(experiment, exp_status, wall)
-    return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes)
+    return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes, kind)
 
 
 def sweep_space(search: Mapping[str, Any]) -> dict:

@@ -211,3 +211,24 @@ def test_ctrl_c_then_rerun_finishes_only_the_unfinished_trials(tmp_path):
     ids = [p.name.rsplit("-", 1)[1] for p in (tmp_path / "runs" / "quickstart" / "wandb").glob("offline-run-*")]
     # A resumed trial reuses its W&B id; no trial gets a second id.
     assert len(set(ids)) == 5
+
+
+def test_sweep_smoke_samples_with_optuna_and_ranks_gated_trials_last(smoke, tmp_path):
+    cwd, first, _ = smoke
+    spec = cwd / "demo_sweep.yaml"
+    spec.write_text(
+        f"name: demo_sweep\nextends: {ROOT / 'experiments' / 'quickstart.yaml'}\nvariants: {{}}\n"
+        "search:\n  train.lr: {loguniform: [1.0e-4, 3.0e-3]}\n  model.d_model: {choice: [16, 32]}\n"
+    )
+    result = nqexp("sweep", str(spec), "--smoke", cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "sweep trials by val CRPS (gated last)" in result.stdout
+    import duckdb
+
+    con = duckdb.connect(str(cwd / "runs" / "store.duckdb"), read_only=True)
+    rows = con.execute("select status, params_json from trials where experiment = 'demo_sweep'").fetchall()
+    con.close()
+    assert len(rows) == 2 and all(s in ("finished", "stopped") for s, _ in rows)
+    for _, params in rows:
+        p = json.loads(params)
+        assert 1e-4 <= p["train.lr"] <= 3e-3 and p["model.d_model"] in (16, 32)
