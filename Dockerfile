@@ -39,14 +39,17 @@ COPY pyproject.toml README.md ./
 COPY nqexp/ nqexp/
 COPY sql/ sql/
 # Non-editable, so the wheel's package data (nqexp.sql) is what runs. ray[default] adds the
-# dashboard and the Jobs API (`ray job submit`, KubeRay RayJob) to the project's ray[tune]; the
-# torch pin is repeated so the resolver keeps the CUDA build.
+# dashboard, the Jobs API (`ray job submit`, KubeRay RayJob) and the Ray Client server to the
+# project's ray[tune]; boto3 lets the Ray autoscaler on the head start EC2 workers
+# (infra/ray-cluster-aws.yaml). The torch pin is repeated so the resolver keeps the CUDA build (PyPI has no +cu130,
+# so a resolver that wanted another torch would fail loudly instead of swapping builds).
 # DL3013 (pin versions): `.` is the project itself, whose dependencies are the ranges pyproject.toml
 # declares (the project has no lock file); torch and Ray, which must match across nodes, are pinned.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --extra-index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
+RUN pip install --no-cache-dir \
         ".[${NQEXP_EXTRAS}]" \
         "ray[default,tune]==${RAY_VERSION}" \
+        "boto3>=1.34" \
         "torch==${TORCH_VERSION}+${TORCH_CUDA}" \
  && pip check
 
@@ -55,6 +58,8 @@ FROM ${BASE_IMAGE}
 # openssh-client and rsync: the Ray cluster launcher's head syncs files into containers with
 # `rsync -e 'docker exec -i'` and reaches workers over SSH. tini reaps Ray's child processes.
 # No compilers: every Python package arrives as a wheel in the build stage.
+# DL3008 (pin apt versions): Debian's security updates replace exact versions, so pins break
+# rebuilds; the base image tag pins the distribution release instead.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openssh-client rsync tini \
