@@ -532,6 +532,9 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
     from nqexp import tune as tune_mod
     from nqexp.track import wandb_mode
 
+    if address and address.startswith(("ray://", "http://", "https://")):
+        tune_mod.submit_job(spec, kind=kind, address=address, printer=console.print)
+        return
     mode = wandb_mode(spec.track.wandb_mode)
     os.environ.setdefault("WANDB_SILENT", "true")
     if mode != "disabled":
@@ -637,7 +640,9 @@ def _summary_rich(frame, title):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value (dotted key); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Print the trials (variants x seeds) and exit.")
 @click.option("--smoke", is_flag=True, help="Tiny model, windows and epochs on CPU: a one-minute end-to-end check.")
-@click.option("--address", default=None, metavar="ray://HOST:10001", help="Submit to a Ray cluster instead of a local Ray.")
+@click.option("--address", default=None, metavar="ray://HOST:10001",
+              help="Ray cluster: ray://HOST:10001 or http://HOST:8265 submits the run as a Ray Job; "
+                   "'auto' joins the cluster this machine is part of.")
 @click.option("--resume", "resume_exp", default=None, metavar="EXPERIMENT",
               help="Finish the unfinished trials of an experiment in the run store.")
 @click.option("--print-spec", is_flag=True, help="Print the resolved spec (extends, --smoke, --set applied) and exit.")
@@ -682,7 +687,8 @@ def _resume_spec_path(experiment, sets):
 @click.option("--num-samples", type=click.IntRange(1, 10000), default=None, help="Trials to sample (sweep.num_samples).")
 @click.option("--dry-run", is_flag=True, help="Print the search space and exit.")
 @click.option("--smoke", is_flag=True, help="Two tiny trials of one epoch on CPU.")
-@click.option("--address", default=None, metavar="ray://HOST:10001", help="Submit to a Ray cluster instead of a local Ray.")
+@click.option("--address", default=None, metavar="ray://HOST:10001",
+              help="Ray cluster: ray://HOST:10001 or http://HOST:8265 submits the sweep as a Ray Job.")
 @click.pass_context
 def sweep(ctx, spec_path, sets, num_samples, dry_run, smoke, address):
     """Search hyperparameters: Optuna TPE over `search:` with ASHA early stopping on val CRPS.

@@ -121,7 +121,8 @@ class TrackConfig:
     wandb_project: str = "nqexp"  # W&B project
     wandb_entity: str | None = None  # W&B entity (None: the API key's default)
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
-    store: str = "runs"  # local run store directory, relative to the working directory
+    store: str = "runs"  # local run store directory, relative to the working directory (shared FS on clusters)
+    ray_storage: str | None = None  # Tune experiment state: None = inside the store; or s3://... / gs://... for multi-node
     tags: tuple[str, ...] = ()  # W&B tags of every trial
 
     def effective_wandb_mode(self, environ: Mapping[str, str] | None = None) -> str:

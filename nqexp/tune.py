@@ -45,8 +45,9 @@ QUIET_RAY_ENV = {
 # glibc malloc settings that cut a CPU training step's sys time ~4x (benchmarks/README_model.md);
 # they must be in a worker's environment before its Python starts, hence runtime_env.
 CPU_WORKER_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
-PROPAGATED_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_BASE_URL", "DATABENTO_API_KEY",
-                  "NQEXP_DB", "OMP_NUM_THREADS")
+# Settings (never secrets) that workers need: W&B is driven from the driver and trials never read
+# the database, so API keys stay out of runtime_env (Ray shows runtime_env in its job table).
+PROPAGATED_ENV = ("WANDB_MODE", "WANDB_ENTITY", "WANDB_BASE_URL", "NQEXP_DB", "OMP_NUM_THREADS")
 GATE_PENALTY = 1e3
 
 
@@ -320,18 +321,16 @@ class _Follower:
         self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"))
 
     def _log_prediction_sample(self, run, name):
-        from nqexp.evaluate import load_predictions
+        """500 evenly spaced test predictions as a W&B Table (the full file stays in the store)."""
+        import pandas as pd
 
         path = self.store.trial_dir(self.experiment, name) / "predictions.parquet"
         if not path.exists():
             return
-        import pandas as pd
-
         frame = pd.read_parquet(path)
         frame = frame[frame["split"] == "test"]
         sample = frame.iloc[np.linspace(0, len(frame) - 1, min(500, len(frame))).astype(int)]
         run.log_table("test/predictions_sample", sample.astype({"ts": str}), step=run.last_step)
-        del load_predictions
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """A trial that ended without its final report was stopped early by the sweep's scheduler."""
@@ -414,9 +413,17 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     env_vars.update({k: v for k, v in CPU_WORKER_ENV.items() if k not in os.environ})
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": env_vars},
                   ignore_reinit_error=True)
+    # `ray job submit` and KubeRay RayJobs set RAY_ADDRESS for the driver they start.
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         return ray.init(address=address, **kwargs)
-    return ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    try:
+        return ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    except ValueError as exc:
+        if "existing cluster" not in str(exc):
+            raise
+        # A shell on a node that already runs Ray (ray exec, ray attach): join that cluster.
+        return ray.init(address="auto", **kwargs)
 
 
 @dataclass
@@ -449,7 +456,12 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial
     trainable = tune.with_resources(trainable, per_trial)
     follower = _Follower(store=store, experiment=experiment, trial_meta=trial_meta, track_cfg=track_cfg,
                          on_event=on_event)
-    storage = str((store.experiment_dir(experiment) / "ray").absolute())
+    if track_cfg.ray_storage and "://" in track_cfg.ray_storage:
+        storage = track_cfg.ray_storage.rstrip("/") + "/" + experiment      # s3://, gs:// for multi-node
+    elif track_cfg.ray_storage:
+        storage = os.path.abspath(track_cfg.ray_storage)
+    else:
+        storage = str((store.experiment_dir(experiment) / "ray").absolute())
     concurrency = resources.max_concurrent_trials or 0
     if search is None:
         param_space = {"trial": tune.grid_search(list(trial_specs))}
@@ -498,6 +510,8 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                    address: str | None = None, on_event: Callable | None = None,
                    on_note: Callable[[str], None] | None = None) -> ExperimentOutcome:
     """The whole driver: store, resolved spec, data once, Ray Tune trials, outcome from the store."""
+    import yaml
+
     from nqexp import spec as spec_mod
     from nqexp.errors import SpecError
     from nqexp.track import RunStore, scrub
@@ -511,7 +525,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     exp_dir.mkdir(parents=True, exist_ok=True)
     saved = exp_dir / "spec.resolved.yaml"
     if saved.exists():
-        previous = spec_mod.spec_from_dict(__import__("yaml").safe_load(saved.read_text()), source=str(saved))
+        previous = spec_mod.spec_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
         if previous.to_dict() != resolved:
             raise SpecError(
                 f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
@@ -532,7 +546,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         trial_specs = {t.trial_name: t.spec.to_dict() for t in todo}
         trial_meta = {t.trial_name: {"variant": t.variant, "seed": t.seed,
                                      "params": dict(spec.variants[t.variant]), "spec": t.tracker_config(),
-                                     "spec_yaml": __import__("yaml").safe_dump(scrub(t.spec.to_dict()), sort_keys=False)}
+                                     "spec_yaml": yaml.safe_dump(scrub(t.spec.to_dict()), sort_keys=False)}
                       for t in todo}
         for t in todo:
             d = store.trial_dir(experiment, t.trial_name)
@@ -601,6 +615,43 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     wall = time.perf_counter() - t0
     store.finish_experiment(experiment, exp_status, wall)
     return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes, kind)
+
+
+def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=print) -> str:
+    """Run the experiment *on* a cluster as a Ray Job: the driver (and its store, W&B callback and
+    progress) lives on the head node, where the trials' shared storage is.
+
+    Ray Client mode (`ray.init("ray://...")`) would run Tune's controller on the head while our
+    driver-side callback stays here, so nqexp never drives Tune through a client connection;
+    `--address ray://HOST:10001` (or the dashboard's http://HOST:8265) submits a job instead.
+    The resolved spec is the job's whole working_dir, so it needs no files on the cluster.
+    API keys are not sent: the cluster's own environment provides them.
+    """
+    import asyncio
+    import tempfile
+
+    from ray.job_submission import JobSubmissionClient
+
+    from nqexp import spec as spec_mod
+
+    client = JobSubmissionClient(address)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_mod.dump_resolved(spec, Path(tmp) / "spec.yaml")
+        env = {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}
+        job_id = client.submit_job(
+            entrypoint=f"nqexp {kind} spec.yaml --address auto",
+            runtime_env={"working_dir": tmp, "env_vars": env},
+            metadata={"nqexp_experiment": spec.name},
+        )
+    printer(f"Submitted Ray Job {job_id} for '{spec.name}' to {address}.")
+    if follow:
+        async def tail():
+            async for lines in client.tail_job_logs(job_id):
+                printer(lines.rstrip("\n"))
+
+        asyncio.run(tail())
+        printer(f"Ray Job {job_id}: {client.get_job_status(job_id)}")
+    return job_id
 
 
 def sweep_space(search: Mapping[str, Any]) -> dict:
