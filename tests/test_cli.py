@@ -85,3 +85,21 @@ def test_doctor_reports_key_presence_but_never_the_key(tmp_path):
     assert "present" in result.stdout
     assert secret not in result.stdout + result.stderr
     assert "wandbsecret0123456789" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [("sync",), ("data", "download", "--start", "2024-01-01", "--end", "2024-02-01")])
+def test_commands_needing_a_key_fail_clearly_without_one(tmp_path, args):
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "DATABENTO_API_KEY")}
+    result = subprocess.run([sys.executable, "-m", "nqexp.cli", *args], capture_output=True, text=True,
+                            env={**env, "NQEXP_DB": str(tmp_path / "t.duckdb")}, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "API" in result.stderr.upper()
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_malformed_yaml_spec_is_one_line_with_exit_code_2(tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: x\ntrain:\n  lr: [1,\n")
+    result = run(tmp_path, "run", str(spec), "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{spec}:" in result.stderr and "invalid YAML" in result.stderr
