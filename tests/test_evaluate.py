@@ -387,3 +387,19 @@ def test_real_nq_volscaled_forecast_beats_climatology_and_passes_the_gates():
         assert d[f"crpss_climatology_{label}"] > 0.02, (label, d[f"crpss_climatology_{label}"])
         assert 0.7 < d[f"picp80_{label}"] < 0.9
     assert E.check_gates(table) == []
+
+
+def _gate_table(ic, lo, hi):
+    rows = [("test", "15m", m, v, "model") for m, v in {
+        "nonfinite_rate": 0.0, "crps": 1.0, "crossing_rate": 0.0, "picp80": 0.8, "mpiw80": 1.0,
+        "crpss_climatology": 0.1, "ic": ic, "ic_lo": lo, "ic_hi": hi, "y_std": 1.0}.items()]
+    rows += [("test", "15m", "mpiw80", 1.0, "climatology"), ("test", "15m", "crps", 1.1, "climatology")]
+    return pd.DataFrame(rows, columns=["split", "horizon", "metric", "value", "source"])
+
+
+def test_leakage_gate_needs_a_large_ic_whose_ci_excludes_zero():
+    noisy = E.check_gates(_gate_table(0.2, -0.05, 0.4))
+    real = E.check_gates(_gate_table(0.2, 0.15, 0.25))
+    assert [f.gate for f in noisy] == []
+    assert [f.gate for f in real] == ["leakage_ic"]
+    assert "0.15..0.25" in real[0].reason
