@@ -488,7 +488,7 @@ class _Progress:
             crps = info.get("test_crps")
             what = (f"finished, test CRPS {crps:.3e}" if crps is not None else "finished") if event == "done" \
                 else f"FAILED ({info.get('error')})"
-            self.console.print(f"trial {name}: {what}" + (" [gated]" if info.get("gated") else ""))
+            self.console.print(f"trial {name}: {what}" + (" [gated]" if info.get("gated") else ""), markup=False)
         if event == "start":
             self.progress.start_task(task)
             self.progress.update(task, status="running")
