@@ -78,15 +78,22 @@ def data_key(spec_dict: Mapping[str, Any]) -> str:
 
 def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> PreparedData:
     """DuckDB -> (demo data if needed) -> bars -> features -> splits -> scalers -> datasets."""
-    from nqexp import bars, db, demo, features, ingest, windows
+    import datetime as dt
+
+    from nqexp import db, demo, features, ingest, windows
 
     notes = notes if notes is not None else []
     data_cfg = trial_spec.data
     con = db.connect(db_path)
     try:
-        n_raw = con.execute("select count(*) from raw_bars where symbol = ?", [data_cfg.symbol]).fetchall()[0][0]
-        if n_raw == 0:
-            if data_cfg.symbol != demo.DEMO_SYMBOL or not data_cfg.demo_days:
+        n_raw, first, last = con.execute("select count(*), min(ts), max(ts) from raw_bars where symbol = ?",
+                                         [data_cfg.symbol]).fetchall()[0]
+        is_demo = data_cfg.symbol == demo.DEMO_SYMBOL and bool(data_cfg.demo_days)
+        # A demo series made earlier (e.g. `nqexp data demo --days 30`) may not span the split dates.
+        stale = is_demo and n_raw and (first.date() > trial_spec.splits.train_start
+                                       or last.date() + dt.timedelta(days=3) < trial_spec.splits.test_end)
+        if n_raw == 0 or stale:
+            if not is_demo:
                 from nqexp.errors import DataError
 
                 raise DataError(
@@ -97,8 +104,10 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
             generated = demo.generate(days=data_cfg.demo_days, seed=data_cfg.demo_seed)
             generated.seed = data_cfg.demo_seed
             ingest.write_demo(con, generated)
-            notes.append(f"The database had no {demo.DEMO_SYMBOL} bars: generated {len(generated.bars):,} demo bars "
-                         f"({data_cfg.demo_days} days, seed {data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s.")
+            why = (f"its {demo.DEMO_SYMBOL} bars ({first:%Y-%m-%d}..{last:%Y-%m-%d}) did not span the split dates"
+                   if stale else f"the database had no {demo.DEMO_SYMBOL} bars")
+            notes.append(f"Generated {len(generated.bars):,} demo bars ({data_cfg.demo_days} days, seed "
+                         f"{data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s because {why}.")
         built = ensure_bars(con, data_cfg.symbol)
         if built is not None:
             notes.append(f"Built bars: {built.summary()}.")
