@@ -392,6 +392,34 @@ def run_one(spec_path, overrides, seed: int, db_path, work_dir: Path, data=None,
     }, (data, truth, nu_by_h)
 
 
+def score_files(spec_path, overrides, db_path, paths, json_path=None) -> int:
+    """Score saved test quantiles (e.g. from runs on another machine) exactly as a benchmark run does."""
+    from nqexp import spec as spec_mod
+    from nqexp import tune
+
+    tspec = spec_mod.load_spec(spec_path, overrides=list(overrides)).trials()[0].spec
+    taus = tuple(tspec.model.quantiles)
+    data = tune.prepare_data(tspec, db_path)
+    truth = truth_for_datasets(db_path, tspec, data.datasets)
+    nu_by_h = fit_oracles(truth["train"], data.datasets["train"].y, taus)
+    test, tt = data.datasets["test"], truth["test"]
+    std_ratio = np.std((test.y - tt.drift) / tt.sigma, axis=0)
+    results = {}
+    for path in paths:
+        q = np.load(path)["test"]
+        if q.shape != (len(test), len(data.horizon_minutes), len(taus)):
+            raise ValueError(f"{path}: test quantiles {q.shape} do not match this spec's test split "
+                             f"{(len(test), len(data.horizon_minutes), len(taus))}")
+        table, spearman = score_forecast(q, data, truth, taus, nu_by_h)
+        rows = summarize(table, spearman, data.horizon_minutes, nu_by_h, std_ratio)
+        verdicts = verdict(rows)
+        results[str(path)] = {"rows": rows, "verdicts": verdicts}
+        print(f"\n## {path}\n\n{markdown(rows, verdicts)}", flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1, default=str))
+    return 0 if all(r["verdicts"]["all"] for r in results.values()) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default=str(DEFAULT_SPEC))
@@ -400,11 +428,16 @@ def main(argv=None) -> int:
     ap.add_argument("--db", default=None, help="DuckDB file (default: a fresh one in a temp dir)")
     ap.add_argument("--work-dir", default=None, help="checkpoints go here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write every result to this file")
+    ap.add_argument("--score", nargs="+", default=None, metavar="NPZ",
+                    help="no training: score saved test quantiles (an .npz whose 'test' array is (n, H, Q), "
+                         "predicted on this spec's test split) and print their tables")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_quality_")
     db_path = args.db or str(Path(tmp.name) / "demo.duckdb")
+    if args.score:
+        return score_files(args.spec, args.overrides, db_path, args.score, args.json)
     work_dir = Path(args.work_dir or tmp.name)
     results, cached = [], (None, None, None)
     for seed in args.seeds:
