@@ -79,6 +79,7 @@ def main():
 
         con = duckdb.connect(str(Path(tmp) / "runs" / "store.duckdb"), read_only=True)
         rows = con.execute("select trial, train_seconds, epochs from trials order by trial").fetchall()
+        gates = con.execute("select trial, reason from gate_flags order by trial").fetchall()
         con.close()
         spec_text = Path(args.spec).read_text()
         cpus = 1.0
@@ -94,6 +95,9 @@ def main():
               f"= {ideal:.0f}s ideal; orchestration overhead {wall - ideal:.0f}s = {100 * (wall - ideal) / wall:.0f}% of wall")
         for trial, secs, epochs in rows:
             print(f"  {trial:<22} train {secs or 0:6.1f}s  epochs {epochs}")
+        print(f"gate flags: {len(gates)}")
+        for trial, reason in gates:
+            print(f"  {trial:<22} {reason}")
 
 
 if __name__ == "__main__":
