@@ -89,6 +89,7 @@ class ModelConfig:
     init_width: float = 1.0  # initial quantile spread, as a multiple of the standard-normal gaps
     norm_eps: float = 1e-10  # added to RevIN's variance; tiny, since log-return features have std ~1e-3
     horizon_weighting: Literal["uniform", "inv_log"] = "uniform"  # loss weight per horizon; inv_log: 1/ln(h+1)
+    calendar_encoding: bool = True  # Time2Vec of day-of-month/-year; off: on short train spans they can identify the date
 
     def __post_init__(self):
         # YAML gives lists; keep the config hashable and comparable.
@@ -163,22 +164,24 @@ def revin(x: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.Tensor
 
 class CompositePositionalEncoding(nn.Module):
     """Per-step time encodings (B, T, D): time-of-day sinusoid + day-of-week embedding
-    + Time2Vec(day-of-month) + Time2Vec(day-of-year)."""
+    + Time2Vec(day-of-month) + Time2Vec(day-of-year) (the last two only with `calendar`)."""
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, calendar: bool = True):
         super().__init__()
         # Integer harmonics of the day, so minute 1439 sits next to minute 0.
         harmonics = torch.arange(1, d_model // 2 + 1, dtype=torch.float32)
         self.register_buffer("tod_freq", 2 * math.pi * harmonics / 1440.0, persistent=False)  # (D/2,)
         self.dow = nn.Embedding(7, d_model)
-        self.dom = Time2Vec(d_model)
-        self.doy = Time2Vec(d_model)
+        self.dom = Time2Vec(d_model) if calendar else None
+        self.doy = Time2Vec(d_model) if calendar else None
 
     def forward(self, temporal: torch.Tensor) -> torch.Tensor:
         minute, dow, dom, doy = temporal.unbind(-1)  # 4 x (B, T)
         angle = minute.unsqueeze(-1) * self.tod_freq  # (B, T, D/2)
         tod = torch.cat([angle.sin(), angle.cos()], dim=-1)  # (B, T, D)
         day = self.dow(dow.long().clamp(0, 6))  # (B, T, D)
+        if self.dom is None:
+            return tod + day  # (B, T, D)
         return tod + day + self.dom(dom / 31.0) + self.doy(doy / 366.0)  # (B, T, D)
 
 
@@ -220,7 +223,7 @@ class InputEncoder(nn.Module):
             self.var_bias = nn.Parameter(torch.zeros(V, 1, D))
         else:
             self.group_proj = nn.ModuleList(nn.Linear(p * g, D) for g in cfg.groups)
-        self.pe = CompositePositionalEncoding(D)
+        self.pe = CompositePositionalEncoding(D, calendar=cfg.calendar_encoding)
         n_embedded = 1 if cfg.embedding == "flat" else (V if cfg.arch == "migt_tvdt" else len(cfg.groups))
         # attention="temporal": a vanilla Transformer over T, whose step token merges the variable tokens.
         self.merge = nn.Linear(n_embedded * D, D) if cfg.attention == "temporal" and n_embedded > 1 else None

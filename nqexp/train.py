@@ -4,8 +4,9 @@ Knows nothing of Ray, click or YAML: the CLI and the Tune trainable both call th
 with arrays that windows.py built, and a Tracker (track.py) that receives every metric.
 
 What it does (DESIGN §7):
-- pinball loss over the quantiles in the O(1) space y / scale with horizon weights (MSE for the
-  point head), computed in fp32 by `model.model_loss`;
+- pinball loss over the quantiles in the O(1) space y / scale with horizon weights
+  (`model.horizon_weighting`; MSE for the point head), computed in fp32 by `model.model_loss`.
+  There is no crossing penalty: the quantile head cannot cross by construction;
 - AdamW, linear warmup, then cosine with warm restarts (`lr_factor`, a pure function of the
   optimizer step, so resuming needs only the step);
 - gradient clipping, gradient accumulation, bf16 autocast on CUDA and fp32 on CPU;
@@ -59,8 +60,6 @@ class TrainConfig:
     min_improvement: float = 1e-4          # relative val CRPS drop that counts as an improvement
     keep_checkpoints: int = 3              # best-k checkpoints kept on disk
     checkpoint_every: int = 0              # also checkpoint every N optimizer steps mid-epoch (0: epoch ends only)
-    horizon_weighting: str = "log"         # "log": w_h ∝ 1/ln(h+1) (seed 000); "uniform"
-    crossing_penalty: float = 0.1          # only applied when the head can cross (ours cannot)
     amp: str = "auto"                      # "auto": bf16 autocast on CUDA, fp32 on CPU; "off"
     time_budget_s: float | None = None     # stop after this much training wall time (CPU budgets)
     num_threads: int | None = None         # torch intra-op threads (None: leave as the runner set it)
@@ -76,8 +75,6 @@ class TrainConfig:
             (self.grad_accum >= 1, f"train.grad_accum ({self.grad_accum}) must be >= 1"),
             (self.max_epochs >= 1, f"train.max_epochs ({self.max_epochs}) must be >= 1"),
             (self.keep_checkpoints >= 1, f"train.keep_checkpoints ({self.keep_checkpoints}) must be >= 1"),
-            (self.horizon_weighting in ("log", "uniform"),
-             f"train.horizon_weighting ({self.horizon_weighting!r}) must be 'log' or 'uniform'"),
             (self.amp in ("auto", "off"), f"train.amp ({self.amp!r}) must be 'auto' or 'off'"),
             (self.lr_min < self.lr, f"train.lr_min ({self.lr_min}) must be below train.lr ({self.lr})"),
         ]

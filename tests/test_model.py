@@ -51,7 +51,8 @@ ONE_FLIP = [
     for name, values in SWITCHES.items()
     if name != "arch"
     for value in values
-] + [dataclasses.replace(TINY, arch=arch, patch_len=4) for arch in SWITCHES["arch"]]
+] + [dataclasses.replace(TINY, arch=arch, patch_len=4) for arch in SWITCHES["arch"]] + [
+    dataclasses.replace(TINY, arch=arch, calendar_encoding=False) for arch in SWITCHES["arch"]]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -377,3 +378,18 @@ def test_invalid_configs_raise_spec_errors_naming_the_fields(overrides, expected
 def test_config_accepts_lists_from_yaml_and_stays_hashable():
     cfg = ModelConfig(horizons=[3, 6], quantiles=[0.1, 0.5, 0.9])
     assert cfg.horizons == (3, 6) and hash(cfg) == hash(ModelConfig(horizons=(3, 6), quantiles=(0.1, 0.5, 0.9)))
+
+
+def test_without_calendar_encoding_day_of_month_and_year_cannot_matter():
+    cfg = dataclasses.replace(TINY, calendar_encoding=False)
+    model = seeded(cfg).eval()
+    x, mask, temporal, scale = make_batch(cfg)[:4]
+    moved = temporal.clone()
+    moved[..., 2] = (moved[..., 2] + 10) % 31 + 1
+    moved[..., 3] = (moved[..., 3] + 100) % 366 + 1
+    with torch.no_grad():
+        a, b = model(x, mask, temporal, scale).q, model(x, mask, moved, scale).q
+    assert torch.equal(a, b), describe(a, b)
+    full = seeded(TINY).eval()
+    with torch.no_grad():
+        assert not torch.equal(full(x, mask, temporal, scale).q, full(x, mask, moved, scale).q)
