@@ -112,3 +112,21 @@ def test_demo_truth_is_stored_beside_the_bars(demo_con):
         "where abs(r.close - t.close_exact) <= 0.125 + 1e-9 and t.sigma > 0"
     ).fetchall()[0][0]
     assert joined == n_bars  # rounding moves a close by at most half a tick
+
+
+def test_the_predictable_drift_stays_weak_at_every_horizon(year):
+    """An oracle that knows the true drift must not reach the |IC| > 0.1 that the leakage gate flags."""
+    from scipy.stats import spearmanr
+
+    t = year.truth
+    r = np.log(t["close_exact"].to_numpy())
+    drift = t["drift"].to_numpy()
+    same = t["contract"].to_numpy()
+    for h in (15, 60, 240):                       # minutes (bars are 1-minute; gaps only shorten sums)
+        idx = np.arange(0, len(r) - h, h)
+        ok = same[idx] == same[idx + h]
+        fwd = (r[idx + h] - r[idx])[ok]
+        csum = np.concatenate([[0.0], np.cumsum(drift)])
+        expected = (csum[idx + h + 1] - csum[idx + 1])[ok]
+        ic = spearmanr(expected, fwd).statistic
+        assert abs(ic) < 0.08, f"oracle IC at {h}m is {ic:.3f}"
