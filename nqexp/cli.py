@@ -501,6 +501,8 @@ class _Progress:
             gate = "[red]GATED[/]" if info.get("gated") else "[green]ok[/]"
             self.progress.update(task, completed=self.total,
                                  status=f"test CRPS {crps:.3e} {gate}" if crps is not None else gate)
+        elif event == "retry":
+            self.progress.update(task, status="[yellow]failed, retrying[/]")
         elif event == "error":
             self.progress.update(task, status="[red]failed[/]")
 

@@ -280,7 +280,9 @@ class _Follower:
             params_json=json.dumps(meta["params"], default=str), spec_yaml=meta.get("spec_yaml", ""),
             dir=str(self.store.trial_dir(self.experiment, name)),
         )
-        if self.mode != "disabled":
+        # A retried trial (FailureConfig) starts again: keep its open W&B run rather than
+        # opening a second one under the same id, which W&B refuses ("run ID is in use").
+        if self.mode != "disabled" and name not in self.runs:
             from nqexp.track import WandbRun
 
             last_step = self.store.last_step(self.experiment, name)
@@ -356,6 +358,14 @@ class _Follower:
         run.finish()
         self.on_event("done", name, gated=False, test_crps=None)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Tune will retry: record why; its W&B run stays open for the retry."""
+        name = self._name(trial)
+        error = str(getattr(trial, "error_file", "") or "trial failed")
+        log.warning("trial %s failed and will be retried (%s)", name, error)
+        self.store.upsert_trial(self.experiment, name, status="retrying", error=error)
+        self.on_event("retry", name, error=error)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         name = self._name(trial)
         error = str(getattr(trial, "error_file", "") or "trial failed")
@@ -388,22 +398,30 @@ def _make_callback(follower: _Follower):
         def __init__(self, key):
             self.key = key
 
-        def _follower(self):
+        def _call(self, method, *args, **kwargs):
             from nqexp import tune as this
 
-            return this._FOLLOWERS[self.key]
+            try:
+                getattr(this._FOLLOWERS[self.key], method)(*args, **kwargs)
+            except Exception:
+                # Bookkeeping (store, W&B, progress) must never take the experiment down with it;
+                # the trial's own results stay in Tune's storage and the store says what is missing.
+                this.log.exception("nqexp callback %s failed", method)
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self._follower().on_trial_start(iteration, trials, trial, **info)
+            self._call("on_trial_start", iteration, trials, trial, **info)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self._follower().on_trial_result(iteration, trials, trial, result, **info)
+            self._call("on_trial_result", iteration, trials, trial, result, **info)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._follower().on_trial_complete(iteration, trials, trial, **info)
+            self._call("on_trial_complete", iteration, trials, trial, **info)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self._call("on_trial_recover", iteration, trials, trial, **info)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._follower().on_trial_error(iteration, trials, trial, **info)
+            self._call("on_trial_error", iteration, trials, trial, **info)
 
     return Callback(key)
 
