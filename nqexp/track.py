@@ -114,7 +114,7 @@ class WandbRun:
             self.last_step = step
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        self.run.summary.update({k: v for k, v in values.items() if _finite_number(v) or isinstance(v, str)})
+        self.run.summary.update({k: v for k, v in values.items() if finite_number(v) or isinstance(v, str)})
 
     def log_images(self, images: Mapping[str, Path], step: int) -> None:
         import wandb
@@ -130,7 +130,7 @@ class WandbRun:
         self.run.finish(exit_code=exit_code)
 
 
-def _finite_number(v) -> bool:
+def finite_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -245,7 +245,7 @@ class RunStore:
         con.execute("begin transaction")
         con.execute("delete from metrics where experiment = ? and trial = ?", [experiment, trial])
         con.execute("delete from gate_flags where experiment = ? and trial = ?", [experiment, trial])
-        rows = [(experiment, trial, k, float(v)) for k, v in metrics.items() if _finite_number(v) or v != v]
+        rows = [(experiment, trial, k, float(v)) for k, v in metrics.items() if finite_number(v) or v != v]
         if rows:
             con.executemany("insert into metrics values (?, ?, ?, ?)", rows)
         for gate, reason in flags:

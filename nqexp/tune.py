@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -349,7 +348,9 @@ class _Follower:
         if name not in self.runs:          # already finalized (or never started here)
             return
         last = trial.last_result or {}
-        metrics = {k: v for k, v in last.items() if k.startswith("val/") and finite(v)}
+        from nqexp.track import finite_number
+
+        metrics = {k: v for k, v in last.items() if k.startswith("val/") and finite_number(v)}
         self.store.write_metrics(self.experiment, name, metrics)
         self.store.upsert_trial(self.experiment, name, status="stopped", epochs=int(last.get("epoch", 0) or 0),
                                 stopped="scheduler", error=None)
@@ -709,6 +710,3 @@ def shutdown_ray():
     if ray.is_initialized():
         ray.shutdown()
 
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,7 +1,6 @@
 """Backtest arithmetic and the non-overlap rule, checked against hand-computed cases."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from nqexp import backtest as B
