@@ -662,7 +662,13 @@ def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=pr
 
     from nqexp import spec as spec_mod
 
-    client = JobSubmissionClient(address)
+    from nqexp.errors import NqexpError
+
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no job server there"
+        raise NqexpError(f"cannot reach a Ray job server at {address}: {str(exc).splitlines()[0][:200]}; "
+                         "is the cluster up and its dashboard port (8265) reachable?") from None
     with tempfile.TemporaryDirectory() as tmp:
         spec_mod.dump_resolved(spec, Path(tmp) / "spec.yaml")
         env = {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}

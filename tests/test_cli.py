@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -103,3 +104,10 @@ def test_malformed_yaml_spec_is_one_line_with_exit_code_2(tmp_path):
     result = run(tmp_path, "run", str(spec), "--dry-run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{spec}:" in result.stderr and "invalid YAML" in result.stderr
+
+
+def test_an_unreachable_cluster_address_is_one_clear_line(tmp_path):
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    result = run(tmp_path, "run", str(spec), "--address", "http://127.0.0.1:9")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "cannot reach a Ray job server at http://127.0.0.1:9" in result.stderr
