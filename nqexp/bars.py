@@ -236,6 +236,15 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsRep
     return report
 
 
+def ensure_bars(con, symbol: str):
+    """Build bars_1m/bars_5m for `symbol` when missing or behind raw_bars; returns the BarsReport or None."""
+    raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
+    built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
+    if built[0] and (raw[0] == 0 or tuple(raw) == tuple(built)):   # per-contract roots have no raw rows of their own
+        return None
+    return build_bars(con, symbol)
+
+
 def bars_summary(con, symbol: str | None = None) -> dict:
     """For `nqexp data info`: per series and frequency, rows, range, sessions and flagged bars; rolls.
 

@@ -397,7 +397,7 @@ def features_build(ctx, set_name, symbol, force):
       nqexp features build --set migt24 --symbol NQ.demo
     """
     from nqexp import features as feat
-    from nqexp.tune import ensure_bars
+    from nqexp.bars import ensure_bars
 
     console = _console()
     con = _open_db(ctx)
@@ -427,7 +427,7 @@ def features_check(ctx, set_name, symbol, cuts, seed):
       nqexp features check --set migt24 --symbol NQ.demo
     """
     from nqexp import features as feat
-    from nqexp.tune import ensure_bars
+    from nqexp.bars import ensure_bars
 
     console = _console()
     con = _open_db(ctx)

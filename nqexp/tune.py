@@ -79,7 +79,7 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     """DuckDB -> (demo data if needed) -> bars -> features -> splits -> scalers -> datasets."""
     import datetime as dt
 
-    from nqexp import db, demo, features, ingest, windows
+    from nqexp import bars, db, demo, features, ingest, windows
 
     notes = notes if notes is not None else []
     data_cfg = trial_spec.data
@@ -107,7 +107,7 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
                    if stale else f"the database had no {demo.DEMO_SYMBOL} bars")
             notes.append(f"Generated {len(generated.bars):,} demo bars ({data_cfg.demo_days} days, seed "
                          f"{data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s because {why}.")
-        built = ensure_bars(con, data_cfg.symbol)
+        built = bars.ensure_bars(con, data_cfg.symbol)
         if built is not None:
             notes.append(f"Built bars: {built.summary()}.")
         arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol)
@@ -131,17 +131,6 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
     return PreparedData(key=data_key(trial_spec.to_dict()), datasets=datasets, horizon_minutes=horizon_minutes,
                         names=list(arrays.names), notes=notes)
-
-
-def ensure_bars(con, symbol: str):
-    """Build bars_1m/bars_5m for `symbol` when missing or behind raw_bars; returns the BarsReport or None."""
-    from nqexp import bars
-
-    raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
-    built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
-    if built[0] and (raw[0] == 0 or tuple(raw) == tuple(built)):   # per-contract roots have no raw rows of their own
-        return None
-    return bars.build_bars(con, symbol)
 
 
 # ------------------------------------------------------------------------------------------
