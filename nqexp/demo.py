@@ -13,20 +13,29 @@ The model of the world, in order:
   Thursday halts at 13:00 ET and the Friday after closes early at 13:15 ET. DST changes
   happen at 02:00 on Sundays while the market is closed, so within a session minute k is
   always 18:00 ET + k minutes.
-* **Volatility.** sigma_t = base * tod(m) * exp(h_slow + h_fast), where tod(m) is a U-shaped
-  time-of-day profile (quiet overnight, a bump at the 08:30 ET data releases, a high open at
-  09:30 decaying to a midday low, a rise into the 16:00 close) normalised to mean 1, and
-  h_slow (half-life ~3 trading days, sd 0.35) and h_fast (half-life ~40 min, sd 0.25) are
-  AR(1) log-volatility factors. Stochastic volatility gives the clustering GARCH gives, and
-  its latent sigma_t is exactly the true conditional volatility stored in `demo_truth`.
-* **Returns.** r_t = drift_t + sigma_t * e_t with e_t Student-t(4) scaled to unit variance
-  (fat tails). The weak predictable component is drift_t = KAPPA * sigma_t * f_t where f_t
-  is a unit-variance AR(1) factor with a 30-minute half-life (phi = 0.5**(1/30)): a slow drift
-  that past returns reveal only faintly. Summed over a long horizon its variance grows like
-  KAPPA^2 (1 + phi) / (1 - phi) ~ 87.6 KAPPA^2 of the noise's, so KAPPA = 0.005 caps what even an
-  oracle that knew f could explain at 0.2% of the variance (IC <= 0.05 at any horizon); a model
-  inferring f from past returns finds less, never the |IC| > 0.1 that signals leakage.
-  (KAPPA was 0.05 at first, which made the 4-hour oracle IC about 0.42: far from weak.)
+* **Volatility (two components and a leverage effect).** sigma_t = base * tod(m) * exp(h_slow + h_fast),
+  where tod(m) is a U-shaped time-of-day profile (quiet overnight, a bump at the 08:30 ET data
+  releases, a high open at 09:30 decaying to a midday low, a rise into the 16:00 close) normalised to
+  mean 1, and
+    - h_slow is the slow "daily" log-volatility: an exogenous AR(1) with a half-life of 3 trading
+      sessions and sd SLOW_SD (0.35). Past days' realized variance reveals it;
+    - h_fast is the fast intraday log-volatility, an EGARCH(1,1) driven by the bars' own shocks:
+          h_fast[t+1] = FAST_PHI h_fast[t] + FAST_A (|e_t| - E|e|) + FAST_G e_t
+      with a half-life of FAST_HALFLIFE (45) minutes. FAST_G < 0 is the leverage effect: a down-move
+      raises future volatility more than an up-move of the same size. Unlike h_slow it is a known
+      function of past returns, so a sequence model can learn it from the bars, while an EWMA of
+      squared returns (or a one-component GARCH) only approximates it.
+  The latent sigma_t is the true conditional volatility, stored in `demo_truth` with the latent state.
+* **Returns (weak short-horizon mean reversion).** r_t = MU + sigma_t (e_t - MR_KAPPA m_{t-1}) with
+  e_t Student-t(4) scaled to unit variance (fat tails) and m_t = MR_PHI m_{t-1} + e_t an exponentially
+  weighted sum of past shocks (half-life MR_HALFLIFE = 15 minutes). After a run of up-moves the
+  expected return turns negative. Sizing: the best forecast of the h-minute return has mean
+  -MR_KAPPA m_0 sum_j sigma_j MR_PHI^(j-1); with MR_KAPPA = 0.005 its Spearman correlation with the
+  outcome (the optimal median's IC) measured 0.061-0.068 at 15m, 0.064-0.073 at 30m, 0.065 at 60m,
+  0.046-0.056 at 2h and 0.029-0.043 at 4h (400 days, seeds 2 and 3): a learnable but weak signal,
+  inside 0.03-0.08 at 15-60m and under the leakage gate's 0.1. (The first demo's drift, a slow AR(1)
+  factor unrelated to past returns, could only be guessed, never learned from the bars.)
+  `oracle_paths` simulates the dynamics from the stored state, so the oracle measures all of it.
 * **Contracts.** Quarterly H/M/U/Z contracts expire on the third Friday of their month.
   Contract price F = S * exp(c * tau), with S the underlying, tau the years to expiry and c
   a carry rate set per expiry year (slightly negative before 2016, near zero in 2020-2021, ~5% in 2023-2024),
@@ -39,14 +48,18 @@ The model of the world, in order:
   a negative-binomial draw whose mean follows its own U-shape and the current volatility;
   a minute with zero volume has no trades and is **absent**, as in vendor data.
 
-Ground truth written next to the bars: `demo_truth` (sigma, drift and the unrounded close of
-every bar) and `demo_rolls` (each roll's time and exact price ratio F_new / F_old).
+Ground truth written next to the bars: `demo_truth` (sigma, drift, the unrounded close and the
+latent state of every bar: h_slow, h_fast, the shock e and the mean-reversion state m, plus the
+bar's minute index in the generated grid) and `demo_rolls` (each roll's time and exact price ratio
+F_new / F_old). `oracle_paths` simulates the true dynamics forward from that state: the Bayes-optimal
+(causal Monte Carlo) forecast that `benchmarks/bench_quality.py` scores every forecast against.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -59,7 +72,16 @@ DEMO_SYMBOL = "NQ.demo"
 TICK = 0.25
 DEFAULT_END = dt.date(2025, 12, 3)
 MONTH_CODES = {3: "H", 6: "M", 9: "U", 12: "Z"}
-KAPPA = 0.005                # weight of the predictable factor in 1-minute returns (oracle IC <= 0.05)
+DEMO_VERSION = 2             # bumped when the dynamics change; stored in the bars' source tag
+SLOW_HALFLIFE_SESSIONS = 3.0 # h_slow: AR(1) half-life in trading sessions
+SLOW_SD = 0.35               # h_slow: marginal sd of the slow log-volatility
+FAST_HALFLIFE = 45.0         # h_fast: EGARCH half-life in minutes
+FAST_A = 0.06                # h_fast: response to the size of a shock, |e| - E|e|
+FAST_G = -0.035              # h_fast: response to its sign; < 0 is the leverage effect
+SHOCK_CLIP = 8.0             # |e| beyond this moves h_fast no further (one t(4) draw can't own the day)
+MR_KAPPA = 0.005             # mean reversion: expected return = -MR_KAPPA * sigma * m (optimal IC ~0.06-0.07 at 15-60m)
+MR_HALFLIFE = 15.0           # mean reversion: half-life in minutes of the shock sum m
+T_DF = 4.0                   # Student-t degrees of freedom of the shocks (unit variance)
 ANNUAL_VOL = 0.22            # target unconditional annualised volatility of the underlying
 ANNUAL_DRIFT = 0.16          # log-drift per year, roughly NQ's 1800 -> 21000 over 2010-2025
 SESSION_MINUTES = 23 * 60    # 18:00 ET to 17:00 ET next day
@@ -69,7 +91,8 @@ MINUTES_PER_YEAR = 252 * SESSION_MINUTES
 @dataclass
 class DemoData:
     bars: pd.DataFrame       # raw_bars columns: symbol, ts, open, high, low, close, volume, instrument_id, contract
-    truth: pd.DataFrame      # demo_truth columns: symbol, ts, contract, sigma, drift, close_exact
+    truth: pd.DataFrame      # demo_truth columns: symbol, ts, contract, sigma, drift, close_exact,
+                             #   k, h_slow, h_fast, eps, mr (the latent state after the bar)
     rolls: pd.DataFrame      # demo_rolls columns: symbol, ts, from_contract, to_contract, ratio
     seconds: float
 
@@ -152,6 +175,38 @@ def _ar1(rng: np.random.Generator, n: int, half_life: float, sd: float) -> np.nd
     return lfilter([1.0], [1.0, -phi], shocks)
 
 
+# Derived constants of the dynamics (module docstring). They depend on nothing but the constants
+# above, so `oracle_paths` reproduces sigma_t exactly from a stored state.
+FAST_PHI = 0.5 ** (1.0 / FAST_HALFLIFE)
+MR_PHI = 0.5 ** (1.0 / MR_HALFLIFE)
+SLOW_PHI = 0.5 ** (1.0 / (SLOW_HALFLIFE_SESSIONS * SESSION_MINUTES))
+MU = ANNUAL_DRIFT / MINUTES_PER_YEAR
+# E|e| of a unit-variance t(T_DF): sqrt((nu-2)/nu) * 2 sqrt(nu) Gamma((nu+1)/2) / (sqrt(pi) (nu-1) Gamma(nu/2)).
+ABS_E = float(np.sqrt((T_DF - 2) / T_DF) * 2 * np.sqrt(T_DF / np.pi) / (T_DF - 1)
+              * math.exp(math.lgamma((T_DF + 1) / 2) - math.lgamma(T_DF / 2)))
+_FAST_VAR = (FAST_A**2 * (1 - ABS_E**2) + FAST_G**2) / (1 - FAST_PHI**2)   # stationary var of h_fast
+# Per-minute vol scale: E[exp(h_slow + h_fast)] ~ exp(var / 2), so the unconditional annual vol is ~ANNUAL_VOL.
+BASE_SIGMA = ANNUAL_VOL / np.sqrt(MINUTES_PER_YEAR) / np.exp(0.5 * (SLOW_SD**2 + _FAST_VAR))
+
+
+def tod_vol(minute_et: np.ndarray) -> np.ndarray:
+    """Volatility multiplier of ET minute-of-day, normalised to mean 1 over the 23-hour Globex day."""
+    return tod_profiles(np.asarray(minute_et))[0] / _TOD_MEAN
+
+
+def shocks(rng: np.random.Generator, size) -> np.ndarray:
+    """Unit-variance Student-t(T_DF) shocks."""
+    return rng.standard_t(T_DF, size=size) / np.sqrt(T_DF / (T_DF - 2))
+
+
+def fast_impulse(e: np.ndarray) -> np.ndarray:
+    """The EGARCH impulse of a shock: h_fast[t+1] - FAST_PHI h_fast[t]."""
+    return FAST_A * (np.minimum(np.abs(e), SHOCK_CLIP) - ABS_E) + FAST_G * np.clip(e, -SHOCK_CLIP, SHOCK_CLIP)
+
+
+_TOD_MEAN = float(tod_profiles((18 * 60 + np.arange(SESSION_MINUTES)) % 1440)[0].mean())
+
+
 def _carry(expiry_year: int) -> float:
     """Annual carry (financing minus dividends) by expiry year: sets the calendar spread."""
     table = {2016: 0.005, 2017: 0.012, 2018: 0.022, 2019: 0.02, 2020: 0.005, 2021: 0.0,
@@ -177,6 +232,16 @@ def _contract_schedule(sessions: pd.DataFrame) -> tuple[np.ndarray, list[tuple[i
     return np.array([remap[k] for k in front], dtype=np.int64), [expiries[k][:2] for k in used]
 
 
+def minute_grid(sessions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every generated minute of the sessions: start ts (naive UTC, datetime64[m]), ET minute of day, session row."""
+    lengths = sessions["minutes"].to_numpy()
+    n = int(lengths.sum())
+    sess_idx = np.repeat(np.arange(len(sessions)), lengths)                 # (n,)
+    k = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)     # minute within session
+    ts = sessions["open_utc"].to_numpy().astype("datetime64[m]")[sess_idx] + k.astype("timedelta64[m]")
+    return ts, (18 * 60 + k) % 1440, sess_idx
+
+
 def generate(days: int = 30, seed: int = 0, end: dt.date = DEFAULT_END, start: dt.date | None = None) -> DemoData:
     """Generate `days` calendar days of demo NQ 1-minute bars ending at `end` (inclusive)."""
     t0 = time.perf_counter()
@@ -186,22 +251,21 @@ def generate(days: int = 30, seed: int = 0, end: dt.date = DEFAULT_END, start: d
     if sessions.empty:
         raise ValueError(f"no Globex session between {start} and {end}")
     n_sess = len(sessions)
-    lengths = sessions["minutes"].to_numpy()
-    n = int(lengths.sum())
-    sess_idx = np.repeat(np.arange(n_sess), lengths)                       # (n,)
-    k = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)     # minute within session
-    ts = sessions["open_utc"].to_numpy().astype("datetime64[m]")[sess_idx] + k.astype("timedelta64[m]")
-    minute_et = (18 * 60 + k) % 1440
+    ts, minute_et, sess_idx = minute_grid(sessions)
+    n = len(ts)
 
-    vol_tod, volu_tod = tod_profiles(minute_et)
-    vol_tod /= vol_tod.mean()
-    h = _ar1(rng, n, half_life=3 * SESSION_MINUTES, sd=0.35) + _ar1(rng, n, half_life=40, sd=0.25)
-    base = ANNUAL_VOL / np.sqrt(MINUTES_PER_YEAR) / np.exp(0.5 * (0.35**2 + 0.25**2))  # E[exp(h)] = exp(var/2)
-    sigma = base * vol_tod * np.exp(h)                                      # true conditional sd, (n,)
-    factor = _ar1(rng, n, half_life=30, sd=1.0)
-    drift = KAPPA * sigma * factor + ANNUAL_DRIFT / MINUTES_PER_YEAR
-    eps = rng.standard_t(4, size=n) / np.sqrt(2.0)                           # unit-variance t(4)
-    ret = drift + sigma * eps                                                # underlying log-return per minute
+    from scipy.signal import lfilter
+
+    _, volu_tod = tod_profiles(minute_et)
+    h_slow = _ar1(rng, n, half_life=SLOW_HALFLIFE_SESSIONS * SESSION_MINUTES, sd=SLOW_SD)  # (n,)
+    eps = shocks(rng, n)                                                      # (n,) e_t
+    # h_fast[t] = sum_{i<t} FAST_PHI^(t-1-i) impulse(e_i): lfilter runs the EGARCH recursion in C.
+    h_fast = np.concatenate([[0.0], lfilter([1.0], [1.0, -FAST_PHI], fast_impulse(eps))[:-1]])  # (n,)
+    sigma = BASE_SIGMA * tod_vol(minute_et) * np.exp(h_slow + h_fast)          # true conditional sd, (n,)
+    mr = lfilter([1.0], [1.0, -MR_PHI], eps)                                  # (n,) m_t, includes e_t
+    mr_prev = np.concatenate([[0.0], mr[:-1]])                                # (n,) m_{t-1}: known before bar t
+    drift = MU - MR_KAPPA * sigma * mr_prev                                   # true conditional mean, (n,)
+    ret = drift + sigma * eps                                                 # underlying log-return per minute
 
     # Underlying log-price at each minute's end; the level starts where NQ was at `start`.
     years_in = (start - dt.date(2010, 6, 6)).days / 365.25
@@ -251,6 +315,8 @@ def generate(days: int = 30, seed: int = 0, end: dt.date = DEFAULT_END, start: d
     truth = pd.DataFrame({
         "symbol": DEMO_SYMBOL, "ts": ts_kept, "contract": codes[front_bar[keep]],
         "sigma": sigma[keep], "drift": drift[keep], "close_exact": close_x[keep],
+        "k": np.flatnonzero(keep).astype(np.int64), "h_slow": h_slow[keep], "h_fast": h_fast[keep],
+        "eps": eps[keep], "mr": mr[keep],
     })
     # Rolls: the first kept bar of each new contract; ratio of exact prices at the previous bar's close.
     fk = front_bar[keep]
@@ -266,3 +332,70 @@ def generate(days: int = 30, seed: int = 0, end: dt.date = DEFAULT_END, start: d
     seconds = time.perf_counter() - t0
     log.info("generated %d demo bars (%d sessions, %d rolls) in %.2fs", len(bars), n_sess, len(rolls), seconds)
     return DemoData(bars=bars, truth=truth, rolls=rolls, seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal Monte Carlo oracle: the Bayes-optimal forecast from the true latent state
+# ---------------------------------------------------------------------------------------------
+
+
+def truth_minute_et(truth: pd.DataFrame) -> np.ndarray:
+    """ET minute of day of every generated minute (kept or not) of the series in `truth`, by index k.
+
+    The grid is rebuilt from the Globex calendar between the first and the last bar's session
+    date (a session's date is the ET date of ts + 6 h), and checked against the stored ts.
+    """
+    ts = pd.DatetimeIndex(truth["ts"].to_numpy())
+    dates = (ts.tz_localize("UTC").tz_convert("America/New_York") + pd.Timedelta(hours=6)).date
+    grid_ts, minute_et, _ = minute_grid(session_table(dates[0], dates[-1]))
+    k = truth["k"].to_numpy()
+    if k.max() >= len(grid_ts) or not np.array_equal(grid_ts[k].astype("datetime64[us]"),
+                                                     ts.to_numpy().astype("datetime64[us]")):
+        raise ValueError("demo_truth does not match the generator's minute grid (was it made by an older nqexp?)")
+    return minute_et
+
+
+def oracle_paths(truth: pd.DataFrame, origin_row: np.ndarray, end_row: np.ndarray, n_paths: int = 1000,
+                 seed: int = 0, chunk: int = 250) -> np.ndarray:
+    """(n, H, M) simulated h-bar log-returns from the true state at each origin: the causal oracle.
+
+    truth: the series' demo_truth rows in time order (with the state columns k, h_slow, h_fast,
+    eps, mr); origin_row: (n,) row of each origin's last 1-minute bar; end_row: (n, H) row of the
+    last 1-minute bar of each horizon's end bar. A target spans generated minutes
+    (k[origin], k[end]]: minutes without trades (absent from the bars) still move the price. The
+    paths follow exactly the generator's dynamics from the state after the origin bar, with fresh
+    shocks, so their quantiles are Bayes-optimal for CRPS up to Monte Carlo error.
+    """
+    minute_et = truth_minute_et(truth)
+    tod_all = tod_vol(minute_et)  # (K,)
+    k = truth["k"].to_numpy()
+    cols = {c: truth[c].to_numpy(dtype=np.float64) for c in ("h_slow", "h_fast", "eps", "mr")}
+    origin_row = np.asarray(origin_row, dtype=np.int64)
+    end_row = np.asarray(end_row, dtype=np.int64)
+    n, H = end_row.shape
+    out = np.empty((n, H, n_paths))
+    rng = np.random.default_rng(seed)
+    slow_sd = np.sqrt(1 - SLOW_PHI**2) * SLOW_SD
+    for lo in range(0, n, chunk):
+        rows = slice(lo, min(lo + chunk, n))
+        o = origin_row[rows]
+        k0 = k[o]  # (c,)
+        steps = k[end_row[rows]] - k0[:, None]  # (c, H) generated minutes in each target
+        c = o.shape[0]
+        hs = np.repeat(cols["h_slow"][o][:, None], n_paths, axis=1)  # (c, M)
+        # State after the origin bar: its shock has already moved h_fast and m.
+        hf = np.repeat((FAST_PHI * cols["h_fast"][o] + fast_impulse(cols["eps"][o]))[:, None], n_paths, axis=1)
+        m = np.repeat(cols["mr"][o][:, None], n_paths, axis=1)  # (c, M)
+        cum = np.zeros((c, n_paths))
+        for s in range(1, int(steps.max()) + 1):
+            tod = tod_all[np.minimum(k0 + s, len(tod_all) - 1)][:, None]  # (c, 1)
+            hs = SLOW_PHI * hs + slow_sd * rng.standard_normal((c, n_paths))
+            sigma = BASE_SIGMA * tod * np.exp(hs + hf)
+            e = shocks(rng, (c, n_paths))
+            cum += MU - MR_KAPPA * sigma * m + sigma * e
+            m = MR_PHI * m + e
+            hf = FAST_PHI * hf + fast_impulse(e)
+            i, j = np.nonzero(steps == s)
+            if i.size:
+                out[lo + i, j] = cum[i]
+    return out

@@ -509,9 +509,10 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
 
 def write_demo(con, data) -> int:
     """Replace the demo series (bars and ground truth) with freshly generated data, atomically."""
-    from nqexp.demo import DEMO_SYMBOL
+    from nqexp.demo import DEMO_SYMBOL, DEMO_VERSION
 
-    bars = data.bars.assign(source=f"demo:seed={data.seed}" if hasattr(data, "seed") else "demo")
+    tag = f"demo:v{DEMO_VERSION}"
+    bars = data.bars.assign(source=f"{tag}:seed={data.seed}" if hasattr(data, "seed") else tag)
     con.register("_demo_bars", bars)
     con.register("_demo_truth", data.truth)
     con.register("_demo_rolls", data.rolls)
@@ -523,7 +524,8 @@ def write_demo(con, data) -> int:
             "insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, source) "
             "select symbol, ts, open, high, low, close, volume, instrument_id, contract, source from _demo_bars"
         )
-        con.execute("insert into demo_truth select symbol, ts, contract, sigma, drift, close_exact from _demo_truth")
+        con.execute("insert into demo_truth (symbol, ts, contract, sigma, drift, close_exact, k, h_slow, h_fast, eps, mr) "
+                    "select symbol, ts, contract, sigma, drift, close_exact, k, h_slow, h_fast, eps, mr from _demo_truth")
         con.execute("insert into demo_rolls select symbol, ts, from_contract, to_contract, ratio from _demo_rolls")
         con.execute("commit")
     except Exception:
