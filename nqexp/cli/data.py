@@ -123,11 +123,11 @@ def data_info(ctx, as_json):
       nqexp data info --json
     """
     from nqexp import bars, ingest
+    from nqexp import db as dbmod
 
     con = open_db(ctx)
     summary = bars.bars_summary(con)
     info = {
-        "database": db_label(ctx),
         "series": ingest.series_summary(con),
         "rejects": ingest.reject_reasons(con),
         "imports": ingest.latest_imports(con),
@@ -137,12 +137,14 @@ def data_info(ctx, as_json):
         "demo_rolls": ingest.demo_roll_count(con),
     }
     if as_json:
+        path = dbmod.resolve_db_path(ctx.obj["db"])
+        size = os.path.getsize(path) if path != ":memory:" and os.path.exists(path) else None
         info["rejects"] = [{"reason": reason, "rows": n} for reason, n in info["rejects"]]
-        echo_json(info)
+        echo_json({"database": path, "size_bytes": size, **info})
         return
     from nqexp.cli import render
 
-    render.print_data_info(render.console(), info)
+    render.print_data_info(render.console(), db_label(ctx), info)
 
 
 @data.command("download")

@@ -58,9 +58,9 @@ def rejected_rows_table(rows: list[dict], limit: int) -> Table:
     return table
 
 
-def print_data_info(con: Console, info: dict) -> None:
+def print_data_info(con: Console, database: str, info: dict) -> None:
     """`nqexp data info`: raw series, rejects, latest imports, continuous bars, rolls, flags, demo truth."""
-    con.print(f"Database: {info['database']}")
+    con.print(f"Database: {database}")
     table = Table(title="raw_bars (1-minute, UTC, bar start)")
     for col in ("series", "rows", "first", "last", "contracts", "gaps >1m", "gaps >15m in session", "session opens"):
         table.add_column(col, justify="right" if col not in ("series", "first", "last") else "left")
