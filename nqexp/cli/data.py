@@ -7,7 +7,7 @@ import time
 
 import click
 
-from nqexp.cli._common import db_label, echo_json, json_option, open_db
+from nqexp.cli.options import db_label, json_option, open_db
 
 
 @click.group()
@@ -136,14 +136,14 @@ def data_info(ctx, as_json):
         "flagged": summary["flagged"],
         "demo_rolls": ingest.demo_roll_count(con),
     }
+    from nqexp.cli import render
+
     if as_json:
         path = dbmod.resolve_db_path(ctx.obj["db"])
         size = os.path.getsize(path) if path != ":memory:" and os.path.exists(path) else None
         info["rejects"] = [{"reason": reason, "rows": n} for reason, n in info["rejects"]]
-        echo_json({"database": path, "size_bytes": size, **info})
+        render.echo_json({"database": path, "size_bytes": size, **info})
         return
-    from nqexp.cli import render
-
     render.print_data_info(render.console(), db_label(ctx), info)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nqexp.cli._common import open_db
+from nqexp.cli.options import open_db
 
 
 @click.group()

@@ -1,4 +1,5 @@
-"""Every rich table, progress bar and console of the CLI; the only nqexp module that imports rich.
+"""Every rich table, progress bar and console of the CLI (the only nqexp module that imports rich),
+and the `--json` output.
 
 Renderers take data (lists of dicts, DataFrames, report objects) and return rich renderables
 or print them; they never query a store. Command modules import this module inside their
@@ -7,10 +8,13 @@ functions, so `nqexp --help` does not pay for rich.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from contextlib import contextmanager
 
+import click
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -314,3 +318,28 @@ def doctor_table(rows: list[tuple[str, str]]) -> Table:
     for what, value in rows:
         table.add_row(what, value)
     return table
+
+
+# --------------------------------------------------------------------------------------- --json
+
+
+def _plain(value):
+    """JSON-safe: NaN/inf -> null, numpy scalars -> Python, DataFrames -> records."""
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):
+        return [_plain(r) for r in value.to_dict(orient="records")]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        value = str(value) if isinstance(value, np.datetime64) else value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def echo_json(data) -> None:
+    """One JSON document on stdout (timestamps as ISO-like strings)."""
+    click.echo(json.dumps(_plain(data), indent=2, default=str))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nqexp.cli._common import run_store, store_option
+from nqexp.cli.options import run_store, store_option
 
 
 @click.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nqexp.cli._common import echo_json, json_option, run_store, store_option
+from nqexp.cli.options import json_option, run_store, store_option
 
 
 @click.group()
@@ -28,13 +28,13 @@ def runs_ls(store_dir, as_json):
       nqexp runs ls
       nqexp runs ls --json
     """
+    from nqexp.cli import render
+
     store = run_store(store_dir)
     rows = store.experiments()
     if as_json:
-        echo_json(rows)
+        render.echo_json(rows)
         return
-    from nqexp.cli import render
-
     render.console().print(render.experiments_table(store.root, rows))
 
 
@@ -50,6 +50,7 @@ def runs_show(run_name, store_dir, as_json):
       nqexp runs show quickstart/full-s0
       nqexp runs show quickstart/full-s0 --json
     """
+    from nqexp.cli import render
     from nqexp.errors import DataError
     from nqexp.report import horizon_labels
 
@@ -67,10 +68,8 @@ def runs_show(run_name, store_dir, as_json):
 
         row = {k: v for k, v in info.items() if k not in ("spec_yaml", "params_json")}   # the spec is in `dir`
         row["params"] = json.loads(info["params_json"] or "{}")
-        echo_json({**row, "metrics": metrics, "flags": [{"gate": g, "reason": r} for g, r in flags]})
+        render.echo_json({**row, "metrics": metrics, "flags": [{"gate": g, "reason": r} for g, r in flags]})
         return
-    from nqexp.cli import render
-
     labels = horizon_labels(k.removeprefix("test/") for k in metrics if k.startswith("test/"))
     render.print_trial(render.console(), run_name, info, metrics, labels, flags)
 
@@ -89,12 +88,11 @@ def runs_compare(experiment, split, store_dir, as_json):
       nqexp runs compare quickstart --json
     """
     from nqexp import report as report_mod
+    from nqexp.cli import render
 
     data = report_mod.load(run_store(store_dir), experiment)
     frame = report_mod.summary_table(data, split=split)
     if as_json:
-        echo_json(frame)
+        render.echo_json(frame)
         return
-    from nqexp.cli import render
-
     render.console().print(render.compare_table(experiment, split, frame))

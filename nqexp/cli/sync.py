@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from nqexp.cli._common import run_store, store_option
+from nqexp.cli.options import run_store, store_option
 
 
 @click.command()

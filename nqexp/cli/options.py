@@ -1,9 +1,7 @@
-"""Helpers shared by the command modules: the database and run store of a command, `--store`, `--json`."""
+"""Options shared by several commands (`--store`, `--json`) and where a command finds its database and run store."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 
 import click
@@ -36,25 +34,3 @@ def run_store(store_dir):
     from nqexp.track import RunStore
 
     return RunStore(store_dir or TrackConfig().store_path())
-
-
-def _plain(value):
-    """JSON-safe: NaN/inf -> null, numpy scalars -> Python, DataFrames -> records."""
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):
-        return [_plain(r) for r in value.to_dict(orient="records")]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if type(value).__module__ == "numpy":
-        import numpy as np
-
-        value = str(value) if isinstance(value, np.datetime64) else value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def echo_json(data) -> None:
-    """One JSON document on stdout (timestamps as ISO-like strings)."""
-    click.echo(json.dumps(_plain(data), indent=2, default=str))
