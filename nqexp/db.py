@@ -4,13 +4,14 @@ The database path is chosen as: the CLI's `--db`, then `$NQEXP_DB`, then
 `./nqexp_data/nqexp.duckdb` inside the current working directory (DEFAULT_DB).
 
 Every connection runs with `TimeZone='UTC'` (so tz-aware inputs are never shifted by the
-session zone; STACK_NOTES §6.7), an explicit `memory_limit` and `threads` (so one heavy
+session zone; docs/stack_notes.md), an explicit `memory_limit` and `threads` (so one heavy
 query cannot take the whole machine), and a temp directory next to the database instead
 of `./.tmp`.
 
-Schema changes are numbered files in `sql/schema/` (001_*.sql, 002_*.sql, ...). They are
-applied once, in order, each in its own transaction, and recorded in `_migrations`.
-A merged migration is never edited; changes go into a new file.
+Schema changes are numbered files (001_*.sql, 002_*.sql, ...): `sql/schema/` for the bar store,
+`sql/runstore/` for the run store (track.RunStore). They are applied once, in order, each in its
+own transaction, and recorded in that database's `_migrations`. A merged migration is never
+edited; changes go into a new file.
 """
 
 from __future__ import annotations
@@ -91,23 +92,27 @@ def connect(db: str | os.PathLike | None = None, *, read_only: bool = False, mig
     return con
 
 
-def migration_files() -> list[Path]:
-    files = sorted((sql_root() / "schema").glob("[0-9][0-9][0-9]_*.sql"))
+def migration_files(folder: str = "schema") -> list[Path]:
+    """The numbered migrations of one store: 'schema' (bars) or 'runstore' (experiments and trials)."""
+    files = sorted((sql_root() / folder).glob("[0-9][0-9][0-9]_*.sql"))
     numbers = [f.name[:3] for f in files]
     if len(set(numbers)) != len(numbers):
-        raise SqlError(f"two schema migrations share a number: {[f.name for f in files]}")
+        raise SqlError(f"two {folder} migrations share a number: {[f.name for f in files]}")
     return files
 
 
-def apply_migrations(con) -> list[str]:
-    """Apply every migration not yet recorded in `_migrations`, in order. Returns the names applied."""
+def apply_migrations(con, folder: str = "schema") -> list[str]:
+    """Apply every migration of `sql/<folder>/` not yet recorded in `_migrations`, in order.
+
+    Returns the names applied. Each database holds one store, so one `_migrations` table suffices.
+    """
     con.execute(
         "create table if not exists _migrations ("
         " name varchar primary key, sha256 varchar not null, applied_at timestamp not null default now())"
     )
     done = {name: sha for name, sha in con.execute("select name, sha256 from _migrations").fetchall()}
     applied = []
-    for path in migration_files():
+    for path in migration_files(folder):
         text = path.read_text()
         sha = hashlib.sha256(text.encode()).hexdigest()
         if path.name in done:
@@ -151,3 +156,11 @@ def table_exists(con, name: str) -> bool:
             "select count(*) from information_schema.tables where table_name = ?", [name]
         ).fetchall()[0][0]
     )
+
+
+def table_counts(con) -> list[tuple[str, int]]:
+    """(table, rows) for every table of the main schema, by name (`nqexp doctor`)."""
+    names = [r[0] for r in con.execute(
+        "select table_name from information_schema.tables where table_schema = 'main' order by 1").fetchall()]
+    # Table names come from the catalog itself, quoted, so formatting them into SQL is safe.
+    return [(name, con.execute(f'select count(*) from "{name}"').fetchall()[0][0]) for name in names]

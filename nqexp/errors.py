@@ -1,6 +1,6 @@
 """Typed errors that library code raises for problems a user can fix.
 
-Only cli.py turns them into short messages and non-zero exit codes; everything else is
+Only nqexp.cli turns them into short messages and non-zero exit codes; everything else is
 a bug and keeps its traceback. Each message names the value, what was expected and a
 next step, and never contains a secret.
 """

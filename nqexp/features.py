@@ -824,30 +824,3 @@ def check(con, set_name: str, symbol: str, n_cuts: int = 5, seed: int = 0,
         if n - 1 > lo else np.array([], dtype=int)
     leakage = leakage_check(con, fs, symbol, cuts, full=full)
     return CheckReport(fs.name, symbol, report.table, n, fs.warmup_bars, stats, pairs, leakage, corr_threshold)
-
-
-def render_check(report: CheckReport):
-    """Rich renderables for `nqexp features check` (the CLI prints them)."""
-    from rich.table import Table
-
-    stats = Table(title=f"{report.set_name} on {report.symbol}: {report.rows:,} rows, "
-                        f"stats after {report.warmup_bars} warm-up bars ({report.table})")
-    for col in ("feature", "group", "NaN", "inf", "min", "max", "mean", "std"):
-        stats.add_column(col, justify="left" if col in ("feature", "group") else "right")
-    for s in report.stats:
-        stats.add_row(s.name, s.group or "", str(s.n_nan), str(s.n_inf),
-                      *(f"{v:.6g}" for v in (s.min, s.max, s.mean, s.std)),
-                      style="red" if s.n_nan or s.n_inf else None)
-    corr = Table(title=f"pairs with |corr| > {report.corr_threshold}")
-    for col in ("feature a", "feature b", "corr"):
-        corr.add_column(col, justify="right" if col == "corr" else "left")
-    for a, b, c in report.correlated:
-        corr.add_row(a, b, f"{c:+.4f}")
-    leak = Table(title="leakage: recompute on bars truncated at the cut; features at bars <= cut must not change")
-    for col in ("cut bar", "cut ts (UTC)", "rows", "mismatches", "max |diff|", "worst feature", "ok"):
-        leak.add_column(col)
-    for r in report.leakage:
-        leak.add_row(str(r.cut_index), str(r.cut_ts), f"{r.rows_compared:,}", str(r.n_mismatch),
-                     f"{r.max_abs_diff:.3g}", r.worst_feature or "", "yes" if r.ok else "NO",
-                     style=None if r.ok else "red")
-    return [stats, corr, leak]

@@ -535,3 +535,70 @@ def write_demo(con, data) -> int:
         for name in ("_demo_bars", "_demo_truth", "_demo_rolls"):
             con.unregister(name)
     return len(bars)
+
+
+# ------------------------------------------------------------------------------------------
+# Reads of the tables written here (raw_bars, rejected_bars, imports, demo_*), for the CLI.
+
+
+def series_summary(con) -> list[dict]:
+    """Per raw series: rows, first/last bar (UTC), contracts, gaps > 1 minute, gaps > 15 minutes
+    inside a session, and session opens (a > 15 minute gap ending at 18:00 New York)."""
+    cur = con.execute(
+        """
+        with b as (
+            select symbol, ts, contract, instrument_id,
+                date_diff('minute', lag(ts) over (partition by symbol order by ts), ts) as gap_min,
+                strftime(timezone('America/New_York', ts::timestamptz), '%H:%M') as et_hm
+            from raw_bars
+        )
+        select symbol, count(*) as rows, strftime(min(ts), '%Y-%m-%d %H:%M') as first,
+            strftime(max(ts), '%Y-%m-%d %H:%M') as last,
+            count(distinct coalesce(contract, instrument_id::varchar)) as contracts,
+            count(*) filter (where gap_min > 1) as gaps_1m,
+            count(*) filter (where gap_min > 15 and et_hm <> '18:00') as gaps_15m_in_session,
+            count(*) filter (where et_hm = '18:00' and gap_min > 15) as session_opens
+        from b group by symbol order by symbol
+        """
+    )
+    return _dicts(cur)
+
+
+def series_span(con, symbol: str) -> tuple[int, object, object]:
+    """(rows, first ts, last ts) of one raw series; (0, None, None) when it has no bars."""
+    return tuple(con.execute("select count(*), min(ts), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0])
+
+
+def reject_reasons(con) -> list[tuple[str, int]]:
+    """(reason, rows) over every rejected row, most frequent first."""
+    return con.execute("select reason, count(*) from rejected_bars group by 1 order by 2 desc, 1").fetchall()
+
+
+def rejected_rows(con, limit: int = 20) -> list[dict]:
+    """The latest rejected rows: source, row_number, reason, raw (the row as read, JSON)."""
+    cur = con.execute(
+        "select source, row_number, reason, raw from rejected_bars "
+        "order by rejected_at desc, source, row_number limit ?", [limit])
+    return _dicts(cur)
+
+
+def latest_imports(con, limit: int = 5) -> list[dict]:
+    """The latest import calls, newest first, with what each read and changed."""
+    cur = con.execute(
+        "select imported_at, format, source, rows_read, new_rows, unchanged, changed, rejected from imports "
+        "order by imported_at desc limit ?", [limit])
+    return _dicts(cur)
+
+
+def demo_roll_count(con) -> int:
+    """Rolls in the demo ground truth (0 when no demo data was ever generated)."""
+    from nqexp import db
+
+    if not db.table_exists(con, "demo_rolls"):
+        return 0
+    return int(con.execute("select count(*) from demo_rolls").fetchall()[0][0])
+
+
+def _dicts(cur) -> list[dict]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]

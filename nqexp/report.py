@@ -42,17 +42,13 @@ class ReportData:
 
 
 def load(store, experiment: str) -> ReportData:
-    con = store.connect(read_only=True)
-    try:
-        trials = con.execute("select * from trials where experiment = ? order by variant, seed", [experiment]).df()
-        if trials.empty:
-            known = [r[0] for r in con.execute("select experiment from experiments order by created_at").fetchall()]
-            raise DataError(f"no experiment {experiment!r} in {store.path}; known: {known or 'none'}")
-        metrics = con.execute("select trial, key, value from metrics where experiment = ?", [experiment]).df()
-        flags = con.execute("select trial, gate, reason from gate_flags where experiment = ?", [experiment]).df()
-        spec_yaml = con.execute("select spec_yaml from experiments where experiment = ?", [experiment]).fetchall()[0][0]
-    finally:
-        con.close()
+    trials = store.trials_frame(experiment)
+    if trials.empty:
+        known = store.experiment_names()
+        raise DataError(f"no experiment {experiment!r} in {store.path}; known: {known or 'none'}")
+    metrics = store.metrics_frame(experiment)
+    flags = store.flags_frame(experiment)
+    spec_yaml = store.experiment(experiment)["spec_yaml"]
     import yaml
 
     variants = list((yaml.safe_load(spec_yaml) or {}).get("variants") or {})
@@ -243,36 +239,21 @@ def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
 
 
 def _to_html(markdown_text: str, base: Path) -> str:
-    """Minimal Markdown -> self-contained HTML (tables, headings, images inlined as base64)."""
-    html, in_table = [], False
-    for line in markdown_text.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                html.append("<table>")
-                in_table = True
-            html.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            html.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            html.append(f"<h{level}>{line.lstrip('#').strip()}</h{level}>")
-        elif line.startswith("![") and "](" in line:
-            alt, src = line[2:].split("](", 1)
-            data = base64.b64encode((base / src.rstrip(")")).read_bytes()).decode()
-            html.append(f'<img alt="{alt}" src="data:image/png;base64,{data}" style="max-width:900px">')
-        elif line.strip():
-            html.append(f"<p>{line}</p>")
-    if in_table:
-        html.append("</table>")
+    """Markdown -> self-contained HTML: CommonMark plus tables (markdown-it-py, which rich already
+    depends on), figures inlined as base64 so the file can be mailed or archived on its own."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark").enable("table")
+
+    def inline_image(match: re.Match) -> str:
+        alt, src = match.group(1), match.group(2)
+        data = base64.b64encode((base / src).read_bytes()).decode()
+        return f"![{alt}](data:image/png;base64,{data})"
+
+    body = md.render(re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", inline_image, markdown_text))
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
-            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(html)}</body></html>"
+            "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:900px}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{body}</body></html>"
 
 
 def wandb_report(data: ReportData, *, project: str, entity: str | None, summary: pd.DataFrame | None = None,

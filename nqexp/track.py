@@ -3,13 +3,14 @@
 - `Tracker` is what train() talks to: `log(metrics, step)`. Tests pass `NullTracker`; a Tune
   trial passes a `BufferTracker`, whose step logs travel to the driver with each epoch report.
 - W&B is driven from the **driver** (tune.py's callback calls `WandbRun`), never from trials:
-  STACK_NOTES §4 measured this as the clean way (no logging actors, no lost files). One W&B run
+  measured as the clean way (no logging actors, no lost files; docs/stack_notes.md). One W&B run
   per trial: group = experiment, job_type = variant, name = trial name, config = the trial's
   resolved spec with secrets removed, an explicit step on every log. Offline mode is automatic
   without WANDB_API_KEY.
 - `RunStore` is a folder (spec.track.store, default ./runs) holding one DuckDB file,
   `store.duckdb`, with experiments, trials, metrics (long format) and gate flags, plus per-trial
-  folders with the resolved spec, predictions Parquet, plots and checkpoints. `nqexp runs` and
+  folders with the resolved spec, predictions Parquet, plots and checkpoints. Its tables are the
+  migrations in sql/runstore/; every query against them is a RunStore method. `nqexp runs` and
   `nqexp report` read only this, fully offline. Only the driver writes it.
 """
 
@@ -137,51 +138,9 @@ def finite_number(v) -> bool:
 # ------------------------------------------------------------------------------------------
 # Local run store
 
-
-STORE_SCHEMA = """
-create table if not exists experiments (
-    experiment  varchar primary key,
-    kind        varchar not null,          -- 'run' | 'sweep'
-    spec_path   varchar,
-    spec_yaml   varchar not null,          -- the resolved spec (secrets excluded)
-    status      varchar not null,          -- 'running' | 'finished' | 'interrupted' | 'failed'
-    created_at  timestamp not null default now(),
-    finished_at timestamp,
-    wall_seconds double
-);
-create table if not exists trials (
-    experiment  varchar not null,
-    trial       varchar not null,          -- '<variant>-s<seed>' or the sweep trial's name
-    variant     varchar not null,
-    seed        integer not null,
-    status      varchar not null,          -- 'running' | 'finished' | 'failed'
-    params_json varchar not null,          -- dotted-key overrides of this trial (variant, search values)
-    spec_yaml   varchar not null,
-    dir         varchar not null,
-    best_epoch  integer,
-    epochs      integer,
-    train_seconds double,
-    stopped     varchar,
-    gated       boolean,
-    error       varchar,
-    last_step   integer,                   -- last optimizer step logged to W&B (no duplicates on resume)
-    updated_at  timestamp not null default now(),
-    primary key (experiment, trial)
-);
-create table if not exists metrics (
-    experiment varchar not null,
-    trial      varchar not null,
-    key        varchar not null,           -- 'test/crps_15m', 'val/picp80_60m', ...
-    value      double,
-    primary key (experiment, trial, key)
-);
-create table if not exists gate_flags (
-    experiment varchar not null,
-    trial      varchar not null,
-    gate       varchar not null,
-    reason     varchar not null
-);
-"""
+# The store's tables are the numbered migrations in sql/runstore/ (applied on every write
+# connection, recorded in the store's own `_migrations`). All SQL against the store lives in
+# RunStore: the CLI, the driver and the reports call its methods.
 
 
 @dataclass
@@ -205,8 +164,31 @@ class RunStore:
             raise DataError(f"no run store at {self.path}; run an experiment first (nqexp run SPEC)")
         con = db.connect(self.path, read_only=read_only, migrate=False)
         if not read_only:
-            con.execute(STORE_SCHEMA)
+            db.apply_migrations(con, "runstore")
         return con
+
+    def _rows(self, sql: str, params=()) -> list[tuple]:
+        con = self.connect(read_only=True)
+        try:
+            return con.execute(sql, list(params)).fetchall()
+        finally:
+            con.close()
+
+    def _dicts(self, sql: str, params=()) -> list[dict[str, Any]]:
+        con = self.connect(read_only=True)
+        try:
+            cur = con.execute(sql, list(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+        finally:
+            con.close()
+
+    def _frame(self, sql: str, params=()):
+        con = self.connect(read_only=True)
+        try:
+            return con.execute(sql, list(params)).df()
+        finally:
+            con.close()
 
     def experiment_dir(self, experiment: str) -> Path:
         return self.root / experiment
@@ -214,12 +196,20 @@ class RunStore:
     def trial_dir(self, experiment: str, trial: str) -> Path:
         return self.root / experiment / "trials" / trial
 
-    def start_experiment(self, experiment: str, kind: str, spec_path: str | None, spec_yaml: str) -> None:
+    # ---------------------------------------------------------------------------- writes (driver)
+
+    def start_experiment(self, experiment: str, kind: str, spec_path: str | None, spec_yaml: str,
+                         provenance: Mapping[str, Any] | None = None) -> None:
+        """Record (or re-open, on resume) an experiment. `provenance`: where its results come from
+        (git commit and dirty flag, package versions, bars fingerprint), stored as JSON, scrubbed."""
+        prov = json.dumps(scrub(dict(provenance)), sort_keys=True, default=str) if provenance is not None else None
         con = self.connect()
         con.execute(
-            "insert into experiments (experiment, kind, spec_path, spec_yaml, status) values (?, ?, ?, ?, 'running') "
-            "on conflict (experiment) do update set spec_yaml = excluded.spec_yaml, status = 'running', finished_at = null",
-            [experiment, kind, spec_path, scrub_text(spec_yaml)],
+            "insert into experiments (experiment, kind, spec_path, spec_yaml, status, provenance) "
+            "values (?, ?, ?, ?, 'running', ?) "
+            "on conflict (experiment) do update set spec_yaml = excluded.spec_yaml, status = 'running', "
+            "finished_at = null, provenance = coalesce(excluded.provenance, experiments.provenance)",
+            [experiment, kind, spec_path, scrub_text(spec_yaml), prov],
         )
         con.close()
 
@@ -265,13 +255,94 @@ class RunStore:
                     [int(step), experiment, trial])
         con.close()
 
+    # ---------------------------------------------------------------------------- reads
+
     def finished_trials(self, experiment: str) -> set[str]:
         if not self.path.exists():
             return set()
-        con = self.connect()
-        rows = con.execute("select trial from trials where experiment = ? and status = 'finished'", [experiment]).fetchall()
-        con.close()
+        rows = self._rows("select trial from trials where experiment = ? and status = 'finished'", [experiment])
         return {r[0] for r in rows}
+
+    def trial_statuses(self, experiment: str) -> dict[str, str]:
+        """trial -> status ('running', 'finished', 'stopped', 'retrying', 'failed')."""
+        return dict(self._rows("select trial, status from trials where experiment = ?", [experiment]))
+
+    def trial_status_counts(self, experiment: str) -> dict[str, int]:
+        """status -> number of trials; statuses without trials are absent."""
+        return dict(self._rows("select status, count(*) from trials where experiment = ? group by status", [experiment]))
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """Every experiment, oldest first: kind, status, created (YYYY-MM-DD HH:MM), wall seconds and
+        trial counts (all, finished, gated)."""
+        return self._dicts(
+            """
+            select e.experiment, e.kind, e.status, strftime(e.created_at, '%Y-%m-%d %H:%M') as created,
+                e.wall_seconds, count(t.trial) as trials,
+                count(t.trial) filter (where t.status = 'finished') as finished,
+                count(t.trial) filter (where t.gated) as gated
+            from experiments e left join trials t using (experiment)
+            group by all order by min(e.created_at)
+            """
+        )
+
+    def experiment_names(self) -> list[str]:
+        return [r[0] for r in self._rows("select experiment from experiments order by created_at")]
+
+    def experiment(self, experiment: str) -> dict[str, Any] | None:
+        """The experiment's row (spec_yaml, status, ...), `provenance` decoded; None if unknown."""
+        rows = self._dicts("select * from experiments where experiment = ?", [experiment])
+        if not rows:
+            return None
+        row = rows[0]
+        # Stores written before migration 002 and opened read-only have no provenance column yet.
+        row["provenance"] = json.loads(row["provenance"]) if row.get("provenance") else None
+        return row
+
+    def trial(self, experiment: str, trial: str) -> dict[str, Any] | None:
+        """One trial's row (variant, seed, status, best_epoch, epochs, train_seconds, stopped, dir, ...)."""
+        rows = self._dicts("select * from trials where experiment = ? and trial = ?", [experiment, trial])
+        return rows[0] if rows else None
+
+    def trial_metrics(self, experiment: str, trial: str) -> dict[str, float]:
+        """'split/metric[_horizon]' -> value of one trial."""
+        return dict(self._rows("select key, value from metrics where experiment = ? and trial = ? order by key",
+                               [experiment, trial]))
+
+    def trial_flags(self, experiment: str, trial: str) -> list[tuple[str, str]]:
+        """(gate, reason) pairs the sanity gates raised for one trial."""
+        return self._rows("select gate, reason from gate_flags where experiment = ? and trial = ?", [experiment, trial])
+
+    def has_flags(self, experiment: str) -> bool:
+        return self._rows("select count(*) from gate_flags where experiment = ?", [experiment])[0][0] > 0
+
+    def trials_frame(self, experiment: str):
+        """Every column of the experiment's trials as a DataFrame, by variant and seed."""
+        return self._frame("select * from trials where experiment = ? order by variant, seed", [experiment])
+
+    def metrics_frame(self, experiment: str):
+        """The experiment's metrics, long format: trial, key, value."""
+        return self._frame("select trial, key, value from metrics where experiment = ?", [experiment])
+
+    def flags_frame(self, experiment: str):
+        """The experiment's gate flags: trial, gate, reason."""
+        return self._frame("select trial, gate, reason from gate_flags where experiment = ?", [experiment])
+
+    def sweep_trials(self, experiment: str) -> list[dict[str, Any]]:
+        """Sweep trials by val CRPS, gated (collapsed) trials last whatever their CRPS: trial, status,
+        gated, params (decoded), val_crps, test_crps."""
+        rows = self._dicts(
+            """
+            select t.trial, t.status, coalesce(t.gated, false) as gated, t.params_json,
+                m.value as val_crps, tm.value as test_crps
+            from trials t
+            left join metrics m on m.experiment = t.experiment and m.trial = t.trial and m.key = 'val/crps'
+            left join metrics tm on tm.experiment = t.experiment and tm.trial = t.trial and tm.key = 'test/crps'
+            where t.experiment = ?
+            order by coalesce(t.gated, false), m.value nulls last, t.trial
+            """, [experiment])
+        for row in rows:
+            row["params"] = json.loads(row.pop("params_json") or "{}")
+        return rows
 
 
 def scrub_text(text: str) -> str:

@@ -573,10 +573,8 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     else:
         if not spec.search:
             raise SpecError(f"{spec_path or experiment}: search: is empty; `nqexp sweep` needs a search space")
-        con = store.connect()
-        done = con.execute("select count(*) from trials where experiment = ? and status in ('finished', 'stopped')",
-                           [experiment]).fetchall()[0][0]
-        con.close()
+        counts = store.trial_status_counts(experiment)
+        done = counts.get("finished", 0) + counts.get("stopped", 0)     # stopped: by the sweep scheduler
         remaining = spec.sweep.num_samples - done
         if done:
             note(f"Resuming sweep '{experiment}': {done} of {spec.sweep.num_samples} trials done; "
@@ -618,10 +616,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         finally:
             shutdown_ray()
 
-    con = store.connect()
-    rows = con.execute("select trial, status from trials where experiment = ?", [experiment]).fetchall()
-    con.close()
-    status = dict(rows)
+    status = store.trial_statuses(experiment)
     expected = [t.trial_name for t in spec.trials()] if kind == "run" else list(status)
     fin = [t for t in expected if status.get(t) in ("finished", "stopped")]   # stopped: by the sweep scheduler
     failed = [t for t in expected if status.get(t) == "failed"]

@@ -1,7 +1,13 @@
-"""cli.py: every command has help with an example, startup stays light, user errors are one line."""
+"""The nqexp.cli package: every command has help with an example, startup stays light, user errors are
+one line, `--json` prints the same data as the tables, and rich stays inside the CLI.
+
+Most tests run the CLI in-process with click's CliRunner (fast); the few that check what only a real
+process shows (imports at startup, `python -m nqexp.cli`, exit codes seen by a shell) spawn one.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +15,14 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from nqexp import report
 from nqexp.cli import cli
+from nqexp.track import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def all_commands(group: click.Group, prefix=()):
@@ -39,57 +50,88 @@ def test_help_does_not_import_heavy_libraries():
     assert "HEAVY []" in out
 
 
-def run(tmp_path, *args, env=None):
-    full_env = {**os.environ, "NQEXP_DB": str(tmp_path / "t.duckdb"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "nqexp.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=tmp_path, timeout=120)
+def test_no_library_module_outside_the_cli_imports_rich():
+    offenders = [p.name for p in (ROOT / "nqexp").glob("*.py")
+                 if any(line.lstrip().startswith(("import rich", "from rich")) for line in p.read_text().splitlines())]
+    assert offenders == []
 
 
-def test_demo_then_info_reports_the_series(tmp_path):
-    made = run(tmp_path, "data", "demo", "--days", "10", "--seed", "1")
-    assert made.returncode == 0, made.stderr
+def test_the_cli_holds_no_sql():
+    """The CLI prints; the stores' owners (track.RunStore, ingest, bars, db) query."""
+    hits = [f"{p.name}:{i}" for p in (ROOT / "nqexp" / "cli").glob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if "execute(" in line or "select " in line.lower()]
+    assert hits == []
+
+
+@pytest.fixture
+def invoke(tmp_path, monkeypatch):
+    """Run `nqexp ARGS` in-process in tmp_path with its own database; no traceback may escape."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args, env=None):
+        result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="nqexp",
+                                    env={"NQEXP_DB": str(tmp_path / "t.duckdb"), **(env or {})})
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+        return result
+
+    return run
+
+
+def test_demo_then_info_reports_the_series_and_info_json_holds_the_same_data(invoke, tmp_path):
+    made = invoke("data", "demo", "--days", "10", "--seed", "1")
+    assert made.exit_code == 0, made.output
     assert "demo bars" in made.stdout and "NQ.demo" in made.stdout
-    info = run(tmp_path, "data", "info")
-    assert info.returncode == 0, info.stderr
+    info = invoke("data", "info")
+    assert info.exit_code == 0, info.output
     assert "NQ.demo" in info.stdout and "Rejected rows: 0" in info.stdout
+    as_json = invoke("data", "info", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert doc["database"] == str(tmp_path / "t.duckdb") and doc["size_bytes"] > 0
+    (series,) = doc["series"]
+    assert series["symbol"] == "NQ.demo" and f"{series['rows']:,}" in info.stdout
+    assert series["first"] in info.stdout and series["last"] in info.stdout
+    assert doc["rejects"] == [] and doc["bars"] == []
+    assert (f"demo_rolls ({doc['demo_rolls']} rolls)" in info.stdout) == (doc["demo_rolls"] > 0)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (("data", "import", "missing.csv", "--tz", "UTC"), "no such file"),
-        (("data", "import", "naive.csv"), "--tz"),
-    ],
-)
-def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+def test_user_errors_are_one_line_without_traceback(invoke, tmp_path):
     (tmp_path / "naive.csv").write_text("2024-03-04 09:30:00,1,2,0.5,1.5,3\n")
-    result = run(tmp_path, *args)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr and message in result.stderr
-    assert result.stderr.strip().count("\n") == 0, result.stderr
+    for args, message in [(("data", "import", "missing.csv", "--tz", "UTC"), "no such file"),
+                          (("data", "import", "naive.csv"), "--tz")]:
+        result = invoke(*args)
+        assert result.exit_code == 1
+        assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
-def test_import_reports_rejects_and_idempotence(tmp_path):
+def test_import_reports_rejects_and_idempotence_and_rejects_lists_them(invoke, tmp_path):
     csv = tmp_path / "bars.csv"
     csv.write_text("2024-03-04 09:30:00,1,2,0.5,1.5,3\n2024-03-04 09:31:00,1,0.5,2,1.5,3\n")
-    first = run(tmp_path, "data", "import", str(csv), "--tz", "UTC")
-    assert first.returncode == 0, first.stderr
+    first = invoke("data", "import", csv, "--tz", "UTC")
+    assert first.exit_code == 0, first.output
     assert "1 new, 0 unchanged" in first.stdout and "high < low" in first.stdout
-    second = run(tmp_path, "data", "import", str(csv), "--tz", "UTC")
+    second = invoke("data", "import", csv, "--tz", "UTC")
     assert "0 new, 1 unchanged" in second.stdout
+    rejects = invoke("data", "rejects")
+    assert rejects.exit_code == 0 and "bars.csv" in rejects.stdout and "high < low" in rejects.stdout
+    doc = json.loads(invoke("data", "info", "--json").stdout)
+    assert doc["rejects"] == [{"reason": "high < low", "rows": 1}]
+    assert [i["new_rows"] for i in doc["imports"]] == [0, 1]           # newest first
 
 
-def test_doctor_reports_key_presence_but_never_the_key(tmp_path):
+def test_doctor_reports_key_presence_but_never_the_key(invoke):
     secret = "db-SECRETKEY1234567890abcdef"
-    result = run(tmp_path, "doctor", env={"DATABENTO_API_KEY": secret, "WANDB_API_KEY": "wandbsecret0123456789"})
-    assert result.returncode == 0, result.stderr
-    assert "present" in result.stdout
-    assert secret not in result.stdout + result.stderr
-    assert "wandbsecret0123456789" not in result.stdout + result.stderr
+    invoke("data", "demo", "--days", "2")
+    result = invoke("doctor", env={"DATABENTO_API_KEY": secret, "WANDB_API_KEY": "wandbsecret0123456789"})
+    assert result.exit_code == 0, result.output
+    assert "present" in result.stdout and "table raw_bars" in result.stdout
+    assert secret not in result.output and "wandbsecret0123456789" not in result.output
 
 
 @pytest.mark.parametrize("args", [("sync",), ("data", "download", "--start", "2024-01-01", "--end", "2024-02-01")])
 def test_commands_needing_a_key_fail_clearly_without_one(tmp_path, args):
+    """A real process (`python -m nqexp.cli`): the exit code and stderr a shell sees."""
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "DATABENTO_API_KEY")}
     result = subprocess.run([sys.executable, "-m", "nqexp.cli", *args], capture_output=True, text=True,
                             env={**env, "NQEXP_DB": str(tmp_path / "t.duckdb")}, cwd=tmp_path, timeout=120)
@@ -98,16 +140,79 @@ def test_commands_needing_a_key_fail_clearly_without_one(tmp_path, args):
     assert result.stderr.strip().count("\n") == 0, result.stderr
 
 
-def test_malformed_yaml_spec_is_one_line_with_exit_code_2(tmp_path):
+def test_malformed_yaml_spec_is_one_line_with_exit_code_2(invoke, tmp_path):
     spec = tmp_path / "broken.yaml"
     spec.write_text("name: x\ntrain:\n  lr: [1,\n")
-    result = run(tmp_path, "run", str(spec), "--dry-run")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    result = invoke("run", spec, "--dry-run")
+    assert result.exit_code == 2
     assert f"{spec}:" in result.stderr and "invalid YAML" in result.stderr
 
 
 def test_an_unreachable_cluster_address_is_one_clear_line(tmp_path):
-    spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
-    result = run(tmp_path, "run", str(spec), "--address", "http://127.0.0.1:9")
+    spec = ROOT / "experiments" / "quickstart.yaml"
+    result = subprocess.run([sys.executable, "-m", "nqexp.cli", "run", str(spec), "--address", "http://127.0.0.1:9"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "NQEXP_DB": str(tmp_path / "t.duckdb")})
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "cannot reach a Ray job server at http://127.0.0.1:9" in result.stderr
+
+
+# --------------------------------------------------------------------------------------- runs --json
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two variants x one seed with metrics at two horizons; `wide` is gated."""
+    st = RunStore(tmp_path / "runs")
+    st.start_experiment("abl", "run", None, yaml.safe_dump({"name": "abl", "variants": {"good": {}, "wide": {}}}))
+    for variant, crps in (("good", 1.0e-3), ("wide", 2.0e-3)):
+        name = f"{variant}-s0"
+        st.upsert_trial("abl", name, variant=variant, seed=0, status="finished", params_json="{}", spec_yaml="",
+                        dir=str(st.trial_dir("abl", name)), best_epoch=3, epochs=5, train_seconds=12.0,
+                        stopped="early", gated=variant == "wide")
+        metrics = {f"{split}/{m}{h}": crps * k for split in ("val", "test") for k, h in ((1, "_15m"), (2, "_60m"), (1.5, ""))
+                   for m in ("crps", "picp80")}
+        metrics["test/ic"] = float("nan")
+        st.write_metrics("abl", name, metrics, flags=[("collapse", "picp80 too low")] if variant == "wide" else [])
+    st.finish_experiment("abl", "finished", 42.0)
+    return st
+
+
+def test_runs_ls_json_lists_experiments_with_trial_counts(invoke, store):
+    result = invoke("runs", "ls", "--store", store.root, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["experiment"], row["status"], row["trials"], row["finished"], row["gated"]) == ("abl", "finished", 2, 2, 1)
+    assert row["wall_seconds"] == 42.0
+    table = invoke("runs", "ls", "--store", store.root)
+    assert "abl" in table.stdout and row["created"] in table.stdout
+
+
+def test_runs_show_json_holds_the_trial_metrics_and_flags(invoke, store):
+    result = invoke("runs", "show", "abl/wide-s0", "--store", store.root, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["variant"], doc["seed"], doc["best_epoch"], doc["params"]) == ("wide", 0, 3, {})
+    assert doc["metrics"]["test/crps_60m"] == pytest.approx(4.0e-3)
+    assert doc["metrics"]["test/ic"] is None                          # NaN is null, so the output is valid JSON
+    assert doc["metrics"] == {k: (None if v != v else v) for k, v in store.trial_metrics("abl", "wide-s0").items()}
+    assert doc["flags"] == [{"gate": "collapse", "reason": "picp80 too low"}]
+    table = invoke("runs", "show", "abl/wide-s0", "--store", store.root)
+    assert "15m" in table.stdout and "60m" in table.stdout and "picp80 too low" in table.stdout
+    missing = invoke("runs", "show", "abl/nope", "--store", store.root, "--json")
+    assert missing.exit_code == 1 and "no trial abl/nope" in missing.stderr
+
+
+def test_runs_compare_json_is_the_summary_table(invoke, store):
+    result = invoke("runs", "compare", "abl", "--store", store.root, "--json")
+    assert result.exit_code == 0, result.output
+    expected = report.summary_table(report.load(store, "abl")).to_dict(orient="records")
+    assert json.loads(result.stdout) == expected
+    assert [r["variant"] for r in expected if r["horizon"] == "all"] == ["good", "wide"]
+    table = invoke("runs", "compare", "abl", "--store", store.root)
+    assert all(r["crps"] in table.stdout for r in expected)
+
+
+def test_runs_read_from_a_missing_store_is_one_line(invoke, tmp_path):
+    result = invoke("runs", "ls", "--store", tmp_path / "nothing", "--json")
+    assert result.exit_code == 1 and "no run store at" in result.stderr and result.stdout == ""

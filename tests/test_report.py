@@ -97,3 +97,19 @@ def test_publishing_without_a_key_is_refused_without_touching_the_network(store,
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.raises(CredentialsError, match="WANDB_API_KEY"):
         report.publish_wandb_report(store, "abl", project="p", entity=None)
+
+
+def test_html_renders_markdown_code_tables_and_inlines_figures(tmp_path):
+    png = tmp_path / "fig.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    text = "# Experiment `abl`\n\nvs `good`, **bold**\n\n| a | b |\n|---|---|\n| 1 | x |\n\n![fig one](fig.png)\n"
+    html = report._to_html(text, tmp_path)
+    assert "<h1>Experiment <code>abl</code></h1>" in html and "`" not in html
+    assert "<strong>bold</strong>" in html and "<th>a</th>" in html and "<td>x</td>" in html
+    assert '<img src="data:image/png;base64,iVBORw0KGgpmYWtl" alt="fig one"' in html
+
+
+def test_html_report_has_no_literal_backticks(store):
+    path = report.build_report(store, "abl", fmt="html", n_boot=50)
+    html = path.read_text()
+    assert path.name == "report.html" and "<code>good</code>" in html and "`" not in html

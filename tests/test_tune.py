@@ -31,19 +31,37 @@ def nqexp(*args, cwd, env=None, timeout=600, **kw):
                           text=True, timeout=timeout, **kw)
 
 
+def dry_run(*args, cwd):
+    """`nqexp ARGS` in-process (click's CliRunner): dry runs touch neither Ray nor the database."""
+    from click.testing import CliRunner
+
+    from nqexp.cli import cli
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, list(args), prog_name="nqexp", env={"NQEXP_DB": str(Path(cwd) / "nq.duckdb")})
+    finally:
+        os.chdir(old)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return result
+
+
 @pytest.mark.parametrize("spec", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_shipped_spec_passes_dry_run(spec, tmp_path):
-    result = nqexp("run", str(spec), "--dry-run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = dry_run("run", str(spec), "--dry-run", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
     assert "trials" in result.stdout
+    if "search:" in spec.read_text():
+        sweep = dry_run("sweep", str(spec), "--dry-run", cwd=tmp_path)
+        assert sweep.exit_code == 0 and "objective" in sweep.stdout, sweep.output
 
 
 def test_a_spec_error_is_one_readable_line_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: bad\nextends: {ROOT / 'experiments' / 'base.yaml'}\ntrain:\n  lrr: 0.1\n")
-    result = nqexp("run", str(bad), "--dry-run", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+    result = dry_run("run", str(bad), "--dry-run", cwd=tmp_path)
+    assert result.exit_code == 2
     assert result.stderr.strip() == f"Error: {bad}: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"
 
 

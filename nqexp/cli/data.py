@@ -1,0 +1,225 @@
+"""`nqexp data ...`: demo data, file imports, Databento downloads, continuous bars, summaries."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from nqexp.cli.options import db_label, json_option, open_db
+
+
+@click.group()
+def data():
+    """Bars in the DuckDB store: demo data, file imports, summaries.
+
+    \b
+    Example:
+      nqexp data import NQ_1min.csv --tz America/New_York
+    """
+
+
+@data.command("demo")
+@click.option("--days", type=click.IntRange(1, 40000), default=30, show_default=True,
+              help="Calendar days of 1-minute bars, ending at --end.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same bars.")
+@click.option("--end", "end", type=click.DateTime(formats=["%Y-%m-%d"]), default="2025-12-03", show_default=True,
+              help="Last trading date generated.")
+@click.pass_context
+def data_demo(ctx, days, seed, end):
+    """Generate realistic synthetic NQ 1-minute bars (series NQ.demo) into the database.
+
+    The Globex calendar, 0.25 tick, U-shaped intraday volatility and volume, volatility
+    clustering with fat tails, a weak predictable drift, quarterly contracts spliced
+    unadjusted, and missing no-trade minutes. The true conditional volatility of every bar
+    goes to the demo_truth table. Re-running replaces the demo series.
+
+    \b
+    Example:
+      nqexp data demo --days 30 --seed 0
+    """
+    from nqexp import demo, ingest
+    from nqexp.cli import render
+
+    console = render.console()
+    with console.status(f"Generating {days} days of demo bars (seed {seed})..."):
+        data_ = demo.generate(days=days, seed=seed, end=end.date())
+        data_.seed = seed
+        con = open_db(ctx)
+        t0 = time.perf_counter()
+        n = ingest.write_demo(con, data_)
+        write_s = time.perf_counter() - t0
+    first, last = data_.bars["ts"].iloc[0], data_.bars["ts"].iloc[-1]
+    console.print(
+        f"[green]Wrote {n:,} demo bars[/] for [bold]{demo.DEMO_SYMBOL}[/] ({first} to {last} UTC, "
+        f"{data_.bars['contract'].nunique()} contracts, {len(data_.rolls)} rolls) "
+        f"in {data_.seconds:.1f}s + {write_s:.1f}s write -> {db_label(ctx)}"
+    )
+
+
+@data.command("import")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "dbn", "lean"]), default=None,
+              help="File format (default: detected from the file).")
+@click.option("--tz", default=None, help="Zone of naive timestamps, e.g. America/New_York or UTC.")
+@click.option("--ts-is", type=click.Choice(["start", "end"]), default="start", show_default=True,
+              help="Whether the file stamps each bar at its start or its end.")
+@click.option("--symbol", default=None,
+              help="Series name to store the bars under (default: NQ for CSV/Parquet; the file's symbol for DBN).")
+@click.option("--columns", default=None,
+              help="Column order for headerless files ('ts,open,high,low,close,volume') or a mapping "
+                   "('ts=Datetime,volume=Vol').")
+@click.pass_context
+def data_import(ctx, path, fmt, tz, ts_is, symbol, columns):
+    """Import 1-minute bars from CSV, Parquet, Databento DBN(.zst) or a Lean minute zip.
+
+    Idempotent: importing the same file again changes nothing. Bad rows are kept in
+    rejected_bars with their reason; a file that cannot be read writes nothing.
+
+    \b
+    Example:
+      nqexp data import ../shared/data/firstrate-nq-2023/NQ_1min_sample.csv --tz America/New_York
+    """
+    from nqexp import ingest
+    from nqexp.cli import render
+
+    console = render.console()
+    con = open_db(ctx)
+    with console.status(f"Importing {path}..."):
+        report = ingest.import_file(con, path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns)
+    console.print(f"[green]{report.format}[/] {path}: {report.summary()} in {report.seconds:.2f}s")
+    if report.rejected:
+        console.print(render.import_rejects_table(report.reasons))
+        console.print("See them with: nqexp data rejects")
+
+
+@data.command("rejects")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.pass_context
+def data_rejects(ctx, limit):
+    """Show rows that imports rejected, with file, row number and reason.
+
+    \b
+    Example:
+      nqexp data rejects --limit 50
+    """
+    from nqexp import ingest
+    from nqexp.cli import render
+
+    rows = ingest.rejected_rows(open_db(ctx), limit)
+    render.console().print(render.rejected_rows_table(rows, limit))
+
+
+@data.command("info")
+@json_option
+@click.pass_context
+def data_info(ctx, as_json):
+    """Summarise the store: series, rows, date range, contracts, gaps, rejects and imports.
+
+    \b
+    Example:
+      nqexp data info
+      nqexp data info --json
+    """
+    from nqexp import bars, ingest
+    from nqexp import db as dbmod
+
+    con = open_db(ctx)
+    summary = bars.bars_summary(con)
+    info = {
+        "series": ingest.series_summary(con),
+        "rejects": ingest.reject_reasons(con),
+        "imports": ingest.latest_imports(con),
+        "bars": summary["bars"],
+        "rolls": summary["rolls"],
+        "flagged": summary["flagged"],
+        "demo_rolls": ingest.demo_roll_count(con),
+    }
+    from nqexp.cli import render
+
+    if as_json:
+        path = dbmod.resolve_db_path(ctx.obj["db"])
+        size = os.path.getsize(path) if path != ":memory:" and os.path.exists(path) else None
+        info["rejects"] = [{"reason": reason, "rows": n} for reason, n in info["rejects"]]
+        render.echo_json({"database": path, "size_bytes": size, **info})
+        return
+    render.print_data_info(render.console(), db_label(ctx), info)
+
+
+@data.command("download")
+@click.option("--start", required=True, help="First day (UTC), e.g. 2010-06-06.")
+@click.option("--end", required=True, help="End day (UTC), exclusive, e.g. 2025-12-03.")
+@click.option("--dataset", default="GLBX.MDP3", show_default=True)
+@click.option("--symbol", default="NQ.v.0", show_default=True, help="NQ.v.0 = front month by volume.")
+@click.option("--schema", default="ohlcv-1m", show_default=True)
+@click.option("--stype-in", default="continuous", show_default=True)
+@click.option("--chunk-days", type=click.IntRange(1, 366), default=30, show_default=True,
+              help="Days per request; each chunk is stored on disk and ingested before the next.")
+@click.option("--credentials", "credentials", type=click.Path(dir_okay=False), default=None,
+              help="File holding the Databento API key (default: $DATABENTO_API_KEY).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where raw DBN chunks are kept (default: next to the database).")
+@click.option("--estimate", is_flag=True, help="Print the cost and record count, download nothing.")
+@click.pass_context
+def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days, credentials, data_dir, estimate):
+    """Download 1-minute bars from Databento in resumable chunks and ingest them.
+
+    The API key comes from $DATABENTO_API_KEY or --credentials and is never printed or stored.
+    Chunks already on disk or already ingested are skipped, so an interrupted download resumes
+    without buying data twice. 429/5xx responses are retried with backoff.
+
+    \b
+    Example:
+      nqexp data download --start 2010-06-06 --end 2025-12-03 --estimate
+    """
+    from nqexp import db as dbmod
+    from nqexp import download
+    from nqexp.cli import render
+
+    console = render.console()
+    common = dict(dataset=dataset, symbol=symbol, schema=schema, stype_in=stype_in, credentials_path=credentials)
+    if estimate:
+        with console.status("Asking Databento for the cost..."):
+            est = download.estimate(start, end, **common)
+        console.print(f"{est['dataset']} {est['symbol']} {est['schema']} {est['start']}..{est['end']}: "
+                      f"{est['records']:,} records, ${est['cost_usd']:,.2f}")
+        return
+    con = open_db(ctx)
+    path = dbmod.resolve_db_path(ctx.obj["db"])
+    data_dir = data_dir or (os.path.dirname(path) if path != ":memory:" else "nqexp_data")
+    with render.chunk_progress(console) as on_chunk:
+        report = download.download(con, start, end, chunk_days=chunk_days, data_dir=data_dir,
+                                   progress=on_chunk, **common)
+    console.print(f"[green]Done:[/] {report.summary()}")
+
+
+@data.command("bars")
+@click.option("--symbol", default="NQ.demo", show_default=True,
+              help="Continuous series in raw_bars (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES).")
+@click.option("--freq", "freqs", type=click.Choice(["1m", "5m"]), multiple=True,
+              help="Bar sizes to build (default: both). 1m bars are always the base of 5m ones.")
+@click.pass_context
+def data_bars(ctx, symbol, freqs):
+    """Build (or rebuild) rolls and back-adjusted 1m/5m bars with session fields.
+
+    Rolls are detected from instrument_id changes (continuous series) or the daily volume
+    crossover (per-contract series); prices before each roll are ratio back-adjusted.
+
+    \b
+    Example:
+      nqexp data bars --symbol NQ.demo --freq 5m
+    """
+    from nqexp import bars
+    from nqexp.cli import render
+
+    console = render.console()
+    freq_minutes = sorted({int(f[:-1]) for f in freqs}) if freqs else [1, 5]
+    con = open_db(ctx)
+    with console.status(f"Building bars for {symbol}..."):
+        report = bars.build_bars(con, symbol, freq_minutes)
+    console.print(f"[green]Built[/] {report.summary()}")
+    for freq, counts in sorted(report.flagged.items()):
+        console.print(f"  {freq}m flags: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if len(report.rolls):
+        console.print(render.rolls_table(symbol, report.rolls))

@@ -1,0 +1,36 @@
+"""Options shared by several commands (`--store`, `--json`) and where a command finds its database and run store."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+store_option = click.option("--store", "store_dir", default=None, type=click.Path(file_okay=False),
+                            help="Run store folder (default: ./runs).")
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print machine-readable JSON instead of tables.")
+
+
+def open_db(ctx, *, read_only: bool = False):
+    from nqexp import db
+
+    return db.connect(ctx.obj["db"], read_only=read_only)
+
+
+def db_label(ctx) -> str:
+    """The database path, with its size once it exists."""
+    from nqexp import db
+
+    path = db.resolve_db_path(ctx.obj["db"])
+    if path == ":memory:" or not os.path.exists(path):
+        return path
+    return f"{path} ({os.path.getsize(path) / 1e6:.1f} MB)"
+
+
+def run_store(store_dir):
+    from nqexp.spec import TrackConfig
+    from nqexp.track import RunStore
+
+    return RunStore(store_dir or TrackConfig().store_path())

@@ -1,0 +1,345 @@
+"""Every rich table, progress bar and console of the CLI (the only nqexp module that imports rich),
+and the `--json` output.
+
+Renderers take data (lists of dicts, DataFrames, report objects) and return rich renderables
+or print them; they never query a store. Command modules import this module inside their
+functions, so `nqexp --help` does not pay for rich.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+
+def console() -> Console:
+    # Piped output (CI logs, `| less`) would otherwise be squeezed into 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+def frame_table(frame, title: str) -> Table:
+    """A DataFrame as a table; floats to 6 significant digits."""
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
+def _count_table(title: str, rows) -> Table:
+    table = Table(title=title)
+    table.add_column("reason")
+    table.add_column("rows", justify="right")
+    for reason, count in rows:
+        table.add_row(reason, f"{count:,}")
+    return table
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def import_rejects_table(reasons: dict[str, int]) -> Table:
+    """Reasons of one import's rejected rows, most frequent first."""
+    return _count_table("Rejected rows (kept in table rejected_bars)", sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+
+def rejected_rows_table(rows: list[dict], limit: int) -> Table:
+    table = Table(title=f"rejected_bars (latest {limit})")
+    for col in ("source", "row", "reason", "row as read"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(os.path.basename(r["source"]), str(r["row_number"]), r["reason"], r["raw"] or "")
+    return table
+
+
+def print_data_info(con: Console, database: str, info: dict) -> None:
+    """`nqexp data info`: raw series, rejects, latest imports, continuous bars, rolls, flags, demo truth."""
+    con.print(f"Database: {database}")
+    table = Table(title="raw_bars (1-minute, UTC, bar start)")
+    for col in ("series", "rows", "first", "last", "contracts", "gaps >1m", "gaps >15m in session", "session opens"):
+        table.add_column(col, justify="right" if col not in ("series", "first", "last") else "left")
+    for s in info["series"]:
+        table.add_row(s["symbol"], f"{s['rows']:,}", str(s["first"]), str(s["last"]), str(s["contracts"]),
+                      f"{s['gaps_1m']:,}", f"{s['gaps_15m_in_session']:,}", f"{s['session_opens']:,}")
+    con.print(table if info["series"] else "[yellow]No bars yet.[/] Try: nqexp data demo --days 30")
+    if info["rejects"]:
+        con.print(_count_table("rejected_bars", info["rejects"]))
+    else:
+        con.print("Rejected rows: 0")
+    if info["imports"]:
+        it = Table(title="latest imports")
+        for col in ("at", "format", "file", "read", "new", "unchanged", "changed", "rejected"):
+            it.add_column(col)
+        for r in info["imports"]:
+            nums = (r["rows_read"], r["new_rows"], r["unchanged"], r["changed"], r["rejected"])
+            it.add_row(str(r["imported_at"])[:19], r["format"], os.path.basename(r["source"]), *(f"{x:,}" for x in nums))
+        con.print(it)
+    if not info["bars"].empty:
+        con.print(frame_table(info["bars"], "continuous bars (bars_1m / bars_5m)"))
+    if not info["rolls"].empty:
+        con.print(frame_table(info["rolls"], "rolls (ratio back-adjustment: adjusted = raw x adj_factor)"))
+    if not info["flagged"].empty:
+        con.print(frame_table(info["flagged"].head(20), "flagged 5m bars (latest 20)"))
+    if info["demo_rolls"]:
+        con.print(f"Demo ground truth: demo_truth (sigma per bar), demo_rolls ({info['demo_rolls']} rolls)")
+
+
+@contextmanager
+def chunk_progress(con: Console):
+    """Progress of a chunked download; yields the callback `on_chunk(done, total, what)`."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=con) as progress:
+        task = progress.add_task("chunks", total=None)
+
+        def on_chunk(done, total, what):
+            progress.update(task, completed=done, total=total, description=what)
+
+        yield on_chunk
+
+
+def rolls_table(symbol: str, rolls) -> Table:
+    table = Table(title=f"rolls of {symbol}")
+    for col in ("ts (UTC)", "from", "to", "ratio", "method"):
+        table.add_column(col)
+    for r in rolls.itertuples():
+        table.add_row(str(r.ts), str(r.from_contract), str(r.to_contract), f"{r.ratio:.6f}", str(r.method))
+    return table
+
+
+# --------------------------------------------------------------------------------------- features
+
+
+def feature_sets_table(sets) -> Table:
+    """`sets`: FeatureSet objects (name, freq_minutes, columns, horizons, files)."""
+    table = Table(title="feature sets")
+    for col in ("set", "bars", "variables", "horizons (bars)", "files"):
+        table.add_column(col, overflow="fold")
+    for fs in sets:
+        table.add_row(fs.name, f"{fs.freq_minutes}m", f"{len(fs.columns)}: {', '.join(fs.columns)}",
+                      ", ".join(map(str, fs.horizons)), ", ".join(f.path.name for f in fs.files))
+    return table
+
+
+def feature_check_tables(report) -> list[Table]:
+    """The three tables of `nqexp features check`: stats after warm-up, correlated pairs, leakage cuts."""
+    stats = Table(title=f"{report.set_name} on {report.symbol}: {report.rows:,} rows, "
+                        f"stats after {report.warmup_bars} warm-up bars ({report.table})")
+    for col in ("feature", "group", "NaN", "inf", "min", "max", "mean", "std"):
+        stats.add_column(col, justify="left" if col in ("feature", "group") else "right")
+    for s in report.stats:
+        stats.add_row(s.name, s.group or "", str(s.n_nan), str(s.n_inf),
+                      *(f"{v:.6g}" for v in (s.min, s.max, s.mean, s.std)),
+                      style="red" if s.n_nan or s.n_inf else None)
+    corr = Table(title=f"pairs with |corr| > {report.corr_threshold}")
+    for col in ("feature a", "feature b", "corr"):
+        corr.add_column(col, justify="right" if col == "corr" else "left")
+    for a, b, c in report.correlated:
+        corr.add_row(a, b, f"{c:+.4f}")
+    leak = Table(title="leakage: recompute on bars truncated at the cut; features at bars <= cut must not change")
+    for col in ("cut bar", "cut ts (UTC)", "rows", "mismatches", "max |diff|", "worst feature", "ok"):
+        leak.add_column(col)
+    for r in report.leakage:
+        leak.add_row(str(r.cut_index), str(r.cut_ts), f"{r.rows_compared:,}", str(r.n_mismatch),
+                     f"{r.max_abs_diff:.3g}", r.worst_feature or "", "yes" if r.ok else "NO",
+                     style=None if r.ok else "red")
+    return [stats, corr, leak]
+
+
+# --------------------------------------------------------------------------------------- experiments
+
+
+def trials_table(spec) -> Table:
+    """`nqexp run --dry-run`: every trial (variant x seed) and what its variant changes."""
+    table = Table(title=f"{spec.name}: {len(spec.trials())} trials")
+    for col in ("trial", "variant", "seed", "changes vs the resolved spec"):
+        table.add_column(col, overflow="fold")
+    for t in spec.trials():
+        delta = spec.variants[t.variant]
+        table.add_row(t.trial_name, t.variant + (" (reference)" if t.is_reference else ""), str(t.seed),
+                      ", ".join(f"{k}={v}" for k, v in delta.items()) or "-")
+    return table
+
+
+def search_space_table(spec) -> Table:
+    """`nqexp sweep --dry-run`: the search space and how it is searched."""
+    table = Table(title=f"{spec.name}: sweep of {spec.sweep.num_samples} trials "
+                        f"({spec.sweep.algorithm}, {spec.sweep.scheduler}), objective {spec.sweep.metric}")
+    for col in ("parameter", "distribution"):
+        table.add_column(col)
+    for key, dim in spec.search_space().items():
+        table.add_row(key, f"{dim.kind} {list(dim.values) if dim.kind == 'choice' else [dim.low, dim.high]}")
+    return table
+
+
+class TrialProgress:
+    """Rich progress bars, one per trial: epoch and latest val CRPS, then test CRPS and gate status.
+
+    Called by the driver as `progress(event, trial_name, **info)`.
+    """
+
+    def __init__(self, con: Console, total_epochs: int, trials):
+        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=con)
+        self.total = total_epochs
+        self.console = con
+        self.lines = not con.is_terminal     # logs and pipes get one line per trial event instead
+        self.tasks = {}
+        for name in trials:
+            self.tasks[name] = self.progress.add_task(name, total=total_epochs, status="pending", start=False)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def note(self, text: str) -> None:
+        """Print above the live bars."""
+        self.progress.console.print(text)
+
+    def __call__(self, event, name, **info):
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=self.total, status="", start=False)
+        task = self.tasks[name]
+        if self.lines and event in ("done", "error"):
+            crps = info.get("test_crps")
+            what = (f"finished, test CRPS {crps:.3e}" if crps is not None else "finished") if event == "done" \
+                else f"FAILED ({info.get('error')})"
+            self.console.print(f"trial {name}: {what}" + (" [gated]" if info.get("gated") else ""), markup=False)
+        if event == "start":
+            self.progress.start_task(task)
+            self.progress.update(task, status="running")
+        elif event == "epoch":
+            crps = info.get("val_crps")
+            self.progress.update(task, completed=info.get("epoch", 0),
+                                 status=f"val CRPS {crps:.3e}" if crps is not None else "")
+        elif event == "done":
+            crps = info.get("test_crps")
+            gate = "[red]GATED[/]" if info.get("gated") else "[green]ok[/]"
+            self.progress.update(task, completed=self.total,
+                                 status=f"test CRPS {crps:.3e} {gate}" if crps is not None else gate)
+        elif event == "retry":
+            self.progress.update(task, status="[yellow]failed, retrying[/]")
+        elif event == "error":
+            self.progress.update(task, status="[red]failed[/]")
+
+
+def sweep_table(experiment: str, rows: list[dict], top: int = 10) -> Table:
+    """Sweep trials as ranked by RunStore.sweep_trials (val CRPS, gated last); the best `top`."""
+    table = Table(title=f"{experiment}: best {min(top, len(rows))} of {len(rows)} sweep trials by val CRPS (gated last)")
+    for col in ("trial", "status", "val CRPS", "test CRPS", "gated", "parameters"):
+        table.add_column(col, overflow="fold")
+    for r in rows[:top]:
+        val, test = r["val_crps"], r["test_crps"]
+        table.add_row(r["trial"], r["status"], f"{val:.4e}" if val is not None else "-",
+                      f"{test:.4e}" if test is not None else "-", "yes" if r["gated"] else "no",
+                      ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()))
+    return table
+
+
+def summary_all_horizons_table(frame, title: str) -> Table:
+    """report.summary_table's 'all' horizon rows: one row per variant."""
+    table = Table(title=title)
+    part = frame[frame["horizon"] == "all"] if "horizon" in frame else frame
+    cols = [c for c in part.columns if c != "horizon"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in part.itertuples(index=False):
+        table.add_row(*(str(getattr(row, c)) for c in cols))
+    return table
+
+
+# --------------------------------------------------------------------------------------- runs
+
+
+def experiments_table(root, rows: list[dict]) -> Table:
+    table = Table(title=f"experiments in {root}")
+    for col in ("experiment", "kind", "status", "created", "wall s", "trials", "finished", "gated"):
+        table.add_column(col)
+    for r in rows:
+        wall = r["wall_seconds"]
+        table.add_row(r["experiment"], r["kind"], r["status"], r["created"], f"{wall:.0f}" if wall else "-",
+                      str(r["trials"]), str(r["finished"]), str(r["gated"]))
+    return table
+
+
+SHOWN_METRICS = ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp80", "picp90", "mpiw80",
+                 "calib_err", "ic", "dir_acc", "crossing_rate")
+
+
+def print_trial(con: Console, name: str, trial: dict, metrics: dict[str, float], labels: list[str],
+                flags: list[tuple[str, str]]) -> None:
+    """`nqexp runs show`: the trial's line, val and test metrics per horizon, its gate flags."""
+    con.print(f"[bold]{name}[/]: variant {trial['variant']}, seed {trial['seed']}, {trial['status']}; "
+              f"best epoch {trial['best_epoch']} of {trial['epochs']} ({trial['stopped']}), "
+              f"{trial['train_seconds'] or 0:.0f}s training; files in {trial['dir']}")
+    for split in ("val", "test"):
+        table = Table(title=f"{split} metrics")
+        table.add_column("metric")
+        for lab in labels:
+            table.add_column(lab, justify="right")
+        table.add_column("all", justify="right")
+        for m in SHOWN_METRICS:
+            vals = [metrics.get(f"{split}/{m}_{lab}") for lab in labels] + [metrics.get(f"{split}/{m}")]
+            table.add_row(m, *("-" if v is None else f"{v:.4g}" for v in vals))
+        con.print(table)
+    for gate, reason in flags:
+        con.print(f"[red]gate[/] {gate}: {reason}")
+
+
+def compare_table(experiment: str, split: str, frame) -> Table:
+    table = Table(title=f"{experiment}: {split} metrics, mean ± std over seeds")
+    for col in frame.columns:
+        table.add_column(col, justify="left" if col in ("variant", "horizon") else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+# --------------------------------------------------------------------------------------- doctor
+
+
+def doctor_table(rows: list[tuple[str, str]]) -> Table:
+    """(what, value) rows; values may hold rich markup ([red]...[/])."""
+    table = Table(title="nqexp doctor", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
+
+
+# --------------------------------------------------------------------------------------- --json
+
+
+def _plain(value):
+    """JSON-safe: NaN/inf -> null, numpy scalars -> Python, DataFrames -> records."""
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):
+        return [_plain(r) for r in value.to_dict(orient="records")]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        value = str(value) if isinstance(value, np.datetime64) else value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def echo_json(data) -> None:
+    """One JSON document on stdout (timestamps as ISO-like strings)."""
+    click.echo(json.dumps(_plain(data), indent=2, default=str))

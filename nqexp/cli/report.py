@@ -1,0 +1,40 @@
+"""`nqexp report`: the ablation/sweep report of an experiment, from the run store."""
+
+from __future__ import annotations
+
+import click
+
+from nqexp.cli.options import run_store, store_option
+
+
+@click.command()
+@click.argument("experiment")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option("--wandb", "publish", is_flag=True, help="Also publish it as a W&B Report (needs WANDB_API_KEY).")
+@store_option
+def report(experiment, fmt, publish, store_dir):
+    """Write the ablation/sweep report of an experiment from the local run store.
+
+    Per-variant metrics per horizon (mean ± std over seeds), paired CRPS differences vs the
+    reference variant on identical test samples with block-bootstrap CIs, calibration
+    figures and gate flags.
+
+    \b
+    Example:
+      nqexp report quickstart --format html
+    """
+    from nqexp import report as report_mod
+    from nqexp.cli import render
+
+    store = run_store(store_dir)
+    console = render.console()
+    with console.status("Building the report..."):
+        path = report_mod.build_report(store, experiment, fmt=fmt)
+    console.print(f"Report: {path}")
+    if publish:
+        import yaml
+
+        spec = yaml.safe_load((store.experiment_dir(experiment) / "spec.resolved.yaml").read_text())
+        url = report_mod.publish_wandb_report(store, experiment, project=spec["track"]["wandb_project"],
+                                              entity=spec["track"].get("wandb_entity"))
+        console.print(f"W&B Report: {url}")
