@@ -291,11 +291,12 @@ class LGBMQuantiles:
 
 
 def fit_and_predict(arrays, split_idx: dict, scales: dict, targets: dict, taus, names=BASELINES,
-                    lo: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+                    lo: int | None = None, lgbm: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fit the named strong baselines on train and forecast every split: split -> name -> (n, H, Q).
 
     split_idx: split -> (n,) sample end indices into arrays; scales: split -> (n, H) model sigma-hat;
     targets: split -> (n, H) y. lo: first bar the train windows read (default: the first train end).
+    lgbm: LGBMQuantiles settings (e.g. {"max_rounds": 100}).
     Climatology and vol-scaled need only y and sigma-hat, so the scorer fits them itself.
     """
     taus = tuple(float(t) for t in taus)
@@ -311,7 +312,7 @@ def fit_and_predict(arrays, split_idx: dict, scales: dict, targets: dict, taus, 
             out[s]["mcgarch"] = sq.quantiles(sig[s])
     if "lgbm" in names and "val" in split_idx:
         feats = {s: lgbm_inputs(arrays, idx, scales[s])[0] for s, idx in split_idx.items()}
-        m = LGBMQuantiles(taus).fit(feats["train"], targets["train"] / scales["train"],
+        m = LGBMQuantiles(taus, **(lgbm or {})).fit(feats["train"], targets["train"] / scales["train"],
                                     feats["val"], targets["val"] / scales["val"])
         for s in split_idx:
             out[s]["lgbm"] = m.quantiles(feats[s], scales[s])
