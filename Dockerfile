@@ -31,7 +31,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # The CUDA torch first, from PyTorch's index: the project's `torch>=2.2` is then already satisfied,
-# and the second install can never swap in another build (STACK_NOTES §1).
+# and the second install can never swap in another build (docs/stack_notes.md §1).
 RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
         "torch==${TORCH_VERSION}+${TORCH_CUDA}"
 WORKDIR /src

@@ -1,4 +1,4 @@
-"""A deliberately simple trading backtest of the quantile forecasts (DESIGN §8, secondary).
+"""A deliberately simple trading backtest of the quantile forecasts (docs/metrics.md §10, secondary).
 
 Rules, per horizon h:
 - Signal: long when the predicted median is > 0, short when < 0, no trade when it is exactly 0.
@@ -48,7 +48,7 @@ class CostModel:
     point_value: float = 20.0  # $ per index point per NQ contract
     tick_size: float = 0.25  # index points per tick ($5 per tick)
     commission_per_side: float = 2.0  # $ per contract per side, exchange and broker fees together
-    slippage_ticks: float = 1.0  # ticks lost per round trip; DESIGN asks for at least 1
+    slippage_ticks: float = 1.0  # ticks lost per round trip; docs/metrics.md §10 asks for at least 1
 
     @property
     def round_trip_cost(self) -> float:

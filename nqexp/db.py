@@ -4,7 +4,7 @@ The database path is chosen as: the CLI's `--db`, then `$NQEXP_DB`, then
 `./nqexp_data/nqexp.duckdb` inside the current working directory (DEFAULT_DB).
 
 Every connection runs with `TimeZone='UTC'` (so tz-aware inputs are never shifted by the
-session zone; docs/stack_notes.md), an explicit `memory_limit` and `threads` (so one heavy
+session zone; docs/stack_notes.md §6.7), an explicit `memory_limit` and `threads` (so one heavy
 query cannot take the whole machine), and a temp directory next to the database instead
 of `./.tmp`.
 

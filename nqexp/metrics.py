@@ -1,4 +1,4 @@
-"""Forecast metrics as pure functions on numpy arrays (DESIGN §8).
+"""Forecast metrics as pure functions on numpy arrays (docs/metrics.md).
 
 Every function works on one horizon at a time: `y` is (N,) realized log-returns in the
 original scale and `q` is (N, Q) predicted quantiles at levels `taus` (Q,), sorted

@@ -28,7 +28,7 @@ Numerics (why the public attempt collapsed, and what this file does instead):
 - The head and the loss run in fp32 even under autocast.
 
 Deliberate deviations from the source specs:
-- All four positional encodings are per step (B, T, D) and broadcast over variables. DESIGN shows
+- All four positional encodings are per step (B, T, D) and broadcast over variables. The source spec (docs/model.md §9) has
   day-of-week as one vector per window; a 24-hour window spans two days, so per step is more exact.
 - Tokens are kept as (B, N, T, D) (N = variables or groups) rather than (B, T, V, D), so temporal
   attention reads (B*N, T, D) without a copy; the broadcast of the encodings is the same.
@@ -38,7 +38,7 @@ Deliberate deviations from the source specs:
 - MIGT's gate equation is unverified; `gate` chooses none | sigmoid (Lite Gate Unit, seed 001:
   out = x + sigmoid(W x + b) * y) | gru (seed 000: z = sigmoid(W_z x + U_z y),
   h = tanh(W_h x + U_h (z * y)), out = (1 - z) x + z h). The default is sigmoid.
-- `patch_len` (an addition; default 1 = DESIGN's one token per bar) lets a token cover p bars, as
+- `patch_len` (an addition; default 1 = the source spec's one token per bar, docs/model.md §2) lets a token cover p bars, as
   Crossformer's segments do. Per-bar temporal attention at T = 288, V = 24 costs ~52 GFLOP per sample
   (forward), far too much for a CPU quickstart; p = 12 (one hour) cuts the tokens 12-fold.
 - With one token per step (flat embedding, or attention="temporal"), there is no variable axis to
@@ -83,7 +83,7 @@ class ModelConfig:
     head: Literal["quantile", "point"] = "quantile"  # non-crossing quantiles (pinball) or a mean (MSE), Q = 1
     horizon_mode: Literal["independent", "autoregressive"] = "independent"  # AR: each horizon sees the previous one
     variable_attention: Literal["full", "none"] = "full"  # attention across variables (groups), or none
-    patch_len: int = 1  # bars per temporal token (Crossformer-style segments); 1 = one token per bar, as DESIGN
+    patch_len: int = 1  # bars per temporal token (Crossformer-style segments); 1 = one token per bar (docs/model.md §2)
     groups: tuple[int, ...] = (4, 4, 4, 4, 4, 4)  # Grok-SL feature-group sizes, in column order; sum = n_vars
     width_floor: float = 1e-3  # smallest gap between adjacent quantiles, in units of scale
     init_width: float = 1.0  # initial quantile spread, as a multiple of the standard-normal gaps

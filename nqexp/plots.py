@@ -1,4 +1,4 @@
-"""Evaluation plots as PNG files (DESIGN §8): each function writes one figure and returns its path.
+"""Evaluation plots as PNG files (docs/metrics.md §4): each function writes one figure and returns its path.
 
 matplotlib is imported inside the functions, and figures are built with `matplotlib.figure.Figure`
 (Agg canvas) rather than pyplot, so no global backend or figure state is touched and the

@@ -3,7 +3,7 @@
 Knows nothing of Ray, click or YAML: the CLI and the Tune trainable both call this function
 with arrays that windows.py built, and a Tracker (track.py) that receives every metric.
 
-What it does (DESIGN §7):
+What it does (docs/model.md §6):
 - pinball loss over the quantiles in the O(1) space y / scale with horizon weights
   (`model.horizon_weighting`; MSE for the point head), computed in fp32 by `model.model_loss`.
   There is no crossing penalty: the quantile head cannot cross by construction;
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (DESIGN §7). Defaults are seed 001's; YAML states only what differs."""
+    """Optimisation settings (docs/model.md §6). Defaults are seed 001's; YAML states only what differs."""
 
     lr: float = 1e-4                       # AdamW peak learning rate
     weight_decay: float = 0.01             # AdamW decoupled weight decay

@@ -10,9 +10,9 @@ The flow:
     idx = make_splits(arrays, SplitConfig(), WindowConfig())      # {"train","val","test"}: end bars
     scalers = fit_scalers(arrays, idx["train"], WindowConfig())   # fitted on train bars only
     loader = WindowLoader(arrays, idx["train"], scalers, WindowConfig(), batch_size=128, shuffle=True)
-    for batch in loader: ...                                      # dict of torch tensors (contracts.md)
+    for batch in loader: ...                                      # dict of torch tensors (docs/features.md §11)
 
-`arrays` is anything with the FeatureArrays attributes (contracts.md): ts, X, names, close,
+`arrays` is anything with the FeatureArrays attributes (docs/features.md §11): ts, X, names, close,
 horizons, freq_minutes, targets, target_flags, session_date, minute_of_day_et. The class itself
 lives in nqexp/features.py; this module only reads those attributes.
 
@@ -39,7 +39,7 @@ Documented choices:
     median and IQR computed only from train bars, clipped to +-clip (10). The model's RevIN then
     normalizes each window on top; this global step just keeps raw magnitudes (prices ~1e4,
     Amihud ~1e-9) at O(1) so padding zeros and RevIN statistics are well conditioned.
-  * Target scale sigma-hat (DESIGN §6 "Numerics", §8 vol-scaled baseline): for sample t and horizon h,
+  * Target scale sigma-hat (docs/features.md §10; docs/model.md §5, docs/metrics.md §7): for sample t and horizon h,
         sigma2(t, h) = v_t * sum_{k=1..h} tod[slot(t+k)]
     with tod the train-fitted time-of-day profile (mean squared 1-bar log-return per
     freq-minute slot of the ET day, shrunk toward the overall mean, normalized to mean 1 over train
@@ -76,7 +76,7 @@ from nqexp.errors import DataError, SpecError
 log = logging.getLogger(__name__)
 
 ET = "America/New_York"
-FLAG_BREAK, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4  # target_flags bits (contracts.md)
+FLAG_BREAK, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4  # target_flags bits (docs/features.md §5)
 SPLITS = ("train", "val", "test")
 _MAX_FIT_ROWS = 262_144  # percentiles are estimated on at most this many evenly spaced train bars
 
@@ -642,7 +642,7 @@ def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> W
 
 
 class WindowLoader:
-    """Iterates a split in batches of torch tensors: x, mask, temporal, y, scale, idx (contracts.md).
+    """Iterates a split in batches of torch tensors: x, mask, temporal, y, scale, idx (docs/features.md §11).
 
     WindowLoader(arrays, idx, scalers, window_cfg, ...) builds the split's WindowDataset;
     WindowLoader.from_dataset(ds, ...) reuses one (e.g. from Ray's object store). With shuffle, each

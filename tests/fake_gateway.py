@@ -1,6 +1,6 @@
 """A local HTTPS fake of the Databento Historical gateway, serving real DBN bytes.
 
-The real, unpatched `databento.Historical` client talks to it (STACK_NOTES §5): the client
+The real, unpatched `databento.Historical` client talks to it (docs/stack_notes.md §5): the client
 forces https, so the server wraps a ThreadingHTTPServer in TLS with a self-signed cert for
 IP:127.0.0.1, and the caller sets REQUESTS_CA_BUNDLE to that cert.
 
@@ -30,7 +30,7 @@ import pandas as pd
 PRICE_SCALE = 1_000_000_000
 PRICE_PER_RECORD_USD = 2e-6
 
-# The DBN v3 OHLCV record: 56 bytes (STACK_NOTES §5, to_ndarray dtype).
+# The DBN v3 OHLCV record: 56 bytes (docs/stack_notes.md §5, to_ndarray dtype).
 OHLCV_DTYPE = np.dtype([
     ("length", "u1"), ("rtype", "u1"), ("publisher_id", "<u2"), ("instrument_id", "<u4"),
     ("ts_event", "<u8"), ("open", "<i8"), ("high", "<i8"), ("low", "<i8"), ("close", "<i8"), ("volume", "<u8"),

@@ -1,6 +1,6 @@
 """Independent pandas/numpy reference for the migt24 and grok24 feature sets and their targets.
 
-Written from DESIGN §4 alone (not from the SQL), so tests/test_features.py can check every SQL
+Written from docs/features.md §2-§3 alone (not from the SQL), so tests/test_features.py can check every SQL
 feature against it. Conventions both sides must share are stated once, here:
   * windows need n non-NaN inputs (pandas rolling(min_periods=n));
   * EMA / Wilder averages are pandas ewm(span=n | alpha=1/n, adjust=False, ignore_na=True);

@@ -19,12 +19,12 @@ SYMBOL = "NQ.demo"
 FIRSTRATE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "firstrate-nq-2023" / "NQ_1min_sample.csv"
 RTOL = 1e-9
 
-MIGT24_DESIGN = [  # DESIGN §4, in order
+MIGT24_SPEC = [  # docs/features.md §2, in order
     "open", "high", "low", "close", "log_volume", "log_return", "gk_volatility", "rv_12", "rv_36", "rv_72",
     "amihud_illiq", "rsi_14", "macd", "roc_5", "roc_10", "roc_20", "ema_slope_9", "ema_slope_21", "ema_slope_50",
     "ema_dev_9", "ema_dev_21", "ema_dev_50", "atr_14", "volume_ma_ratio",
 ]
-GROK24_DESIGN = [  # DESIGN §4: (group, name), in order
+GROK24_SPEC = [  # docs/features.md §3: (group, name), in order
     ("price", "log_return"), ("price", "hl_range"), ("price", "close_location"), ("price", "open_return"),
     ("volume", "log_volume"), ("volume", "log_volume_diff"), ("volume", "dollar_volume"),
     ("trend", "vwap_deviation"), ("trend", "macd_histogram"), ("trend", "sma_20_dev"), ("trend", "sma_50_dev"),
@@ -106,11 +106,11 @@ def test_feature_sets_have_design_columns_in_design_order():
     assert {"migt24", "grok24"} <= set(features.list_sets())
     migt = features.feature_set("migt24")
     assert migt.freq_minutes == 5 and migt.bars_table == "bars_5m" and migt.horizons == (3, 6, 12, 24, 48)
-    assert [c.split("_", 2)[2] for c in migt.columns] == MIGT24_DESIGN
+    assert [c.split("_", 2)[2] for c in migt.columns] == MIGT24_SPEC
     assert migt.groups is None and migt.warmup_bars >= 72
     grok = features.feature_set("grok24")
     assert grok.freq_minutes == 1 and grok.bars_table == "bars_1m" and grok.horizons == (5, 15, 30, 60, 120, 240)
-    assert [(g, c.split("_", 2)[2]) for g, c in zip(grok.groups, grok.columns)] == GROK24_DESIGN
+    assert [(g, c.split("_", 2)[2]) for g, c in zip(grok.groups, grok.columns)] == GROK24_SPEC
     assert len(set(grok.groups)) == 6 and grok.warmup_bars >= 200
     for fs in (migt, grok):
         for f in fs.files:

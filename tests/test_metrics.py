@@ -1,4 +1,4 @@
-"""Pins every metric definition of DESIGN §8 to a hand computation or an independent reference."""
+"""Pins every metric definition of docs/metrics.md to a hand computation or an independent reference."""
 
 import numpy as np
 import pandas as pd

@@ -333,7 +333,7 @@ def test_autoregressive_inference_ignores_targets_and_uses_its_own_quantiles():
 
 
 def test_default_config_parameter_count_is_within_the_documented_range(caplog):
-    # DESIGN §6: "about 4-7M parameters". Builds only; no forward at T = 288.
+    # docs/model.md §1: "4-7 M". Builds only; no forward at T = 288.
     with caplog.at_level(logging.INFO, logger="nqexp.model"):
         n_migt = count_parameters(build_model(ModelConfig()))
         n_grok = count_parameters(build_model(ModelConfig(arch="grok_sl")))

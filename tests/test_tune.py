@@ -66,7 +66,7 @@ def test_a_spec_error_is_one_readable_line_with_exit_code_2(tmp_path):
 
 
 def read_wandb_records(path: Path):
-    """Parse a .wandb transaction log (LevelDB-log framing, protobuf records; STACK_NOTES §4)."""
+    """Parse a .wandb transaction log (LevelDB-log framing, protobuf records; docs/stack_notes.md §4)."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()

@@ -32,7 +32,7 @@ HORIZONS_5M = (3, 6, 12, 24, 48)
 
 @dataclasses.dataclass
 class Arrays:
-    """FeatureArrays-shaped test input (contracts.md); nqexp.windows only reads these attributes."""
+    """FeatureArrays-shaped test input (docs/features.md §11); nqexp.windows only reads these attributes."""
 
     ts: np.ndarray
     X: np.ndarray

@@ -1,4 +1,4 @@
--- grok_flow: flow group of grok24 (DESIGN §4).
+-- grok_flow: flow group of grok24 (docs/features.md §3).
 --
 -- purpose:   money flow and time between bars.
 --              mfi_norm = (MFI_14 - 50) / 50, MFI_14 = 100 P / (P + N), P and N the sums over

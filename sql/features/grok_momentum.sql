@@ -1,4 +1,4 @@
--- grok_momentum: momentum group of grok24 (DESIGN §4).
+-- grok_momentum: momentum group of grok24 (docs/features.md §3).
 --
 -- purpose:   oscillators, each scaled to about [-1, 1].
 --              rsi_norm = (RSI_14 - 50) / 50, RSI_14 = 100 G / (G + L) with Wilder averages of

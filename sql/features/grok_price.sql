@@ -1,4 +1,4 @@
--- grok_price: price group of grok24 (DESIGN §4).
+-- grok_price: price group of grok24 (docs/features.md §3).
 --
 -- purpose:   the bar's shape and return.
 --              log_return     = ln(C_t / C_{t-1})

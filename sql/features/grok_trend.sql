@@ -1,4 +1,4 @@
--- grok_trend: trend group of grok24 (DESIGN §4).
+-- grok_trend: trend group of grok24 (docs/features.md §3).
 --
 -- purpose:   distance of the close from its anchored VWAP, the MACD histogram, and the
 --            log distance from the 20/50/200-bar simple moving averages.

@@ -1,4 +1,4 @@
--- grok_volatility: volatility group of grok24 (DESIGN §4).
+-- grok_volatility: volatility group of grok24 (docs/features.md §3).
 --
 -- purpose:   range- and return-based volatility, scaled to be comparable across price levels.
 --              atr_norm     = ATR_14 / C, ATR_14 = Wilder average of the true range

@@ -1,4 +1,4 @@
--- grok_volume: volume group of grok24 (DESIGN §4).
+-- grok_volume: volume group of grok24 (docs/features.md §3).
 --
 -- purpose:   log volume, its first difference, and log dollar volume.
 --              log_volume      = ln(1 + V)

@@ -1,4 +1,4 @@
--- migt_bar: the bar itself: OHLC levels, log volume and the one-bar log-return (migt24, DESIGN §4).
+-- migt_bar: the bar itself: OHLC levels, log volume and the one-bar log-return (migt24, docs/features.md §2).
 --
 -- purpose:   raw inputs of the MIGT-TVDT specification. Levels are back-adjusted prices, so
 --            they carry the adj_factor of later rolls; RevIN normalises them per window.

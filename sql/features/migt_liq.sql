@@ -1,4 +1,4 @@
--- migt_liq: liquidity of migt24 (DESIGN §4).
+-- migt_liq: liquidity of migt24 (docs/features.md §2).
 --
 -- purpose:   Amihud illiquidity |r_t| / (C_t V_t) and relative volume V_t / SMA_20(V).
 --            Volume is never 0 here (a bar exists only when it traded).

@@ -1,4 +1,4 @@
--- migt_mom: momentum of migt24 (DESIGN §4).
+-- migt_mom: momentum of migt24 (docs/features.md §2).
 --
 -- purpose:   Wilder RSI-14 and rates of change over 5/10/20 bars.
 --              rsi_14 = 100 * G / (G + L), G and L the Wilder averages (alpha = 1/14, seeded

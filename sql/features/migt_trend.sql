@@ -1,4 +1,4 @@
--- migt_trend: EMA trend features of migt24 (DESIGN §4).
+-- migt_trend: EMA trend features of migt24 (docs/features.md §2).
 --
 -- purpose:   MACD line and the slope and relative deviation of the 9/21/50-bar EMAs of close.
 --              macd        = EMA_12 - EMA_26 (the signal line was dropped: 0.955 collinear)

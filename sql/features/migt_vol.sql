@@ -1,4 +1,4 @@
--- migt_vol: volatility estimators of migt24 (DESIGN §4).
+-- migt_vol: volatility estimators of migt24 (docs/features.md §2).
 --
 -- purpose:   Garman-Klass range variance of the bar, realized volatility over 12/36/72 bars
 --            (1, 3 and 6 hours of 5-minute bars) and the average true range.
