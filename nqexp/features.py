@@ -243,12 +243,12 @@ def resolve_set(name: str, path: str | Path | None = None) -> FeatureSet:
     the set breaks its contract.
     """
     dirs = _set_dirs(path)
-    known = ", ".join(list_sets(path)) or "none"
     if not isinstance(name, str) or not _IDENT.match(name):
-        raise SpecError(f"feature set name {name!r} is not a plain name ({SET_NAME_RULE}); known sets: {known}")
+        raise SpecError(f"feature set name {name!r} is not a plain name ({SET_NAME_RULE}); "
+                        f"known sets: {', '.join(list_sets(path)) or 'none'}")
     found = [d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()]
     if not found:
-        raise SpecError(f"no feature set {name!r}; known sets: {known} "
+        raise SpecError(f"no feature set {name!r}; known sets: {', '.join(list_sets(path)) or 'none'} "
                         f"(a set is a YAML file in {' or '.join(str(d) for d in dirs)})")
     if len(found) > 1:
         raise SpecError(f"feature set {name!r} in {dirs[0]} has the name of a shipped set; rename it "
