@@ -9,7 +9,14 @@ Everything heavy runs as SQL files in `sql/bars/` (one statement each):
                         (rolls_instrument_windowed if a contract reappears)
     rolls_volume        rolls of the spliced series, R from common bars -> _rolls_new
     segments            contract runs between rolls and their factor    -> _segments
-    bars_1m, bars_5m    adjusted bars + session fields                  -> bars_1m, bars_5m
+    bars_1m, bars_5m    adjusted prices of each bar, stamped in ET      -> _bars_priced
+    _sessions           session fields and flags over _bars_priced      -> bars_1m, bars_5m
+
+Both frequencies share `_sessions.sql` the way feature families share `sql/features/_input.sql`:
+the frequency's file defines the relation `_bars_priced`, and bars.py inserts the shared select
+over it into the frequency's table. Every file's header (purpose, grain, inputs, params,
+lookahead) is checked before a build (`check_sql`); a file whose lookahead is none must not use
+`following`, lead() or a negative lag().
 
 Conventions (also in sql/schema/002_bars.sql):
 
@@ -33,6 +40,7 @@ Conventions (also in sql/schema/002_bars.sql):
   belongs to the next trading day. Gaps of 15 minutes or less inside a session are tolerated;
   longer ones set `gap_flag`; the maintenance break, weekends and holidays start a new
   session (`is_session_start`). Windows and targets should break (or mask) at either flag.
+  (docs/rolls_and_sessions.md)
 """
 
 from __future__ import annotations
@@ -41,15 +49,20 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
 from nqexp import db
-from nqexp.errors import DataError
+from nqexp.errors import DataError, SqlError
+from nqexp.sqlcheck import check_no_lookahead, parse_header, require_keys, strip_comments
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_FREQS = (1, 5)
+REQUIRED_HEADER = ("purpose", "grain", "inputs", "params", "lookahead")
+SESSIONS_FILE = "_sessions"
 ROLL_COLUMNS = ("ts", "from_contract", "to_contract", "from_instrument_id", "to_instrument_id", "ratio", "method")
 
 
@@ -69,6 +82,38 @@ class BarsReport:
         parts = [f"{freq}m: {n:,} bars" for freq, n in sorted(self.rows.items())]
         return (f"{self.symbol} ({self.mode}): {self.source_rows:,} source 1m bars, {len(self.rolls)} rolls; "
                 + ", ".join(parts) + f" in {self.seconds:.2f}s")
+
+
+def _bars_dir() -> Path:
+    return db.sql_root() / "bars"
+
+
+def check_sql() -> list[str]:
+    """Check the header of every sql/bars/*.sql file (SqlError if one breaks it); returns their names.
+
+    Required: purpose, grain, inputs, params, lookahead. A file whose lookahead starts with
+    'none' must not read later rows (no `following`, lead() or negative lag()).
+    """
+    directory = _bars_dir()
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.glob("*.sql")))
+    return _check_sql(directory, stamp)
+
+
+@lru_cache(maxsize=8)
+def _check_sql(directory: Path, stamp: tuple) -> list[str]:
+    names = []
+    for name, _ in stamp:
+        path = directory / name
+        where = f"sql/bars/{name}"
+        text = path.read_text()
+        header = parse_header(text)
+        require_keys(header, REQUIRED_HEADER, where, "every bars file")
+        if header.keys["lookahead"].lower().startswith("none"):
+            check_no_lookahead(strip_comments(text), where, "a bar")
+        names.append(path.stem)
+    if SESSIONS_FILE not in names:
+        raise SqlError(f"sql/bars/{SESSIONS_FILE}.sql is missing; bars_1m and bars_5m insert through it")
+    return names
 
 
 def per_contract_pattern(root: str) -> str:
@@ -97,12 +142,13 @@ def detect_mode(con, symbol: str) -> str:
 def _drop_temps(con) -> None:
     for name, kind in con.execute(
         "select table_name, table_type from information_schema.tables "
-        "where table_name in ('_src_1m', '_segments', '_et_years', '_series', '_rolls_new')"
+        "where table_name in ('_bars_priced', '_src_1m', '_segments', '_et_years', '_series', '_rolls_new')"
     ).fetchall():
         con.execute(f"drop {'view' if kind == 'VIEW' else 'table'} if exists {name}")
 
 
 def _prepare_source(con, symbol: str, mode: str) -> int:
+    check_sql()
     _drop_temps(con)
     if mode == "continuous":
         years = con.execute("select year(min(ts)), year(max(ts)) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
@@ -178,6 +224,24 @@ def _store_rolls(con, symbol: str, rolls: pd.DataFrame) -> None:
         con.unregister("_rolls_stage")
 
 
+def _insert_bars(con, table: str, symbol: str) -> None:
+    """bars/<table> defines _bars_priced; the shared bars/_sessions select over it fills `table`."""
+    import duckdb
+
+    db.run_sql(con, f"bars/{table}")
+    # The target's own columns, by name: bars_1m has no n_bars, which _sessions also returns.
+    cols = ", ".join(r[0] for r in con.execute(
+        "select column_name from information_schema.columns where table_name = ? and table_schema = current_schema() "
+        "order by ordinal_position", [table]).fetchall())
+    select = db.read_sql(f"bars/{SESSIONS_FILE}")
+    try:
+        con.execute(f"insert into {table} ({cols}) select {cols} from (\n{select}\n) order by ts", {"symbol": symbol})
+    except duckdb.Error as exc:
+        raise SqlError(f"sql/bars/{SESSIONS_FILE}.sql into {table} failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.execute("drop view if exists _bars_priced")
+
+
 def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsReport:
     """Build (or rebuild) rolls and the back-adjusted bars_1m / bars_5m of one continuous series.
 
@@ -206,7 +270,7 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsRep
         for freq in freqs:
             table = f"bars_{freq}m"
             con.execute(f"delete from {table} where symbol = ?", [symbol])
-            db.run_sql(con, f"bars/{table}", symbol=symbol)
+            _insert_bars(con, table, symbol)
             covered = con.execute(
                 f"select coalesce(sum({'n_bars' if freq > 1 else '1'}), 0) from {table} where symbol = ?", [symbol]
             ).fetchall()[0][0]

@@ -2,11 +2,15 @@
 
 A **feature set** is a YAML file in `sql/features/` (`migt24.yaml`, `grok24.yaml`) naming its
 bars table, its horizons, its SQL family files and its column order (and, for grok24, the
-group of each column). Adding a set means adding files; nothing here changes.
+group of each column). Adding a set means adding files; nothing here changes. Sets can also
+live in a user folder (the spec's `features.path`, the `path=` argument here): its YAML files
+are sets with the same checks, their family files sit beside them, and the folder's own
+`_input.sql` is used if it has one, else the shipped one. A set name is a plain identifier, so
+it never leaves its folder, and a user set may not take a shipped set's name.
 
 A **family file** (`sql/features/<family>.sql`) is one select over the relation
 `feature_input` returning `bar_index` plus the columns its header declares, each named
-`<family>_<name>`. Its header (STYLE §5) gives purpose, grain, inputs, params, lookback,
+`<family>_<name>`. Its header (docs/contributing.md) gives purpose, grain, inputs, params, lookback,
 lookahead and columns. Contracts checked here, raising SqlError:
   * statically: the header is complete, column names carry the family prefix, no `following`,
     no `lead(`, and every window spec (inline `over (...)` or a `window` clause) writes its
@@ -14,7 +18,7 @@ lookahead and columns. Contracts checked here, raising SqlError:
   * at run time: the select returns exactly `bar_index` + the declared columns.
 
 **Recursive filters.** DuckDB has no EMA, a recursive CTE costs ~24 s per EMA on 5.4M rows and
-an Arrow UDF is wrong (it loses state at 2,048-row chunks; STACK_NOTES §6). So the SQL keeps
+an Arrow UDF is wrong (it loses state at 2,048-row chunks; docs/stack_notes.md). So the SQL keeps
 the definition and Python only runs the recursion: a family declares each filter it needs in
 its header,
 
@@ -35,8 +39,11 @@ the event counters that define the target flags) -> filters -> each family file 
 an index shift:
 `fwd_ret_h[t] = ln C[t+h] - ln C[t]` and `fwd_flag_h[t]` bits (1 session end, 2 weekend or
 holiday, 4 roll) where a counter differs between t and t+h. `build` writes the result to
-`features_<set>_<symbol>_<hash>` and records it in `feature_builds` (003_features.sql); it is
-rebuilt only when the SQL hash or the bars fingerprint changes.
+`features_<set>_<symbol slug>_<symbol hash>_<sql hash>` and records it in `feature_builds`
+(003_features.sql); it is rebuilt only when the SQL hash or the bars fingerprint changes. The
+slug alone would give `NQ.demo` and `nq-demo` one table, so the name carries a hash of the exact
+symbol, and the table's comment records the symbol: a cached table is used only for its own
+series.
 
 Features run on the back-adjusted continuous series across sessions and rolls (only the grok24
 VWAP resets, at the RTH open). Each set's `warmup_bars` is the largest declared lookback;
@@ -46,6 +53,7 @@ windows should skip those bars.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -56,7 +64,8 @@ from pathlib import Path
 import numpy as np
 
 from nqexp.db import sql_root, table_exists
-from nqexp.errors import DataError, SqlError
+from nqexp.errors import DataError, SpecError, SqlError
+from nqexp.sqlcheck import balanced, check_no_lookahead, parse_header, require_keys, strip_comments
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,10 @@ LONG_BREAK_MINUTES = 240.0   # a gap longer than this is a weekend or holiday (s
 INPUT_FILE = "_input"
 INPUT_VIEW = "feature_input"
 REQUIRED_HEADER = ("purpose", "grain", "inputs", "params", "lookback", "lookahead", "columns")
+# The _input.sql columns the engine itself reads (targets, flags, the stored table).
+INPUT_ENGINE_COLUMNS = ("ts", "bar_index", "close", "session_date", "minute_of_day_et",
+                        "session_no", "long_break_no", "roll_no")
+SET_NAME_RULE = "lowercase letters, digits and _, not starting with a digit"
 FILTER_KINDS = {"ema": lambda n: 2.0 / (n + 1.0), "wilder": lambda n: 1.0 / n}
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FILTER_LINE = re.compile(r"^filter\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
@@ -126,44 +139,25 @@ class FeatureSet:
         return [f"fwd_flag_{h}" for h in self.horizons]
 
     def table_name(self, symbol: str) -> str:
+        # The slug keeps names readable; the hash of the exact symbol keeps `NQ.demo` and
+        # `nq-demo` (one slug) in two tables.
         slug = re.sub(r"[^a-z0-9]+", "_", symbol.lower()).strip("_") or "series"
-        return f"features_{self.name}_{slug}_{self.sql_hash[:10]}"
+        tag = hashlib.sha256(symbol.encode()).hexdigest()[:8]
+        return f"features_{self.name}_{slug}_{tag}_{self.sql_hash[:10]}"
 
 
 def _features_dir() -> Path:
     return sql_root() / "features"
 
 
-def _strip_comments(text: str) -> str:
-    return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
-
-
-def _balanced(text: str, open_at: int) -> str:
-    """The text inside the parenthesis opening at `open_at` (exclusive)."""
-    depth = 0
-    for i in range(open_at, len(text)):
-        if text[i] == "(":
-            depth += 1
-        elif text[i] == ")":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1:i]
-    raise SqlError("unbalanced parentheses")
-
-
-def _top_level(args: str) -> str:
-    """`args` with every nested parenthesised part blanked, so top-level commas stand out."""
-    out, depth = [], 0
-    for ch in args:
-        depth += ch == "("
-        out.append(ch if depth == 0 else " ")
-        depth -= ch == ")"
-    return "".join(out)
+def _label(path: Path) -> str:
+    """How messages name a definition file: sql/features/x for shipped ones, else the full path."""
+    return f"sql/features/{path.name}" if path.parent == _features_dir() else str(path)
 
 
 def _window_specs(code: str) -> list[str]:
     """Every inline `over (...)` spec and every `name as (...)` inside a `window` clause."""
-    specs = [_balanced(code, m.end() - 1) for m in re.finditer(r"\bover\s*\(", code, re.I)]
+    specs = [balanced(code, m.end() - 1) for m in re.finditer(r"\bover\s*\(", code, re.I)]
     for m in re.finditer(r"\bwindow\b", code, re.I):
         pos = m.end()
         while True:
@@ -171,7 +165,7 @@ def _window_specs(code: str) -> list[str]:
             if not d:
                 break
             open_at = pos + d.end() - 1
-            body = _balanced(code, open_at)
+            body = balanced(code, open_at)
             specs.append(body)
             pos = open_at + len(body) + 2
             comma = re.match(r"\s*,", code[pos:])
@@ -188,54 +182,29 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
     """Read one SQL file, parse its header and check its static contract (SqlError if broken)."""
     text = path.read_text()
     name = path.stem
-    where = f"sql/features/{path.name}"
-    header: dict[str, str] = {}
+    where = _label(path)
+    parsed = parse_header(text)
+    header = dict(parsed.keys)
     filters: list[FilterDecl] = []
-    key = None
-    for line in text.splitlines():
-        if not line.startswith("--"):
-            if line.strip():
-                break
-            key = None
+    for line in parsed.other:
+        m = _FILTER_LINE.match(line)
+        if not m:
             continue
-        body = line[2:]
-        stripped = body.strip()
-        m = _FILTER_LINE.match(stripped)
-        if m:
-            fname, kind, expr, span = m.group(1), m.group(2).lower(), m.group(3).strip(), int(m.group(4))
-            if kind not in FILTER_KINDS:
-                raise SqlError(f"{where}: filter {fname} has kind {kind!r}; expected one of {sorted(FILTER_KINDS)}")
-            if span < 1:
-                raise SqlError(f"{where}: filter {fname} has span {span}; expected >= 1")
-            filters.append(FilterDecl(fname, kind, expr, span, name))
-            key = None
-            continue
-        km = re.match(r"^\s?([a-z_]+):\s*(.*)$", body)
-        if km:
-            key = km.group(1)
-            header[key] = km.group(2).strip()
-        elif key and body.startswith("   ") and stripped:
-            header[key] += " " + stripped          # continuation line of the previous key
-        else:
-            key = None
-    missing = [k for k in REQUIRED_HEADER if k not in header]
-    if missing:
-        raise SqlError(f"{where}: header lacks {', '.join(missing)}; every feature file starts with "
-                       f"`-- key: value` lines for {', '.join(REQUIRED_HEADER)} (STYLE §5)")
+        fname, kind, expr, span = m.group(1), m.group(2).lower(), m.group(3).strip(), int(m.group(4))
+        if kind not in FILTER_KINDS:
+            raise SqlError(f"{where}: filter {fname} has kind {kind!r}; expected one of {sorted(FILTER_KINDS)}")
+        if span < 1:
+            raise SqlError(f"{where}: filter {fname} has span {span}; expected >= 1")
+        filters.append(FilterDecl(fname, kind, expr, span, name))
+    require_keys(parsed, REQUIRED_HEADER, where, "every feature file")
     columns = tuple(c.strip() for c in header["columns"].split(",") if c.strip())
     lb = re.match(r"\s*(\d+)\s+bars?\b", header["lookback"])
     if family and not lb:
         raise SqlError(f"{where}: lookback {header['lookback']!r} must start with a bar count, e.g. '72 bars'")
-    code = _strip_comments(text)
+    code = strip_comments(text)
     checked = [(where, code)] + [(f"{where}: filter {f.name}", f.expr) for f in filters]
     for label, snippet in checked:
-        if re.search(r"\bfollowing\b", snippet, re.I):
-            raise SqlError(f"{label}: uses `following`; a feature at bar t may use only bars <= t")
-        if re.search(r"\blead\s*\(", snippet, re.I):
-            raise SqlError(f"{label}: uses lead(); a feature at bar t may use only bars <= t")
-        for m in re.finditer(r"\blag\s*\(", snippet, re.I):
-            if re.search(r"^[^,]*,\s*-", _top_level(_balanced(snippet, m.end() - 1))):
-                raise SqlError(f"{label}: lag() with a negative offset looks ahead; a feature at bar t may use only bars <= t")
+        check_no_lookahead(snippet, label, "a feature")
     for spec in _window_specs(code):
         if not _FRAME.search(spec.strip()):
             raise SqlError(f"{where}: window ({' '.join(spec.split())}) must write its frame out and end it at "
@@ -243,32 +212,67 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
     if family:
         bad = [c for c in columns if not c.startswith(name + "_") or not _IDENT.match(c)]
         if bad:
-            raise SqlError(f"{where}: columns {bad} must be named {name}_<name> (STYLE §5)")
+            raise SqlError(f"{where}: columns {bad} must be named {name}_<name> (docs/contributing.md)")
     return SqlFile(name, path, text, header, columns, tuple(filters), int(lb.group(1)) if lb else 0)
 
 
-def list_sets() -> list[str]:
-    """Names of the feature sets defined in sql/features/*.yaml."""
-    return sorted(p.stem for p in _features_dir().glob("*.yaml"))
+def _set_dirs(path: str | Path | None) -> list[Path]:
+    """The folders sets are looked up in: the user folder `path` (if given), then the shipped one."""
+    shipped = _features_dir()
+    if path is None:
+        return [shipped]
+    user = Path(path).expanduser()
+    if not user.is_dir():
+        raise SpecError(f"features.path {str(path)!r} is not a folder; point it at a folder of feature set "
+                        f"YAML files and their SQL (relative paths start at {Path.cwd()})")
+    user = user.resolve()
+    return [shipped] if user == shipped.resolve() else [user, shipped]
 
 
-def feature_set(name: str) -> FeatureSet:
-    """Load and validate a feature set definition (SqlError when it breaks its contract)."""
-    directory = _features_dir()
-    path = directory / f"{name}.yaml"
-    if not path.is_file():
-        raise SqlError(f"no feature set {name!r}; known sets: {', '.join(list_sets()) or 'none'} "
-                       f"(a set is a YAML file in {directory})")
+def list_sets(path: str | Path | None = None) -> list[str]:
+    """Names of the feature sets: sql/features/*.yaml, plus the YAML files in the folder `path`."""
+    return sorted({p.stem for d in _set_dirs(path) for p in d.glob("*.yaml") if _IDENT.match(p.stem)})
+
+
+def resolve_set(name: str, path: str | Path | None = None) -> FeatureSet:
+    """Load and validate the feature set `name` (shipped, or in the folder `path`).
+
+    Cheap and touches no data, so callers run it before building bars: a wrong name fails
+    first. SpecError when the name is not a plain identifier (`../x`, `/abs`, `a/b` never
+    reach the file system), names no set, or a user set shadows a shipped one; SqlError when
+    the set breaks its contract.
+    """
+    dirs = _set_dirs(path)
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise SpecError(f"feature set name {name!r} is not a plain name ({SET_NAME_RULE}); "
+                        f"known sets: {', '.join(list_sets(path)) or 'none'}")
+    found = [d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()]
+    if not found:
+        raise SpecError(f"no feature set {name!r}; known sets: {', '.join(list_sets(path)) or 'none'} "
+                        f"(a set is a YAML file in {' or '.join(str(d) for d in dirs)})")
+    if len(found) > 1:
+        raise SpecError(f"feature set {name!r} in {dirs[0]} has the name of a shipped set; rename it "
+                        "(one name, one definition: builds are cached by set name)")
     # Cache on every definition file's mtime, so an edited SQL file is never served stale.
-    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.iterdir() if p.suffix in (".sql", ".yaml")))
-    return _load_set(path, stamp)
+    stamp = tuple(sorted((str(p), p.stat().st_mtime_ns) for d in {found[0].parent, _features_dir()}
+                         for p in d.iterdir() if p.suffix in (".sql", ".yaml")))
+    return _load_set(found[0], stamp)
+
+
+def feature_set(name: str, path: str | Path | None = None) -> FeatureSet:
+    """The same as resolve_set (the older name)."""
+    return resolve_set(name, path)
+
+
+def _resolve(fs: FeatureSet | str, path: str | Path | None) -> FeatureSet:
+    return resolve_set(fs, path) if isinstance(fs, str) else fs
 
 
 @lru_cache(maxsize=32)
 def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
     import yaml
 
-    where = f"sql/features/{path.name}"
+    where = _label(path)
     spec = yaml.safe_load(path.read_text()) or {}
     known = {"name", "description", "bars", "freq_minutes", "horizons", "files", "columns", "groups"}
     unknown = sorted(set(spec) - known)
@@ -289,6 +293,10 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
     directory = path.parent
     files = []
     for stem in spec["files"]:
+        if not isinstance(stem, str) or not _IDENT.match(stem):
+            # A family file sits beside its set: `../x` or `/x` would read SQL from elsewhere.
+            raise SqlError(f"{where}: files lists {stem!r}; a family file is named by its stem ({SET_NAME_RULE}) "
+                           "and sits beside the set's YAML")
         fpath = directory / f"{stem}.sql"
         if not fpath.is_file():
             raise SqlError(f"{where}: lists {stem!r} but {fpath} does not exist")
@@ -319,7 +327,14 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
             if prev and (prev.kind, prev.expr, prev.span) != (decl.kind, decl.expr, decl.span):
                 raise SqlError(f"filter {decl.name} is declared differently in {prev.source}.sql and {decl.source}.sql")
             filters.setdefault(decl.name, decl)
-    input_file = parse_sql_file(directory / f"{INPUT_FILE}.sql", family=False)
+    # A user folder may bring its own _input.sql; else the set reuses the shipped one.
+    input_path = directory / f"{INPUT_FILE}.sql"
+    if not input_path.is_file():
+        input_path = _features_dir() / f"{INPUT_FILE}.sql"
+    input_file = parse_sql_file(input_path, family=False)
+    lacking = [c for c in INPUT_ENGINE_COLUMNS if c not in input_file.columns]
+    if lacking:
+        raise SqlError(f"{_label(input_path)}: columns lack {lacking}, which the engine reads for targets and flags")
     clash = sorted(set(filters) & set(input_file.columns))
     if clash:
         raise SqlError(f"filters {clash} shadow columns of {INPUT_FILE}.sql")
@@ -407,7 +422,7 @@ def _fetch(con, sql: str, params: dict | None, where: str) -> dict[str, np.ndarr
     """Run a query and return its columns as numpy arrays, NULL -> NaN for numeric columns.
 
     Goes through Arrow (2-4x cheaper than fetchnumpy here), and never through fetchnumpy's
-    masked arrays, which np.asarray would silently fill with 0.0 (STACK_NOTES §6.5).
+    masked arrays, which np.asarray would silently fill with 0.0 (docs/stack_notes.md).
     """
     import duckdb
     import pyarrow as pa
@@ -429,11 +444,11 @@ def _float(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
+def compute(con, fs: FeatureSet | str, symbol: str, *, until=None, path: str | Path | None = None) -> Computed:
     """Run the set's SQL on `symbol`'s bars (ts <= `until` when given). Nothing is written."""
     import pyarrow as pa
 
-    fs = feature_set(fs) if isinstance(fs, str) else fs
+    fs = _resolve(fs, path)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     if not table_exists(con, fs.bars_table):
@@ -445,7 +460,7 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
     try:
         base = con.sql(fs.input_file.text, params=params).to_arrow_table()
     except duckdb.Error as exc:
-        raise SqlError(f"sql/features/{INPUT_FILE}.sql failed: {str(exc).splitlines()[0]}") from None
+        raise SqlError(f"{_label(fs.input_file.path)} failed: {str(exc).splitlines()[0]}") from None
     n = base.num_rows
     bar_index = base.column("bar_index").to_numpy()
     if not np.array_equal(bar_index, np.arange(n)):
@@ -477,12 +492,12 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None) -> Computed:
         col_index = {c: j for j, c in enumerate(fs.columns)}
         for f in fs.files:
             t2 = time.perf_counter()
-            cols = _fetch(con, f.text, None, f"sql/features/{f.name}.sql")
+            cols = _fetch(con, f.text, None, _label(f.path))
             got = list(cols)
             if got != ["bar_index", *f.columns]:
                 missing = [c for c in ["bar_index", *f.columns] if c not in got]
                 extra = [c for c in got if c not in ["bar_index", *f.columns]]
-                raise SqlError(f"sql/features/{f.name}.sql returned {got}; its header declares bar_index + "
+                raise SqlError(f"{_label(f.path)} returned {got}; its header declares bar_index + "
                                f"{list(f.columns)} (missing {missing}, extra {extra}), in that order")
             idx = cols["bar_index"].astype(np.int64)
             in_order = np.array_equal(idx, np.arange(n))
@@ -571,12 +586,28 @@ def _current_build(con, set_name: str, symbol: str):
     return rows[0] if rows else None
 
 
-def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
-    """Materialize the set's features and targets for `symbol` unless the table is up to date."""
+def _table_owner(con, table: str) -> str | None:
+    """The symbol a feature table was built for (its comment), or None when it has none."""
+    rows = con.execute("select comment from duckdb_tables() where table_name = ? and schema_name = current_schema()",
+                       [table]).fetchall()
+    try:
+        return json.loads(rows[0][0])["symbol"] if rows and rows[0][0] else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
+          path: str | Path | None = None) -> BuildReport:
+    """Materialize the set's features and targets for `symbol` unless the table is up to date.
+
+    `path` is the user folder of feature sets (features.path), if any. A cached table counts
+    only if its comment names `symbol` exactly, so a table written for another series is
+    never served as this one's.
+    """
     import pyarrow as pa
 
     t0 = time.perf_counter()
-    fs = feature_set(set_name)
+    fs = _resolve(set_name, path)
     if not table_exists(con, fs.bars_table):
         raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.bars.build_bars)")
     fingerprint = bars_fingerprint(con, fs.bars_table, symbol)
@@ -584,8 +615,10 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
         raise DataError(f"no bars for symbol {symbol!r} in {fs.bars_table}; build them first (nqexp.bars.build_bars)")
     table = fs.table_name(symbol)
     current = _current_build(con, fs.name, symbol)
+    exists = table_exists(con, table)
+    owner = _table_owner(con, table) if exists else None
     if current and not force and current[0] == table and current[1] == fs.sql_hash \
-            and current[2] == fingerprint and table_exists(con, table):
+            and current[2] == fingerprint and exists and owner == symbol:
         return BuildReport(fs.name, symbol, table, int(current[3]), time.perf_counter() - t0, False, "up to date")
     if force:
         reason = "forced"
@@ -595,8 +628,10 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
         reason = "SQL changed"
     elif current[2] != fingerprint:
         reason = "bars changed"
-    else:
+    elif not exists:
         reason = "table missing"
+    else:
+        reason = f"table {table} was not built for {symbol!r}"
 
     res = compute(con, fs, symbol)
     n_rows, res_seconds = len(res.ts), res.seconds
@@ -622,6 +657,9 @@ def build(con, set_name: str, symbol: str, force: bool = False) -> BuildReport:
         for old in stale:
             con.execute(f'drop table if exists "{old}"')
         con.execute(f'create or replace table "{table}" as select * from _features_out')
+        # The table records its own series (COMMENT takes no parameter: quote by doubling).
+        owner_json = json.dumps({"set": fs.name, "symbol": symbol}).replace("'", "''")
+        con.execute(f"comment on table \"{table}\" is '{owner_json}'")
         con.execute("delete from feature_builds where set_name = ? and symbol = ?", [fs.name, symbol])
         con.execute(
             "insert into feature_builds (set_name, symbol, table_name, sql_hash, bars_fingerprint, bars_table,"
@@ -661,10 +699,13 @@ class FeatureArrays:
     symbol: str = ""
 
 
-def load_arrays(con, set_name: str, symbol: str) -> FeatureArrays:
-    """Load (building first if needed) the set's feature table for `symbol` as arrays."""
-    fs = feature_set(set_name)
-    report = build(con, set_name, symbol)
+def load_arrays(con, set_name: FeatureSet | str, symbol: str, path: str | Path | None = None) -> FeatureArrays:
+    """Load (building first if needed) the set's feature table for `symbol` as arrays.
+
+    `path` is the user folder of feature sets (features.path), if any.
+    """
+    fs = _resolve(set_name, path)
+    report = build(con, fs, symbol)
     cols = _fetch(con, f'select * from "{report.table}"', None, f"loading {report.table}")
     ts = cols["ts"].astype("datetime64[us]")
     if len(ts) > 1 and not (np.diff(ts) > np.timedelta64(0, "us")).all():
@@ -748,9 +789,10 @@ def _compare(a: np.ndarray, b: np.ndarray, rtol: float = 1e-12) -> tuple[np.ndar
     return mismatch, np.where(np.isnan(diff), np.inf, diff)
 
 
-def leakage_check(con, fs: FeatureSet | str, symbol: str, cuts, full: Computed | None = None) -> list[LeakageResult]:
+def leakage_check(con, fs: FeatureSet | str, symbol: str, cuts, full: Computed | None = None,
+                  path: str | Path | None = None) -> list[LeakageResult]:
     """Recompute on bars truncated after each cut index; features at bars <= cut must not change."""
-    fs = feature_set(fs) if isinstance(fs, str) else fs
+    fs = _resolve(fs, path)
     full = full or compute(con, fs, symbol)
     results = []
     for cut in cuts:
@@ -787,11 +829,14 @@ def _load_table(con, fs: FeatureSet, table: str) -> Computed:
     )
 
 
-def check(con, set_name: str, symbol: str, n_cuts: int = 5, seed: int = 0,
-          corr_threshold: float = 0.95) -> CheckReport:
-    """Stats after warm-up per feature, pairs with |corr| > threshold, and the truncation leakage check."""
-    fs = feature_set(set_name)
-    report = build(con, set_name, symbol)
+def check(con, set_name: FeatureSet | str, symbol: str, n_cuts: int = 5, seed: int = 0,
+          corr_threshold: float = 0.95, path: str | Path | None = None) -> CheckReport:
+    """Stats after warm-up per feature, pairs with |corr| > threshold, and the truncation leakage check.
+
+    `path` is the user folder of feature sets (features.path), if any.
+    """
+    fs = _resolve(set_name, path)
+    report = build(con, fs, symbol)
     full = _load_table(con, fs, report.table)
     w = min(fs.warmup_bars, len(full.ts))
     X = full.X[w:]                                                                   # (N - warmup, V)

@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real vendor fixtures). Use with @pytest.mark.realdata."""
     return SHARED_DATA
@@ -64,6 +64,18 @@ def con():
     connection = db.connect(":memory:")
     yield connection
     connection.close()
+
+
+@pytest.fixture(scope="session")
+def demo_year():
+    """About 13 months of demo bars (400 days, seed 3: four rolls, a Thanksgiving, both DST
+    changes), generated once per session (~4 s) for every module that needs a year.
+
+    Shared: treat it as read-only (copy a frame before changing it).
+    """
+    from nqexp import demo
+
+    return demo.generate(days=400, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -14,16 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nqexp import bars, db, demo, ingest
-from nqexp.errors import DataError
-
-SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
+from nqexp.errors import DataError, SqlError
 
 
 @pytest.fixture(scope="module")
-def demo_db():
+def demo_db(demo_year):
     """~13 months of demo bars (4 rolls), built once for the read-only tests of this module."""
-    data = demo.generate(days=400, seed=3)
+    data = demo_year
     con = db.connect(":memory:")
     ingest.write_demo(con, data)
     report = bars.build_bars(con, demo.DEMO_SYMBOL)
@@ -287,6 +284,117 @@ def test_session_date_across_dst_and_weekend():
     assert df["is_session_start"].tolist() == [True, True, False]
 
 
+def _assert_session_fields_match_reference(con, symbol: str) -> dict[str, int]:
+    """Recompute the fields bars/_sessions derives, in pandas from the stored ts/close, at 1m and 5m.
+
+    Independent of the SQL: ET via pandas' tz database, the outlier RMS by a rolling window.
+    The 5m roll_flag must equal "some 1-minute bar in the bucket starts a new contract".
+    Returns the number of flagged bars per (field, freq), so callers can insist on coverage.
+    """
+    counts = {}
+    one = _frame(con, "select ts, roll_flag from bars_1m where symbol = ? order by ts", [symbol])
+    for table in ("bars_1m", "bars_5m"):
+        df = _frame(con, f"select * from {table} where symbol = ? order by ts", [symbol])
+        et = pd.DatetimeIndex(df["ts"]).tz_localize("UTC").tz_convert("America/New_York").tz_localize(None)
+        session = pd.Series((et + pd.Timedelta(hours=6)).normalize(), index=df.index)
+        minutes = df["ts"].diff().dt.total_seconds() / 60.0
+        start = session.ne(session.shift())
+        gap = ~start & (minutes > 15)
+        r = np.log(df["close"] / df["close"].shift())
+        prev_r2 = (r * r).rolling(120, min_periods=1).sum().shift()
+        prev_n = r.notna().astype(float).rolling(120, min_periods=1).sum().shift()
+        outlier = (prev_n >= 30) & (r.abs() > 5.0 * np.sqrt(prev_r2 / prev_n))
+        mod = et.hour * 60 + et.minute
+        assert (pd.to_datetime(df["session_date"]).to_numpy() == session.to_numpy()).all(), f"{table} session_date"
+        assert (df["minute_of_day_et"].to_numpy() == mod).all(), f"{table} minute_of_day_et"
+        assert (df["is_rth"].to_numpy() == ((mod >= 570) & (mod < 960))).all(), f"{table} is_rth"
+        np.testing.assert_array_equal(df["minutes_since_prev"].to_numpy(), minutes.to_numpy(), f"{table} minutes")
+        assert (df["is_session_start"].to_numpy() == start.to_numpy()).all(), f"{table} is_session_start"
+        assert (df["gap_flag"].to_numpy() == gap.to_numpy()).all(), f"{table} gap_flag"
+        assert (df["outlier_flag"].to_numpy() == outlier.to_numpy()).all(), f"{table} outlier_flag"
+        if table == "bars_5m":
+            rolled = one.groupby(one["ts"].dt.floor("5min"))["roll_flag"].any()
+            assert (df["roll_flag"].to_numpy() == rolled.to_numpy()).all(), "bars_5m roll_flag"
+        freq = table[5:]
+        for name in ("is_session_start", "gap_flag", "outlier_flag", "roll_flag"):
+            counts[f"{name}_{freq}"] = int(df[name].sum())
+    return counts
+
+
+def test_session_fields_and_flags_equal_a_pandas_reference_at_1m_and_5m(demo_db):
+    con, _, _ = demo_db
+    counts = _assert_session_fields_match_reference(con, demo.DEMO_SYMBOL)
+    for freq in ("1m", "5m"):
+        assert counts[f"is_session_start_{freq}"] > 250 and counts[f"roll_flag_{freq}"] == 4
+        assert counts[f"outlier_flag_{freq}"] > 0
+
+
+def test_gap_flags_equal_the_reference_when_bars_are_missing_inside_sessions():
+    # The demo has no in-session holes; cut some into RTH: 14 missing minutes leave a 15-minute
+    # step (tolerated), 16, 22 and 40 leave 17, 23 and 41 (gaps), 9 leaves 10 (tolerated).
+    data = demo.generate(days=10, seed=2)
+    b = data.bars
+    et = pd.DatetimeIndex(b["ts"]).tz_localize("UTC").tz_convert("America/New_York")
+    mod = np.asarray(et.hour * 60 + et.minute)
+    days = np.asarray(et.date)
+    rth_days = sorted(set(days[(mod >= 570) & (mod < 960)]))
+    assert len(rth_days) >= 5
+    drop = np.zeros(len(b), bool)
+    for k, (day, length) in enumerate(zip(rth_days, (14, 16, 22, 40, 9))):
+        lo = 600 + 7 * k
+        drop |= (days == day) & (mod >= lo) & (mod < lo + length)
+    keep = ~drop
+    con = db.connect(":memory:")
+    ingest.write_demo(con, demo.DemoData(bars=b[keep].reset_index(drop=True),
+                                         truth=data.truth[keep].reset_index(drop=True), rolls=data.rolls, seconds=0))
+    bars.build_bars(con, demo.DEMO_SYMBOL)
+    counts = _assert_session_fields_match_reference(con, demo.DEMO_SYMBOL)
+    assert counts["gap_flag_1m"] == 3 and counts["gap_flag_5m"] >= 2, counts   # 14 and 9 missing: not gaps
+    con.close()
+
+
+# ------------------------------------------------------------------------------------- SQL headers
+
+
+def _copy_sql(tmp_path: Path) -> Path:
+    import shutil
+
+    dest = tmp_path / "sql"
+    shutil.copytree(db.sql_root(), dest)
+    return dest
+
+
+def test_every_bars_sql_file_has_a_complete_header():
+    names = bars.check_sql()
+    assert {"_sessions", "bars_1m", "bars_5m", "segments", "et_years"} <= set(names)
+    for name in names:
+        text = (db.sql_root() / "bars" / f"{name}.sql").read_text()
+        for key in bars.REQUIRED_HEADER:
+            assert f"-- {key}:" in text, f"{name}.sql: no `-- {key}:` line"
+
+
+@pytest.mark.parametrize("name,old,new,message", [
+    ("bars_1m.sql", "-- lookahead: none; each row reads only its own raw bar (the factors themselves come from\n"
+                    "--            bars/segments).\n", "", "lookahead"),
+    ("_sessions.sql", "-- purpose:", "-- aim:", "purpose"),
+    ("_sessions.sql", "window w as (order by ts rows between 120 preceding and 1 preceding)",
+     "window w as (order by ts rows between 120 preceding and 1 following)", "following"),
+    ("_sessions.sql", "lag(close) over w", "lead(close) over w", "lead"),
+    ("bars_5m.sql", "-- grain:", "-- rows:", "grain"),
+])
+def test_a_bars_file_breaking_its_header_contract_stops_the_build(tmp_path, monkeypatch, demo_con, name, old, new,
+                                                                     message):
+    sql_dir = _copy_sql(tmp_path)
+    path = sql_dir / "bars" / name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    monkeypatch.setattr(db, "sql_root", lambda: sql_dir)
+    with pytest.raises(SqlError, match=message):
+        bars.build_bars(demo_con, demo.DEMO_SYMBOL)
+    assert demo_con.execute("select count(*) from bars_1m").fetchall()[0][0] == 0   # nothing written
+
+
 def test_outlier_flag_marks_an_injected_spike():
     data = demo.generate(days=5, seed=1)
     b = data.bars.copy()
@@ -330,9 +438,8 @@ def test_bars_summary_reports_rolls_sessions_and_flags(demo_db):
 
 
 @pytest.mark.realdata
-@needs_shared
-def test_firstrate_1m_aggregates_to_the_vendor_5m_bars_exactly():
-    base = SHARED / "firstrate-nq-2023"
+def test_firstrate_1m_aggregates_to_the_vendor_5m_bars_exactly(shared_data):
+    base = shared_data / "firstrate-nq-2023"
     con = db.connect(":memory:")
     ingest.import_file(con, base / "NQ_1min_sample.csv", tz="America/New_York")
     report = bars.build_bars(con, "NQ", freq_minutes=(5,))
@@ -350,9 +457,18 @@ def test_firstrate_1m_aggregates_to_the_vendor_5m_bars_exactly():
 
 
 @pytest.mark.realdata
-@needs_shared
-def test_lean_es_dec_2013_volume_roll_matches_lean_map_and_ratio():
-    base = SHARED / "lean-es"
+def test_firstrate_session_fields_and_flags_equal_the_reference(shared_data):
+    con = db.connect(":memory:")
+    ingest.import_file(con, shared_data / "firstrate-nq-2023" / "NQ_1min_sample.csv", tz="America/New_York")
+    bars.build_bars(con, "NQ")
+    counts = _assert_session_fields_match_reference(con, "NQ")
+    assert counts["is_session_start_1m"] == counts["is_session_start_5m"] > 5
+    assert counts["outlier_flag_1m"] > 0 and counts["outlier_flag_5m"] > 0
+
+
+@pytest.mark.realdata
+def test_lean_es_dec_2013_volume_roll_matches_lean_map_and_ratio(shared_data):
+    base = shared_data / "lean-es"
     con = db.connect(":memory:")
     for f in sorted(glob.glob(str(base / "minute" / "*.zip"))):
         ingest.import_file(con, f)

@@ -10,9 +10,9 @@ from nqexp import demo
 
 
 @pytest.fixture(scope="module")
-def year():
-    """About a year of demo bars: four rolls, a Thanksgiving and both DST changes."""
-    return demo.generate(days=400, seed=3)
+def year(demo_year):
+    """About a year of demo bars: four rolls, a Thanksgiving and both DST changes (conftest's, shared)."""
+    return demo_year
 
 
 def eastern(ts) -> pd.DatetimeIndex:

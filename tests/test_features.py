@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 
 from nqexp import db, demo, features, ingest
-from nqexp.errors import DataError, SqlError
+from nqexp.errors import DataError, SpecError, SqlError
 from tests import feature_reference as ref
 
 SYMBOL = "NQ.demo"
-FIRSTRATE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "firstrate-nq-2023" / "NQ_1min_sample.csv"
 RTOL = 1e-9
 
 MIGT24_SPEC = [  # docs/features.md §2, in order
@@ -54,11 +53,12 @@ def demo_con():
 
 
 @pytest.fixture(scope="module")
-def firstrate_con():
-    if not FIRSTRATE.is_file():
-        pytest.skip(f"{FIRSTRATE} is absent")
+def firstrate_con(shared_data):
+    firstrate = shared_data / "firstrate-nq-2023" / "NQ_1min_sample.csv"
+    if not firstrate.is_file():
+        pytest.skip(f"{firstrate} is absent")
     con = _connect()
-    ingest.import_file(con, FIRSTRATE, tz="America/New_York")
+    ingest.import_file(con, firstrate, tz="America/New_York")
     ref.build_bars(con, "NQ")
     yield con
     con.close()
@@ -345,9 +345,126 @@ def test_sql_file_missing_a_declared_column_raises_at_run_time(tmp_path, monkeyp
 
 
 def test_unknown_set_and_missing_bars_are_user_errors():
-    with pytest.raises(SqlError, match="no feature set 'nope'.*migt24"):
+    # A set name is user input (--set, features.set): SpecError, raised before any data is read.
+    with pytest.raises(SpecError, match="no feature set 'nope'; known sets: grok24, migt24"):
+        features.resolve_set("nope")
+    with pytest.raises(SpecError, match="no feature set 'nope'"):
         features.feature_set("nope")
     con = _connect()
     with pytest.raises(DataError, match="no bars for symbol 'XX'"):
         features.build(con, "migt24", "XX")
+    con.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Set names and user folders (features.path)
+# --------------------------------------------------------------------------------------------
+
+USER_FAMILY = """-- mine_ret: a user family: the bar's log-return and range.
+--
+-- purpose:   test family in a user folder.
+-- grain:     one row per (symbol, ts) of feature_input.
+-- inputs:    feature_input (the shipped sql/features/_input.sql).
+-- params:    none.
+-- lookback:  1 bar (log_return; NULL on the first bar).
+-- lookahead: none; no windows.
+-- columns:   mine_ret_log_return, mine_ret_range
+
+select
+    bar_index,
+    ln(close / prev_close) as mine_ret_log_return,
+    (high - low) / close as mine_ret_range,
+from feature_input
+"""
+
+USER_SET = """name: mine
+description: a user set
+bars: bars_5m
+freq_minutes: 5
+horizons: [3, 12]
+files: [mine_ret]
+columns: [mine_ret_log_return, mine_ret_range]
+"""
+
+
+def _user_folder(tmp_path: Path, family: str = USER_FAMILY, set_yaml: str = USER_SET, name: str = "mine") -> Path:
+    folder = tmp_path / "my_features"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mine_ret.sql").write_text(family)
+    (folder / f"{name}.yaml").write_text(set_yaml)
+    return folder
+
+
+def test_a_set_in_a_user_folder_builds_checks_and_loads_with_the_shipped_input(tmp_path, demo_con):
+    folder = _user_folder(tmp_path)
+    assert features.list_sets(folder) == ["grok24", "migt24", "mine"]
+    assert "mine" not in features.list_sets()
+    fs = features.resolve_set("mine", path=folder)
+    assert fs.input_file.path == db.sql_root() / "features" / "_input.sql"        # reused, not copied
+    assert fs.warmup_bars == 1 and fs.horizons == (3, 12)
+    report = features.build(demo_con, "mine", SYMBOL, path=folder)
+    assert report.rebuilt and report.table.startswith("features_mine_nq_demo_")
+    fa = features.load_arrays(demo_con, "mine", SYMBOL, path=folder)
+    bars = ref.load_bars(demo_con, "bars_5m", SYMBOL)
+    close = bars["close"].to_numpy()
+    np.testing.assert_allclose(fa.X[1:, 0], np.log(close[1:] / close[:-1]).astype(np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(fa.targets[:-3, 0], np.log(close[3:]) - np.log(close[:-3]))
+    rep = features.check(demo_con, "mine", SYMBOL, n_cuts=2, path=folder)
+    assert rep.ok and [s.name for s in rep.stats] == list(fs.columns)
+    # Without the folder, the name is unknown.
+    with pytest.raises(SpecError, match="no feature set 'mine'"):
+        features.resolve_set("mine")
+
+
+def test_a_user_folder_set_gets_the_same_static_checks(tmp_path):
+    peeking = USER_FAMILY.replace("ln(close / prev_close)", "ln(lead(close) over (order by ts) / close)")
+    with pytest.raises(SqlError, match="lead"):
+        features.resolve_set("mine", path=_user_folder(tmp_path / "a", family=peeking))
+    headless = USER_FAMILY.replace("-- lookahead: none; no windows.\n", "")
+    with pytest.raises(SqlError, match="lookahead"):
+        features.resolve_set("mine", path=_user_folder(tmp_path / "b", family=headless))
+    outside = USER_SET.replace("files: [mine_ret]", "files: [../../sql/features/migt_liq]")
+    with pytest.raises(SqlError, match="files lists '../../sql/features/migt_liq'"):
+        features.resolve_set("mine", path=_user_folder(tmp_path / "c", set_yaml=outside))
+    # A user set may not take a shipped set's name (builds are cached by set name).
+    clash = USER_SET.replace("name: mine", "name: migt24")
+    with pytest.raises(SpecError, match="has the name of a shipped set"):
+        features.resolve_set("migt24", path=_user_folder(tmp_path / "d", set_yaml=clash, name="migt24"))
+    with pytest.raises(SpecError, match="is not a folder"):
+        features.resolve_set("mine", path=tmp_path / "absent")
+
+
+@pytest.mark.parametrize("name", ["../../x", "../x", "/tmp/x", "a/b", "..", "x.yaml", "Mine", "", "1x"])
+def test_a_set_name_cannot_leave_its_folder(tmp_path, name):
+    # A valid set really exists two folders up: the name must be refused, not resolved to it.
+    (tmp_path / "x.yaml").write_text(USER_SET.replace("name: mine", "name: x"))
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    for path in (None, inner):
+        with pytest.raises(SpecError, match=r"^feature set name .* is not a plain name .*; known sets: grok24, migt24$"):
+            features.resolve_set(name, path=path)
+
+
+def test_series_whose_symbols_share_a_slug_get_their_own_feature_tables(tmp_path):
+    # 'NQ.demo' and 'nq-demo' slug to the same 'nq_demo': each must still read its own features.
+    con = _connect()
+    ingest.write_demo(con, demo.generate(days=6, seed=5))
+    ref.build_bars(con, SYMBOL)
+    con.execute("insert into bars_5m select * replace ('nq-demo' as symbol, close * 1.01 + 3.0 as close) "
+                "from bars_5m where symbol = ?", [SYMBOL])
+    a = features.build(con, "migt24", SYMBOL)
+    b = features.build(con, "migt24", "nq-demo")
+    assert a.table != b.table and b.rebuilt and b.reason == "first build"
+    again = features.build(con, "migt24", SYMBOL)
+    assert not again.rebuilt and again.table == a.table
+    for symbol in (SYMBOL, "nq-demo"):
+        fa = features.load_arrays(con, "migt24", symbol)
+        want = features.compute(con, "migt24", symbol)
+        np.testing.assert_array_equal(fa.X, want.X.astype(np.float32))
+        np.testing.assert_array_equal(fa.close, ref.load_bars(con, "bars_5m", symbol)["close"].to_numpy())
+    # A table that does not record this series (an old build, a name clash) is never served as cached.
+    con.execute(f"comment on table \"{a.table}\" is '{{\"symbol\": \"nq-demo\"}}'")
+    stolen = features.build(con, "migt24", SYMBOL)
+    assert stolen.rebuilt and "was not built for 'NQ.demo'" in stolen.reason
+    assert not features.build(con, "migt24", SYMBOL).rebuilt
     con.close()

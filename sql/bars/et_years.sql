@@ -1,12 +1,13 @@
--- bars/et_years: America/New_York offsets per UTC year, as one DST window per year.
+-- et_years: America/New_York offsets per UTC year, as one DST window per year.
 --
--- Purpose: convert UTC bar stamps to Eastern time with a join on year(ts) instead of an ICU
---          call per row (5.4M ICU conversions cost ~2.5 s; this join costs ~0.1 s).
--- Grain:   one row per UTC year in [$first_year, $last_year].
--- Inputs:  none (ICU time zone data for the hourly grid of those years).
--- Params:  $first_year, $last_year (integers).
--- Why it is exact: US DST changes happen on whole UTC hours, so the offset is constant within
---          each UTC hour; the hourly grid finds each year's [dst_start, dst_end) window exactly.
+-- purpose:   convert UTC bar stamps to Eastern time with a join on year(ts) instead of an ICU
+--            call per row (5.4M ICU conversions cost ~2.5 s; this join costs ~0.1 s).
+-- grain:     one row per UTC year in [$first_year, $last_year].
+-- inputs:    none (ICU time zone data for the hourly grid of those years).
+-- params:    $first_year, $last_year (integers).
+-- lookahead: none; reads no bars.
+-- exact:     US DST changes happen on whole UTC hours, so the offset is constant within each
+--            UTC hour; the hourly grid finds each year's [dst_start, dst_end) window exactly.
 create or replace temp table _et_years as
 with hours as (
     select

@@ -1,15 +1,19 @@
--- bars/rolls_instrument: rolls of a continuous series, where instrument_id (or the contract
--- code when there is no id) changes. Fast path: one hash aggregate per contract instead of a
--- window over every bar; bars.py checks that the contracts' runs do not overlap (a series
--- that rolls back to an earlier contract uses bars/rolls_instrument_windowed instead).
+-- rolls_instrument: rolls of a continuous series (fast path).
 --
--- Grain:   one row per roll; ts = first bar of the new contract.
--- Inputs:  _src_1m.
--- Ratio:   only one contract is visible at each instant, so R is measured across the splice:
---          R = open(first bar of the new contract) / close(last bar of the old contract).
---          Its error is the tick rounding of both prints (<= 0.125 / price each) plus any real
---          move between those two prints (normally none: adjacent prints, or prints separated
---          only by the maintenance break).
+-- purpose:   the rolls of a continuous series, where instrument_id (or the contract code when
+--            there is no id) changes. One hash aggregate per contract instead of a window over
+--            every bar; bars.py checks that the contracts' runs do not overlap (a series that
+--            rolls back to an earlier contract uses bars/rolls_instrument_windowed instead).
+-- grain:     one row per roll; ts = first bar of the new contract.
+-- inputs:    _src_1m.
+-- params:    none.
+-- lookahead: none; a roll is measured from the bars on both sides of it, and it changes no
+--            price before bars/segments applies it.
+-- ratio:     only one contract is visible at each instant, so R is measured across the splice:
+--            R = open(first bar of the new contract) / close(last bar of the old contract).
+--            Its error is the tick rounding of both prints (<= 0.125 / price each) plus any
+--            real move between those two prints (normally none: adjacent prints, or prints
+--            separated only by the maintenance break).
 create or replace temp table _rolls_new as
 with runs as (
     select

@@ -1,13 +1,15 @@
--- bars/rolls_instrument_windowed: (fallback when a contract reappears after a roll back) rolls of a continuous series, where instrument_id (or the contract
--- code when there is no id) changes between consecutive bars.
+-- rolls_instrument_windowed: rolls of a continuous series, bar by bar (the fallback).
 --
--- Grain:   one row per roll; ts = first bar of the new contract.
--- Inputs:  _src_1m.
--- Ratio:   only one contract is visible at each instant, so R is measured across the splice:
---          R = open(first bar of the new contract) / close(last bar of the old contract).
---          Its error is the tick rounding of both prints (<= 0.125 / price each) plus any real
---          move between those two prints (normally none: they are adjacent prints or separated
---          only by the maintenance break).
+-- purpose:   when a contract reappears after a roll back (bars/rolls_instrument sees its runs
+--            overlap), the rolls are where instrument_id (or the contract code when there is
+--            no id) changes between consecutive bars.
+-- grain:     one row per roll; ts = first bar of the new contract.
+-- inputs:    _src_1m.
+-- params:    none.
+-- lookahead: none; lag() only.
+-- ratio:     only one contract is visible at each instant, so R is measured across the splice:
+--            R = open(first bar of the new contract) / close(last bar of the old contract),
+--            with the error described in bars/rolls_instrument.
 create or replace temp table _rolls_new as
 with keyed as (
     select

@@ -1,10 +1,13 @@
--- bars/rolls_volume: rolls of a series spliced by volume crossover from per-contract series.
+-- rolls_volume: rolls of a series spliced by volume crossover from per-contract series.
 --
--- Grain:   one row per roll; ts = first bar of the new contract in _src_1m.
--- Inputs:  _src_1m (the spliced series), raw_bars (both contracts' own bars).
--- Ratio:   both contracts are visible, so R = close_new / close_old at the last minute before
---          the roll in which BOTH traded (the same instant, no splice move). If they never
---          traded in the same minute, it falls back to the splice ratio open_new / close_old.
+-- purpose:   where the spliced series changes contract, and the ratio R of each roll.
+-- grain:     one row per roll; ts = first bar of the new contract in _src_1m.
+-- inputs:    _src_1m (the spliced series), raw_bars (both contracts' own bars).
+-- params:    none.
+-- lookahead: none; R uses bars before the roll only.
+-- ratio:     both contracts are visible, so R = close_new / close_old at the last minute before
+--            the roll in which BOTH traded (the same instant, no splice move). If they never
+--            traded in the same minute, it falls back to the splice ratio open_new / close_old.
 create or replace temp table _rolls_new as
 with keyed as (
     select

@@ -1,11 +1,16 @@
--- bars/segments: the contract segments between rolls of one series and their back-adjustment
--- factor. Bars find their segment with a hash join on the contract (plus the time range, which
--- separates two runs of the same contract), which is much cheaper than an ASOF join per bar.
+-- segments: the contract segments between rolls of one series and their back-adjustment factor.
 --
--- Grain:   one row per segment: segment 0 before the first roll, segment k after roll k.
---          factor(k) = R_(k+1) * ... * R_n (product of the ratios of all LATER rolls);
---          factor(n) = 1.0 after the last roll. Bars in [start_ts, end_ts) of that contract.
--- Inputs:  rolls, _src_1m (only when there are no rolls). Params: $symbol.
+-- purpose:   bars find their segment with a hash join on the contract (plus the time range,
+--            which separates two runs of the same contract), which is much cheaper than an
+--            ASOF join per bar.
+-- grain:     one row per segment: segment 0 before the first roll, segment k after roll k.
+--            factor(k) = R_(k+1) * ... * R_n (product of the ratios of all LATER rolls);
+--            factor(n) = 1.0 after the last roll. Bars in [start_ts, end_ts) of that contract.
+-- inputs:    rolls, _src_1m (only when there are no rolls).
+-- params:    $symbol.
+-- lookahead: by design: a segment's factor is the product of the LATER rolls' ratios (lead and
+--            a descending window), which is what ratio back-adjustment means; a roll appended
+--            later re-adjusts all history (docs/rolls_and_sessions.md).
 create or replace temp table _segments as
 with r as (
     select

@@ -1,13 +1,17 @@
--- bars/source_per_contract: a continuous raw 1-minute series spliced from per-contract series
--- (e.g. Lean's ESZ13, ESH14) by the daily volume crossover.
+-- source_per_contract: a continuous raw 1-minute series spliced from per-contract series.
 --
--- Grain:   one row per ts: the bar of the contract that is active in that Globex session.
--- Inputs:  raw_bars (series whose name matches $pattern), _et_years.
--- Params:  $pattern: regex with groups (month code)(year digits), e.g. '^ES([FGHJKMNQUVXZ])([0-9]{1,2})$'.
--- Rule:    the leader of a session is the contract with the most volume in it. The active
---          contract of session s is the latest-expiring leader of the sessions BEFORE s (so the
---          choice uses only finished sessions, like Databento's volume roll, and never rolls
---          back); the first session in the data uses its own leader.
+-- purpose:   splice per-contract series (e.g. Lean's ESZ13, ESH14) into one continuous raw
+--            series by the daily volume crossover.
+-- grain:     one row per ts: the bar of the contract that is active in that Globex session.
+-- inputs:    raw_bars (series whose name matches $pattern), _et_years.
+-- params:    $pattern: regex with groups (month code)(year digits), e.g.
+--            '^ES([FGHJKMNQUVXZ])([0-9]{1,2})$'.
+-- lookahead: none; the active contract of a session comes from finished sessions only, and
+--            every window ends before the current row.
+-- rule:      the leader of a session is the contract with the most volume in it. The active
+--            contract of session s is the latest-expiring leader of the sessions BEFORE s (so
+--            the choice uses only finished sessions, like Databento's volume roll, and never
+--            rolls back); the first session in the data uses its own leader.
 create or replace temp table _src_1m as
 with parsed as (
     select
