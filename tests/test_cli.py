@@ -105,6 +105,19 @@ def test_user_errors_are_one_line_without_traceback(invoke, tmp_path):
         assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
+@pytest.mark.parametrize("name", ["nope", "../../x", "/tmp/x"])
+def test_a_bad_feature_set_name_is_refused_before_any_bars_are_built(invoke, tmp_path, name):
+    (tmp_path / "x.yaml").write_text("name: x\n")  # a YAML two levels up must stay unreachable
+    made = invoke("data", "demo", "--days", "5")
+    assert made.exit_code == 0, made.output
+    for cmd in ("build", "check"):
+        result = invoke("features", cmd, "--set", name, "--symbol", "NQ.demo")
+        assert result.exit_code == 2 and "migt24" in result.stderr, result.output
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+    info = json.loads(invoke("data", "info", "--json").stdout)
+    assert info["bars"] == [], "bars were built before the set name was checked"
+
+
 def test_import_reports_rejects_and_idempotence_and_rejects_lists_them(invoke, tmp_path):
     csv = tmp_path / "bars.csv"
     csv.write_text("2024-03-04 09:30:00,1,2,0.5,1.5,3\n2024-03-04 09:31:00,1,0.5,2,1.5,3\n")

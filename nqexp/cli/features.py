@@ -18,7 +18,9 @@ def features():
 
 
 @features.command("list")
-def features_list():
+@click.option("--path", "set_path", type=click.Path(file_okay=False), default=None,
+              help="A folder of your own feature sets (YAML + SQL), checked like the shipped ones.")
+def features_list(set_path):
     """List the feature sets and their variables.
 
     \b
@@ -28,16 +30,18 @@ def features_list():
     from nqexp import features as feat
     from nqexp.cli import render
 
-    sets = [feat.feature_set(name) for name in feat.list_sets()]
+    sets = [feat.resolve_set(name, set_path) for name in feat.list_sets(set_path)]
     render.console().print(render.feature_sets_table(sets))
 
 
 @features.command("build")
 @click.option("--set", "set_name", default="migt24", show_default=True, help="Feature set name.")
+@click.option("--path", "set_path", type=click.Path(file_okay=False), default=None,
+              help="A folder of your own feature sets (YAML + SQL), checked like the shipped ones.")
 @click.option("--symbol", default="NQ.demo", show_default=True, help="Series whose bars to use.")
 @click.option("--force", is_flag=True, help="Rebuild even when the SQL and bars are unchanged.")
 @click.pass_context
-def features_build(ctx, set_name, symbol, force):
+def features_build(ctx, set_name, set_path, symbol, force):
     """Materialize a feature set (plus targets) into its versioned table.
 
     Rebuilds only when the SQL text or the bars changed.
@@ -51,10 +55,11 @@ def features_build(ctx, set_name, symbol, force):
     from nqexp.cli import render
 
     console = render.console()
+    fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
     con = open_db(ctx)
     with console.status(f"Building {set_name} on {symbol}..."):
         built = ensure_bars(con, symbol)
-        report = feat.build(con, set_name, symbol, force=force)
+        report = feat.build(con, fs, symbol, force=force)
     if built is not None:
         console.print(f"Built bars first: {built.summary()}")
     console.print(f"[green]{report.summary()}[/]")
@@ -62,12 +67,14 @@ def features_build(ctx, set_name, symbol, force):
 
 @features.command("check")
 @click.option("--set", "set_name", default="migt24", show_default=True, help="Feature set name.")
+@click.option("--path", "set_path", type=click.Path(file_okay=False), default=None,
+              help="A folder of your own feature sets (YAML + SQL), checked like the shipped ones.")
 @click.option("--symbol", default="NQ.demo", show_default=True, help="Series whose bars to use.")
 @click.option("--cuts", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Random truncation points for the leakage check.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
-def features_check(ctx, set_name, symbol, cuts, seed):
+def features_check(ctx, set_name, set_path, symbol, cuts, seed):
     """Check a feature set: NaN/inf after warm-up, ranges, correlated pairs, and look-ahead leakage.
 
     The leakage check recomputes every feature on bars truncated at random cut points and
@@ -82,10 +89,11 @@ def features_check(ctx, set_name, symbol, cuts, seed):
     from nqexp.cli import render
 
     console = render.console()
+    fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
     con = open_db(ctx)
     with console.status(f"Checking {set_name} on {symbol}..."):
         ensure_bars(con, symbol)
-        report = feat.check(con, set_name, symbol, n_cuts=cuts, seed=seed)
+        report = feat.check(con, fs, symbol, n_cuts=cuts, seed=seed)
     for table in render.feature_check_tables(report):
         console.print(table)
     leaks = [r for r in report.leakage if not r.ok]
