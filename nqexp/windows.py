@@ -68,6 +68,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,7 @@ class WindowConfig:
     clip: float = 10.0                    # standardized features are clipped to +-clip
     vol_halflife_minutes: float = 360.0   # EWMA half-life of the recent-realized-vol part of sigma-hat
     scale_floor: float = 0.1              # sigma-hat floor, as a share of the horizon's train-typical sigma
+    sigma: str = "mcgarch"                # the model's normaliser sigma-hat: "mcgarch" (the MC-GARCH forecast) or "ewma" (tod x EWMA)
 
     def __post_init__(self):
         problems = []
@@ -124,6 +126,8 @@ class WindowConfig:
             problems.append(f"windows.vol_halflife_minutes ({self.vol_halflife_minutes}) must be > 0")
         if not self.scale_floor > 0:
             problems.append(f"windows.scale_floor ({self.scale_floor}) must be > 0 so the scale stays > 0")
+        if self.sigma not in ("mcgarch", "ewma"):
+            problems.append(f"windows.sigma ({self.sigma!r}) must be 'mcgarch' or 'ewma'")
         if problems:
             raise SpecError("; ".join(problems))
 
@@ -360,6 +364,7 @@ class Scalers:
     freq_minutes: int             # bar size the scalers were fitted on
     names: list[str] = field(default_factory=list)  # variable names, as in arrays.names
     fit_bars: tuple[int, int] = (0, 0)              # [first, last] bar index the fit read
+    garch: Any = None                               # baselines.MCGarch when windows.sigma is "mcgarch"
 
     def transform_features(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, V) raw features -> (N, V) float32 standardized, clipped, non-finite -> 0."""
@@ -392,7 +397,21 @@ class Scalers:
         return v
 
     def target_scale(self, arrays, idx) -> np.ndarray:
-        """(n, H) float32 causal sigma-hat for the samples ending at idx; strictly > 0."""
+        """(n, H) float32 causal sigma-hat for the samples ending at idx; strictly > 0.
+
+        With a fitted MC-GARCH (windows.sigma = "mcgarch") it is that model's horizon forecast, so
+        the network starts at the strongest econometric baseline and learns only what is left;
+        otherwise the tod x EWMA estimate below (`ewma_scale`).
+        """
+        if self.garch is None:
+            return self.ewma_scale(arrays, idx)
+        self._check_arrays(arrays)
+        scale = self.garch.sigma(arrays, np.asarray(idx, dtype=np.int64))  # (n, H)
+        scale = np.where(np.isfinite(scale), np.maximum(scale, self.scale_floor[None, :]), self.scale_floor[None, :])
+        return scale.astype(np.float32)
+
+    def ewma_scale(self, arrays, idx) -> np.ndarray:
+        """(n, H) float32 tod x EWMA sigma-hat (the vol-scaled baseline's scale); strictly > 0."""
         self._check_arrays(arrays)
         idx = np.asarray(idx, dtype=np.int64)
         n = _n_bars(arrays)
@@ -467,8 +486,13 @@ def fit_scalers(arrays, train_idx, window_cfg: WindowConfig) -> Scalers:
     var_per_bar = max(var_per_bar, 1e-16)
     horizons = tuple(int(h) for h in arrays.horizons)
     floor = window_cfg.scale_floor * np.sqrt(var_per_bar * np.asarray(horizons, dtype=np.float64))  # (H,)
+    garch = None
+    if window_cfg.sigma == "mcgarch":
+        from nqexp.baselines import MCGarch
+
+        garch = MCGarch().fit(arrays, lo, hi)  # the same train bars, nothing later
     return Scalers(center=center, spread=spread, clip=float(window_cfg.clip), tod_profile=prof,
-                   var_per_bar=var_per_bar,
+                   var_per_bar=var_per_bar, garch=garch,
                    halflife_bars=float(window_cfg.vol_halflife_minutes) / int(arrays.freq_minutes),
                    scale_floor=np.maximum(floor, 1e-12), horizons=horizons, freq_minutes=int(arrays.freq_minutes),
                    names=list(arrays.names), fit_bars=(lo, hi))
