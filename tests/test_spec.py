@@ -16,10 +16,11 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pytest
 import yaml
+from pydantic import Field
 
 from nqexp import spec as S
 from nqexp.errors import SpecError
@@ -33,10 +34,11 @@ class StandInModel:
     n_heads: int = 4
     d_ff: int = 256
     n_temporal_layers: int = 2
-    dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1  # bounds are declared on the type
     gate: Literal["none", "sigmoid", "gru"] = "sigmoid"
     instance_norm: bool = True
-    horizons: tuple[int, ...] = (3, 6, 12)
+    horizons: tuple[int, ...] = (3, 6, 12)  # derived from features.set
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -252,10 +254,11 @@ def test_error_in_base_file_names_the_base_file(tmp_path):
 
 
 def test_extends_merges_mappings_deeply_and_replaces_lists(tmp_path):
-    write(tmp_path, "model: {d_model: 32, n_heads: 2, horizons: [3, 6, 12]}\ntrack: {tags: [a, b]}\n", "base.yaml")
-    child = write(tmp_path, "name: c\nextends: base.yaml\nmodel: {n_heads: 4, horizons: [6]}\ntrack: {tags: [c]}\n")
+    write(tmp_path, "model: {d_model: 32, n_heads: 2, quantiles: [0.1, 0.5, 0.9]}\ntrack: {tags: [a, b]}\n",
+          "base.yaml")
+    child = write(tmp_path, "name: c\nextends: base.yaml\nmodel: {n_heads: 4, quantiles: [0.5]}\ntrack: {tags: [c]}\n")
     spec = load(child)
-    assert (spec.model.d_model, spec.model.n_heads, spec.model.horizons) == (32, 4, (6,))
+    assert (spec.model.d_model, spec.model.n_heads, spec.model.quantiles) == (32, 4, (0.5,))
     assert spec.track.tags == ("c",)
 
 
@@ -493,10 +496,12 @@ def test_track_auto_mode_follows_the_api_key_and_store_is_absolute(tmp_path):
 
 def test_defaults_follow_design(tmp_path):
     spec = load(write(tmp_path, "name: exp\n"))
-    assert (spec.data.symbol, spec.data.freq_minutes, spec.features.set) == ("NQ.demo", 5, "migt24")
+    assert (spec.data.symbol, spec.features.set) == ("NQ.demo", "migt24")
     assert spec.eval.gates.min_picp80 == 0.4 and spec.eval.gates.max_abs_ic == 0.1 and spec.eval.strict is False
     assert spec.seeds == (0,) and list(spec.variants) == ["base"]
     assert (spec.sweep.metric, spec.sweep.mode, spec.sweep.scheduler) == ("val/crps", "min", "asha")
+    # Keys that did nothing are gone: the bar size is the feature set's, the sweep objective is fixed.
+    assert "freq_minutes" not in spec.to_dict()["data"] and not {"metric", "mode"} & set(spec.to_dict()["sweep"])
 
 
 def test_nested_gate_thresholds_are_validated(tmp_path):
