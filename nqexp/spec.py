@@ -187,6 +187,7 @@ DEFAULT_SMOKE: dict[str, dict[str, Any]] = {
     "track": {"wandb_mode": "offline"},
 }
 DEFAULT_SMOKE_META = {"sweep": {"num_samples": 2, "max_epochs": 1, "grace_period": 1}}
+DERIVED_MODEL_KEYS = ("horizons", "n_vars", "groups")  # feature_facts() keys: the feature set owns them
 SMOKE_SUFFIX = "-smoke"  # a smoke run is its own experiment: it never collides with the full run's store entry
 
 
@@ -316,8 +317,6 @@ class ExperimentSpec:
     def _rebuild(self, items, source, prefix) -> ExperimentSpec:
         registry = dict(self.registry) or _registry(None)
         tree = {s: _plain(getattr(self, s)) for s in SECTIONS}
-        for key in feature_facts(self.features.set):  # derived values follow a changed features.set
-            tree["model"].pop(key, None)
         problems: list[_Problem] = []
         for parts, value in items:
             where = prefix + (".".join(parts),)
@@ -326,6 +325,9 @@ class ExperimentSpec:
                 value = _coerce(_field_types(found[0])[found[1]], value, where, problems)
                 if value is not _MISSING:
                     _set_path(tree, parts, _plain(value))
+        if tree["features"]["set"] != self.features.set:  # derived values follow the new set
+            stated = {parts[1] for parts, _ in items if parts[0] == "model" and len(parts) > 1}
+            tree["model"] = {k: v for k, v in tree["model"].items() if k in stated or k not in DERIVED_MODEL_KEYS}
         built = _build_sections(tree, registry, problems, cross_path=prefix) if not problems else {}
         _raise_if(problems, lambda path, message=None: source)
         return dataclasses.replace(self, **built)
@@ -414,14 +416,11 @@ def dump_resolved(spec: ExperimentSpec, path: str | os.PathLike) -> Path:
 def shipped_specs() -> dict[str, Path]:
     """name -> file of the experiment specs shipped with nqexp (the repo's experiments/, which a
     wheel carries as the package data `nqexp.experiments`), bases included."""
-    root = Path(__file__).resolve().parent.parent / "experiments"
-    try:
-        packaged = Path(str(resources.files("nqexp.experiments")))
-        if any(packaged.glob("*.yaml")):
-            root = packaged
-    except (ModuleNotFoundError, TypeError, ValueError):  # a source checkout: no such package
-        pass
-    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+    try:  # iterdir: a namespace package's files() is a MultiplexedPath, whose str() is no path
+        files = [Path(str(p)) for p in resources.files("nqexp.experiments").iterdir()]
+    except (ModuleNotFoundError, OSError):  # a source checkout: the repo's folder
+        files = list((Path(__file__).resolve().parent.parent / "experiments").iterdir())
+    return {p.stem: p for p in sorted(files) if p.suffix == ".yaml"}
 
 
 def feature_facts(set_name: str) -> dict[str, Any]:
@@ -877,8 +876,9 @@ def _build_spec(tree: dict, registry: dict[str, type], src: dict, default_label:
         problems.append(_Problem(("seeds",), f"{_show(list(seeds))} repeats a seed"))
     sweep = _build_dataclass(SweepConfig, tree.get("sweep"), ("sweep",), problems)
 
+    before = len(problems)
     sections = _build_sections(tree, registry, problems)
-    sections_ok = all(v is not _MISSING for v in sections.values())
+    sections_ok = len(problems) == before  # else every variant would repeat the sections' problems
     variants = _build_variants(tree.get("variants"), registry, tree, problems, sections_ok)
     search = _build_search(tree.get("search"), registry, problems)
     smoke = _build_deltas(tree.get("smoke"), registry, ("smoke",), problems)
