@@ -240,8 +240,8 @@ def evaluate_split_table(
     split_name: str,
     y,
     q,
-    taus=DEFAULT_TAUS,
-    horizon_minutes: Sequence[int] = (15, 30, 60, 120, 240),
+    taus,
+    horizon_minutes: Sequence[int],  # the feature set's horizons in minutes (no default: they are its fact)
     ts=None,
     baselines: Mapping[str, np.ndarray] | None = None,
     *,
@@ -338,8 +338,8 @@ def evaluate_split(
     split_name: str,
     y,
     q,
-    taus=DEFAULT_TAUS,
-    horizon_minutes: Sequence[int] = (15, 30, 60, 120, 240),
+    taus,
+    horizon_minutes: Sequence[int],  # the feature set's horizons in minutes (no default: they are its fact)
     ts=None,
     baselines: Mapping[str, np.ndarray] | None = None,
     *,
@@ -358,7 +358,7 @@ def evaluate_split(
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Limits of the sanity gates (DESIGN §8). A trial breaking any of them is flagged."""
+    """Limits of the sanity gates (docs/metrics.md). A trial breaking any of them is flagged."""
 
     min_picp80: float = 0.4  # collapse: the 80% interval covers less than 40%
     # Collapse by width: MPIW80 below this fraction of the climatology 80% width on the same
@@ -369,6 +369,15 @@ class GateThresholds:
     max_abs_ic: float = 0.1  # a larger rank IC on returns is far more likely leakage than skill
     max_crossing_rate: float = 0.0  # crossings must be 0
     max_nonfinite_rate: float = 0.0  # NaN/Inf quantiles must be 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The spec's `eval:` section: sanity gates (docs/metrics.md) and the optional backtest."""
+
+    strict: bool = False  # broken gates fail the trial (otherwise they are flagged)
+    gates: GateThresholds = field(default_factory=GateThresholds)  # gate thresholds
+    backtest: bool = False  # run the secondary sign-of-median backtest
 
 
 @dataclass(frozen=True)
@@ -494,8 +503,8 @@ class PredictionSet:
 def save_predictions(
     path: str | os.PathLike,
     splits: Mapping[str, SplitPredictions],
-    taus=DEFAULT_TAUS,
-    horizon_minutes: Sequence[int] = (15, 30, 60, 120, 240),
+    taus,
+    horizon_minutes: Sequence[int],  # the feature set's horizons in minutes (no default: they are its fact)
 ) -> Path:
     """Write a run's predictions as one Parquet file, one row per (split, sample, horizon).
 

@@ -1,25 +1,30 @@
-"""Experiment specs: one YAML file -> a typed, frozen ExperimentSpec, or a SpecError (DESIGN §9, STYLE §4).
+"""Experiment specs: one YAML file -> a typed, frozen ExperimentSpec, or a SpecError (docs/experiments.md).
 
     spec = load_spec("experiments/tsa_ablation.yaml", overrides=["train.lr=3e-4"], smoke=False)
     for trial in spec.trials():          # variants x seeds
         ...trial.spec.model, trial.spec.train, trial.tracker_config()
 
-Sections and where their dataclasses live (`SECTIONS`; imported lazily, so `import nqexp.spec` stays
-cheap and never imports torch):
+Sections and where their dataclasses live (`SECTIONS`; imported on first use, so `import nqexp.spec`
+never imports torch or pandas):
 
-    data       DataConfig       (here)          features  FeaturesConfig  (here)
-    windows    WindowConfig     nqexp.windows   splits    SplitConfig     nqexp.windows
-    model      ModelConfig      nqexp.model     train     TrainConfig     nqexp.train
-    eval       EvalConfig       (here; gates = nqexp.evaluate.GateThresholds)
-    track      TrackConfig      (here)          resources ResourcesConfig (here)
+    data      DataConfig       (here)          features  FeaturesConfig  (here)
+    windows   WindowConfig     nqexp.windows   splits    SplitConfig     nqexp.windows
+    model     ModelConfig      nqexp.model     train     TrainConfig     nqexp.train
+    eval      EvalConfig       nqexp.evaluate  track     TrackConfig     (here)
+    resources ResourcesConfig  (here)
 
-Validation is generic: this module never repeats a stage's field names. It reads the dataclass
-fields and type hints, coerces YAML values to them, checks ranges declared as field metadata
-(`ge`, `gt`, `le`, `lt`), then calls the constructor, whose `__post_init__` may raise SpecError for
-cross-field rules ("model.d_model (96) must be divisible by model.n_heads (5)").
+Validation is pydantic's: each section dataclass gets a generated pydantic model with the same
+fields (unknown keys forbidden, floats finite, ints within int64, bounds declared on the field as
+`Annotated[float, Field(gt=0)]`). Every pydantic error becomes one line naming the file that set
+the value and its dotted path; then the dataclass is built, and its `__post_init__` may raise
+SpecError for cross-field rules ("model.d_model (96) must be divisible by model.n_heads (5)").
+
+The feature set (sql/features/<set>.yaml, docs/features.md) owns its facts: `model.horizons`,
+`model.n_vars` and, for a grouped set, `model.groups` are derived from `features.set`; a spec that
+states another value is an error naming both.
 
 Top-level keys besides the sections:
-    name         required, [a-z0-9][a-z0-9_-]*
+    name         required, [a-z0-9][a-z0-9_-]*; --smoke runs as `<name>-smoke`
     description  free text
     extends      a base YAML file, relative to this file; bases may extend further (cycles are errors)
     seeds        list of ints, default [0]
@@ -27,15 +32,13 @@ Top-level keys besides the sections:
                  explicitly to choose its place). The first variant is the reference of paired comparisons.
     search       {dotted.key: {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {randint: [lo, hi]}
                  | {quniform: [lo, hi, q]} | {choice: [v, ...]}}; randint is inclusive of both ends
-    sweep        SweepConfig: num_samples, max_epochs, metric, mode, scheduler, algorithm
+    sweep        SweepConfig: num_samples, max_epochs, grace_period, reduction_factor, scheduler, algorithm
     smoke        {dotted.key: value} applied by --smoke on top of the built-in tiny settings
 
 Precedence, lowest first: base file < extending file < --smoke deltas < --set overrides < variant deltas.
-The resolved spec (base variant) therefore plus one variant's deltas is exactly one trial, and the
-resolved YAML written by `dump_resolved` reproduces every trial on its own.
-
 Error lines look like `<file>: <dotted.path>: <reason>`, one per problem; YAML syntax errors are
-`<file>:<line>:<col>: invalid YAML: <problem>`.
+`<file>:<line>:<col>: invalid YAML: <problem>`. A spec name that is no file path is looked up among
+the specs shipped with nqexp (`shipped_specs()`).
 """
 
 from __future__ import annotations
@@ -43,33 +46,41 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import functools
 import importlib
-import logging
+import itertools
 import os
 import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import create_model
 
 from nqexp.errors import SpecError
-
-if TYPE_CHECKING:  # imported lazily at run time (evaluate pulls pandas/scipy, model pulls torch)
-    from nqexp.evaluate import GateThresholds
-
-log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SET_KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
 BASE_VARIANT = "base"
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "choice": None}
 SECRET_ENV_HINT = "set WANDB_API_KEY / DATABENTO_API_KEY in the environment instead"
+SECRET_ENV_VARS = ("DATABENTO_API_KEY", "WANDB_API_KEY")
 _SECRET_RE = re.compile(r"(^|_)(api_?key|apikey|key|token|secret|password|passwd)$", re.IGNORECASE)
+# Key shapes: Databento `db-` + alphanumerics, W&B 40 lowercase hex characters.
+_SECRET_VALUE_RE = re.compile(r"\bdb-[A-Za-z0-9]{20,}|(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])")
 REDACTED = "***"
+# Hostile input stays cheap: specs are small files, and YAML aliases must not expand without end.
+MAX_SPEC_BYTES = 1_000_000
+MAX_YAML_VALUES = 100_000
+MAX_VARIANTS = 1_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_SEEDS = tuple[Annotated[int, Field(ge=0)], ...]
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,41 +88,20 @@ REDACTED = "***"
 # --------------------------------------------------------------------------------------------
 
 
-def _bounded(default, **bounds):
-    """A dataclass field with a range check, e.g. `_bounded(1.0, gt=0)`. Bounds: ge, gt, le, lt."""
-    return field(default=default, metadata=bounds)
-
-
 @dataclass(frozen=True)
 class DataConfig:
-    """Which bar series feeds the experiment."""
+    """Which bar series feeds the experiment (the bar size is the feature set's)."""
 
     symbol: str = "NQ.demo"  # series in raw_bars ('NQ.demo' is generated on demand)
-    freq_minutes: Literal[1, 5] = 5  # bar size of the bars table the features read
-    demo_days: int | None = _bounded(730, ge=1)  # NQ.demo missing from the DB: generate this many days
-    demo_seed: int = _bounded(0, ge=0)  # seed of the generated demo series
+    demo_days: Annotated[int | None, Field(ge=1, le=36_500)] = 730  # NQ.demo missing: generate this many days
+    demo_seed: Annotated[int, Field(ge=0)] = 0  # seed of the generated demo series
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """Which SQL feature set (sql/features/<set>.yaml) builds the inputs."""
+    """Which SQL feature set (sql/features/<set>.yaml) builds the inputs and fixes the horizons."""
 
     set: str = "migt24"  # feature set name
-
-
-def _default_gates():
-    from nqexp.evaluate import GateThresholds
-
-    return GateThresholds()
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation after training: sanity gates (DESIGN §8) and the optional backtest."""
-
-    strict: bool = False  # broken gates fail the trial (otherwise they are flagged)
-    gates: GateThresholds = field(default_factory=_default_gates)  # gate thresholds (nqexp.evaluate)
-    backtest: bool = False  # run the secondary sign-of-median backtest
 
 
 @dataclass(frozen=True)
@@ -141,24 +131,25 @@ class TrackConfig:
 class ResourcesConfig:
     """Ray Tune resources per trial and failure handling."""
 
-    cpus_per_trial: float = _bounded(1.0, gt=0)  # CPUs reserved per trial
-    gpus_per_trial: float = _bounded(0.0, ge=0)  # GPUs per trial; fractions share one GPU
-    max_concurrent_trials: int | None = _bounded(None, ge=1)  # None: as many as resources allow
-    max_failures: int = _bounded(1, ge=-1)  # retries of a failed trial (-1: forever)
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0  # CPUs reserved per trial
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0  # GPUs per trial; fractions share one GPU
+    max_concurrent_trials: Annotated[int | None, Field(ge=1)] = None  # None: as many as resources allow
+    max_failures: Annotated[int, Field(ge=-1)] = 1  # retries of a failed trial (-1: forever)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """`nqexp sweep`: search algorithm and early stopper over `search:` (objective: val CRPS)."""
+    """`nqexp sweep`: search algorithm and early stopper over `search:`."""
 
-    num_samples: int = _bounded(20, ge=1)  # trials sampled from the search space
-    max_epochs: int | None = _bounded(None, ge=1)  # ASHA max_t (None: train.max_epochs)
-    grace_period: int = _bounded(1, ge=1)  # epochs before ASHA may stop a trial
-    reduction_factor: int = _bounded(4, ge=2)  # ASHA halving rate
-    metric: str = "val/crps"  # objective; gated (collapsed) trials never win
-    mode: Literal["min", "max"] = "min"
+    num_samples: Annotated[int, Field(ge=1, le=100_000)] = 20  # trials sampled from the search space
+    max_epochs: Annotated[int | None, Field(ge=1)] = None  # ASHA max_t (None: train.max_epochs)
+    grace_period: Annotated[int, Field(ge=1)] = 1  # epochs before ASHA may stop a trial
+    reduction_factor: Annotated[int, Field(ge=2)] = 4  # ASHA halving rate
     scheduler: Literal["asha", "median", "none"] = "asha"  # early stopper
     algorithm: Literal["tpe", "random"] = "tpe"  # tpe: Optuna TPE via ray.tune.search.optuna
+    # The objective is fixed (not keys): val CRPS, minimized; gated (collapsed) trials never win.
+    metric: ClassVar[str] = "val/crps"
+    mode: ClassVar[str] = "min"
 
     def __post_init__(self):
         if self.max_epochs is not None and self.grace_period > self.max_epochs:
@@ -175,7 +166,7 @@ SECTIONS: dict[str, type | str] = {
     "splits": "nqexp.windows:SplitConfig",
     "model": "nqexp.model:ModelConfig",
     "train": "nqexp.train:TrainConfig",
-    "eval": EvalConfig,
+    "eval": "nqexp.evaluate:EvalConfig",
     "track": TrackConfig,
     "resources": ResourcesConfig,
 }
@@ -196,6 +187,8 @@ DEFAULT_SMOKE: dict[str, dict[str, Any]] = {
     "track": {"wandb_mode": "offline"},
 }
 DEFAULT_SMOKE_META = {"sweep": {"num_samples": 2, "max_epochs": 1, "grace_period": 1}}
+DERIVED_MODEL_KEYS = ("horizons", "n_vars", "groups")  # feature_facts() keys: the feature set owns them
+SMOKE_SUFFIX = "-smoke"  # a smoke run is its own experiment: it never collides with the full run's store entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +239,8 @@ class SearchDim:
 class ExperimentSpec:
     """A resolved experiment: sections (the base variant), variants, seeds, search space.
 
-    Frozen. Derived values are properties. Use `apply()` for a changed copy, `trials()` for
-    the variants x seeds expansion and `to_dict()` for the YAML/JSON-safe resolved form.
+    Frozen. Use `apply()` for a changed copy, `trials()` for the variants x seeds expansion and
+    `to_dict()` for the YAML/JSON-safe resolved form.
     """
 
     name: str
@@ -257,7 +250,7 @@ class ExperimentSpec:
     splits: Any  # nqexp.windows.SplitConfig
     model: Any  # nqexp.model.ModelConfig
     train: Any  # nqexp.train.TrainConfig
-    eval: EvalConfig
+    eval: Any  # nqexp.evaluate.EvalConfig
     track: TrackConfig
     resources: ResourcesConfig
     description: str = ""
@@ -304,10 +297,9 @@ class ExperimentSpec:
         return dict(self.search)
 
     def apply(self, deltas: Mapping[str, Any], source: str = "params") -> ExperimentSpec:
-        """A copy with dotted-key deltas applied to the sections, coerced to each field's type
+        """A copy with dotted-key deltas applied to the sections, converted to each field's type
         (e.g. Tune's sampled params). Raises SpecError naming `source` when they are invalid."""
-        items = [(_split(k), v) for k, v in deltas.items()]
-        return self._rebuild(items, source, prefix=())
+        return self._rebuild([(_split(k), v) for k, v in deltas.items()], source, prefix=())
 
     def trials(self) -> list[TrialSpec]:
         """Variants x seeds, variant-major, in spec order. Names are f"{variant}-s{seed}"."""
@@ -327,10 +319,15 @@ class ExperimentSpec:
         tree = {s: _plain(getattr(self, s)) for s in SECTIONS}
         problems: list[_Problem] = []
         for parts, value in items:
-            leaf = _check_delta_path(parts, registry, prefix + (".".join(parts),), problems)
-            if leaf is not _MISSING:
-                value = _coerce(value, leaf, prefix + (".".join(parts),), problems)
-                _set_path(tree, parts, _plain(value))
+            where = prefix + (".".join(parts),)
+            found = _check_delta_path(parts, registry, where, problems)
+            if found is not _MISSING:
+                value = _coerce(_field_types(found[0])[found[1]], value, where, problems)
+                if value is not _MISSING:
+                    _set_path(tree, parts, _plain(value))
+        if tree["features"]["set"] != self.features.set:  # derived values follow the new set
+            stated = {parts[1] for parts, _ in items if parts[0] == "model" and len(parts) > 1}
+            tree["model"] = {k: v for k, v in tree["model"].items() if k in stated or k not in DERIVED_MODEL_KEYS}
         built = _build_sections(tree, registry, problems, cross_path=prefix) if not problems else {}
         _raise_if(problems, lambda path, message=None: source)
         return dataclasses.replace(self, **built)
@@ -368,10 +365,11 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = (), smoke: boo
     """Read a spec file (following `extends:`), apply `--smoke` and `--set KEY=VALUE` overrides,
     validate everything and return the frozen spec, or raise SpecError (one line per problem).
 
+    `path` that is no file but the name of a shipped spec ("quickstart") loads that one.
     `sections` replaces entries of SECTIONS (test hook: stand-in dataclasses for stages whose
     modules are not importable in a test), e.g. `sections={"model": TinyModelConfig}`.
     """
-    label = os.fspath(path)
+    label = _resolve_spec_path(os.fspath(path))
     registry = _registry(sections)
     src: dict[tuple, str] = {}
     tree = _read_chain(label, registry, src)
@@ -395,7 +393,7 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
 
 def apply_overrides(spec_dict: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a resolved spec dict with dotted-key values set (e.g. Tune's sampled params).
-    Not validated here: `spec_from_dict` on the result coerces and checks them."""
+    Not validated here: `spec_from_dict` on the result checks them."""
     out = _plain(spec_dict)
     for key, value in params.items():
         _set_path(out, _split(key), _plain(value))
@@ -415,9 +413,67 @@ def dump_resolved(spec: ExperimentSpec, path: str | os.PathLike) -> Path:
     return path
 
 
+def shipped_specs() -> dict[str, Path]:
+    """name -> file of the experiment specs shipped with nqexp (the repo's experiments/, which a
+    wheel carries as the package data `nqexp.experiments`), bases included."""
+    try:  # iterdir: a namespace package's files() is a MultiplexedPath, whose str() is no path
+        files = [Path(str(p)) for p in resources.files("nqexp.experiments").iterdir()]
+    except (ModuleNotFoundError, OSError):  # a source checkout: the repo's folder
+        files = list((Path(__file__).resolve().parent.parent / "experiments").iterdir())
+    return {p.stem: p for p in sorted(files) if p.suffix == ".yaml"}
+
+
+def feature_facts(set_name: str) -> dict[str, Any]:
+    """What a feature set fixes for the model: `horizons` (bars), `n_vars` and, for a grouped set,
+    `groups` (sizes in column order). SpecError for an unknown or broken set."""
+    from nqexp import features
+    from nqexp.errors import SqlError
+
+    known = features.list_sets()
+    if set_name not in known:
+        close = difflib.get_close_matches(set_name, known, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"known sets: {', '.join(known)}"
+        raise SpecError(f"unknown feature set '{set_name}' ({hint})")
+    try:
+        fs = features.feature_set(set_name)
+    except SqlError as exc:
+        raise SpecError(f"feature set '{set_name}' is broken: {exc}") from None
+    facts: dict[str, Any] = {"horizons": tuple(fs.horizons), "n_vars": len(fs.columns)}
+    if fs.groups:
+        facts["groups"] = tuple(len(list(g)) for _, g in itertools.groupby(fs.groups))
+    return facts
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a spec file (for editors): every section's fields, types and bounds. Files
+    that are only bases (no `name`) validate too; cross-field rules are checked by `load_spec`."""
+    registry = _registry(None)
+    top: dict[str, Any] = {
+        "name": (Annotated[str, Field(pattern=NAME_RE.pattern)], None),
+        "description": (str, None),
+        "extends": (str, Field(None, description="a base spec file, relative to this one")),
+        "seeds": (list[Annotated[int, Field(ge=0)]], None),
+        "variants": (dict[str, dict[str, Any] | None], Field(None, description="name -> {dotted.key: value}")),
+        "search": (dict[str, dict[str, Any]], Field(None, description="dotted.key -> {distribution: args}")),
+        "sweep": (_model(SweepConfig), None),
+        "smoke": (dict[str, Any], Field(None, description="dotted.key -> value, applied by --smoke")),
+    }
+    top.update({section: (_model(cls), None) for section, cls in registry.items()})
+    model = create_model("ExperimentSpec", __config__=ConfigDict(extra="forbid"), **top)
+    return model.model_json_schema()
+
+
 def is_secret_key(key: str) -> bool:
     """True for names that look like credentials: api_key, token, password, secret, key, *_key..."""
     return bool(_SECRET_RE.search(str(key)))
+
+
+def looks_like_secret(value: Any) -> bool:
+    """True for text holding this environment's API keys or something shaped like a Databento or W&B key."""
+    if not isinstance(value, str):
+        return False
+    keys = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
+    return any(len(k) >= 8 and k in value for k in keys) or bool(_SECRET_VALUE_RE.search(value))
 
 
 def redact(d: Any) -> Any:
@@ -442,34 +498,21 @@ def flatten_dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# YAML reading
+# Reading files
 # --------------------------------------------------------------------------------------------
 
 
-class _Word:
-    """A plain YAML scalar that YAML 1.1 turned into bool/null (`off`, `no`, `on`, `null`, `~`).
-    The target field decides: a bool/optional field takes the value, a string or Literal field
-    that allows the word takes the text (`amp: off` -> "off")."""
-
-    __slots__ = ("value", "text")
-
-    def __init__(self, value, text):
-        self.value, self.text = value, text
-
-    def __repr__(self):
-        return f"_Word({self.value!r}, {self.text!r})"
-
-
 class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that keeps the text of bool/null words and rejects duplicate keys."""
+    """SafeLoader with YAML 1.2 booleans (only true/false: `off` stays text for a string field, and a
+    boolean field still reads it), duplicate keys rejected and impossible dates kept as text."""
 
 
-def _construct_bool(loader, node):
-    return _Word(yaml.SafeLoader.construct_yaml_bool(loader, node), node.value)
-
-
-def _construct_null(loader, node):
-    return _Word(None, node.value)
+_SpecLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
 
 
 def _construct_timestamp(loader, node):
@@ -483,41 +526,85 @@ def _construct_mapping(loader, node):
     loader.flatten_mapping(node)
     out: dict[str, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        key = key.text if isinstance(key, _Word) else str(key)
+        key = str(loader.construct_object(key_node, deep=True))
         if key in out:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
         out[key] = loader.construct_object(value_node, deep=True)
     return out
 
 
-_SpecLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
-_SpecLoader.add_constructor("tag:yaml.org,2002:null", _construct_null)
 _SpecLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
+def _load_yaml(text: str, label: str) -> Any:
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, label)
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root, label: str) -> None:
+    """Refuse alias bombs ("billion laughs"): count the values the document expands to, each alias
+    in full, without expanding it (each node is sized once)."""
+    sizes: dict[int, int] = {}
+
+    def size(node, active: frozenset) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in active:
+            raise SpecError(f"{label}: invalid YAML: an alias refers to itself")
+        kids = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        n = 1 + sum(size(k, active | {id(node)}) for k in kids)
+        if n > MAX_YAML_VALUES:
+            raise SpecError(f"{label}: the YAML expands to more than {MAX_YAML_VALUES:,} values (through "
+                            "aliases); a spec is a small file")
+        sizes[id(node)] = n
+        return n
+
+    size(root, frozenset())
+
+
 def _read_yaml(label: str) -> dict:
     try:
-        text = Path(label).read_text(encoding="utf-8")
+        with open(label, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)  # bounded: /dev/zero or a huge file fails fast
     except FileNotFoundError:
         raise SpecError(f"{label}: file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{label}: cannot read the spec ({exc.__class__.__name__}: {exc})") from None
+    except OSError as exc:
+        raise SpecError(f"{label}: cannot read the spec ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{label}: larger than {MAX_SPEC_BYTES:,} bytes; a spec is a small YAML file")
     try:
-        data = yaml.load(text, Loader=_SpecLoader)
+        data = _load_yaml(raw.decode("utf-8"), label)
+    except UnicodeDecodeError:
+        raise SpecError(f"{label}: not UTF-8 text; a spec is a YAML file") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
         raise SpecError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{label}: invalid YAML: {exc}") from None
-    if isinstance(data, _Word) and data.value is None:
-        data = {}  # an empty file is an empty mapping
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise SpecError(f"{label}: invalid YAML: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") \
+            from None
+    if data is None:
+        raise SpecError(f"{label}: the file is empty; a spec is a YAML mapping (name:, model:, ...)")
     if not isinstance(data, dict):
         raise SpecError(f"{label}: the top level must be a mapping of keys (name:, model:, ...), "
                         f"not {_type_name(data)}")
     return data
+
+
+def _resolve_spec_path(label: str) -> str:
+    """A real path always wins; else a bare name (`quickstart`, `quickstart.yaml`) of a shipped spec."""
+    if os.path.exists(label) or os.sep in label or "/" in label:
+        return label
+    shipped = shipped_specs().get(label[:-5] if label.endswith(".yaml") else label)
+    return str(shipped) if shipped else label
 
 
 def _read_chain(label: str, registry, src, chain: tuple[str, ...] = (), labels: tuple[str, ...] = ()) -> dict:
@@ -527,9 +614,8 @@ def _read_chain(label: str, registry, src, chain: tuple[str, ...] = (), labels: 
         cycle = " -> ".join(labels[chain.index(real):] + (label,))
         raise SpecError(f"{labels[-1]}: extends: cycle {cycle}")
     data = _read_yaml(label)
-    _check_secrets(data, (), lambda path, message=None: label)
+    _check_secrets(data, lambda path, message=None: label)
     ext = data.pop("extends", None)
-    ext = ext.value if isinstance(ext, _Word) else ext
     base: dict = {}
     if ext is not None:
         if not isinstance(ext, str) or not ext:
@@ -545,6 +631,7 @@ def _parse_overrides(overrides: Iterable[str], registry) -> dict:
     """`--set a.b=c` strings -> one nested layer; values typed by YAML (then by the field)."""
     layer: dict = {}
     problems = []
+    valid = list(META_KEYS) + list(registry)
     for item in overrides:
         key, sep, text = str(item).partition("=")
         key = key.strip()
@@ -552,25 +639,23 @@ def _parse_overrides(overrides: Iterable[str], registry) -> dict:
             problems.append(f"--set: {item!r}: expected KEY=VALUE with a dotted KEY, e.g. --set train.lr=3e-4")
             continue
         try:
-            value = yaml.load(text, Loader=_SpecLoader) if text.strip() else _Word(None, text)
+            value = yaml.load(text, Loader=_SpecLoader) if text.strip() else None
         except yaml.YAMLError:
             value = text  # not YAML: take the text as it is
         parts = key.split(".")
+        if parts[0] not in valid:
+            problems.append(f"--set: {key}: unknown key '{parts[0]}'{_suggest(parts[0], valid)}")
+            continue
         if is_secret_key(parts[-1]):
             problems.append(f"--set: {key}: specs must not contain secrets; {SECRET_ENV_HINT}")
             continue
-        head = _container_depth(parts[0])
+        head = {"search": 1, "smoke": 1, "variants": 2}.get(parts[0], 0)  # parts before a container's dotted key
         if head and len(parts) > head:
             parts = parts[:head] + [".".join(parts[head:])]
         _set_path(layer, parts, value)
     if problems:
         raise SpecError("\n".join(problems))
     return _flatten_containers(layer, registry)
-
-
-def _container_depth(key: str) -> int:
-    """How many path parts come before the dotted key in a container (search.K, smoke.K, variants.V.K)."""
-    return {"search": 1, "smoke": 1, "variants": 2}.get(key, 0)
 
 
 def _flatten_containers(tree: dict, registry) -> dict:
@@ -642,17 +727,18 @@ def _split(key: str) -> list[str]:
 def _apply_smoke(tree: dict, registry, src) -> dict:
     layer: dict = {}
     for section, cls in registry.items():
-        delta = dict(DEFAULT_SMOKE.get(section, {}))
-        delta.update(getattr(cls, "SMOKE", None) or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        kept = {k: v for k, v in delta.items() if k in names}
+        delta = {**DEFAULT_SMOKE.get(section, {}), **(getattr(cls, "SMOKE", None) or {})}
+        kept = {k: v for k, v in delta.items() if k in _field_types(cls)}
         if kept:
             layer[section] = kept
     layer.update(DEFAULT_SMOKE_META)
+    name = tree.get("name")
+    if isinstance(name, str) and not name.endswith(SMOKE_SUFFIX):
+        layer["name"] = name + SMOKE_SUFFIX
     seeds = tree.get("seeds")
     if isinstance(seeds, list) and seeds:
         layer["seeds"] = seeds[:1]
-    if "tags" in {f.name for f in dataclasses.fields(registry["track"])}:
+    if "tags" in _field_types(registry["track"]):
         track = tree.get("track") if isinstance(tree.get("track"), dict) else {}
         tags = list(track.get("tags") or []) if isinstance(track.get("tags"), list) else []
         layer.setdefault("track", {})["tags"] = tags if "smoke" in tags else tags + ["smoke"]
@@ -662,13 +748,12 @@ def _apply_smoke(tree: dict, registry, src) -> dict:
         nested: dict = {}
         for k, v in user.items():
             _set_path(nested, _split(k), v)
-        user_label = src.get(("smoke",), "smoke")
-        tree = _merge(tree, nested, user_label, src)
+        tree = _merge(tree, nested, src.get(("smoke",), "smoke"), src)
     return tree
 
 
 # --------------------------------------------------------------------------------------------
-# Validation
+# Validation: problems with provenance
 # --------------------------------------------------------------------------------------------
 
 
@@ -688,8 +773,6 @@ class _Problem:
 
 
 def _raise_if(problems: list[_Problem], label_for) -> None:
-    if not problems:
-        return
     lines = []
     for p in problems:
         where = label_for(p.path, None if p.show_path else p.message)
@@ -697,7 +780,8 @@ def _raise_if(problems: list[_Problem], label_for) -> None:
         line = f"{where}: {dotted}: {p.message}" if p.show_path and dotted else f"{where}: {p.message}"
         if line not in lines:
             lines.append(line)
-    raise SpecError("\n".join(lines))
+    if lines:
+        raise SpecError("\n".join(lines))
 
 
 _FIELD_REF_RE = re.compile(r"\b([a-z_]+(?:\.[a-z_0-9]+)+)\b")
@@ -713,11 +797,8 @@ def _label_for(src: dict, default: str):
 
     def label(path: tuple, message: str | None = None) -> str:
         if message:
-            named = [tuple(m.split(".")) for m in _FIELD_REF_RE.findall(message)]
-            named = [p for p in named if p in order]
-            if named:
-                return src[max(named, key=order.__getitem__)]
-            return default
+            named = [p for p in (tuple(m.split(".")) for m in _FIELD_REF_RE.findall(message)) if p in order]
+            return src[max(named, key=order.__getitem__)] if named else default
         for n in range(len(path), 0, -1):
             if path[:n] in src:
                 return src[path[:n]]
@@ -745,106 +826,31 @@ def _resolve_class(section: str, ref: type | str) -> type:
         raise ImportError(f"spec section '{section}' needs {ref}, which cannot be imported: {exc}") from exc
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        localns = {}
-        if cls is EvalConfig:
-            from nqexp.evaluate import GateThresholds
-
-            localns["GateThresholds"] = GateThresholds
-        try:
-            _HINTS[cls] = typing.get_type_hints(cls, localns=localns)
-        except NameError as exc:  # an annotation only importable under TYPE_CHECKING: a bug there
-            raise TypeError(f"cannot resolve the field types of {cls.__module__}.{cls.__qualname__}: {exc}") from exc
-    return _HINTS[cls]
-
-
-def _dataclass_of(tp) -> type | None:
-    """The dataclass inside `tp` (X, X | None), else None."""
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return tp
-    if _is_union(tp):
-        arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(arms) == 1:
-            return _dataclass_of(arms[0])
-    return None
-
-
-def _is_union(tp) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
-
-
-def _walk_type(parts: Sequence[str], registry):
-    """The type at a dotted path below the sections, or None if the path does not exist."""
-    if not parts or parts[0] not in registry:
-        return None
-    tp: Any = registry[parts[0]]
-    for p in parts[1:]:
-        cls = _dataclass_of(tp)
-        if cls is None:
-            return None
-        hints = _hints(cls)
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
-        if p not in names:
-            return None
-        tp = hints[p]
-    return tp
-
-
-def _check_delta_path(parts: Sequence[str], registry, where: tuple, problems) -> Any:
-    """Validate a dotted key of a variant/search/smoke/--set delta; return the leaf type or _MISSING."""
-    if parts[0] not in registry:
-        hint = _suggest(parts[0], registry)
-        problems.append(_Problem(where, f"'{parts[0]}' is not a section{hint}; deltas change section "
-                                        f"fields ({', '.join(registry)})"))
-        return _MISSING
-    tp: Any = registry[parts[0]]
-    for i, p in enumerate(parts[1:], start=1):
-        cls = _dataclass_of(tp)
-        if cls is None:
-            problems.append(_Problem(where, f"{'.'.join(parts[:i])} is {_describe(tp)}, it has no key '{p}'"))
-            return _MISSING
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
-        if p not in names:
-            problems.append(_Problem(where, f"unknown key '{p}'{_suggest(p, names)}"))
-            return _MISSING
-        tp = _hints(cls)[p]
-    return tp
-
-
-def _suggest(key: str, valid: Iterable[str]) -> str:
-    valid = list(valid)
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    return f" (valid keys: {', '.join(valid)})"
-
-
-def _check_secrets(tree: Any, path: tuple, label_for) -> None:
+def _check_secrets(tree: Any, label_for) -> None:
+    """Refuse credential-looking keys and values anywhere, without echoing them."""
     problems = []
 
     def walk(node, p):
         if isinstance(node, dict):
             for k, v in node.items():
-                keys = str(k).split(".")
-                if any(is_secret_key(x) for x in keys):
+                if any(is_secret_key(x) for x in str(k).split(".")) or looks_like_secret(k):
                     problems.append(_Problem(p + (k,), f"specs must not contain secrets; {SECRET_ENV_HINT}"))
                 else:
                     walk(v, p + (k,))
         elif isinstance(node, list):
             for v in node:
                 walk(v, p)
+        elif looks_like_secret(node):
+            problems.append(_Problem(p, f"specs must not contain secrets (this value looks like an API key); "
+                                        f"{SECRET_ENV_HINT}"))
 
-    walk(tree, path)
+    walk(tree, ())
     _raise_if(problems, label_for)
 
 
 def _build_spec(tree: dict, registry: dict[str, type], src: dict, default_label: str) -> ExperimentSpec:
     label_for = _label_for(src, default_label)
-    _check_secrets(tree, (), label_for)
+    _check_secrets(tree, label_for)
     if "extends" in tree:  # only spec_from_dict gets here with it: files resolve it while reading
         raise SpecError(f"{label_for(('extends',))}: extends: a resolved spec cannot extend another; "
                         "load the file with load_spec")
@@ -854,111 +860,112 @@ def _build_spec(tree: dict, registry: dict[str, type], src: dict, default_label:
         if key not in valid:
             problems.append(_Problem((key,), f"unknown key '{key}'{_suggest(key, valid)}"))
 
-    name = tree.get("name", _MISSING)
-    if name is _MISSING or isinstance(name, _Word) and name.value is None:
+    name = tree.get("name")
+    if name is None:
         problems.append(_Problem(("name",), "missing: every spec needs a name, e.g. name: tsa_ablation"))
     else:
-        name = _coerce(name, str, ("name",), problems)
+        name = _coerce(str, name, ("name",), problems)
         if isinstance(name, str) and not NAME_RE.match(name):
             problems.append(_Problem(("name",), f"{_show(name)} must match [a-z0-9][a-z0-9_-]* "
                                                 "(lowercase letters, digits, '_' and '-')"))
-    description = _coerce(tree.get("description", ""), str | None, ("description",), problems) or ""
-    seeds = _coerce(tree.get("seeds", [0]), tuple[int, ...], ("seeds",), problems)
-    if isinstance(seeds, tuple):
-        if not seeds:
-            problems.append(_Problem(("seeds",), "[] is empty; give at least one seed, e.g. seeds: [0]"))
-        elif len(set(seeds)) != len(seeds):
-            problems.append(_Problem(("seeds",), f"{_show(list(seeds))} repeats a seed"))
-        elif min(seeds) < 0:
-            problems.append(_Problem(("seeds",), f"{_show(list(seeds))}: seeds must be >= 0"))
+    description = _coerce(str | None, tree.get("description"), ("description",), problems) or ""
+    seeds = _coerce(_SEEDS, tree.get("seeds", [0]), ("seeds",), problems)
+    if seeds == ():
+        problems.append(_Problem(("seeds",), "[] is empty; give at least one seed, e.g. seeds: [0]"))
+    elif isinstance(seeds, tuple) and len(set(seeds)) != len(seeds):
+        problems.append(_Problem(("seeds",), f"{_show(list(seeds))} repeats a seed"))
     sweep = _build_dataclass(SweepConfig, tree.get("sweep"), ("sweep",), problems)
 
+    before = len(problems)
     sections = _build_sections(tree, registry, problems)
-    sections_ok = all(v is not _MISSING for v in sections.values())
+    sections_ok = len(problems) == before  # else every variant would repeat the sections' problems
     variants = _build_variants(tree.get("variants"), registry, tree, problems, sections_ok)
     search = _build_search(tree.get("search"), registry, problems)
     smoke = _build_deltas(tree.get("smoke"), registry, ("smoke",), problems)
     _raise_if(problems, label_for)
-
     return ExperimentSpec(name=name, description=description, seeds=seeds, variants=variants, search=search,
                           sweep=sweep, smoke=smoke, source=default_label, registry=tuple(registry.items()),
                           **sections)
 
 
 def _build_sections(tree: dict, registry, problems, cross_path: tuple | None = None) -> dict[str, Any]:
-    """All sections from a nested tree. Cross-field errors are reported at `cross_path` (e.g.
-    variants.wide) when given, else at the section without repeating its path."""
-    out = {}
+    """All sections from a nested tree, the model's feature-set facts derived. Cross-field errors are
+    reported at `cross_path` (e.g. variants.wide) when given, else at the section."""
+    out: dict[str, Any] = {}
     for section, cls in registry.items():
-        out[section] = _build_dataclass(cls, tree.get(section), (section,), problems, cross_path)
+        raw = tree.get(section)
+        if section == "model" and isinstance(out.get("features"), FeaturesConfig) and isinstance(raw, (dict, type(None))):
+            raw = _derive_model(dict(raw or {}), out["features"].set, cls, problems, cross_path)
+        out[section] = _build_dataclass(cls, raw, (section,), problems, cross_path)
     return out
 
 
+def _derive_model(raw: dict, set_name: str, cls: type, problems, cross_path) -> dict:
+    """The model's raw keys with the feature set's facts filled in; a different stated value is a problem."""
+    try:
+        facts = feature_facts(set_name)
+    except SpecError as exc:
+        problems.append(_Problem(cross_path or ("features", "set"), str(exc)))
+        return raw
+    for key, value in facts.items():
+        if key not in _field_types(cls):
+            continue
+        if key in raw:
+            stated = _coerce(_field_types(cls)[key], raw[key], ("model", key), problems)
+            if stated is not _MISSING and stated != value:
+                message = (f"model.{key} ({_show(stated)}) disagrees with feature set '{set_name}' ({_show(value)}); "
+                           f"leave model.{key} out, it is derived from features.set")
+                problems.append(_Problem(cross_path, message) if cross_path else
+                                _Problem(("model", key), message, show_path=False))
+        raw[key] = value
+    return raw
+
+
 def _build_dataclass(cls: type, raw, path: tuple, problems: list[_Problem], cross_path: tuple | None = None):
-    """Coerce a mapping into `cls`: unknown keys, types, declared ranges, then the constructor."""
-    if raw is None or isinstance(raw, _Word) and raw.value is None:
-        raw = {}
+    """A mapping -> `cls` (pydantic checks the fields, then the constructor its cross-field rules)."""
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         problems.append(_Problem(path, f"{_show(raw)} is not a mapping of {cls.__name__} fields"))
         return _MISSING
-    before = len(problems)
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            problems.append(_Problem(path + (key,), f"unknown key '{key}'{_suggest(key, fields)}"))
-            continue
-        coerced = _coerce(value, hints[key], path + (key,), problems)
-        if coerced is not _MISSING:
-            # Show the number as written (0, not the coerced 0.0).
-            shown = value if isinstance(value, (int, float)) and not isinstance(value, bool) else coerced
-            _check_range(coerced, fields[key].metadata, path + (key,), problems, shown)
-            kwargs[key] = coerced
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
-                and name not in raw:
-            problems.append(_Problem(path + (name,), "missing (required, no default)"))
-    if len(problems) > before:
+    checked = _validate(cls, raw, path, problems)
+    if checked is _MISSING:
         return _MISSING
     try:
-        return cls(**kwargs)
+        return _unmodel(checked)
     except SpecError as exc:
         for line in str(exc).splitlines() or [""]:  # a multi-problem message: one line each
-            if cross_path:
-                problems.append(_Problem(cross_path, line))
-            else:
-                problems.append(_Problem(path, line, show_path=False))
+            problems.append(_Problem(cross_path, line) if cross_path else _Problem(path, line, show_path=False))
     except (ValueError, TypeError) as exc:  # a stage's own check that did not use SpecError
         problems.append(_Problem(path, str(exc)))
     return _MISSING
 
 
 def _build_deltas(raw, registry, where: tuple, problems) -> FrozenDict:
-    """{dotted.key: value} of section fields, each coerced to its field's type."""
-    if raw is None or isinstance(raw, _Word) and raw.value is None:
+    """{dotted.key: value} of section fields, each converted to its field's type."""
+    if raw is None:
         return FrozenDict()
     if not isinstance(raw, dict):
         problems.append(_Problem(where, f"{_show(raw)} is not a mapping of dotted.key: value"))
         return FrozenDict()
     out = {}
     for key, value in raw.items():
-        path = where + (key,)
-        leaf = _check_delta_path(_split(key), registry, path, problems)
-        if leaf is _MISSING:
-            continue
-        value = _coerce(value, leaf, path, problems)
-        if value is not _MISSING:
-            out[key] = value
+        found = _check_delta_path(_split(key), registry, where + (key,), problems)
+        if found is not _MISSING:
+            value = _coerce(_field_types(found[0])[found[1]], value, where + (key,), problems)
+            if value is not _MISSING:
+                out[key] = value
     return FrozenDict(out)
 
 
 def _build_variants(raw, registry, tree, problems, sections_ok: bool) -> FrozenDict:
-    if raw is None or isinstance(raw, _Word) and raw.value is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         problems.append(_Problem(("variants",), f"{_show(raw)} is not a mapping of variant name -> "
                                                 "{dotted.key: value}"))
+        return FrozenDict()
+    if len(raw) > MAX_VARIANTS:
+        problems.append(_Problem(("variants",), f"{len(raw):,} variants; at most {MAX_VARIANTS:,} "
+                                                "(split the study into several specs)"))
         return FrozenDict()
     out: dict[str, FrozenDict] = {}
     # The spec as written is a variant too: implicit `base` first, unless a listed variant
@@ -976,23 +983,17 @@ def _build_variants(raw, registry, tree, problems, sections_ok: bool) -> FrozenD
                                                          "deltas; give this variant another name"))
         if len(problems) == before and sections_ok and deltas:
             # Build the variant's sections now, so a cross-field error shows up at load time.
-            vtree = {s: tree.get(s) for s in registry}
-            vtree = {s: (dict(v) if isinstance(v, dict) else {}) for s, v in vtree.items()}
-            vtree = _merge(vtree, _nest(deltas), "variant", {})
-            _build_sections(vtree, registry, problems, cross_path=("variants", name))
+            vtree = {s: (dict(tree[s]) if isinstance(tree.get(s), dict) else {}) for s in registry}
+            nested: dict = {}
+            for k, v in deltas.items():
+                _set_path(nested, _split(k), _plain(v))
+            _build_sections(_merge(vtree, nested, "variant", {}), registry, problems, cross_path=("variants", name))
         out[name] = deltas
     return FrozenDict(out)
 
 
-def _nest(deltas: Mapping[str, Any]) -> dict:
-    nested: dict = {}
-    for k, v in deltas.items():
-        _set_path(nested, _split(k), _plain(v))
-    return nested
-
-
 def _build_search(raw, registry, problems) -> FrozenDict:
-    if raw is None or isinstance(raw, _Word) and raw.value is None:
+    if raw is None:
         return FrozenDict()
     if not isinstance(raw, dict):
         problems.append(_Problem(("search",), f"{_show(raw)} is not a mapping of dotted.key: distribution"))
@@ -1002,8 +1003,8 @@ def _build_search(raw, registry, problems) -> FrozenDict:
             "{quniform: [low, high, q]} or {choice: [a, b, ...]}"
     for key, dist in raw.items():
         path = ("search", key)
-        leaf = _check_delta_path(_split(key), registry, path, problems)
-        if leaf is _MISSING:
+        found = _check_delta_path(_split(key), registry, path, problems)
+        if found is _MISSING:
             continue
         if not isinstance(dist, dict) or len(dist) != 1:
             problems.append(_Problem(path, f"{_show(dist)} is not a distribution; use {forms}"))
@@ -1017,11 +1018,12 @@ def _build_search(raw, registry, problems) -> FrozenDict:
             want = {"quniform": "[low, high, q]", "choice": "a non-empty list of values"}.get(kind, "[low, high]")
             problems.append(_Problem(path, f"{kind} takes {want}, got {_show(args)}"))
             continue
+        leaf = _field_types(found[0])[found[1]]
         base = _base_type(leaf)
         vtype = getattr(base, "__name__", str(base))
+        before = len(problems)
         if kind == "choice":
-            before = len(problems)
-            values = tuple(_coerce(v, leaf, path, problems, prefix=f"choice[{i}]: ") for i, v in enumerate(args))
+            values = tuple(_coerce(leaf, v, path, problems, prefix=f"choice[{i}]: ") for i, v in enumerate(args))
             if len(problems) == before:
                 out[key] = SearchDim(key, kind, values=values, value_type=vtype)
             continue
@@ -1030,9 +1032,7 @@ def _build_search(raw, registry, problems) -> FrozenDict:
             use = "randint, quniform or choice" if base is int else "choice"
             problems.append(_Problem(path, f"{kind} cannot sample {key}, which takes {_describe(leaf)}; use {use}"))
             continue
-        before = len(problems)
-        nums = [_coerce(a, base, path, problems, prefix=f"{kind} {name}: ")
-                for a, name in zip(args, ("low", "high", "q"))]
+        nums = [_coerce(leaf, a, path, problems, prefix=f"{kind} {name}: ") for a, name in zip(args, ("low", "high", "q"))]
         if len(problems) > before:
             continue
         low, high = nums[0], nums[1]
@@ -1048,213 +1048,239 @@ def _build_search(raw, registry, problems) -> FrozenDict:
     return FrozenDict(out)
 
 
-def _base_type(tp):
-    """X for X | None, else tp."""
-    if _is_union(tp):
-        arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(arms) == 1:
-            return arms[0]
+def _check_delta_path(parts: Sequence[str], registry, where: tuple, problems):
+    """Validate a dotted key of a variant/search/smoke/--set delta: (owning dataclass, field) or _MISSING."""
+    if parts[0] not in registry:
+        problems.append(_Problem(where, f"'{parts[0]}' is not a section{_suggest(parts[0], registry)}; deltas "
+                                        f"change section fields ({', '.join(registry)})"))
+        return _MISSING
+    tp: Any = registry[parts[0]]
+    for i, p in enumerate(parts[1:], start=1):
+        cls = _dataclass_of(tp)
+        if cls is None:
+            problems.append(_Problem(where, f"{'.'.join(parts[:i])} is {_describe(tp)}, it has no key '{p}'"))
+            return _MISSING
+        if p not in _field_types(cls):
+            problems.append(_Problem(where, f"unknown key '{p}'{_suggest(p, _field_types(cls))}"))
+            return _MISSING
+        tp = _field_types(cls)[p]
+    if len(parts) == 1:
+        problems.append(_Problem(where, f"'{parts[0]}' is a section; name one of its fields, e.g. {parts[0]}.<field>"))
+        return _MISSING
+    return cls, parts[-1]
+
+
+def _walk_type(parts: Sequence[str], registry):
+    """The type at a dotted path below the sections, or None if the path does not exist."""
+    tp: Any = registry.get(parts[0]) if parts else None
+    for p in parts[1:]:
+        cls = _dataclass_of(tp)
+        if cls is None or p not in _field_types(cls):
+            return None
+        tp = _field_types(cls)[p]
     return tp
 
 
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
+
+
 # --------------------------------------------------------------------------------------------
-# Coercion: YAML value -> field type, with messages that name the value
+# pydantic: generated models, conversion, error lines
 # --------------------------------------------------------------------------------------------
 
-_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class _CoerceError(Exception):
-    pass
+def _int64(value: int) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("is not a 64-bit integer")
+    return value
 
 
-def _coerce(value, tp, path: tuple, problems: list[_Problem], prefix: str = ""):
-    """The value converted to `tp`, or _MISSING after appending a problem."""
+def _no_number(value):
+    if isinstance(value, (int, float)):  # pydantic would read it as a Unix time
+        raise ValueError("is not a date (YYYY-MM-DD)")
+    return value
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Init field name -> annotated type (bounds included) of a dataclass."""
     try:
-        return _convert(value, tp, path, problems, prefix)
-    except _CoerceError as exc:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except NameError as exc:  # an annotation only importable under TYPE_CHECKING: a bug there
+        raise TypeError(f"cannot resolve the field types of {cls.__module__}.{cls.__qualname__}: {exc}") from exc
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+@functools.cache
+def _model(cls: type) -> type[BaseModel]:
+    """The pydantic model that checks a mapping for dataclass `cls`: same fields, types, bounds, defaults."""
+    fields = {}
+    for f in dataclasses.fields(cls):
+        if f.init:
+            default = f.default if f.default is not dataclasses.MISSING else \
+                Field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING else ...
+            fields[f.name] = (_pyd(_field_types(cls)[f.name]), default)
+    model = create_model(cls.__name__, __config__=_CONFIG, __doc__=cls.__doc__, **fields)
+    model.__dataclass__ = cls
+    return model
+
+
+def _pyd(tp):
+    """A field type as pydantic checks it: nested dataclasses -> their models, ints within int64,
+    dates never from numbers."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _model(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return Annotated[(_pyd(args[0]), *tp.__metadata__)]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_pyd(a) for a in args)]
+    if origin is tuple:
+        return tuple[tuple(a if a is Ellipsis else _pyd(a) for a in args)]
+    if tp is int:
+        return Annotated[int, AfterValidator(_int64)]
+    if tp is dt.date:
+        return Annotated[dt.date, BeforeValidator(_no_number)]
+    return tp
+
+
+_ADAPTERS: dict[Any, TypeAdapter] = {}
+
+
+def _adapter(tp) -> TypeAdapter:
+    if tp not in _ADAPTERS:
+        target = _pyd(tp)
+        is_model = isinstance(target, type) and issubclass(target, BaseModel)
+        _ADAPTERS[tp] = TypeAdapter(target) if is_model else TypeAdapter(target, config=_CONFIG)
+    return _ADAPTERS[tp]
+
+
+def _validate(tp, value, path: tuple, problems: list[_Problem], prefix: str = ""):
+    """`value` checked by pydantic against `tp` (nested dataclasses still as models), or _MISSING
+    after one problem per error, in the order the keys were written."""
+    try:
+        return _adapter(tp).validate_python(value)
+    except ValidationError as exc:
+        order = list(value) if isinstance(value, dict) else []
+        errors = sorted(exc.errors(include_url=False),
+                        key=lambda e: order.index(e["loc"][0]) if e["loc"] and e["loc"][0] in order else len(order))
+        for err in errors:
+            where, message = _error_line(tp, err)
+            problems.append(_Problem(path + where, prefix + message))
+        return _MISSING
+
+
+def _coerce(tp, value, path: tuple, problems: list[_Problem], prefix: str = ""):
+    """`value` converted to `tp` (dataclasses built), or _MISSING after appending problems."""
+    checked = _validate(tp, value, path, problems, prefix)
+    if checked is _MISSING:
+        return _MISSING
+    try:
+        return _unmodel(checked)
+    except SpecError as exc:
         problems.append(_Problem(path, prefix + str(exc)))
         return _MISSING
 
 
-def _convert(value, tp, path, problems, prefix):
-    if isinstance(value, _Word):
-        try:
-            return _convert(value.value, tp, path, problems, prefix)
-        except _CoerceError:
-            if _accepts_text(tp, value.text):
-                return value.text
-            raise _CoerceError(f"{value.text!r} is not {_describe(tp)}") from None
-    if tp is Any or tp is object:
-        return _unword(value)
-    if _is_union(tp):
-        arms = typing.get_args(tp)
-        if value is None:
-            if type(None) in arms:
-                return None
-            raise _CoerceError(f"null is not {_describe(tp)}")
-        for arm in arms:
-            if arm is type(None):
-                continue
-            try:
-                return _convert(value, arm, path, [], prefix)
-            except _CoerceError:
-                continue
-        raise _CoerceError(f"{_show(value)} is not {_describe(tp)}")
-    if value is None and tp is not type(None):
-        raise _CoerceError(f"null is not {_describe(tp)}")
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        for a in allowed:
-            if type(value) is type(a) and value == a:
-                return a
-        hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise _CoerceError(f"{_show(value)} is not one of {_show(list(allowed))}{hint}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _CoerceError(f"{_show(value)} is not a boolean (true or false)")
-    if tp is int:
-        if isinstance(value, bool):
-            raise _CoerceError(f"{_show(value)} is not an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # samplers (quniform) hand back 64.0 for an int field
-        raise _CoerceError(f"{_show(value)} is not an integer")
-    if tp is float:
-        if isinstance(value, bool):
-            raise _CoerceError(f"{_show(value)} is not a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str) and _NUMBER_RE.match(value.strip()):
-            return float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
-        raise _CoerceError(f"{_show(value)} is not a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (dt.date, dt.datetime)):
-            return value.isoformat()
-        raise _CoerceError(f"{_show(value)} is not a string")
-    if tp in (dt.date, dt.datetime):
-        if isinstance(value, dt.datetime) and tp is dt.date:
-            if value.time() == dt.time(0):
-                return value.date()
-        elif isinstance(value, tp) and (tp is dt.datetime or not isinstance(value, dt.datetime)):
-            return value
-        if isinstance(value, dt.date) and tp is dt.datetime:
-            return dt.datetime(value.year, value.month, value.day)
-        if isinstance(value, str):
-            try:
-                return tp.fromisoformat(value)
-            except ValueError:
-                pass
-        raise _CoerceError(f"{_show(value)} is not {_describe(tp)}")
-    if origin in (tuple, list) or tp in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise _CoerceError(f"{_show(value)} is not {_describe(tp)}")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise _CoerceError(f"{_show(value)} is not a list of {len(args)} values")
-            elem_types = args
-        else:
-            elem_types = [args[0] if args else Any] * len(value)
-        items = []
-        for i, (v, et) in enumerate(zip(value, elem_types)):
-            try:
-                items.append(_convert(v, et, path, problems, prefix))
-            except _CoerceError as exc:
-                raise _CoerceError(f"item {i}: {exc}") from None
-        return tuple(items) if (origin is tuple or tp is tuple) else items
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, dict):
-            raise _CoerceError(f"{_show(value)} is not a mapping")
-        args = typing.get_args(tp) or (str, Any)
-        return {_convert(k, args[0], path, problems, prefix): _convert(v, args[1], path + (k,), problems, prefix)
-                for k, v in value.items()}
-    cls = _dataclass_of(tp)
-    if cls is not None:
-        if isinstance(value, cls):
-            return value
-        before = len(problems)
-        built = _build_dataclass(cls, value, path, problems)
-        if built is _MISSING:
-            if len(problems) == before:
-                raise _CoerceError(f"{_show(value)} is not a mapping")
-            return _MISSING
-        return built
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise _CoerceError(f"{_show(value)} is not {_describe(tp)}")
-
-
-def _accepts_text(tp, text: str) -> bool:
-    """Can a bool/null word be taken as its text for this type (`gate: none`, `amp: off`)?"""
-    if _is_union(tp):
-        return any(_accepts_text(a, text) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is Literal:
-        return text in typing.get_args(tp)
-    return tp is str and text != "" and text.lower() not in ("null", "~")
-
-
-def _unword(value):
-    if isinstance(value, _Word):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _unword(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unword(v) for v in value]
+def _unmodel(value):
+    """Generated models back to their dataclasses (only the keys given: the dataclass defaults the rest)."""
+    if isinstance(value, BaseModel):
+        cls = type(value).__dataclass__
+        return cls(**{k: _unmodel(getattr(value, k)) for k in value.model_fields_set})
+    if isinstance(value, tuple):
+        return tuple(_unmodel(v) for v in value)
     return value
 
 
-def _check_range(value, meta: Mapping, path, problems, shown=None) -> None:
-    if not meta or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    lo = ("ge", meta["ge"]) if "ge" in meta else ("gt", meta["gt"]) if "gt" in meta else None
-    hi = ("le", meta["le"]) if "le" in meta else ("lt", meta["lt"]) if "lt" in meta else None
-    ok = ((lo is None or (value >= lo[1] if lo[0] == "ge" else value > lo[1]))
-          and (hi is None or (value <= hi[1] if hi[0] == "le" else value < hi[1])))
-    if ok:
-        return
-    shown = value if shown is None else shown
+_EXPECTED = (("bool", "a boolean (true or false)"), ("int", "an integer"), ("float", "a number"),
+             ("finite", "a finite number"), ("string", "a string"), ("datetime", "a date-time (YYYY-MM-DD HH:MM:SS)"),
+             ("date", "a date (YYYY-MM-DD)"))
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _error_line(tp, err) -> tuple[tuple, str]:
+    """A pydantic error -> (path below `tp`, message that names the value as the user wrote it)."""
+    where: list = []
+    item = ""
+    for part in err["loc"]:
+        cls = _dataclass_of(tp)
+        if cls is not None and isinstance(part, str) and part in _field_types(cls):
+            tp = _field_types(cls)[part]
+            where.append(part)
+        elif cls is not None and err["type"] == "extra_forbidden":
+            return tuple(where) + (part,), f"unknown key '{part}'{_suggest(part, _field_types(cls))}"
+        elif isinstance(part, int):
+            item = f"item {part}: "
+        # else: a union member's tag ('int', 'none'), not a place
+    kind, shown = err["type"], _show(err.get("input"))
+    if kind == "missing":
+        return tuple(where), "missing (required, no default)"
+    if kind == "literal_error":
+        allowed = list(typing.get_args(_base_type(tp)))
+        close = difflib.get_close_matches(str(err.get("input")), [a for a in allowed if isinstance(a, str)], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close and isinstance(err.get("input"), str) else ""
+        return tuple(where), f"{item}{shown} is not one of {_show(allowed)}{hint}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return tuple(where), item + _range_text(shown, _bounds(tp) or err.get("ctx", {}))
+    if kind == "value_error":
+        return tuple(where), f"{item}{shown} {err['ctx']['error']}"
+    what = next((text for prefix, text in _EXPECTED if kind.startswith(prefix)), None) or _describe(tp)
+    return tuple(where), f"{item}{shown} is not {what}"
+
+
+def _range_text(shown: str, bounds: Mapping[str, Any]) -> str:
+    lo = next(((op, bounds[op]) for op in ("ge", "gt") if op in bounds), None)
+    hi = next(((op, bounds[op]) for op in ("le", "lt") if op in bounds), None)
     if lo and hi:
-        interval = f"{'[' if lo[0] == 'ge' else '('}{_show(lo[1])}, {_show(hi[1])}{']' if hi[0] == 'le' else ')'}"
-        problems.append(_Problem(path, f"{_show(shown)} is not in {interval}"))
-    else:
-        op, bound = lo or hi
-        sym = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
-        problems.append(_Problem(path, f"{_show(shown)} is not {sym} {_show(bound)}"))
+        return (f"{shown} is not in {'[' if lo[0] == 'ge' else '('}{_show(lo[1])}, "
+                f"{_show(hi[1])}{']' if hi[0] == 'le' else ')'}")
+    op, bound = lo or hi
+    return f"{shown} is not {_BOUND_TEXT[op]} {_show(bound)}"
+
+
+def _bounds(tp) -> dict[str, Any]:
+    """ge/gt/le/lt declared on a field type (`Annotated[float, Field(ge=0, lt=1)]`)."""
+    out: dict[str, Any] = {}
+    if typing.get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            for c in getattr(meta, "metadata", [meta]):
+                out.update({op: getattr(c, op) for op in _BOUND_TEXT if getattr(c, op, None) is not None})
+    return out
+
+
+def _base_type(tp):
+    """X for Annotated[X, ...] and X | None, else tp."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(arms) == 1:
+            return _base_type(arms[0])
+    return tp
+
+
+def _dataclass_of(tp) -> type | None:
+    """The dataclass inside `tp` (X, X | None), else None."""
+    base = _base_type(tp)
+    return base if dataclasses.is_dataclass(base) and isinstance(base, type) else None
 
 
 def _describe(tp) -> str:
-    if tp is Any:
-        return "any value"
-    if _is_union(tp):
-        arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        text = " or ".join(_describe(a) for a in arms)
-        return text + " or null" if type(None) in typing.get_args(tp) else text
-    origin = typing.get_origin(tp)
+    base = _base_type(tp)
+    origin = typing.get_origin(base)
     if origin is Literal:
-        return f"one of {_show(list(typing.get_args(tp)))}"
-    if origin in (tuple, list) or tp in (tuple, list):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return f"a list of {_plural(args[0])}" if args else "a list"
-    if origin in (dict, Mapping) or tp is dict:
-        return "a mapping"
-    if _dataclass_of(tp) is not None:
+        return f"one of {_show(list(typing.get_args(base)))}"
+    if origin in (tuple, list) or base in (tuple, list):
+        return "a list"
+    if origin in (dict, Mapping) or base is dict or _dataclass_of(base) is not None:
         return "a mapping"
     return {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string",
-            dt.date: "a date (YYYY-MM-DD)", dt.datetime: "a date-time (YYYY-MM-DD HH:MM:SS)"}.get(
-        tp, f"a {getattr(tp, '__name__', tp)}")
-
-
-def _plural(tp) -> str:
-    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, _describe(tp))
+            dt.date: "a date (YYYY-MM-DD)"}.get(base, f"a {getattr(base, '__name__', base)}")
 
 
 def _type_name(value) -> str:
@@ -1262,15 +1288,11 @@ def _type_name(value) -> str:
         return "a list"
     if isinstance(value, str):
         return f"a string ({value[:40]!r})"
-    if isinstance(value, _Word):
-        return "a scalar"
     return f"a {type(value).__name__}"
 
 
 def _show(value) -> str:
     """A value as the user wrote it in YAML: 'text', 1.5, true, null, [1, 2]."""
-    if isinstance(value, _Word):
-        return value.text if value.text else "null"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -1296,6 +1318,4 @@ def _plain(value):
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, _Word):
-        return value.value
     return value

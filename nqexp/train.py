@@ -29,7 +29,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,7 +199,7 @@ def crps_by_horizon(scored: Scored, taus) -> np.ndarray:
 
 
 def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
-          *, seed: int = 0, horizon_minutes=(15, 30, 60, 120, 240), device: str | None = None,
+          *, seed: int = 0, horizon_minutes: Sequence[int], device: str | None = None,
           resume: bool = True, on_epoch=None) -> TrainResult:
     """Train on data['train'], early-stop on data['val'] CRPS; checkpoints go to run_dir.
 

@@ -14,12 +14,14 @@ import importlib.util
 import pickle
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pytest
 import yaml
+from pydantic import Field
 
 from nqexp import spec as S
 from nqexp.errors import SpecError
@@ -33,10 +35,11 @@ class StandInModel:
     n_heads: int = 4
     d_ff: int = 256
     n_temporal_layers: int = 2
-    dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1  # bounds are declared on the type
     gate: Literal["none", "sigmoid", "gru"] = "sigmoid"
     instance_norm: bool = True
-    horizons: tuple[int, ...] = (3, 6, 12)
+    horizons: tuple[int, ...] = (3, 6, 12)  # derived from features.set
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -252,10 +255,11 @@ def test_error_in_base_file_names_the_base_file(tmp_path):
 
 
 def test_extends_merges_mappings_deeply_and_replaces_lists(tmp_path):
-    write(tmp_path, "model: {d_model: 32, n_heads: 2, horizons: [3, 6, 12]}\ntrack: {tags: [a, b]}\n", "base.yaml")
-    child = write(tmp_path, "name: c\nextends: base.yaml\nmodel: {n_heads: 4, horizons: [6]}\ntrack: {tags: [c]}\n")
+    write(tmp_path, "model: {d_model: 32, n_heads: 2, quantiles: [0.1, 0.5, 0.9]}\ntrack: {tags: [a, b]}\n",
+          "base.yaml")
+    child = write(tmp_path, "name: c\nextends: base.yaml\nmodel: {n_heads: 4, quantiles: [0.5]}\ntrack: {tags: [c]}\n")
     spec = load(child)
-    assert (spec.model.d_model, spec.model.n_heads, spec.model.horizons) == (32, 4, (6,))
+    assert (spec.model.d_model, spec.model.n_heads, spec.model.quantiles) == (32, 4, (0.5,))
     assert spec.track.tags == ("c",)
 
 
@@ -493,10 +497,12 @@ def test_track_auto_mode_follows_the_api_key_and_store_is_absolute(tmp_path):
 
 def test_defaults_follow_design(tmp_path):
     spec = load(write(tmp_path, "name: exp\n"))
-    assert (spec.data.symbol, spec.data.freq_minutes, spec.features.set) == ("NQ.demo", 5, "migt24")
+    assert (spec.data.symbol, spec.features.set) == ("NQ.demo", "migt24")
     assert spec.eval.gates.min_picp80 == 0.4 and spec.eval.gates.max_abs_ic == 0.1 and spec.eval.strict is False
     assert spec.seeds == (0,) and list(spec.variants) == ["base"]
     assert (spec.sweep.metric, spec.sweep.mode, spec.sweep.scheduler) == ("val/crps", "min", "asha")
+    # Keys that did nothing are gone: the bar size is the feature set's, the sweep objective is fixed.
+    assert "freq_minutes" not in spec.to_dict()["data"] and not {"metric", "mode"} & set(spec.to_dict()["sweep"])
 
 
 def test_nested_gate_thresholds_are_validated(tmp_path):
@@ -555,3 +561,172 @@ def test_draft_experiments_load_with_the_real_registry(tmp_path):
     assert sweep.sweep.num_samples == 2 and len(sweep.trials()) == 1
     for d_model in sweep.search_space()["model.d_model"].values:  # every choice is a valid model
         assert sweep.apply({"model.d_model": d_model}).model.d_model == d_model
+
+
+# ------------------------------------------------------------------------------------------
+# The feature set owns horizons, n_vars and groups
+
+
+def test_model_facts_come_from_the_feature_set_and_a_different_value_names_both(tmp_path):
+    _require_real_stage_modules()
+    from nqexp.features import feature_set
+
+    grok = S.load_spec(ROOT / "experiments" / "grok_sl_1m.yaml")
+    fs = feature_set("grok24")
+    assert grok.model.horizons == fs.horizons and grok.model.n_vars == len(fs.columns)
+    assert sum(grok.model.groups) == len(fs.columns) and len(grok.model.groups) == len(set(fs.groups))
+    with pytest.raises(SpecError) as info:
+        S.load_spec(ROOT / "experiments" / "grok_sl_1m.yaml", ["model.n_vars=7"])
+    assert str(info.value) == ("--set: model.n_vars (7) disagrees with feature set 'grok24' (24); "
+                               "leave model.n_vars out, it is derived from features.set")
+    # A variant that switches the feature set gets that set's horizons.
+    p = write(tmp_path, f"name: sets\nextends: {ROOT / 'experiments' / 'base.yaml'}\n"
+                        "variants:\n  grok: {features.set: grok24, model.arch: grok_sl}\n")
+    base, other = (t.spec for t in S.load_spec(p).trials())
+    assert base.model.horizons == feature_set("migt24").horizons and other.model.horizons == fs.horizons
+    assert S.spec_from_dict(other.to_dict()) == other
+
+
+def test_stand_in_model_horizons_are_derived_too(tmp_path):
+    p = write(tmp_path, "name: exp\nmodel: {horizons: [3, 6, 12, 24, 48]}\n")  # restating the set's value is fine
+    assert load(p).model.horizons == (3, 6, 12, 24, 48)
+    assert error_text(p, "model.horizons=[1, 2]") == (
+        "--set: model.horizons ([1, 2]) disagrees with feature set 'migt24' ([3, 6, 12, 24, 48]); "
+        "leave model.horizons out, it is derived from features.set")
+
+
+def test_unknown_feature_set_suggests_the_closest(tmp_path):
+    p = write(tmp_path, "name: exp\nfeatures: {set: migt42}\n")
+    assert error_text(p) == f"{p}: features.set: unknown feature set 'migt42' (did you mean 'migt24'?)"
+
+
+# ------------------------------------------------------------------------------------------
+# JSON Schema and shipped specs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _as_json(value):
+    """A YAML document as a JSON tool (an editor) sees it: dates are strings."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    return value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
+
+
+def test_json_schema_validates_every_shipped_spec_and_rejects_mistakes():
+    _require_real_stage_modules()
+    import jsonschema
+
+    schema = S.json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    shipped = S.shipped_specs()
+    assert {"quickstart", "base", "tsa_ablation"} <= set(shipped)
+    for name, path in shipped.items():
+        doc = _as_json(yaml.safe_load(path.read_text()))
+        errors = [e.message for e in validator.iter_errors(doc)]
+        assert not errors, f"{name}: {errors}"
+    assert not validator.is_valid({"name": "x", "train": {"lrr": 0.1}})  # unknown key
+    assert not validator.is_valid({"name": "x", "resources": {"gpus_per_trial": -1}})  # out of its declared bounds
+    assert not validator.is_valid({"name": "Bad Name"})
+
+
+def test_a_shipped_spec_loads_by_name_and_a_real_path_wins(tmp_path, monkeypatch):
+    _require_real_stage_modules()
+    monkeypatch.chdir(tmp_path)
+    spec = S.load_spec("quickstart")
+    assert spec.name == "quickstart" and Path(spec.source) == S.shipped_specs()["quickstart"]
+    assert spec.data.demo_days == 400 and spec.track.tags == ("demo",)  # its extends: base.yaml resolved too
+    write(tmp_path, "name: mine\n", "quickstart.yaml")
+    assert load("quickstart.yaml").name == "mine"
+    assert error_text("nosuch") == "nosuch: file not found"
+
+
+def test_smoke_runs_under_its_own_experiment_name(tmp_path):
+    p = write(tmp_path, "name: abl\n")
+    smoke = load(p, smoke=True)
+    assert smoke.name == "abl-smoke" and load(p).name == "abl"
+    assert load(S.dump_resolved(smoke, tmp_path / "r.yaml")).name == "abl-smoke"  # reloading keeps it
+    assert load(p, "name=mine", smoke=True).name == "mine"  # an explicit --set name wins
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile input (issue 15)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.inf", "--set: train.lr: inf is not a finite number"),
+    ("resources.cpus_per_trial=.inf", "--set: resources.cpus_per_trial: inf is not a finite number"),
+    ("resources.gpus_per_trial=.nan", "--set: resources.gpus_per_trial: nan is not a finite number"),
+    ("windows.t_max=1e12", "--set: windows.t_max: '1e12' is not an integer"),
+    (f"seeds=[{2**63}]", f"--set: seeds: item 0: {2**63} is not a 64-bit integer"),
+    (f"data.demo_seed={2**64}", f"--set: data.demo_seed: {2**64} is not a 64-bit integer"),
+    ("seeds=[0, -1]", "--set: seeds: item 1: -1 is not >= 0"),
+])
+def test_numbers_must_be_finite_and_in_range(tmp_path, override, message):
+    assert error_text(write(tmp_path, "name: exp\n"), override) == message
+
+
+def test_unknown_set_key_is_not_misreported_as_a_secret(tmp_path):
+    text = error_text(write(tmp_path, "name: exp\n"), "nosuch.key=1")
+    assert text.startswith("--set: nosuch.key: unknown key 'nosuch' (valid keys: name, ")
+    assert "secret" not in text
+    assert error_text(write(tmp_path, "name: exp\n"), "modle.d_model=8") == (
+        "--set: modle.d_model: unknown key 'modle' (did you mean 'model'?)")
+
+
+def test_empty_unreadable_and_huge_files_fail_fast_with_a_clear_line(tmp_path):
+    empty = write(tmp_path, "# only a comment\n", "empty.yaml")
+    assert error_text(empty) == f"{empty}: the file is empty; a spec is a YAML mapping (name:, model:, ...)"
+    big = write(tmp_path, "name: exp\ndescription: '" + "x" * S.MAX_SPEC_BYTES + "'\n", "big.yaml")
+    assert error_text(big) == f"{big}: larger than 1,000,000 bytes; a spec is a small YAML file"
+    if Path("/dev/zero").exists():
+        assert error_text("/dev/zero") == "/dev/zero: larger than 1,000,000 bytes; a spec is a small YAML file"
+        child = write(tmp_path, "name: exp\nextends: /dev/zero\n", "child.yaml")
+        assert error_text(child) == "/dev/zero: larger than 1,000,000 bytes; a spec is a small YAML file"
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"name: \xff\xfe\x00")
+    assert error_text(binary) == f"{binary}: not UTF-8 text; a spec is a YAML file"
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    lines = ["name: x", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9**9 values if expanded
+    p = write(tmp_path, "\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    assert error_text(p) == f"{p}: the YAML expands to more than 100,000 values (through aliases); a spec is a small file"
+    assert time.perf_counter() - t0 < 5
+    ok = write(tmp_path, "name: x\nmodel: &m {d_model: 32}\nsmoke:\n  model.d_model: 16\n", "ok.yaml")
+    assert load(ok).model.d_model == 32  # ordinary anchors still work
+
+
+def test_variants_are_capped(tmp_path):
+    body = "".join(f"  v{i}: {{model.d_model: 64}}\n" for i in range(S.MAX_VARIANTS + 1))
+    p = write(tmp_path, "name: many\nvariants:\n" + body)
+    assert error_text(p) == f"{p}: variants: 1,001 variants; at most 1,000 (split the study into several specs)"
+
+
+SECRET_LINE = ("specs must not contain secrets (this value looks like an API key); "
+               "set WANDB_API_KEY / DATABENTO_API_KEY in the environment instead")
+
+
+@pytest.mark.parametrize("text, where", [
+    ("description: 'my key db-AbCdEfGhIjKlMnOpQrStUv123'\n", "description"),
+    ("track: {tags: [ok, 0123456789abcdef0123456789abcdef01234567]}\n", "track.tags"),
+    ("track: {wandb_project: 'ENV-SECRET-VALUE-42'}\n", "track.wandb_project"),
+    ("variants:\n  v1: {track.wandb_entity: 'x ENV-SECRET-VALUE-42'}\n", "variants.v1.track.wandb_entity"),
+])
+def test_secret_values_are_refused_anywhere_without_echoing_them(tmp_path, monkeypatch, text, where):
+    monkeypatch.setenv("WANDB_API_KEY", "ENV-SECRET-VALUE-42")
+    p = write(tmp_path, "name: exp\n" + text)
+    message = error_text(p)
+    assert message == f"{p}: {where}: {SECRET_LINE}"
+    assert "db-AbC" not in message and "0123456789abcdef" not in message and "ENV-SECRET" not in message
+
+
+def test_secret_values_in_set_overrides_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABENTO_API_KEY", "db-FromTheEnvironment0123456789")
+    p = write(tmp_path, "name: exp\n")
+    assert error_text(p, "description=db-FromTheEnvironment0123456789") == f"--set: description: {SECRET_LINE}"

@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "name:" in p.read_text())
 SECRET = "db-TESTSECRET0123456789abcdefXYZ"
+EXP = "quickstart-smoke"  # --smoke runs under its own experiment name
 
 
 def nqexp(*args, cwd, env=None, timeout=600, **kw):
@@ -110,7 +111,7 @@ def test_quickstart_smoke_runs_every_trial_and_prints_the_ablation_table(smoke):
     assert "Generated" in out and "did not span the split dates" in out   # it said it remade the demo data
     for variant in ("full", "no_tsa", "no_lgu", "no_instance_norm", "point_mse"):
         assert variant in out
-    assert "Report:" in out and (cwd / "runs" / "quickstart" / "report.md").exists()
+    assert "Report:" in out and (cwd / "runs" / EXP / "report.md").exists()
     assert "Traceback" not in result.stderr
 
 
@@ -139,7 +140,7 @@ def test_run_store_holds_every_trial_with_metrics_gates_and_files(smoke):
 
 def test_every_trial_has_one_offline_wandb_run_with_explicit_increasing_steps(smoke):
     cwd, result, _ = smoke
-    runs = sorted((cwd / "runs" / "quickstart" / "wandb").glob("offline-run-*"))
+    runs = sorted((cwd / "runs" / EXP / "wandb").glob("offline-run-*"))
     assert len(runs) == 5
     for run in runs:
         (log,) = run.glob("run-*.wandb")
@@ -150,7 +151,7 @@ def test_every_trial_has_one_offline_wandb_run_with_explicit_increasing_steps(sm
         keys = {item.key or "/".join(item.nested_key) for h in history for item in h.item}
         assert {"train/loss", "val/crps"} <= keys, keys
         run_rec = next(r.run for r in records if r.WhichOneof("record_type") == "run")
-        assert run_rec.run_group == "quickstart" and run_rec.job_type in run_rec.display_name
+        assert run_rec.run_group == EXP and run_rec.job_type in run_rec.display_name
 
 
 def test_no_secret_reaches_logs_store_specs_or_wandb(smoke):
@@ -158,7 +159,7 @@ def test_no_secret_reaches_logs_store_specs_or_wandb(smoke):
     assert SECRET not in result.stdout + result.stderr
     hits = [p for p in (cwd / "runs").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert hits == []
-    resolved = yaml.safe_load((cwd / "runs" / "quickstart" / "spec.resolved.yaml").read_text())
+    resolved = yaml.safe_load((cwd / "runs" / EXP / "spec.resolved.yaml").read_text())
     assert "databento" not in json.dumps(resolved).lower()
 
 
@@ -166,17 +167,17 @@ def test_runs_and_report_commands_work_offline_from_the_store(smoke):
     cwd, result, _ = smoke
     assert result.returncode == 0
     ls = nqexp("runs", "ls", cwd=cwd)
-    assert ls.returncode == 0 and "quickstart" in ls.stdout and "finished" in ls.stdout
-    cmp = nqexp("runs", "compare", "quickstart", cwd=cwd)
+    assert ls.returncode == 0 and EXP in ls.stdout and "finished" in ls.stdout
+    cmp = nqexp("runs", "compare", EXP, cwd=cwd)
     assert cmp.returncode == 0 and "no_lgu" in cmp.stdout and "point_mse" in cmp.stdout
-    show = nqexp("runs", "show", "quickstart/full-s0", cwd=cwd)
+    show = nqexp("runs", "show", f"{EXP}/full-s0", cwd=cwd)
     assert show.returncode == 0 and "picp80" in show.stdout
-    html = nqexp("report", "quickstart", "--format", "html", cwd=cwd)
+    html = nqexp("report", EXP, "--format", "html", cwd=cwd)
     assert html.returncode == 0
-    text = (cwd / "runs" / "quickstart" / "report.html").read_text()
+    text = (cwd / "runs" / EXP / "report.html").read_text()
     assert "Paired CRPS differences" in text and "data:image/png;base64" in text
-    missing = nqexp("runs", "show", "quickstart/nope", cwd=cwd)
-    assert missing.returncode == 1 and "no trial quickstart/nope" in missing.stderr
+    missing = nqexp("runs", "show", f"{EXP}/nope", cwd=cwd)
+    assert missing.returncode == 1 and f"no trial {EXP}/nope" in missing.stderr
 
 
 def test_running_the_same_spec_again_runs_nothing_new(smoke):
@@ -185,7 +186,7 @@ def test_running_the_same_spec_again_runs_nothing_new(smoke):
     again = nqexp("run", str(ROOT / "experiments" / "quickstart.yaml"), "--smoke", cwd=cwd)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "nothing to run" in again.stdout
-    assert len(list((cwd / "runs" / "quickstart" / "wandb").glob("offline-run-*"))) == 5
+    assert len(list((cwd / "runs" / EXP / "wandb").glob("offline-run-*"))) == 5
 
 
 def test_a_changed_spec_under_the_same_name_is_refused(smoke):
@@ -229,7 +230,7 @@ def test_ctrl_c_then_rerun_finishes_only_the_unfinished_trials(tmp_path):
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("select count(*) from trials where status = 'finished'").fetchall()[0][0] == 5
     con.close()
-    ids = [p.name.rsplit("-", 1)[1] for p in (tmp_path / "runs" / "quickstart" / "wandb").glob("offline-run-*")]
+    ids = [p.name.rsplit("-", 1)[1] for p in (tmp_path / "runs" / EXP / "wandb").glob("offline-run-*")]
     # A resumed trial reuses its W&B id; no trial gets a second id.
     assert len(set(ids)) == 5
 
@@ -247,7 +248,7 @@ def test_sweep_smoke_samples_with_optuna_and_ranks_gated_trials_last(smoke, tmp_
     import duckdb
 
     con = duckdb.connect(str(cwd / "runs" / "store.duckdb"), read_only=True)
-    rows = con.execute("select status, params_json from trials where experiment = 'demo_sweep'").fetchall()
+    rows = con.execute("select status, params_json from trials where experiment = 'demo_sweep-smoke'").fetchall()
     con.close()
     assert len(rows) == 2 and all(s in ("finished", "stopped") for s, _ in rows)
     for _, params in rows:
