@@ -1,18 +1,23 @@
 """Tune: experiments as Ray Tune trials. The only module that imports ray.
 
-The driver (`run_experiment`):
-1. reads DuckDB once (`prepare_data`: demo data if the spec asks for it, bars, features), builds
-   the windowed numpy datasets for train/val/test, and hands them to Tune with
+The stages a trial runs (data preparation, scoring, provenance) are in nqexp/pipeline.py, which
+works without Ray; this module schedules them. The driver (`run_experiment`):
+1. reads DuckDB once (`pipeline.prepare_data`: demo data if the spec asks for it, bars, features),
+   builds the windowed numpy datasets for train/val/test, and hands them to Tune with
    `tune.with_parameters`, which puts them in Ray's object store once. Trials never open the DB;
+   each trial gets its spec already validated (frozen spec objects pickle to the workers), so
+   only a sweep trial validates once more, when it applies its sampled parameters;
 2. runs one Tune trial per (variant, seed) for `nqexp run`, or a search (Optuna TPE + ASHA over
    `search:`) for `nqexp sweep`, with the objective val CRPS — penalised ×1e3 for a trial whose
    val PICP80 collapses below the gate, so a collapsed trial can never win a sweep;
 3. follows trials through a driver-side `tune.Callback` (`_Follower`) that writes the local run
-   store, feeds one W&B run per trial (STACK_NOTES §4: the clean way), and drives the progress bar.
+   store, feeds one W&B run per trial (docs/stack_notes.md: the clean way), and drives the
+   progress bar. Every trial's W&B config carries the run's provenance (pipeline.provenance),
+   which is also saved as provenance.json next to spec.resolved.yaml.
 
 Interrupt and resume: the run store and each trial's own checkpoints (train.py) are the source
-of truth. Tune swallows Ctrl-C and returns normally (STACK_NOTES §3), so completion is read from
-the store, not from the ResultGrid. Running the same spec again (or `--resume EXP`) starts a
+of truth. Tune swallows Ctrl-C and returns normally (docs/stack_notes.md), so completion is read
+from the store, not from the ResultGrid. Running the same spec again (or `--resume EXP`) starts a
 Tune run over the unfinished trials only; each resumes from its latest checkpoint, its W&B run is
 resumed under the same id, and steps already logged are not logged again.
 """
@@ -25,16 +30,18 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nqexp.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
+
 log = logging.getLogger(__name__)
 
 QUIET_RAY_ENV = {
-    "RAY_AUTH_MODE": "token",              # keep auth on without the banner (STACK_NOTES §3)
+    "RAY_AUTH_MODE": "token",              # keep auth on without the banner (docs/stack_notes.md)
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AIR_NEW_OUTPUT": "0",             # with verbose=0: no Tune tables on the console
     "RAY_DEDUP_LOGS": "0",
@@ -51,147 +58,29 @@ GATE_PENALTY = 1e3
 
 
 # ------------------------------------------------------------------------------------------
-# Driver: data preparation (DuckDB is read here, once)
-
-
-@dataclass
-class PreparedData:
-    """The windowed datasets of one data configuration, plain numpy (picklable, Ray-friendly)."""
-
-    key: str                                   # hash of the data/features/windows/splits sections
-    datasets: dict[str, Any]                   # split -> windows.WindowDataset
-    horizon_minutes: tuple[int, ...]
-    names: list[str]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(ds.nbytes for ds in self.datasets.values())
-
-
-def data_key(spec_dict: Mapping[str, Any]) -> str:
-    """Trials share prepared data when these sections agree (variants usually change only the model)."""
-    part = {k: spec_dict.get(k) for k in ("data", "features", "windows", "splits")}
-    return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> PreparedData:
-    """DuckDB -> (demo data if needed) -> bars -> features -> splits -> scalers -> datasets."""
-    import datetime as dt
-
-    from nqexp import bars, db, demo, features, ingest, windows
-
-    notes = notes if notes is not None else []
-    data_cfg = trial_spec.data
-    con = db.connect(db_path)
-    try:
-        n_raw, first, last = con.execute("select count(*), min(ts), max(ts) from raw_bars where symbol = ?",
-                                         [data_cfg.symbol]).fetchall()[0]
-        is_demo = data_cfg.symbol == demo.DEMO_SYMBOL and bool(data_cfg.demo_days)
-        # A demo series made earlier (e.g. `nqexp data demo --days 30`) may not span the split dates.
-        stale = is_demo and n_raw and (first.date() > trial_spec.splits.train_start
-                                       or last.date() + dt.timedelta(days=3) < trial_spec.splits.test_end)
-        if n_raw == 0 or stale:
-            if not is_demo:
-                from nqexp.errors import DataError
-
-                raise DataError(
-                    f"no bars for data.symbol {data_cfg.symbol!r} in {db.resolve_db_path(db_path)}; "
-                    "import them first (nqexp data import / nqexp data download)"
-                )
-            t0 = time.perf_counter()
-            generated = demo.generate(days=data_cfg.demo_days, seed=data_cfg.demo_seed)
-            generated.seed = data_cfg.demo_seed
-            ingest.write_demo(con, generated)
-            why = (f"its {demo.DEMO_SYMBOL} bars ({first:%Y-%m-%d}..{last:%Y-%m-%d}) did not span the split dates"
-                   if stale else f"the database had no {demo.DEMO_SYMBOL} bars")
-            notes.append(f"Generated {len(generated.bars):,} demo bars ({data_cfg.demo_days} days, seed "
-                         f"{data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s because {why}.")
-        built = bars.ensure_bars(con, data_cfg.symbol)
-        if built is not None:
-            notes.append(f"Built bars: {built.summary()}.")
-        arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol)
-    finally:
-        con.close()
-    # The purge must also cover the longest feature look-back (DESIGN §5).
-    split_cfg = trial_spec.splits
-    if split_cfg.feature_lookback_bars < arrays.warmup_bars:
-        import dataclasses
-
-        split_cfg = dataclasses.replace(split_cfg, feature_lookback_bars=int(arrays.warmup_bars))
-    split_idx = windows.make_splits(arrays, split_cfg, trial_spec.windows)
-    for split, idx in split_idx.items():
-        if len(idx) == 0:
-            from nqexp.errors import SpecError
-
-            raise SpecError(f"splits: the {split} split has no samples for {data_cfg.symbol} "
-                            f"({arrays.ts[0]} .. {arrays.ts[-1]}); check the split dates against the data")
-    scalers = windows.fit_scalers(arrays, split_idx["train"], trial_spec.windows)
-    datasets = {s: windows.dataset_arrays(arrays, idx, scalers, trial_spec.windows) for s, idx in split_idx.items()}
-    horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
-    return PreparedData(key=data_key(trial_spec.to_dict()), datasets=datasets, horizon_minutes=horizon_minutes,
-                        names=list(arrays.names), notes=notes)
-
-
-# ------------------------------------------------------------------------------------------
 # Inside a trial
 
 
-def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu"):
-    """Best checkpoint -> val/test quantiles -> metrics vs baselines, gates, predictions, plots."""
-    import pandas as pd
+def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Mapping[str, Any],
+               base_spec=None, store_root: str, experiment: str):
+    """One Tune trial: train, score, report. Runs in a Ray worker.
 
-    from nqexp import evaluate, plots
-    from nqexp.train import load_checkpoint_model, predict
-
-    model, _ = load_checkpoint_model(checkpoint, device=device)
-    taus = tuple(model_cfg.quantiles)
-    ds = data.datasets
-    fitted = evaluate.fit_baselines(ds["train"].y, ds["train"].scale, taus)   # train only
-    tables, splits = [], {}
-    for split in ("val", "test"):
-        scored = predict(model, ds[split], 512, device)
-        q = scored.q
-        if q.shape[-1] == 1:
-            # Point head: a point mass scored on the same levels. With symmetric taus this gives
-            # exactly CRPS = |y - m|, and zero interval width, which the collapse gate flags.
-            q = np.repeat(q, len(taus), axis=-1)
-        base = evaluate.baseline_quantiles(fitted, ds[split].scale)
-        tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base))
-        splits[split] = evaluate.SplitPredictions(ts=scored.ts, y=scored.y, q=q, baselines=base)
-    table = pd.concat(tables, ignore_index=True)
-    # Gates look at val and test: a sweep picks on val, so a collapse there must disqualify too.
-    flags = evaluate.check_gates(table, thresholds=eval_cfg.gates, strict=False)
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    evaluate.save_predictions(trial_dir / "predictions.parquet", splits, taus, data.horizon_minutes)
-    table.to_parquet(trial_dir / "metrics_table.parquet")
-    test = splits["test"]
-    plot_paths = plots.plot_all(trial_dir / "plots", "test", test.ts, test.y, test.q, taus, data.horizon_minutes, table)
-    flat = {}
-    for split in ("val", "test"):
-        part = evaluate.flatten_metrics(table[table["split"] == split])
-        flat.update({f"{split}/{k}": v for k, v in part.items()})
-    return flat, flags, {k: str(v) for k, v in plot_paths.items()}
-
-
-def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Mapping[str, dict],
-               base_spec: dict | None, store_root: str, experiment: str):
-    """One Tune trial: build the trial's spec, train, score, report. Runs in a Ray worker."""
+    trial_specs: trial name -> its validated ExperimentSpec (`nqexp run`); base_spec: the
+    validated spec a sweep trial applies its sampled dotted keys to (`nqexp sweep`).
+    """
     import torch
     from ray import tune
 
-    from nqexp import spec as spec_mod
     from nqexp.track import BufferTracker
     from nqexp.train import train
 
     if "trial" in config:                                   # `nqexp run`: a named (variant, seed)
         name = config["trial"]
-        tspec = spec_mod.spec_from_dict(trial_specs[name], source=name)
+        tspec = trial_specs[name]
     else:                                                    # `nqexp sweep`: searched dotted keys
         name = sweep_trial_name(tune.get_context().get_trial_id())
-        tspec = spec_mod.spec_from_dict(base_spec, source="sweep").apply(config, source=f"sweep trial {name}")
-    spec_dict = tspec.to_dict()
-    data = datasets[data_key(spec_dict)]
+        tspec = base_spec.apply(config, source=f"sweep trial {name}")   # the sweep's one validation
+    data = datasets[data_key(tspec)]
     cpus = max(1, int(tspec.resources.cpus_per_trial))
     torch.set_num_threads(cpus)
     device = "cuda" if tspec.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
@@ -276,7 +165,8 @@ class _Follower:
             last_step = self.store.last_step(self.experiment, name)
             run = WandbRun(project=self.track.wandb_project, entity=self.track.wandb_entity, group=self.experiment,
                            job_type=meta["variant"], name=name, run_id=_wandb_id(self.experiment, name),
-                           config=meta.get("spec") or meta["params"], directory=self.store.experiment_dir(self.experiment),
+                           config={**(meta.get("spec") or meta["params"]), "provenance": self.trial_meta.get("_provenance")},
+                           directory=self.store.experiment_dir(self.experiment),
                            mode=self.mode, tags=tuple(self.track.tags))
             run.last_step = last_step
             self.runs[name] = run
@@ -458,11 +348,12 @@ class ExperimentOutcome:
         return not self.unfinished and not self.failed
 
 
-def run_trials(*, experiment: str, store, trial_specs: Mapping[str, dict], trial_meta: Mapping[str, dict],
+def run_trials(*, experiment: str, store, trial_specs: Mapping[str, Any], trial_meta: Mapping[str, dict],
                datasets: Mapping[str, PreparedData], resources, track_cfg, on_event: Callable | None = None,
-               search: Mapping[str, Any] | None = None, base_spec: dict | None = None, sweep_cfg=None,
+               search: Mapping[str, Any] | None = None, base_spec=None, sweep_cfg=None,
                max_epochs: int = 1) -> None:
-    """Run trials on Ray Tune: a grid over named trials, or a search when `search` is given."""
+    """Run trials on Ray Tune: a grid over named trials, or a search when `search` is given.
+    trial_specs (name -> ExperimentSpec) and base_spec are validated specs; see _trainable."""
     from ray import tune
 
     trainable = tune.with_parameters(_trainable, datasets=dict(datasets), trial_specs=dict(trial_specs),
@@ -560,7 +451,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         if finished:
             note(f"Resuming '{experiment}': {len(finished)} of {len(trials)} trials already finished; "
                  f"running {len(todo)}.")
-        trial_specs = {t.trial_name: t.spec.to_dict() for t in todo}
+        trial_specs = {t.trial_name: t.spec for t in todo}       # validated once, by spec.trials()
         trial_meta = {t.trial_name: {"variant": t.variant, "seed": t.seed,
                                      "params": dict(spec.variants[t.variant]), "spec": t.tracker_config(),
                                      "spec_yaml": yaml.safe_dump(scrub(t.spec.to_dict()), sort_keys=False)}
@@ -569,7 +460,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
             d = store.trial_dir(experiment, t.trial_name)
             d.mkdir(parents=True, exist_ok=True)
             spec_mod.dump_resolved(t.spec, d / "spec.yaml")
-        reps = {data_key(d): spec_mod.spec_from_dict(d) for d in trial_specs.values()}
+        reps = {data_key(t.spec): t.spec for t in todo}
     else:
         if not spec.search:
             raise SpecError(f"{spec_path or experiment}: search: is empty; `nqexp sweep` needs a search space")
@@ -598,6 +489,10 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
             sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.datasets.items())
             note(f"Data {rep.data.symbol} / {rep.features.set}: samples {sizes} "
                  f"({prepared.nbytes / 1e6:.0f} MB, shared with every trial through the object store).")
+        # After the data step, so the bars it fingerprints are the ones the trials read.
+        prov = provenance(spec, db_path)
+        (exp_dir / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
+        trial_meta["_provenance"] = prov
         init_ray(address, num_gpus=None)
         try:
             if kind == "run":
@@ -605,13 +500,12 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                            datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event)
             else:
                 max_epochs = spec.sweep.max_epochs or spec.train.max_epochs
-                base_dict = spec.trials()[0].spec.to_dict()
-                base_dict["train"]["max_epochs"] = max_epochs
+                base_spec = base.apply({"train.max_epochs": max_epochs}, source="sweep.max_epochs")
                 import dataclasses
 
                 run_trials(experiment=experiment, store=store, trial_specs={}, trial_meta=trial_meta,
                            datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
-                           search=spec.search_space(), base_spec=base_dict,
+                           search=spec.search_space(), base_spec=base_spec,
                            sweep_cfg=dataclasses.replace(spec.sweep, num_samples=remaining), max_epochs=max_epochs)
         finally:
             shutdown_ray()

@@ -14,12 +14,12 @@ misaligned windows or targets. Most of the rank correlation comes from the causa
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from nqexp import known_answer as ka  # the truth and oracles, shared with benchmarks/bench_quality.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -42,22 +42,11 @@ TINY = [
 ]
 
 
-def _bench():
-    """benchmarks/bench_quality.py holds the truth and oracle helpers (one implementation for both)."""
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_quality", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bq = _bench()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """150 demo days -> tiny model trained ~12 s -> test quantiles, truth and baselines."""
-    from nqexp import evaluate, tune
+    from nqexp import evaluate
+    from nqexp.pipeline import prepare_data
     from nqexp.spec import load_spec
     from nqexp.track import NullTracker
     from nqexp.train import load_checkpoint_model, predict, train
@@ -65,8 +54,8 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
     tspec = load_spec(ROOT / "experiments" / "demo_quality.yaml", overrides=TINY).trials()[0].spec
     db_path = str(tmp / "demo.duckdb")
-    data = tune.prepare_data(tspec, db_path)
-    truth = bq.truth_for_datasets(db_path, tspec, data.datasets)
+    data = prepare_data(tspec, db_path)
+    truth = ka.truth_for_datasets(db_path, tspec, data.datasets)
     ds = data.datasets
     result = train(tspec.model, tspec.train, {"train": ds["train"], "val": ds["val"]}, NullTracker(),
                    tmp / "run", seed=0, horizon_minutes=data.horizon_minutes, device="cpu")
@@ -95,7 +84,7 @@ def test_true_horizon_sigma_explains_the_demo_targets(trained):
 
 
 def test_model_interval_width_ranks_with_true_sigma_at_15m(trained):
-    rho = bq.width_spearman(trained["q"], TAUS, trained["truth"]["test"].sigma)  # (H,)
+    rho = ka.width_spearman(trained["q"], TAUS, trained["truth"]["test"].sigma)  # (H,)
     assert rho[0] >= MIN_SPEARMAN_15M, (
         f"Spearman(q90 - q10, true sigma) at 15m = {rho[0]:.3f} < {MIN_SPEARMAN_15M} "
         f"(all horizons {np.round(rho, 3)}; {trained['steps']} training steps)")
@@ -105,10 +94,10 @@ def test_unconditional_forecasts_fail_the_known_answer_check(trained):
     """Negative controls: climatology (one width for every sample) and the model's own widths in a
     random order carry no information about sigma, so the same check must fail for them."""
     sigma = trained["truth"]["test"].sigma
-    rho_clim = bq.width_spearman(trained["base"]["climatology"], TAUS, sigma)
+    rho_clim = ka.width_spearman(trained["base"]["climatology"], TAUS, sigma)
     assert rho_clim[0] < MIN_SPEARMAN_15M and abs(rho_clim[0]) < 1e-12, rho_clim
     perm = np.random.default_rng(0).permutation(len(sigma))
-    rho_perm = bq.width_spearman(trained["q"][perm], TAUS, sigma)
+    rho_perm = ka.width_spearman(trained["q"][perm], TAUS, sigma)
     assert rho_perm[0] < MIN_SPEARMAN_15M and abs(rho_perm[0]) < 0.1, rho_perm
 
 
@@ -132,11 +121,11 @@ def test_realized_sigma_oracle_beats_the_baselines(trained):
     from nqexp.metrics import crps_quantile
 
     y, tt = trained["data"].datasets["test"].y, trained["truth"]["test"]
-    oracle = bq.oracle_quantiles(tt.sigma, tt.drift, TAUS)
+    oracle = ka.oracle_quantiles(tt.sigma, tt.drift, TAUS)
     for j in range(y.shape[1]):
         c_oracle = crps_quantile(y[:, j], oracle[:, j], TAUS).mean()
-        for name, bq_q in trained["base"].items():
-            c_base = crps_quantile(y[:, j], bq_q[:, j], TAUS).mean()
+        for name, base_q in trained["base"].items():
+            c_base = crps_quantile(y[:, j], base_q[:, j], TAUS).mean()
             assert c_oracle < c_base, f"horizon {j}: oracle CRPS {c_oracle:.3g} >= {name} {c_base:.3g}"
 
 
@@ -153,7 +142,7 @@ def test_horizon_truth_counts_missing_minutes_in_the_next_bars_return():
     tod2 = span.copy()
     minutes = (ts1, sigma**2 * span, np.zeros(len(present)), span, sigma, tod2)
     bar_ts = t0 + np.array([0, 5, 10]) * minute  # three 5-minute bars
-    truth = bq.horizon_truth(bar_ts, np.array([0]), (1, 2), minutes)
+    truth = ka.horizon_truth(bar_ts, np.array([0]), (1, 2), minutes)
     # Origin = close of minute 4. 1 bar ahead: close of minute 9 (5 minute-returns, missing ones included).
     np.testing.assert_allclose(truth.n_minutes[0], [5.0, 10.0])
     np.testing.assert_allclose(truth.sigma[0], 0.001 * np.sqrt([5.0, 10.0]))

@@ -1,0 +1,245 @@
+"""Pipeline: the stage wiring one trial needs, without Ray.
+
+- `prepare_data`: DuckDB -> (demo data if the spec asks for it) -> bars -> features -> purged
+  splits -> train-only scalers -> windowed numpy datasets (`PreparedData`, picklable);
+- `score_trial`: a trained checkpoint -> val/test quantiles -> metrics against baselines fitted on
+  train only, sanity gates, predictions Parquet and plots;
+- `provenance`: what a run was made with (code version, package versions, the bars it read).
+
+tune.py runs these inside Ray Tune trials; tests, benchmarks and notebooks call them directly,
+so importing this module must never import ray (tests/test_pipeline.py checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Packages whose versions go into a run's provenance (None when not installed).
+PROVENANCE_PACKAGES = ("torch", "ray", "wandb", "duckdb", "numpy", "pandas", "pyarrow", "databento",
+                       "optuna", "lightgbm", "arch")
+DATA_SECTIONS = ("data", "features", "windows", "splits")
+
+
+# ------------------------------------------------------------------------------------------
+# Data preparation (DuckDB is read here, once per data configuration)
+
+
+@dataclass
+class PreparedData:
+    """The windowed datasets of one data configuration, plain numpy (picklable, Ray-friendly)."""
+
+    key: str                                   # data_key() of the trial specs that share it
+    datasets: dict[str, Any]                   # split -> windows.WindowDataset
+    horizon_minutes: tuple[int, ...]
+    names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(ds.nbytes for ds in self.datasets.values())
+
+
+def data_key(trial_spec) -> str:
+    """Trials share prepared data when their data/features/windows/splits sections agree (variants
+    usually change only the model). Takes a spec or its resolved dict (`to_dict()`)."""
+    spec_dict = trial_spec if isinstance(trial_spec, Mapping) else trial_spec.to_dict()
+    part = {k: spec_dict.get(k) for k in DATA_SECTIONS}
+    return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> PreparedData:
+    """DuckDB -> (demo data if needed) -> bars -> features -> splits -> scalers -> datasets."""
+    import dataclasses
+    import datetime as dt
+
+    from nqexp import bars, db, demo, features, ingest, windows
+    from nqexp.errors import DataError, SpecError
+
+    notes = notes if notes is not None else []
+    data_cfg = trial_spec.data
+    con = db.connect(db_path)
+    try:
+        n_raw, first, last = con.execute("select count(*), min(ts), max(ts) from raw_bars where symbol = ?",
+                                         [data_cfg.symbol]).fetchall()[0]
+        is_demo = data_cfg.symbol == demo.DEMO_SYMBOL and bool(data_cfg.demo_days)
+        # A demo series made earlier (e.g. `nqexp data demo --days 30`) may not span the split dates.
+        stale = is_demo and n_raw and (first.date() > trial_spec.splits.train_start
+                                       or last.date() + dt.timedelta(days=3) < trial_spec.splits.test_end)
+        if n_raw == 0 or stale:
+            if not is_demo:
+                raise DataError(
+                    f"no bars for data.symbol {data_cfg.symbol!r} in {db.resolve_db_path(db_path)}; "
+                    "import them first (nqexp data import / nqexp data download)"
+                )
+            t0 = time.perf_counter()
+            generated = demo.generate(days=data_cfg.demo_days, seed=data_cfg.demo_seed)
+            generated.seed = data_cfg.demo_seed
+            ingest.write_demo(con, generated)
+            why = (f"its {demo.DEMO_SYMBOL} bars ({first:%Y-%m-%d}..{last:%Y-%m-%d}) did not span the split dates"
+                   if stale else f"the database had no {demo.DEMO_SYMBOL} bars")
+            notes.append(f"Generated {len(generated.bars):,} demo bars ({data_cfg.demo_days} days, seed "
+                         f"{data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s because {why}.")
+        built = bars.ensure_bars(con, data_cfg.symbol)
+        if built is not None:
+            notes.append(f"Built bars: {built.summary()}.")
+        arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol)
+    finally:
+        con.close()
+    # The purge must also cover the longest feature look-back (docs/features.md).
+    split_cfg = trial_spec.splits
+    if split_cfg.feature_lookback_bars < arrays.warmup_bars:
+        split_cfg = dataclasses.replace(split_cfg, feature_lookback_bars=int(arrays.warmup_bars))
+    split_idx = windows.make_splits(arrays, split_cfg, trial_spec.windows)
+    for split, idx in split_idx.items():
+        if len(idx) == 0:
+            raise SpecError(f"splits: the {split} split has no samples for {data_cfg.symbol} "
+                            f"({arrays.ts[0]} .. {arrays.ts[-1]}); check the split dates against the data")
+    scalers = windows.fit_scalers(arrays, split_idx["train"], trial_spec.windows)
+    datasets = {s: windows.dataset_arrays(arrays, idx, scalers, trial_spec.windows) for s, idx in split_idx.items()}
+    horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
+    return PreparedData(key=data_key(trial_spec), datasets=datasets, horizon_minutes=horizon_minutes,
+                        names=list(arrays.names), notes=notes)
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring a trained checkpoint
+
+
+def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu"):
+    """Best checkpoint -> val/test quantiles -> metrics vs baselines, gates, predictions, plots.
+
+    Returns (flat metrics {"val/crps_15m": ...}, gate flags, {plot name: path}).
+    """
+    import pandas as pd
+
+    from nqexp import evaluate, plots
+    from nqexp.train import load_checkpoint_model, predict
+
+    model, _ = load_checkpoint_model(checkpoint, device=device)
+    taus = tuple(model_cfg.quantiles)
+    ds = data.datasets
+    fitted = evaluate.fit_baselines(ds["train"].y, ds["train"].scale, taus)   # train only
+    tables, splits = [], {}
+    for split in ("val", "test"):
+        scored = predict(model, ds[split], 512, device)
+        q = scored.q  # (n, H, Q), or (n, H, 1) for a point head
+        if q.shape[-1] == 1:
+            # Point head: a point mass scored on the same levels. With symmetric taus this gives
+            # exactly CRPS = |y - m|, and zero interval width, which the collapse gate flags.
+            q = np.repeat(q, len(taus), axis=-1)  # (n, H, Q)
+        base = evaluate.baseline_quantiles(fitted, ds[split].scale)
+        tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base))
+        splits[split] = evaluate.SplitPredictions(ts=scored.ts, y=scored.y, q=q, baselines=base)
+    table = pd.concat(tables, ignore_index=True)
+    # Gates look at val and test: a sweep picks on val, so a collapse there must disqualify too.
+    flags = evaluate.check_gates(table, thresholds=eval_cfg.gates, strict=False)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    evaluate.save_predictions(trial_dir / "predictions.parquet", splits, taus, data.horizon_minutes)
+    table.to_parquet(trial_dir / "metrics_table.parquet")
+    test = splits["test"]
+    plot_paths = plots.plot_all(trial_dir / "plots", "test", test.ts, test.y, test.q, taus, data.horizon_minutes, table)
+    flat = {}
+    for split in ("val", "test"):
+        part = evaluate.flatten_metrics(table[table["split"] == split])
+        flat.update({f"{split}/{k}": v for k, v in part.items()})
+    return flat, flags, {k: str(v) for k, v in plot_paths.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Provenance: what a run was made with
+
+
+def provenance(spec, con_or_db=None) -> dict[str, Any]:
+    """Code, package and data versions of a run, JSON-safe (saved as provenance.json and in W&B).
+
+    `con_or_db` is an open DuckDB connection or a database path (None: the default database).
+    Metadata never takes a run down: what cannot be found is None. No environment variables are
+    read, so no secret can end up here.
+    """
+    import nqexp
+
+    commit, dirty = _git_state(Path(nqexp.__file__).resolve().parent.parent)
+    return {
+        "nqexp_version": _package_version("nqexp") or nqexp.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _package_version(name) for name in PROVENANCE_PACKAGES},
+        "bars": bars_provenance(con_or_db, spec.data.symbol, int(spec.data.freq_minutes)),
+    }
+
+
+def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any] | None:
+    """Fingerprint of the bars a run reads: row count, first/last ts, the exact sum of closes and
+    the order-free hash of every field that features.bars_fingerprint (feature builds) records."""
+    from nqexp import db, features
+
+    table = f"bars_{int(freq_minutes)}m"
+    own = not hasattr(con_or_db, "execute")
+    try:
+        con = db.connect(con_or_db, read_only=True) if own else con_or_db
+    except Exception:
+        return None
+    try:
+        out = {"symbol": symbol, "table": table, "rows": 0, "first_ts": None, "last_ts": None,
+               "close_sum": None, "fingerprint": None}
+        if not db.table_exists(con, table):
+            return out
+        # decimal: an exact sum, the same whatever order DuckDB's threads add the rows in.
+        rows, first, last, close_sum = con.execute(
+            f"select count(*), min(ts)::varchar, max(ts)::varchar, sum(close::decimal(18, 6))::varchar "
+            f"from {table} where symbol = ?", [symbol]).fetchall()[0]
+        out.update(rows=int(rows), first_ts=first, last_ts=last, close_sum=close_sum)
+        if rows:
+            # The value feature_builds.bars_fingerprint holds: a run can be matched to its feature build.
+            out["fingerprint"] = features.bars_fingerprint(con, table, symbol)
+        return out
+    except Exception:
+        return None
+    finally:
+        if own:
+            con.close()
+
+
+def _package_version(name: str) -> str | None:
+    """Installed distribution version, read from metadata: nothing is imported (ray stays out)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state(root: Path) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout nqexp runs from; (None, None) when it is not a git checkout
+    of its own (an installed wheel, no git binary, a repo git refuses to read)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        # The package must be the checkout's own: a site-packages inside some other repo is not.
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None, None
+        commit = git("rev-parse", "HEAD")
+    except Exception:
+        return None, None
+    try:
+        # Like `git describe --dirty`: changes to tracked files (untracked ones, e.g. data, do not count).
+        dirty: bool | None = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except Exception:
+        dirty = None
+    return commit, dirty
