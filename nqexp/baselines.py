@@ -1,7 +1,7 @@
 """Strong baselines: the multiplicative component GARCH and LightGBM quantile regression.
 
 A distributional model earns its place only against what econometrics already does
-(docs/metrics.md §4). Both baselines here are fitted on train bars/samples only, filtered or
+(docs/metrics.md §7-§8). Both baselines here are fitted on train bars/samples only, filtered or
 predicted causally through val and test without refitting, and produce (n, H, Q) quantiles that
 never cross, scored on exactly the samples the model is scored on.
 
@@ -38,6 +38,7 @@ BASELINES = ("climatology", "volscaled", "mcgarch", "lgbm")  # every name eval.b
 # Raw price levels identify the date (the trend), not the state: trees would split on them and
 # learn the calendar. The tree baseline leaves them out; returns and ratios carry the state.
 _LEVEL_FEATURES = {"open", "high", "low", "close"}
+MIN_GARCH_BARS = 1000  # fewer train returns than this: no intraday GARCH (alpha = beta = 0)
 
 
 def _log_returns(close) -> np.ndarray:
@@ -110,8 +111,8 @@ class MCGarch:
         slot = self._slots(arrays)[rows]
         sess, n_sess = _session_ids(np.asarray(arrays.session_date)[rows])
         ok = np.isfinite(r2)
-        if ok.sum() < 1000:
-            raise DataError(f"mcgarch: train bars {lo}..{hi} hold {int(ok.sum())} returns; it needs >= 1000")
+        if ok.sum() < 2:
+            raise DataError(f"mcgarch: train bars {lo}..{hi} hold {int(ok.sum())} returns; it needs a few hundred")
         cap = np.quantile(r2[ok], 0.9995)
         r2 = np.minimum(r2, cap)  # one crash bar can't own a slot or a day
         self.level0 = float(np.nanmean(r2))
@@ -135,6 +136,12 @@ class MCGarch:
         _, self.halflife, self.profile = best
         z = r / np.sqrt(self._daily(r2, sess, n_sess, self.profile[slot], self.halflife) * self.profile[slot])
         z = np.clip(z[np.isfinite(z)][-self.max_fit_bars:], -self.z_clip, self.z_clip)
+        self.fit_bars = (lo, hi)
+        if z.size < MIN_GARCH_BARS:
+            # Too short to identify a GARCH: daily level x diurnal profile only (q = 1), said in the log.
+            log.warning("mcgarch: %d train returns (< %d): no intraday GARCH, q = 1", z.size, MIN_GARCH_BARS)
+            self.omega, self.alpha, self.beta, self.nu = 1.0, 0.0, 0.0, float("inf")
+            return self
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # arch's convergence chatter; the result is checked below
             res = arch_model(z, mean="Zero", vol="GARCH", p=1, q=1, dist="t", rescale=False).fit(disp="off")
@@ -144,7 +151,6 @@ class MCGarch:
         if not (self.alpha >= 0 and self.beta >= 0 and self.alpha + self.beta < 1 and self.omega > 0):
             raise DataError(f"mcgarch: the GARCH fit on train is not stationary (omega {self.omega:.3g}, "
                             f"alpha {self.alpha:.3g}, beta {self.beta:.3g})")
-        self.fit_bars = (lo, hi)
         log.info("mcgarch: daily half-life %g sessions, GARCH omega %.3g alpha %.3f beta %.3f nu %.1f",
                  self.halflife, self.omega, self.alpha, self.beta, self.nu)
         return self
@@ -290,30 +296,38 @@ class LGBMQuantiles:
 # All baselines of one data configuration
 
 
-def fit_and_predict(arrays, split_idx: dict, scales: dict, targets: dict, taus, names=BASELINES,
-                    lo: int | None = None, lgbm: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Fit the named strong baselines on train and forecast every split: split -> name -> (n, H, Q).
+def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale: dict, ewma_scale: dict,
+                    names=BASELINES, garch: MCGarch | None = None, lo: int | None = None,
+                    lgbm: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Fit the named baselines on train and forecast every split: split -> name -> (n, H, Q).
 
-    split_idx: split -> (n,) sample end indices into arrays; scales: split -> (n, H) model sigma-hat;
-    targets: split -> (n, H) y. lo: first bar the train windows read (default: the first train end).
-    lgbm: LGBMQuantiles settings (e.g. {"max_rounds": 100}).
-    Climatology and vol-scaled need only y and sigma-hat, so the scorer fits them itself.
+    split_idx: split -> (n,) sample end indices into arrays; targets: split -> (n, H) y;
+    model_scale: split -> (n, H) the model's sigma-hat (the tree baseline's target unit);
+    ewma_scale: split -> (n, H) the tod x EWMA sigma-hat (the vol-scaled baseline's scale);
+    garch: an MCGarch already fitted on the train bars (else one is fitted here); lo: the first bar
+    the train windows read (default: the first train end); lgbm: LGBMQuantiles settings.
     """
     taus = tuple(float(t) for t in taus)
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in split_idx}
     train = np.asarray(split_idx["train"], dtype=np.int64)
-    hi = int(train.max())
-    lo = int(train.min()) if lo is None else int(lo)
+    if "climatology" in names:
+        z = np.nanquantile(targets["train"], np.asarray(taus), axis=0).T  # (H, Q)
+        for s, idx in split_idx.items():
+            out[s]["climatology"] = np.broadcast_to(z, (len(idx), *z.shape)).copy()
+    if "volscaled" in names:
+        sq = ScaledQuantiles(taus).fit(targets["train"], ewma_scale["train"])
+        for s in split_idx:
+            out[s]["volscaled"] = sq.quantiles(ewma_scale[s])
     if "mcgarch" in names:
-        g = MCGarch().fit(arrays, lo, hi)
+        g = garch or MCGarch().fit(arrays, int(train.min()) if lo is None else int(lo), int(train.max()))
         sig = {s: g.sigma(arrays, idx) for s, idx in split_idx.items()}
         sq = ScaledQuantiles(taus).fit(targets["train"], sig["train"])
         for s in split_idx:
             out[s]["mcgarch"] = sq.quantiles(sig[s])
-    if "lgbm" in names and "val" in split_idx:
-        feats = {s: lgbm_inputs(arrays, idx, scales[s])[0] for s, idx in split_idx.items()}
-        m = LGBMQuantiles(taus, **(lgbm or {})).fit(feats["train"], targets["train"] / scales["train"],
-                                    feats["val"], targets["val"] / scales["val"])
+    if "lgbm" in names:
+        feats = {s: lgbm_inputs(arrays, idx, model_scale[s])[0] for s, idx in split_idx.items()}
+        m = LGBMQuantiles(taus, **(lgbm or {})).fit(feats["train"], targets["train"] / model_scale["train"],
+                                                    feats["val"], targets["val"] / model_scale["val"])
         for s in split_idx:
-            out[s]["lgbm"] = m.quantiles(feats[s], scales[s])
+            out[s]["lgbm"] = m.quantiles(feats[s], model_scale[s])
     return out

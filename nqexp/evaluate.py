@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from nqexp import metrics as M
-from nqexp.errors import DataError, NqexpError
+from nqexp.errors import DataError, NqexpError, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ METRIC_DESCRIPTIONS = {
     "n": "samples scored (finite target and finite quantiles of every source); summed in 'all'",
     "crps": "quantile CRPS (2/Q) Σ_τ pinball_τ, mean over samples (log-return units)",
     "crpss_{b}": "CRPS skill vs baseline b: 1 − crps / crps_b (> 0 beats it)",
+    "crpss_best": "CRPS skill vs the best baseline of this split and horizon (lowest CRPS): the model's claim",
     "calib_err": "mean_τ |coverage_τ − τ|",
     "cov_{q}": "coverage_τ = share of y ≤ q_τ",
     "picp50": "share of y in [q.25, q.75]",
@@ -298,6 +299,11 @@ def evaluate_split_table(
                                          with_ic_ci=False, n_boot=n_boot, seed=seed)
             scores["model"][f"crpss_{name}"] = M.crps_skill(
                 scores["model"].get("crps", np.nan), scores[name].get("crps", np.nan))
+        if baselines:
+            # The claim is made against the strongest baseline on these very samples.
+            best = np.nanmin([scores[name].get("crps", np.nan) for name in baselines] + [np.inf])
+            scores["model"]["crpss_best"] = M.crps_skill(scores["model"].get("crps", np.nan),
+                                                         best if np.isfinite(best) else np.nan)
         if n_y and not valid.any():
             log.warning("%s %s: no sample has finite quantiles; metrics are NaN", split_name, label)
         for source, d in scores.items():
@@ -378,6 +384,17 @@ class EvalConfig:
     strict: bool = False  # broken gates fail the trial (otherwise they are flagged)
     gates: GateThresholds = field(default_factory=GateThresholds)  # gate thresholds
     backtest: bool = False  # run the secondary sign-of-median backtest
+    # Baselines fitted on train and scored on the model's samples (docs/metrics.md §7); climatology
+    # is required: the worse-than-climatology gate reads it.
+    baselines: tuple[str, ...] = ("climatology", "volscaled", "mcgarch", "lgbm")
+
+    def __post_init__(self):
+        from nqexp.baselines import BASELINES
+
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown or "climatology" not in self.baselines or len(set(self.baselines)) != len(self.baselines):
+            raise SpecError(f"eval.baselines ({list(self.baselines)}) must be distinct names from "
+                            f"{list(BASELINES)} and include 'climatology' (the gates' reference)")
 
 
 @dataclass(frozen=True)

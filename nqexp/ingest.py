@@ -569,6 +569,15 @@ def series_span(con, symbol: str) -> tuple[int, object, object]:
     return tuple(con.execute("select count(*), min(ts), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0])
 
 
+def demo_is_current(con) -> bool:
+    """Whether the stored demo series comes from this nqexp's generator (its source tag names the version)."""
+    from nqexp.demo import DEMO_SYMBOL, DEMO_VERSION
+
+    row = con.execute("select bool_and(source like ?) from raw_bars where symbol = ?",
+                      [f"demo:v{DEMO_VERSION}%", DEMO_SYMBOL]).fetchall()[0][0]
+    return bool(row)
+
+
 def reject_reasons(con) -> list[tuple[str, int]]:
     """(reason, rows) over every rejected row, most frequent first."""
     return con.execute("select reason, count(*) from rejected_bars group by 1 order by 2 desc, 1").fetchall()

@@ -186,3 +186,50 @@ def width_spearman(q, taus, sigma, lo: float = 0.1, hi: float = 0.9) -> np.ndarr
         else:
             out[j] = float(spearmanr(w, sigma[:, j]).statistic)
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# The causal Monte Carlo oracle (Bayes-optimal for CRPS up to Monte Carlo error)
+
+
+@dataclass
+class MCOracle:
+    """Oracle forecasts at a subset of a split's samples (`rows` index the dataset)."""
+
+    rows: np.ndarray       # (n,) dataset rows of the sampled origins
+    q: np.ndarray          # (n, H, Q) empirical quantiles of the simulated targets
+    mean: np.ndarray       # (n, H) mean of the simulated targets (the optimal point forecast)
+    median: np.ndarray     # (n, H)
+    n_paths: int
+
+
+def mc_oracle(db_path, trial_spec, dataset, taus, n_origins: int = 1000, n_paths: int = 1000,
+              seed: int = 0) -> MCOracle:
+    """Simulate every sampled origin's targets from the generator's true latent state (demo.oracle_paths).
+
+    Origins are evenly spaced over the dataset's samples. Each target ln(C[i+h] / C[i]) spans the
+    generated minutes after the last 1-minute bar of 5m bar i up to the last 1-minute bar of bar i+h.
+    """
+    from nqexp import db, demo, features
+    from nqexp.errors import DataError
+
+    con = db.connect(db_path)
+    try:
+        arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol)
+        truth = con.execute("select ts, k, h_slow, h_fast, eps, mr from demo_truth where symbol = ? order by ts",
+                            [trial_spec.data.symbol]).df()
+    finally:
+        con.close()
+    if truth.empty or truth["k"].isna().any():
+        raise DataError(f"demo_truth for {trial_spec.data.symbol} has no latent state (made by an older nqexp): "
+                        "regenerate the demo with `nqexp data demo`")
+    rows = np.unique(np.linspace(0, len(dataset) - 1, min(n_origins, len(dataset))).round().astype(np.int64))
+    idx = dataset.idx[rows]  # (n,) origin bars
+    t1 = truth["ts"].to_numpy().astype("datetime64[us]")
+    bar_end = np.asarray(arrays.ts).astype("datetime64[us]") + np.timedelta64(int(arrays.freq_minutes), "m")
+    last1 = np.searchsorted(t1, bar_end, side="left") - 1  # (N,) last 1-minute bar inside each bar
+    horizons = np.asarray(arrays.horizons, dtype=np.int64)
+    paths = demo.oracle_paths(truth, last1[idx], last1[idx[:, None] + horizons[None, :]], n_paths=n_paths,
+                              seed=seed)  # (n, H, M)
+    q = np.moveaxis(np.quantile(paths, np.asarray(taus, dtype=np.float64), axis=2), 0, -1)  # (n, H, Q)
+    return MCOracle(rows=rows, q=q, mean=paths.mean(axis=2), median=np.median(paths, axis=2), n_paths=n_paths)

@@ -43,6 +43,11 @@ Deliberate deviations from the source specs:
   (forward), far too much for a CPU quickstart; p = 12 (one hour) cuts the tokens 12-fold.
 - With one token per step (flat embedding, or attention="temporal"), there is no variable axis to
   attend over, so the variable (group) stage is skipped.
+- `recent_bars` (an addition, docs/model.md): the last k bars of every variable, RevIN'd but not
+  patched, go through a small MLP into the context. Patching folds the last hour into one token;
+  short-horizon structure (mean reversion over a few bars, a shock that just raised volatility)
+  lives in exactly those bars. Its output layer starts at zero, so at initialization the model is
+  the same as without it.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class ModelConfig:
     norm_eps: float = 1e-10  # added to RevIN's variance; tiny, since log-return features have std ~1e-3
     horizon_weighting: Literal["uniform", "inv_log"] = "uniform"  # loss weight per horizon; inv_log: 1/ln(h+1)
     calendar_encoding: bool = True  # Time2Vec of day-of-month/-year; off: on short train spans they can identify the date
+    recent_bars: int = 12  # the last k bars at full resolution (RevIN'd, all V), flattened into the context; 0 = off
 
     def __post_init__(self):
         # YAML gives lists; keep the config hashable and comparable.
@@ -107,6 +113,8 @@ class ModelConfig:
         for name in ("n_vars", "d_model", "n_heads", "d_ff", "n_temporal_layers", "patch_len"):
             if getattr(self, name) < 1:
                 raise SpecError(f"model.{name} ({getattr(self, name)}) must be at least 1")
+        if not 0 <= self.recent_bars <= 1024:
+            raise SpecError(f"model.recent_bars ({self.recent_bars}) must be in 0..1024")
         if self.n_variable_layers < 0:
             raise SpecError(f"model.n_variable_layers ({self.n_variable_layers}) must be >= 0")
         if not self.horizons or any(h < 1 for h in self.horizons) or list(self.horizons) != sorted(set(self.horizons)):
@@ -488,6 +496,31 @@ class HorizonHead(nn.Module):
         return torch.stack(zs, dim=1)  # (B, H, Q)
 
 
+class RecentBars(nn.Module):
+    """The last k valid bars of each window, flattened: (x, mask) -> a context increment (B, D)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.k, self.instance_norm, self.eps = cfg.recent_bars, cfg.instance_norm, cfg.norm_eps
+        self.mlp = nn.Sequential(nn.Linear(cfg.recent_bars * cfg.n_vars, cfg.d_model), nn.GELU(),
+                                 nn.Linear(cfg.d_model, cfg.d_model))
+
+    def init_special(self):
+        nn.init.zeros_(self.mlp[-1].weight)  # starts as a no-op: the model begins where it would without it
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.where(mask.unsqueeze(-1), x, 0.0)  # (B, T, V)
+        if self.instance_norm:
+            x, _, _ = revin(x, mask, self.eps)  # (B, T, V)
+        B, T, V = x.shape
+        length = mask.sum(dim=1)  # (B,) windows are left-aligned: steps 0..L-1 are real
+        steps = length.unsqueeze(1) - self.k + torch.arange(self.k, device=x.device)  # (B, k) last k steps
+        ok = steps >= 0  # (B, k) a window shorter than k has fewer
+        picked = x.gather(1, steps.clamp_min(0).unsqueeze(-1).expand(B, self.k, V))  # (B, k, V)
+        picked = torch.where(ok.unsqueeze(-1), picked, 0.0)
+        return self.mlp(picked.reshape(B, self.k * V))  # (B, D)
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -543,11 +576,13 @@ class MigtTvdt(_Forecaster):
         n_var = cfg.n_variable_layers if (N > 1 and cfg.variable_attention == "full") else 0
         self.variable = nn.ModuleList(VariableBlock(cfg) for _ in range(n_var))
         self.proj = nn.Linear(N * D, D)
+        self.recent = RecentBars(cfg) if cfg.recent_bars else None
         self.ln_ctx = nn.LayerNorm(D)
         self.head = HorizonHead(cfg)
         self._init_all()
 
     def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None) -> Forecast:
+        recent = self.recent(x, mask) if self.recent is not None else 0.0  # (B, D)
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -558,7 +593,7 @@ class MigtTvdt(_Forecaster):
         h = h.view(B, N, D)  # (B, N, D)
         for block in self.variable:
             h = block(h)  # (B, N, D)
-        ctx = F.gelu(self.proj(h.reshape(B, N * D)))  # (B, D)
+        ctx = F.gelu(self.proj(h.reshape(B, N * D))) + recent  # (B, D)
         return self._forecast(ctx, scale, y)
 
 
@@ -573,11 +608,13 @@ class GrokSL(_Forecaster):
         cross = N > 1 and cfg.variable_attention == "full"
         self.blocks = nn.ModuleList(GrokBlock(cfg, cross) for _ in range(cfg.n_temporal_layers))
         self.ln_f = nn.LayerNorm(D)
+        self.recent = RecentBars(cfg) if cfg.recent_bars else None
         self.ln_ctx = nn.LayerNorm(D)
         self.head = HorizonHead(cfg)
         self._init_all()
 
     def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None) -> Forecast:
+        recent = self.recent(x, mask) if self.recent is not None else 0.0  # (B, D)
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -587,7 +624,7 @@ class GrokSL(_Forecaster):
         steps = torch.arange(T, device=mask.device)
         last = torch.where(mask, steps, 0).amax(dim=1)  # (B,)
         h = tok[torch.arange(B, device=mask.device), :, last]  # (B, N, D)
-        ctx = self.ln_f(h).mean(dim=1)  # (B, D)
+        ctx = self.ln_f(h).mean(dim=1) + recent  # (B, D)
         return self._forecast(ctx, scale, y)
 
 

@@ -43,6 +43,7 @@ class PreparedData:
     horizon_minutes: tuple[int, ...]
     names: list[str]
     notes: list[str] = field(default_factory=list)
+    baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> name -> (n, H, Q), val/test
 
     @property
     def nbytes(self) -> int:
@@ -54,6 +55,9 @@ def data_key(trial_spec) -> str:
     usually change only the model). Takes a spec or its resolved dict (`to_dict()`)."""
     spec_dict = trial_spec if isinstance(trial_spec, Mapping) else trial_spec.to_dict()
     part = {k: spec_dict.get(k) for k in DATA_SECTIONS}
+    # The baselines are fitted with the data, at the model's quantile levels.
+    part["baselines"] = (spec_dict.get("eval") or {}).get("baselines")
+    part["quantiles"] = (spec_dict.get("model") or {}).get("quantiles")
     return hashlib.sha1(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -69,11 +73,12 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     data_cfg = trial_spec.data
     con = db.connect(db_path)
     try:
-        n_raw, first, last = con.execute("select count(*), min(ts), max(ts) from raw_bars where symbol = ?",
-                                         [data_cfg.symbol]).fetchall()[0]
+        n_raw, first, last = ingest.series_span(con, data_cfg.symbol)
         is_demo = data_cfg.symbol == demo.DEMO_SYMBOL and bool(data_cfg.demo_days)
-        # A demo series made earlier (e.g. `nqexp data demo --days 30`) may not span the split dates.
-        stale = is_demo and n_raw and (first.date() > trial_spec.splits.train_start
+        # A demo series made earlier (e.g. `nqexp data demo --days 30`) may not span the split dates,
+        # or may come from an older generator (other dynamics, no latent state for the oracle).
+        old = is_demo and n_raw and not ingest.demo_is_current(con)
+        stale = is_demo and n_raw and (old or first.date() > trial_spec.splits.train_start
                                        or last.date() + dt.timedelta(days=3) < trial_spec.splits.test_end)
         if n_raw == 0 or stale:
             if not is_demo:
@@ -85,7 +90,8 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
             generated = demo.generate(days=data_cfg.demo_days, seed=data_cfg.demo_seed)
             generated.seed = data_cfg.demo_seed
             ingest.write_demo(con, generated)
-            why = (f"its {demo.DEMO_SYMBOL} bars ({first:%Y-%m-%d}..{last:%Y-%m-%d}) did not span the split dates"
+            why = (f"its {demo.DEMO_SYMBOL} bars came from an older demo generator" if old else
+                   f"its {demo.DEMO_SYMBOL} bars ({first:%Y-%m-%d}..{last:%Y-%m-%d}) did not span the split dates"
                    if stale else f"the database had no {demo.DEMO_SYMBOL} bars")
             notes.append(f"Generated {len(generated.bars):,} demo bars ({data_cfg.demo_days} days, seed "
                          f"{data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s because {why}.")
@@ -107,8 +113,28 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     scalers = windows.fit_scalers(arrays, split_idx["train"], trial_spec.windows)
     datasets = {s: windows.dataset_arrays(arrays, idx, scalers, trial_spec.windows) for s, idx in split_idx.items()}
     horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
+    t0 = time.perf_counter()
+    fitted = fit_baselines(arrays, datasets, scalers, trial_spec)
+    names = ", ".join(trial_spec.eval.baselines)
+    notes.append(f"Baselines {names}: fitted on train in {time.perf_counter() - t0:.1f}s.")
     return PreparedData(key=data_key(trial_spec), datasets=datasets, horizon_minutes=horizon_minutes,
-                        names=list(arrays.names), notes=notes)
+                        names=list(arrays.names), notes=notes,
+                        baselines={s: fitted[s] for s in ("val", "test")})
+
+
+def fit_baselines(arrays, datasets, scalers, trial_spec) -> dict[str, dict[str, np.ndarray]]:
+    """eval.baselines fitted on the train samples (val only early-stops the tree baseline), forecast
+    on every split's samples: split -> name -> (n, H, Q) float32 (docs/metrics.md §7-§8)."""
+    from nqexp import baselines
+
+    idx = {s: ds.idx for s, ds in datasets.items()}
+    out = baselines.fit_and_predict(
+        arrays, idx, {s: ds.y for s, ds in datasets.items()}, tuple(trial_spec.model.quantiles),
+        model_scale={s: ds.scale for s, ds in datasets.items()},
+        ewma_scale={s: scalers.ewma_scale(arrays, i) for s, i in idx.items()},
+        names=tuple(trial_spec.eval.baselines), garch=scalers.garch, lo=scalers.fit_bars[0],
+        lgbm={"num_threads": max(1, int(trial_spec.resources.cpus_per_trial))})
+    return {s: {k: v.astype(np.float32) for k, v in d.items()} for s, d in out.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,7 +154,6 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     model, _ = load_checkpoint_model(checkpoint, device=device)
     taus = tuple(model_cfg.quantiles)
     ds = data.datasets
-    fitted = evaluate.fit_baselines(ds["train"].y, ds["train"].scale, taus)   # train only
     tables, splits = [], {}
     for split in ("val", "test"):
         scored = predict(model, ds[split], 512, device)
@@ -137,7 +162,7 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
             # Point head: a point mass scored on the same levels. With symmetric taus this gives
             # exactly CRPS = |y - m|, and zero interval width, which the collapse gate flags.
             q = np.repeat(q, len(taus), axis=-1)  # (n, H, Q)
-        base = evaluate.baseline_quantiles(fitted, ds[split].scale)
+        base = data.baselines[split]  # fitted on train in prepare_data, on these samples
         tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base))
         splits[split] = evaluate.SplitPredictions(ts=scored.ts, y=scored.y, q=q, baselines=base)
     table = pd.concat(tables, ignore_index=True)
@@ -176,8 +201,15 @@ def provenance(spec, con_or_db=None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _package_version(name) for name in PROVENANCE_PACKAGES},
-        "bars": bars_provenance(con_or_db, spec.data.symbol, int(spec.data.freq_minutes)),
+        "bars": bars_provenance(con_or_db, spec.data.symbol, _freq_minutes(spec)),
     }
+
+
+def _freq_minutes(spec) -> int:
+    """The bar size of the spec's feature set (the set owns it)."""
+    from nqexp import features
+
+    return int(features.resolve_set(spec.features.set).freq_minutes)
 
 
 def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any] | None:

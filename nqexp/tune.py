@@ -428,13 +428,16 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     note = on_note or (lambda text: log.info(text))
     store = RunStore(spec.track.store_path())
     experiment = spec.name
-    resolved = spec.to_dict()
     exp_dir = store.experiment_dir(experiment)
     exp_dir.mkdir(parents=True, exist_ok=True)
     saved = exp_dir / "spec.resolved.yaml"
     if saved.exists():
-        previous = spec_mod.spec_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
-        if previous.to_dict() != resolved:
+        # Compare the saved YAML with this spec's as written, without re-validating the old one:
+        # a spec saved by an older nqexp (with keys since removed) is simply a different spec.
+        fresh = spec_mod.dump_resolved(spec, exp_dir / ".spec.resolved.new.yaml")
+        same = yaml.safe_load(saved.read_text()) == yaml.safe_load(fresh.read_text())
+        fresh.unlink()
+        if not same:
             raise SpecError(
                 f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
                 f"different resolved spec; give this one a new name (--set name=...) or compare with "
@@ -493,6 +496,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         prov = provenance(spec, db_path)
         (exp_dir / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
         trial_meta["_provenance"] = prov
+        store.start_experiment(experiment, kind, spec_path, spec_yaml, provenance=prov)
         init_ray(address, num_gpus=None)
         try:
             if kind == "run":

@@ -116,7 +116,8 @@ def test_baselines_never_read_the_test_bars_and_never_cross(sim):
              "test": np.arange(80_300, n - 60, 12)}
     y = {k: targets(arrays, v) for k, v in split.items()}
     scales = {k: np.full((len(v), 5), 1e-3) * np.sqrt(np.array(arrays.horizons) / 3.0) for k, v in split.items()}
-    kwargs = dict(split_idx=split, scales=scales, targets=y, taus=TAUS, lgbm={"max_rounds": 60, "learning_rate": 0.2})
+    kwargs = dict(split_idx=split, model_scale=scales, ewma_scale=scales, targets=y, taus=TAUS,
+                  lgbm={"max_rounds": 60, "learning_rate": 0.2})
     a = baselines.fit_and_predict(arrays, **kwargs)
     changed = dataclasses.replace(arrays, close=arrays.close.copy(), X=arrays.X.copy())
     rng = np.random.default_rng(9)
@@ -124,7 +125,7 @@ def test_baselines_never_read_the_test_bars_and_never_cross(sim):
     changed.X[80_100:] = rng.standard_normal(changed.X[80_100:].shape)
     y2 = dict(y, test=targets(changed, split["test"]))
     b = baselines.fit_and_predict(changed, **dict(kwargs, targets=y2))
-    for name in ("mcgarch", "lgbm"):
+    for name in baselines.BASELINES:
         for s in ("train", "val"):
             np.testing.assert_array_equal(a[s][name], b[s][name], err_msg=f"{name} {s}")
         for s in split:

@@ -96,8 +96,8 @@ def test_bars_fingerprint_changes_when_one_bar_changes(bars_con, quickstart):
     after = pipeline.provenance(quickstart, bars_con)["bars"]
     assert (after["rows"], after["first_ts"], after["last_ts"]) == (before["rows"], before["first_ts"], before["last_ts"])
     assert after["fingerprint"] != before["fingerprint"] and after["close_sum"] != before["close_sum"]
-    # The spec's bar frequency picks the table.
-    one_minute = pipeline.provenance(quickstart.apply({"data.freq_minutes": 1}), bars_con)["bars"]
+    # The feature set's bar size picks the table.
+    one_minute = pipeline.provenance(quickstart.apply({"features.set": "grok24"}), bars_con)["bars"]
     assert one_minute["table"] == "bars_1m" and one_minute["rows"] > before["rows"]
 
 
