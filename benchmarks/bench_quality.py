@@ -7,7 +7,8 @@ the spec's budget, predicts the test split, and prints per horizon:
 
 * CRPS / oracle CRPS of the model and of every baseline (climatology, vol-scaled, MC-GARCH,
   LightGBM), on the sampled origins (>= 1,000 by default, 1,000 paths each);
-* the model's IC next to the oracle's IC (Spearman of the median with the outcome, same origins);
+* the model's IC next to the oracle's IC (Spearman of the median, or the oracle's conditional mean,
+  with the outcome) on 5,000 origins;
 * calibration error and PICP80 of the model on the whole test split;
 * paired CRPS differences, model minus each baseline, on the whole test split, with moving-block
   bootstrap 95% CIs (blocks of one day), and the verdicts against the goals of issue 11.
@@ -57,8 +58,11 @@ def crps(y, q, taus) -> np.ndarray:
 
 
 def spearman(a, b) -> float:
+    """Spearman correlation; NaN for a constant forecast (climatology's median), without a warning."""
     from scipy.stats import spearmanr
 
+    if np.ptp(a) == 0:
+        return float("nan")
     return float(spearmanr(a, b).statistic)
 
 
@@ -73,7 +77,7 @@ def paired(d: np.ndarray, ts, n_boot: int = 1000, seed: int = 0) -> tuple[float,
     return float(d.mean()), float(lo), float(hi)
 
 
-def score(q_model, data, oracle, taus) -> tuple[list[dict], dict]:
+def score(q_model, data, oracle, oracle_ic, taus) -> tuple[list[dict], dict]:
     """Per-horizon rows (model and baselines vs the oracle, ICs, calibration, paired verdicts) and goal verdicts."""
     from nqexp import metrics as M
 
@@ -85,11 +89,14 @@ def score(q_model, data, oracle, taus) -> tuple[list[dict], dict]:
     for j, minutes in enumerate(data.horizon_minutes):
         label = M.horizon_label(minutes)
         c_or = crps(y[rows_o, j], oracle.q[:, j], taus).mean()
-        row = {"horizon": label, "n_origins": int(rows_o.size), "n_test": int(len(y)),
-               "oracle_crps": float(c_or), "ic_oracle": spearman(oracle.median[:, j], y[rows_o, j])}
+        # ICs on the (larger) IC origins: the oracle's E[y | state] against each source's median.
+        rows_i = oracle_ic.rows
+        row = {"horizon": label, "n_origins": int(rows_o.size), "n_ic_origins": int(rows_i.size),
+               "n_test": int(len(y)), "oracle_crps": float(c_or),
+               "ic_oracle": spearman(oracle_ic.mean[:, j], y[rows_i, j])}
         for name, q in sources.items():
             row[f"{name}_over_oracle"] = float(crps(y[rows_o, j], q[rows_o, j], taus).mean() / c_or)
-            row[f"ic_{name}"] = spearman(q[rows_o, j, len(taus) // 2], y[rows_o, j])
+            row[f"ic_{name}"] = spearman(q[rows_i, j, len(taus) // 2], y[rows_i, j])
             row[f"ic_{name}_test"] = spearman(q[:, j, len(taus) // 2], y[:, j])
         qm = sources["model"][:, j]
         cov = (y[:, j, None] <= qm).mean(axis=0)  # (Q,)
@@ -132,7 +139,7 @@ def markdown(rows, verdicts, with_model: bool = True) -> str:
     lines = []
     for r in rows:
         cells = [f"{r[f'{n}_over_oracle']:.4f}" for n in names] + [f"{r['ic_oracle']:+.3f}"]
-        cells += [f"{r[f'ic_{n}']:+.3f}" for n in names]
+        cells += ["n/a" if np.isnan(r[f"ic_{n}"]) else f"{r[f'ic_{n}']:+.3f}" for n in names]
         if with_model:
             cells += [f"{r['calib_err']:.4f}", f"{r['picp80']:.3f}"]
         lines.append(f"| {r['horizon']} | " + " | ".join(cells) + " |")
@@ -158,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--origins", type=int, default=1000, help="test origins the oracle simulates")
     ap.add_argument("--paths", type=int, default=1000, help="Monte Carlo paths per origin")
+    ap.add_argument("--ic-origins", type=int, default=5000, help="test origins for the ICs (oracle mean vs median)")
+    ap.add_argument("--ic-paths", type=int, default=200, help="paths per IC origin (the mean needs few)")
     ap.add_argument("--no-train", action="store_true", help="baselines against the oracle only")
     ap.add_argument("--db", default=None, help="DuckDB file (default: a fresh one in a temp dir)")
     ap.add_argument("--work-dir", default=None, help="checkpoints go here (default: a temp dir)")
@@ -186,12 +195,14 @@ def main(argv=None) -> int:
     prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     oracle = mc_oracle(db_path, tspec, data.datasets["test"], taus, args.origins, args.paths)
+    oracle_ic = mc_oracle(db_path, tspec, data.datasets["test"], taus, args.ic_origins, args.ic_paths, seed=1)
     oracle_s = time.perf_counter() - t0
-    log.info("oracle: %d origins x %d paths in %.0fs", oracle.rows.size, args.paths, oracle_s)
+    log.info("oracle: %d origins x %d paths (quantiles), %d x %d (ICs) in %.0fs", oracle.rows.size, args.paths,
+             oracle_ic.rows.size, args.ic_paths, oracle_s)
     results = []
     if args.no_train:
         climatology = data.baselines["test"]["climatology"].astype(np.float64)
-        rows, verdicts = score(climatology, data, oracle, taus)  # the "model" slot is a placeholder here
+        rows, verdicts = score(climatology, data, oracle, oracle_ic, taus)  # the "model" slot is a placeholder here
         print(markdown(rows, verdicts, with_model=False), flush=True)
         results.append({"rows": rows, "prep_seconds": prep_s, "oracle_seconds": oracle_s})
     for seed in ([] if args.no_train else args.seeds):
@@ -204,7 +215,7 @@ def main(argv=None) -> int:
         train_wall, train_cpu = time.perf_counter() - t1, time.process_time() - cpu0
         model, _ = load_checkpoint_model(result.checkpoint)
         q = predict(model, data.datasets["test"], 512, "cpu").q.astype(np.float64)  # (n, H, Q)
-        rows, verdicts = score(q, data, oracle, taus)
+        rows, verdicts = score(q, data, oracle, oracle_ic, taus)
         text = markdown(rows, verdicts)
         print(f"\n## seed {seed}: {result.epochs} epochs, {result.steps} steps, best epoch {result.best_epoch}, "
               f"train {train_wall:.0f} s wall / {train_cpu:.0f} s CPU ({torch.get_num_threads()} threads, "

@@ -356,8 +356,12 @@ def truth_minute_et(truth: pd.DataFrame) -> np.ndarray:
 
 
 def oracle_paths(truth: pd.DataFrame, origin_row: np.ndarray, end_row: np.ndarray, n_paths: int = 1000,
-                 seed: int = 0, chunk: int = 250) -> np.ndarray:
-    """(n, H, M) simulated h-bar log-returns from the true state at each origin: the causal oracle.
+                 seed: int = 0, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated h-bar log-returns from the true state at each origin: the causal oracle.
+
+    Returns paths (n, H, M) and the conditional mean (n, H). The mean is the paths' average of the
+    summed drifts only: the shock terms sum to a martingale with mean exactly 0, so leaving them
+    out removes most of the Monte Carlo noise from E[y | state] (this is what an IC needs).
 
     truth: the series' demo_truth rows in time order (with the state columns k, h_slow, h_fast,
     eps, mr); origin_row: (n,) row of each origin's last 1-minute bar; end_row: (n, H) row of the
@@ -374,6 +378,7 @@ def oracle_paths(truth: pd.DataFrame, origin_row: np.ndarray, end_row: np.ndarra
     end_row = np.asarray(end_row, dtype=np.int64)
     n, H = end_row.shape
     out = np.empty((n, H, n_paths))
+    mean = np.empty((n, H))
     rng = np.random.default_rng(seed)
     slow_sd = np.sqrt(1 - SLOW_PHI**2) * SLOW_SD
     for lo in range(0, n, chunk):
@@ -387,15 +392,19 @@ def oracle_paths(truth: pd.DataFrame, origin_row: np.ndarray, end_row: np.ndarra
         hf = np.repeat((FAST_PHI * cols["h_fast"][o] + fast_impulse(cols["eps"][o]))[:, None], n_paths, axis=1)
         m = np.repeat(cols["mr"][o][:, None], n_paths, axis=1)  # (c, M)
         cum = np.zeros((c, n_paths))
+        cum_drift = np.zeros((c, n_paths))
         for s in range(1, int(steps.max()) + 1):
             tod = tod_all[np.minimum(k0 + s, len(tod_all) - 1)][:, None]  # (c, 1)
             hs = SLOW_PHI * hs + slow_sd * rng.standard_normal((c, n_paths))
             sigma = BASE_SIGMA * tod * np.exp(hs + hf)
             e = shocks(rng, (c, n_paths))
-            cum += MU - MR_KAPPA * sigma * m + sigma * e
+            drift = MU - MR_KAPPA * sigma * m
+            cum += drift + sigma * e
+            cum_drift += drift
             m = MR_PHI * m + e
             hf = FAST_PHI * hf + fast_impulse(e)
             i, j = np.nonzero(steps == s)
             if i.size:
                 out[lo + i, j] = cum[i]
-    return out
+                mean[lo + i, j] = cum_drift[i].mean(axis=1)
+    return out, mean

@@ -198,7 +198,7 @@ class MCOracle:
 
     rows: np.ndarray       # (n,) dataset rows of the sampled origins
     q: np.ndarray          # (n, H, Q) empirical quantiles of the simulated targets
-    mean: np.ndarray       # (n, H) mean of the simulated targets (the optimal point forecast)
+    mean: np.ndarray       # (n, H) E[y | true state]: the optimal point forecast (low-noise drift average)
     median: np.ndarray     # (n, H)
     n_paths: int
 
@@ -229,7 +229,7 @@ def mc_oracle(db_path, trial_spec, dataset, taus, n_origins: int = 1000, n_paths
     bar_end = np.asarray(arrays.ts).astype("datetime64[us]") + np.timedelta64(int(arrays.freq_minutes), "m")
     last1 = np.searchsorted(t1, bar_end, side="left") - 1  # (N,) last 1-minute bar inside each bar
     horizons = np.asarray(arrays.horizons, dtype=np.int64)
-    paths = demo.oracle_paths(truth, last1[idx], last1[idx[:, None] + horizons[None, :]], n_paths=n_paths,
-                              seed=seed)  # (n, H, M)
+    paths, mean = demo.oracle_paths(truth, last1[idx], last1[idx[:, None] + horizons[None, :]], n_paths=n_paths,
+                                    seed=seed)  # (n, H, M), (n, H)
     q = np.moveaxis(np.quantile(paths, np.asarray(taus, dtype=np.float64), axis=2), 0, -1)  # (n, H, Q)
-    return MCOracle(rows=rows, q=q, mean=paths.mean(axis=2), median=np.median(paths, axis=2), n_paths=n_paths)
+    return MCOracle(rows=rows, q=q, mean=mean, median=np.median(paths, axis=2), n_paths=n_paths)

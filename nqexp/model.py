@@ -46,8 +46,8 @@ Deliberate deviations from the source specs:
 - `recent_bars` (an addition, docs/model.md): the last k bars of every variable, RevIN'd but not
   patched, go through a small MLP into the context. Patching folds the last hour into one token;
   short-horizon structure (mean reversion over a few bars, a shock that just raised volatility)
-  lives in exactly those bars. Its output layer starts at zero, so at initialization the model is
-  the same as without it.
+  lives in exactly those bars. Its output layer starts near zero, so at initialization the model is
+  about the same as without it.
 """
 
 from __future__ import annotations
@@ -506,7 +506,9 @@ class RecentBars(nn.Module):
                                  nn.Linear(cfg.d_model, cfg.d_model))
 
     def init_special(self):
-        nn.init.zeros_(self.mlp[-1].weight)  # starts as a no-op: the model begins where it would without it
+        # Nearly a no-op at first (the model begins about where it would without it), but not exactly
+        # zero, so gradients reach the first layer from the first step.
+        nn.init.normal_(self.mlp[-1].weight, std=0.01 / math.sqrt(self.mlp[-1].in_features))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = torch.where(mask.unsqueeze(-1), x, 0.0)  # (B, T, V)

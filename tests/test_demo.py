@@ -163,11 +163,12 @@ def test_the_state_reproduces_sigma_and_the_oracle_is_calibrated(year):
     rng = np.random.default_rng(0)
     origin = np.sort(rng.choice(np.arange(100, len(t) - 200), 300, replace=False))
     end = origin[:, None] + np.array([15, 60])[None, :]
-    paths = demo.oracle_paths(t, origin, end, n_paths=400, seed=1)  # (n, 2, M)
+    paths, mean = demo.oracle_paths(t, origin, end, n_paths=400, seed=1)  # (n, 2, M), (n, 2)
     r = np.log(t["close_exact"].to_numpy())
     y = r[end] - r[origin][:, None]
     same = t["contract"].to_numpy()[end] == t["contract"].to_numpy()[origin][:, None]
-    z = ((y - paths.mean(2)) / paths.std(2))[same]
+    np.testing.assert_allclose(mean, paths.mean(2), atol=3 * float(paths.std(2).max()) / np.sqrt(400))
+    z = ((y - mean) / paths.std(2))[same]
     lo, hi = np.quantile(paths, 0.1, axis=2), np.quantile(paths, 0.9, axis=2)
     cover = ((y >= lo) & (y <= hi))[same].mean()
     assert 0.9 < z.std() < 1.12 and 0.74 < cover < 0.86, (z.std(), cover)
