@@ -1,8 +1,9 @@
 """Reports: ablation and sweep summaries built from the local run store alone (fully offline).
 
 An ablation report holds:
-- per-variant test metrics per horizon, mean ± std over seeds (CRPS, skill vs climatology and
-  the vol-scaled baseline, PICP80, calibration error, MPIW80, IC);
+- per-variant test metrics per horizon, mean ± std over seeds (CRPS, skill vs the best baseline
+  and each baseline, PICP80, calibration error, MPIW80, IC) and which baseline is the best;
+- paired CRPS differences of every variant against every baseline, with block-bootstrap CIs;
 - **paired** differences against the reference variant (the spec's first variant) on identical
   test samples: for every seed both variants scored, the per-sample CRPS difference
   d = CRPS_variant − CRPS_reference is averaged over seeds, and a moving-block bootstrap gives a
@@ -29,7 +30,8 @@ from nqexp.errors import DataError
 
 log = logging.getLogger(__name__)
 
-SUMMARY_METRICS = ("crps", "crpss_climatology", "crpss_volscaled", "picp80", "calib_err", "mpiw80", "ic")
+SUMMARY_METRICS = ("crps", "crpss_best", "crpss_climatology", "crpss_volscaled", "crpss_mcgarch", "crpss_lgbm",
+                   "picp80", "calib_err", "mpiw80", "ic")
 
 
 @dataclass
@@ -76,8 +78,58 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
                 key = metric if label == "all" else f"{metric}_{label}"
                 vals = mv.loc[mv["name"] == key, "value"].to_numpy(dtype=float)
                 row[metric] = _mean_std(vals)
+            row["best_baseline"] = _best_baseline(mv, label)
             row["seeds"] = int(mv.loc[mv["name"] == "crps", "trial"].nunique())
             rows.append(row)
+    out = pd.DataFrame(rows)
+    # Columns of baselines an experiment did not run (eval.baselines) are dropped, not shown as n/a.
+    return out[[c for c in out.columns if not (out[c] == "n/a").all()]]
+
+
+def _best_baseline(mv: pd.DataFrame, label: str) -> str:
+    """The baseline with the lowest mean CRPS at this horizon ('all': the horizon mean)."""
+    suffix = "" if label == "all" else f"_{label}"
+    pat = re.compile(rf"crps_([a-z]+){re.escape(suffix)}")
+    means = {m.group(1): v for k, v in mv.groupby("name")["value"].mean().items() if (m := pat.fullmatch(k))}
+    return min(means, key=means.get) if means else "n/a"
+
+
+def baseline_differences(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per variant, horizon and baseline: the paired CRPS difference model − baseline on identical
+    samples (averaged over seeds), with a moving-block bootstrap 95% CI (one-day blocks)."""
+    from nqexp.evaluate import load_predictions
+    from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
+
+    trials = data.trials[data.trials["status"] == "finished"]
+    rows = []
+    for variant in variant_order(data):
+        preds = [load_predictions(p) for p in (Path(d) / "predictions.parquet" for d in
+                                               trials.loc[trials["variant"] == variant, "dir"]) if p.exists()]
+        preds = [p for p in preds if split in p.splits]
+        if not preds or any(p.splits[split].ts.shape != preds[0].splits[split].ts.shape for p in preds):
+            continue
+        ref = preds[0]
+        for name in sorted(ref.splits[split].baselines):
+            for h, minutes in enumerate(ref.horizon_minutes):
+                d, b = [], []
+                for p in preds:
+                    sp = p.splits[split]
+                    ok = np.isfinite(sp.y[:, h])
+                    cm = np.full(sp.y.shape[0], np.nan)
+                    cb = np.full(sp.y.shape[0], np.nan)
+                    cm[ok] = _crps_any(sp.y[ok, h], sp.q[ok, h], p.taus, crps_quantile)
+                    cb[ok] = crps_quantile(sp.y[ok, h], sp.baselines[name][ok, h], p.taus)
+                    d.append(cm - cb)
+                    b.append(cb)
+                d, b = np.nanmean(np.stack(d), axis=0), np.nanmean(np.stack(b), axis=0)  # (N,) over seeds
+                ok = np.isfinite(d)
+                lo, hi = block_bootstrap_ci(d[ok], np.mean, block=_day_block(ref.splits[split].ts[ok]),
+                                            n_boot=n_boot, seed=seed)
+                mean = float(d[ok].mean())
+                rows.append({"variant": variant, "baseline": name, "horizon": horizon_label(minutes),
+                             "seeds": len(preds), "rel_pct": 100 * mean / float(b[ok].mean()),
+                             "ci_lo_pct": 100 * lo / float(b[ok].mean()), "ci_hi_pct": 100 * hi / float(b[ok].mean()),
+                             "verdict": "model better" if hi < 0 else "model worse" if lo > 0 else "no clear difference"})
     return pd.DataFrame(rows)
 
 
@@ -189,6 +241,7 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
     out_dir = store.experiment_dir(experiment)
     summary = summary_table(data)
     paired = paired_differences(data, n_boot=n_boot)
+    vs_baselines = baseline_differences(data, n_boot=n_boot)
     figures = _figures(data, out_dir / "report_figures")
     counts = data.trials["status"].value_counts().to_dict()
     parts = [
@@ -199,6 +252,11 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
         "CRPS is in log-return units; `crpss_*` is the CRPS skill 1 − CRPS/CRPS_baseline against baselines "
         "fitted on train only (positive = better than the baseline).\n",
         _md_table(summary),
+        "## Every variant against every baseline (identical test samples)\n",
+        "rel_pct = mean over samples of CRPS(model) − CRPS(baseline), as % of the baseline's CRPS, averaged "
+        "over seeds; CI = 95% moving-block bootstrap (one-day blocks). The model's claim is made against "
+        "the best baseline (`best_baseline` above).\n",
+        _md_table(vs_baselines),
         f"## Paired CRPS differences vs `{data.reference}` (identical test samples)\n",
         "mean_diff = mean over samples of CRPS(variant) − CRPS(reference), averaged over seeds; "
         "CI = 95% moving-block bootstrap (one-day blocks). Positive = the variant is worse.\n",

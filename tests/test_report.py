@@ -37,10 +37,11 @@ def store(tmp_path):
             d.mkdir(parents=True)
             q = gaussian_quantiles(sigma * mult)
             clim = np.broadcast_to(np.quantile(y, TAUS, axis=0).T[None], q.shape).copy()
+            base = {"climatology": clim, "volscaled": gaussian_quantiles(sigma)}  # the latter knows the true sigma
             evaluate.save_predictions(d / "predictions.parquet",
-                                      {"test": evaluate.SplitPredictions(ts=ts, y=y, q=q, baselines={"climatology": clim})},
+                                      {"test": evaluate.SplitPredictions(ts=ts, y=y, q=q, baselines=base)},
                                       TAUS, HORIZONS)
-            table = evaluate.evaluate_split_table("test", y, q, TAUS, HORIZONS, ts, {"climatology": clim}, n_boot=50)
+            table = evaluate.evaluate_split_table("test", y, q, TAUS, HORIZONS, ts, base, n_boot=50)
             metrics = {f"test/{k}": v for k, v in evaluate.flatten_metrics(table).items()}
             st.upsert_trial("abl", name, variant=variant, seed=seed, status="finished", params_json="{}",
                             spec_yaml="", dir=str(d))
@@ -65,6 +66,18 @@ def test_paired_differences_find_the_worse_variant_with_a_ci_above_zero(store):
     assert (paired["ci_lo"] > 0).all() and (paired["mean_diff"] > 0).all()
     assert (paired["verdict"] == "worse").all()
     assert (paired["n"] == 2000).all() and (paired["seeds"] == 2).all()
+
+
+def test_every_variant_is_compared_with_every_baseline_and_the_best_one_is_named(store):
+    data = report.load(store, "abl")
+    summary = report.summary_table(data)
+    assert (summary["best_baseline"] == "volscaled").all()  # the true-sigma forecast beats climatology
+    good_15 = summary[(summary.variant == "good") & (summary.horizon == "15m")].iloc[0]
+    assert good_15["crpss_best"].startswith("0.0000")  # identical to the best baseline: skill exactly 0
+    diffs = report.baseline_differences(data, n_boot=200).set_index(["variant", "baseline", "horizon"])
+    assert diffs.loc[("good", "climatology", "15m"), "verdict"] == "model better"
+    assert diffs.loc[("wide", "volscaled", "15m"), "verdict"] == "model worse"
+    assert diffs.loc[("good", "volscaled", "60m"), "rel_pct"] == 0.0
 
 
 def test_markdown_report_holds_tables_gates_and_is_written_to_the_store(store):
