@@ -118,6 +118,22 @@ def test_a_bad_feature_set_name_is_refused_before_any_bars_are_built(invoke, tmp
     assert info["bars"] == [], "bars were built before the set name was checked"
 
 
+def test_spec_schema_validates_a_shipped_spec_and_init_copies_them_to_edit(invoke, tmp_path):
+    import jsonschema
+
+    schema = json.loads(invoke("spec", "schema").stdout)
+    made = invoke("init", "mine")
+    assert made.exit_code == 0 and "quickstart.yaml" in made.stdout, made.output
+    # As an editor sees it: YAML dates are text in JSON.
+    copied = json.loads(json.dumps(yaml.safe_load((tmp_path / "mine" / "quickstart.yaml").read_text()), default=str))
+    jsonschema.validate(copied, schema)
+    assert invoke("init", "mine").stdout.count("Kept") == 1  # nothing is overwritten without --force
+    dry = invoke("run", "mine/quickstart.yaml", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    shipped = invoke("run", "quickstart", "--dry-run")  # a shipped name, no file of that name here
+    assert shipped.exit_code == 0 and dry.stdout == shipped.stdout, shipped.output
+
+
 def test_import_reports_rejects_and_idempotence_and_rejects_lists_them(invoke, tmp_path):
     csv = tmp_path / "bars.csv"
     csv.write_text("2024-03-04 09:30:00,1,2,0.5,1.5,3\n2024-03-04 09:31:00,1,0.5,2,1.5,3\n")
