@@ -1,4 +1,4 @@
-"""Predictions -> metrics table per split and horizon, with baselines and sanity gates (DESIGN §8).
+"""Predictions -> metrics table per split and horizon, with baselines and sanity gates (docs/metrics.md).
 
 The pieces, in the order a run uses them:
 

@@ -111,9 +111,6 @@ def test_docs_index_lists_every_page_and_its_links_resolve():
     assert not broken, f"broken relative links: {broken}"
 
 
-@pytest.mark.xfail(strict=False, reason="nqexp/spec.py, tune.py, track.py, features.py, evaluate.py, demo.py, "
-                                        "cli.py and report.py are fixed on their owners' branches; the lead "
-                                        "removes this mark after merging them")
 def test_nothing_cites_design_notes_outside_the_repository():
     offending = []
     for path in _text_files(CITING_DIRS + CITING_FILES):
