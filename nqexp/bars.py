@@ -207,10 +207,18 @@ class RollWarning:
 
 def detect_rolls(con, symbol: str, *, detect: bool = True) -> pd.DataFrame:
     """Detect the rolls of a series without writing anything; returns ROLL_COLUMNS sorted by ts."""
+    return preview_rolls(con, symbol, detect=detect)[0]
+
+
+def preview_rolls(con, symbol: str, *, detect: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """The rolls a build of `symbol` would use (ROLL_COLUMNS) and its roll warnings; writes nothing."""
     mode = detect_mode(con, symbol)
     _prepare_source(con, symbol, mode)
     try:
-        return _detect_on_source(con, symbol, mode, detect=detect)[0]
+        rolls, warnings = _detect_on_source(con, symbol, mode, detect=detect)
+        by_id = mode != "continuous" or _has_contract_ids(con)
+        warnings += _no_roll_warning(con, symbol, rolls, detect or by_id)
+        return rolls, [w.message for w in warnings]
     finally:
         _drop_temps(con)
 
@@ -550,8 +558,8 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None, given_roll
                                 "session_start": int(row[4])}
     report.seconds = time.perf_counter() - t0
     log.info("built bars %s", report.summary())
-    for message in report.warnings:
-        log.warning("%s", message)
+    for message in report.warnings:   # the report carries them to the caller, who shows them
+        log.info("roll warning: %s", message)
     return report
 
 
@@ -573,6 +581,8 @@ def _no_roll_warning(con, symbol: str, rolls: pd.DataFrame, detected: bool) -> l
 def stored_rolls(con, symbol: str) -> tuple[pd.DataFrame, list[str]]:
     """The rolls the last bars build of `symbol` used (ROLL_COLUMNS) and its roll warnings."""
     rolls = con.execute(f"select {', '.join(ROLL_COLUMNS)} from rolls where symbol = ? order by ts", [symbol]).df()
+    rolls["expiry"] = pd.to_datetime(rolls["expiry"]).dt.date
+    rolls = rolls.astype(object).where(rolls.notna(), None)   # missing ids/z as None, not pd.NA
     notes = [r[0] for r in con.execute(
         "select message from roll_warnings where symbol = ? order by expiry nulls last", [symbol]).fetchall()]
     return rolls, notes
