@@ -310,7 +310,7 @@ def _detect_price_jumps(con, symbol: str) -> tuple[pd.DataFrame, list[RollWarnin
     con.execute("drop table if exists _jump_candidates")
     cands["expiry"] = pd.to_datetime(cands["expiry"]).dt.date
     lo, hi = PRICE_JUMP_LOG_RATIO
-    rolls, warnings = [], []
+    rolls, warnings, empty = [], [], []
     for w in windows.itertuples():
         c = cands[cands["expiry"] == w.expiry]
         where = f"the roll window before the {w.expiry} expiry (sessions {w.first_session}..{w.last_session})"
@@ -318,7 +318,7 @@ def _detect_price_jumps(con, symbol: str) -> tuple[pd.DataFrame, list[RollWarnin
             where += f"; the data covers only {max(_session_date(first_ts), w.first_session)}.." \
                      f"{min(_session_date(last_ts), w.last_session)} of it"
         if c.empty:
-            warnings.append(RollWarning(w.expiry, f"{symbol}: no bars in {where}; no roll detected there"))
+            empty.append(w.expiry)
             continue
         log_r = np.log(c["ratio"].to_numpy(float))
         plausible = c[(log_r >= lo) & (log_r <= hi)]
@@ -342,6 +342,10 @@ def _detect_price_jumps(con, symbol: str) -> tuple[pd.DataFrame, list[RollWarnin
         rolls.append({"ts": best["ts"], "from_contract": None, "to_contract": None, "from_instrument_id": None,
                       "to_instrument_id": None, "ratio": float(best["ratio"]), "method": "price_jump",
                       "z": float(best["z"]), "expiry": w.expiry})
+    if empty:   # a hole in the data, one line for all of them
+        span = f"the {empty[0]} expiry" if len(empty) == 1 else f"the {len(empty)} expiries {empty[0]} to {empty[-1]}"
+        warnings.append(RollWarning(None, f"{symbol}: no bars in the roll window(s) before {span}; "
+                                          "no roll can be detected there"))
     out = pd.DataFrame(rolls, columns=list(ROLL_COLUMNS)) if rolls else _empty_rolls()
     return out, warnings
 
