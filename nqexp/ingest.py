@@ -187,18 +187,19 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
 
 
 def _map_columns(df: pd.DataFrame, has_header: bool, columns, path: Path) -> pd.DataFrame:
-    if isinstance(columns, dict):
-        missing = [v for v in columns.values() if v not in df.columns]
+    if isinstance(columns, dict) or (has_header and columns is None):
+        given = columns or {}
+        missing = [v for v in given.values() if v not in df.columns]
         if missing:
             raise DataError(f"{path}: --columns maps to columns {missing} that the file lacks; it has {list(map(str, df.columns))}")
-        mapping = dict(columns)
-    elif has_header and columns is None:
-        lower = {str(c).strip().lower(): c for c in df.columns}
+        # Fields the mapping leaves out are matched by name, from the columns it does not use.
+        lower = {str(c).strip().lower(): c for c in df.columns if c not in given.values()}
         mapping = {}
         for fld, names in {**ALIASES, **ID_ALIASES}.items():
             hit = next((lower[n] for n in names if n in lower), None)
             if hit is not None:
                 mapping[fld] = hit
+        mapping.update(given)
     else:
         order = columns or list(DEFAULT_ORDER)
         if df.shape[1] < len(order):
