@@ -624,7 +624,10 @@ def ensure_bars(con, symbol: str):
     built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
     if built[0] and (raw[0] == 0 or tuple(raw) == tuple(built)):   # per-contract roots have no raw rows of their own
         return None
-    return build_bars(con, symbol)
+    report = build_bars(con, symbol)
+    for message in report.warnings:   # an implicit build (features, runs): nobody else shows them
+        log.warning("%s", message)
+    return report
 
 
 def bars_summary(con, symbol: str | None = None) -> dict:

@@ -2,9 +2,9 @@
 --
 -- purpose:   a continuous file without instrument_id or contract codes still jumps by the
 --            calendar spread ln(F_new / F_old) at each roll. In every roll window (the sessions
---            from about two weeks before a quarterly expiry to the expiry) this scores each
---            1-minute log-return as a robust z against the local, time-of-day-adjusted sigma
---            and keeps the strongest candidates; bars.py accepts one or warns
+--            from about two weeks before a quarterly expiry to the expiry) this scores the jump
+--            into each 1-minute bar as a robust z against the local, time-of-day-adjusted
+--            1-minute sigma and keeps the strongest candidates; bars.py accepts one or warns
 --            (docs/rolls_and_sessions.md §6).
 -- grain:     one row per (window, candidate bar), the $top_k largest |z| of each window;
 --            ts = the candidate bar (the first bar of the new contract if it is the splice).
@@ -20,8 +20,12 @@
 --            'session open' for the first bar of a session (its return spans the break).
 --            sigma = 1.4826 x median |r| of that bucket over the window's sessions within
 --            +-2 of the bar's session (the median ignores the splice itself); when that median
---            is 0 (a quiet tick grid), 1.2533 x mean |r| instead. z = r / sigma.
---            ratio = open(bar) / close(previous bar), as bars/rolls_instrument measures it.
+--            is 0 (a quiet tick grid), 1.2533 x mean |r| instead.
+--            ratio = open(bar) / close(previous bar), as bars/rolls_instrument measures it, and
+--            z = ln(ratio) / sigma: a splice lies entirely between those two prints (they are of
+--            different contracts), while the bar's own move, close / open, is one contract's
+--            noise. Between one minute's last trade and the next one's first a real market
+--            barely moves, so z stays small except at a splice.
 create or replace temp table _jump_candidates as
 with scanned as (
     select
