@@ -83,7 +83,7 @@ ROLL_COLUMNS = ("ts", "from_contract", "to_contract", "from_instrument_id", "to_
 ROLL_MONTHS = (3, 6, 9, 12)
 ROLL_WINDOW_DAYS = 15          # a window is the sessions dated [expiry - 15 days, expiry]
 ROLL_SCAN_MARGIN_DAYS = 5      # scanned on each side too, so sigma has two sessions around every bar
-PRICE_JUMP_Z_MIN = 8.0         # |z| a splice needs; noise gaps stay below ~5 on the demo, ~2 on FirstRate NQ
+PRICE_JUMP_Z_MIN = 10.0        # |z| a splice needs; noise stays below ~7 on the demo (untraded minutes), ~2 on FirstRate NQ
 PRICE_JUMP_MARGIN = 2.0        # and it must beat every other plausible candidate of its window by this factor
 # ln R = ln(F_new / F_old) ~ (r - q) x 0.25 years: +0.5% to +1.3% in normal rate years, about -0.3% to
 # +0.1% when rates were near zero. Wider than that, a jump is a market move, not a calendar spread.
