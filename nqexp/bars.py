@@ -8,6 +8,8 @@ Everything heavy runs as SQL files in `sql/bars/` (one statement each):
     rolls_instrument    rolls where instrument_id/contract changes      -> _rolls_new
                         (rolls_instrument_windowed if a contract reappears)
     rolls_volume        rolls of the spliced series, R from common bars -> _rolls_new
+    rolls_price_jump    splice candidates of a series without ids       -> _jump_candidates
+                        (bars.py accepts one per roll window, or warns)
     segments            contract runs between rolls and their factor    -> _segments
     bars_1m, bars_5m    adjusted prices of each bar, stamped in ET      -> _bars_priced
     _sessions           session fields and flags over _bars_priced      -> bars_1m, bars_5m
@@ -31,6 +33,13 @@ Conventions (also in sql/schema/002_bars.sql):
   shows both, so R = close_new / close_old at the last minute before the roll in which both
   traded; the roll happens at the first session after the one where the new contract's daily
   volume first exceeded the old one's (uses finished sessions only, never rolls back).
+  Continuous input without instrument_id or contract codes (most vendor CSVs): in each roll
+  window (sessions from ROLL_WINDOW_DAYS before a quarterly expiry to the expiry) the splice is
+  the bar whose jump open / previous close has the largest robust z against the local,
+  time-of-day-adjusted 1-minute sigma; it is a roll (method 'price_jump', with its z) when the z
+  and the size are plausible for a calendar spread and no other bar comes close, else the window
+  gets a warning and no roll. Rolls given with `given_rolls` (e.g. `--rolls FILE`) replace
+  detected ones.
 * Ratio back-adjustment: every price before a roll is multiplied by its R and by the R of every
   later roll; `adj_factor` = 1.0 after the last roll. Log-returns within a contract are
   unchanged (all bars between two rolls share one factor); the splice jump disappears. Raw
@@ -45,6 +54,7 @@ Conventions (also in sql/schema/002_bars.sql):
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import time
@@ -52,6 +62,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nqexp import db
@@ -63,7 +74,22 @@ log = logging.getLogger(__name__)
 SUPPORTED_FREQS = (1, 5)
 REQUIRED_HEADER = ("purpose", "grain", "inputs", "params", "lookahead")
 SESSIONS_FILE = "_sessions"
-ROLL_COLUMNS = ("ts", "from_contract", "to_contract", "from_instrument_id", "to_instrument_id", "ratio", "method")
+ROLL_COLUMNS = ("ts", "from_contract", "to_contract", "from_instrument_id", "to_instrument_id", "ratio", "method",
+                "z", "expiry")
+
+# Price-jump roll detection (docs/rolls_and_sessions.md §6). Equity-index futures (NQ, ES, YM, RTY)
+# expire on the third Friday of March, June, September and December; vendors splice their
+# continuous files anywhere from about two weeks before expiry to the expiry itself.
+ROLL_MONTHS = (3, 6, 9, 12)
+ROLL_WINDOW_DAYS = 15          # a window is the sessions dated [expiry - 15 days, expiry]
+ROLL_SCAN_MARGIN_DAYS = 5      # scanned on each side too, so sigma has two sessions around every bar
+PRICE_JUMP_Z_MIN = 10.0        # |z| a splice needs; noise stays below ~7 on the demo (untraded minutes), ~2 on FirstRate NQ
+PRICE_JUMP_MARGIN = 2.0        # and it must beat every other plausible candidate of its window by this factor
+# ln R = ln(F_new / F_old) ~ (r - q) x 0.25 years: +0.5% to +1.3% in normal rate years, about -0.3% to
+# +0.1% when rates were near zero. Wider than that, a jump is a market move, not a calendar spread.
+PRICE_JUMP_LOG_RATIO = (-0.01, 0.02)
+PRICE_JUMP_CANDIDATES = 8      # candidates kept per window by sql/bars/rolls_price_jump.sql
+QUARTER_DAYS = 92              # a continuous series longer than this without a roll gets a warning
 
 
 @dataclass
@@ -76,11 +102,14 @@ class BarsReport:
     rolls: pd.DataFrame             # the rolls used (ROLL_COLUMNS)
     rows: dict[int, int] = field(default_factory=dict)      # freq_minutes -> rows written
     flagged: dict[int, dict[str, int]] = field(default_factory=dict)  # freq -> {gap, outlier, roll, session_start}
+    warnings: list[str] = field(default_factory=list)       # what the roll detection could not decide
     seconds: float = 0.0
 
     def summary(self) -> str:
         parts = [f"{freq}m: {n:,} bars" for freq, n in sorted(self.rows.items())]
-        return (f"{self.symbol} ({self.mode}): {self.source_rows:,} source 1m bars, {len(self.rolls)} rolls; "
+        methods = self.rolls["method"].value_counts() if len(self.rolls) else {}
+        how = f" ({', '.join(f'{n} {m}' for m, n in sorted(methods.items()))})" if len(methods) else ""
+        return (f"{self.symbol} ({self.mode}): {self.source_rows:,} source 1m bars, {len(self.rolls)} rolls{how}; "
                 + ", ".join(parts) + f" in {self.seconds:.2f}s")
 
 
@@ -142,7 +171,8 @@ def detect_mode(con, symbol: str) -> str:
 def _drop_temps(con) -> None:
     for name, kind in con.execute(
         "select table_name, table_type from information_schema.tables "
-        "where table_name in ('_bars_priced', '_src_1m', '_segments', '_et_years', '_series', '_rolls_new')"
+        "where table_name in ('_bars_priced', '_src_1m', '_segments', '_et_years', '_series', '_rolls_new', "
+        "'_roll_windows', '_jump_candidates')"
     ).fetchall():
         con.execute(f"drop {'view' if kind == 'VIEW' else 'table'} if exists {name}")
 
@@ -167,24 +197,200 @@ def _prepare_source(con, symbol: str, mode: str) -> int:
     return con.execute("select count(*) from _src_1m").fetchall()[0][0]
 
 
-def detect_rolls(con, symbol: str) -> pd.DataFrame:
+@dataclass
+class RollWarning:
+    """One thing the roll detection could not decide; `expiry` is None for the whole series."""
+
+    expiry: object
+    message: str
+
+
+def detect_rolls(con, symbol: str, *, detect: bool = True) -> pd.DataFrame:
     """Detect the rolls of a series without writing anything; returns ROLL_COLUMNS sorted by ts."""
+    return preview_rolls(con, symbol, detect=detect)[0]
+
+
+def preview_rolls(con, symbol: str, *, detect: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """The rolls a build of `symbol` would use (ROLL_COLUMNS) and its roll warnings; writes nothing."""
     mode = detect_mode(con, symbol)
     _prepare_source(con, symbol, mode)
     try:
-        return _detect_on_source(con, mode)
+        rolls, warnings = _detect_on_source(con, symbol, mode, detect=detect)
+        by_id = mode != "continuous" or _has_contract_ids(con)
+        warnings += _no_roll_warning(con, symbol, rolls, detect or by_id)
+        return rolls, [w.message for w in warnings]
     finally:
         _drop_temps(con)
 
 
-def _detect_on_source(con, mode: str) -> pd.DataFrame:
+def _empty_rolls() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="datetime64[us]" if c == "ts" else object) for c in ROLL_COLUMNS})
+
+
+def _detect_on_source(con, symbol: str, mode: str, *, detect: bool = True) -> tuple[pd.DataFrame, list[RollWarning]]:
+    """The rolls of the prepared _src_1m and the warnings about them.
+
+    Contract identity decides the method: per-contract input rolls by volume crossover,
+    continuous input with instrument_id or contract codes where they change; only a continuous
+    series with neither is searched for price jumps (when `detect`).
+    """
+    if mode == "continuous" and not _has_contract_ids(con):
+        if not detect:
+            return _empty_rolls(), []
+        return _detect_price_jumps(con, symbol)
     db.run_sql(con, "bars/rolls_instrument" if mode == "continuous" else "bars/rolls_volume")
     if con.execute("select count(*) filter (where runs_overlap) from _rolls_new").fetchall()[0][0]:
         # A contract came back after a roll (a roll back): per-contract runs overlap, so walk bar by bar.
         db.run_sql(con, "bars/rolls_instrument_windowed")
-    rolls = con.execute(f"select {', '.join(ROLL_COLUMNS)} from _rolls_new order by ts").df()
+    rolls = con.execute(
+        f"select {', '.join(ROLL_COLUMNS[:-2])}, null::double as z, null::date as expiry from _rolls_new order by ts"
+    ).df()
     con.execute("drop table if exists _rolls_new")
-    return rolls
+    return rolls, []
+
+
+def _has_contract_ids(con) -> bool:
+    return bool(con.execute(
+        "select count(*) from (select 1 from _src_1m where instrument_id is not null or contract is not null limit 1)"
+    ).fetchall()[0][0])
+
+
+def _session_date(ts) -> dt.date:
+    """The Globex session date of a UTC bar start: the ET date of (ts + 6 h), as bars/_sessions.sql."""
+    et = pd.Timestamp(ts).tz_localize("UTC").tz_convert("America/New_York").tz_localize(None)
+    return (et + pd.Timedelta(hours=6)).date()
+
+
+def roll_windows(first_ts, last_ts) -> pd.DataFrame:
+    """The quarterly roll windows that overlap a series spanning [first_ts, last_ts] (UTC bar starts).
+
+    One row per expiry: first_session / last_session (the window's session dates, from
+    ROLL_WINDOW_DAYS before the expiry to the expiry), scan_start / scan_end (the UTC span read
+    for it, ROLL_SCAN_MARGIN_DAYS wider on each side) and `partial` (the data starts or ends
+    inside the window).
+    """
+    from nqexp.demo import third_friday  # the one place that knows the expiry calendar
+
+    first, last = _session_date(first_ts), _session_date(last_ts)
+    rows = []
+    for year in range(first.year, last.year + 2):
+        for month in ROLL_MONTHS:
+            expiry = third_friday(year, month)
+            start = expiry - dt.timedelta(days=ROLL_WINDOW_DAYS)
+            if expiry < first or start > last:
+                continue
+            rows.append({
+                "expiry": expiry, "first_session": start, "last_session": expiry,
+                "scan_start": pd.Timestamp(start - dt.timedelta(days=ROLL_SCAN_MARGIN_DAYS)),
+                "scan_end": pd.Timestamp(expiry + dt.timedelta(days=ROLL_SCAN_MARGIN_DAYS + 1)),
+                "partial": first > start or last < expiry,
+            })
+    columns = ["expiry", "first_session", "last_session", "scan_start", "scan_end", "partial"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _pct(log_ratio: float) -> str:
+    return f"{100 * log_ratio:+.3f}%"
+
+
+def _detect_price_jumps(con, symbol: str) -> tuple[pd.DataFrame, list[RollWarning]]:
+    """One 'price_jump' roll per roll window with a clear splice, a RollWarning per window without one."""
+    first_ts, last_ts = con.execute("select min(ts), max(ts) from _src_1m").fetchall()[0]
+    windows = roll_windows(first_ts, last_ts)
+    if windows.empty:
+        return _empty_rolls(), []
+    stage = windows.drop(columns="partial").astype({"scan_start": "datetime64[us]", "scan_end": "datetime64[us]"})
+    con.register("_windows_stage", stage)
+    try:
+        con.execute("create or replace temp table _roll_windows as select * from _windows_stage")
+    finally:
+        con.unregister("_windows_stage")
+    db.run_sql(con, "bars/rolls_price_jump", top_k=PRICE_JUMP_CANDIDATES)
+    cands = con.execute("select expiry, rank, ts, z, ratio from _jump_candidates order by expiry, rank").df()
+    con.execute("drop table if exists _jump_candidates")
+    cands["expiry"] = pd.to_datetime(cands["expiry"]).dt.date
+    lo, hi = PRICE_JUMP_LOG_RATIO
+    rolls, warnings, empty = [], [], []
+    for w in windows.itertuples():
+        c = cands[cands["expiry"] == w.expiry]
+        where = f"the roll window before the {w.expiry} expiry (sessions {w.first_session}..{w.last_session})"
+        if w.partial:
+            where += f"; the data covers only {max(_session_date(first_ts), w.first_session)}.." \
+                     f"{min(_session_date(last_ts), w.last_session)} of it"
+        if c.empty:
+            empty.append(w.expiry)
+            continue
+        log_r = np.log(c["ratio"].to_numpy(float))
+        plausible = c[(log_r >= lo) & (log_r <= hi)]
+        best = plausible.iloc[0] if len(plausible) else c.iloc[0]
+        best_desc = f"{best['ts']:%Y-%m-%d %H:%M} UTC (z {best['z']:.1f}, jump {_pct(np.log(best['ratio']))})"
+        if not len(plausible) or abs(best["z"]) < PRICE_JUMP_Z_MIN:
+            warnings.append(RollWarning(w.expiry, (
+                f"{symbol}: no clear roll splice in {where}: the best candidate is {best_desc}; a splice needs "
+                f"|z| >= {PRICE_JUMP_Z_MIN:g} and a jump in [{_pct(lo)}, {_pct(hi)}]. Left unadjusted there; if the "
+                "series rolled in this window, give the roll with --rolls FILE")))
+            continue
+        rivals = plausible.iloc[1:]
+        rivals = rivals[rivals["z"].abs() * PRICE_JUMP_MARGIN > abs(best["z"])]
+        if len(rivals):
+            r = rivals.iloc[0]
+            warnings.append(RollWarning(w.expiry, (
+                f"{symbol}: two candidate roll splices in {where}: {best_desc} and "
+                f"{r['ts']:%Y-%m-%d %H:%M} UTC (z {r['z']:.1f}, jump {_pct(np.log(r['ratio']))}); neither is "
+                "taken. Give the roll with --rolls FILE")))
+            continue
+        rolls.append({"ts": best["ts"], "from_contract": None, "to_contract": None, "from_instrument_id": None,
+                      "to_instrument_id": None, "ratio": float(best["ratio"]), "method": "price_jump",
+                      "z": float(best["z"]), "expiry": w.expiry})
+    if empty:   # a hole in the data, one line for all of them
+        span = f"the {empty[0]} expiry" if len(empty) == 1 else f"the {len(empty)} expiries {empty[0]} to {empty[-1]}"
+        warnings.append(RollWarning(None, f"{symbol}: no bars in the roll window(s) before {span}; "
+                                          "no roll can be detected there"))
+    out = pd.DataFrame(rolls, columns=list(ROLL_COLUMNS)) if rolls else _empty_rolls()
+    return out, warnings
+
+
+def read_rolls_file(path) -> pd.DataFrame:
+    """A CSV of rolls -> DataFrame(ts, ratio), sorted by ts.
+
+    Columns (header required, case-insensitive): `ts` (or timestamp/datetime/time/date: the first
+    bar of the new contract, UTC unless it carries an offset) and either `ratio` (R = P_new /
+    P_old) or `old` and `new` (or old_price/new_price: the two contracts' prices at the roll).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such rolls file")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the rolls file as CSV ({str(exc).splitlines()[0]})") from None
+    cols = {str(c).strip().lower(): c for c in df.columns}
+
+    def pick(*names):
+        return next((cols[n] for n in names if n in cols), None)
+
+    ts_col = pick("ts", "timestamp", "datetime", "time", "date")
+    ratio_col = pick("ratio")
+    old_col, new_col = pick("old", "old_price"), pick("new", "new_price")
+    if ts_col is None or (ratio_col is None and (old_col is None or new_col is None)):
+        raise DataError(f"{path}: a rolls file needs a header with ts and ratio, or ts, old and new; "
+                        f"it has {list(map(str, df.columns))}")
+    if df.empty:
+        raise DataError(f"{path}: the rolls file has no rows")
+    ts = pd.to_datetime(df[ts_col].str.strip(), format="ISO8601", errors="coerce", utc=True)
+    if ratio_col is not None:
+        ratio = pd.to_numeric(df[ratio_col], errors="coerce")
+    else:
+        ratio = pd.to_numeric(df[new_col], errors="coerce") / pd.to_numeric(df[old_col], errors="coerce")
+    bad = ts.isna() | ~np.isfinite(ratio.to_numpy(float)) | ~(ratio > 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: row {i + 1}: need a timestamp and a positive ratio (or prices), got "
+                        f"{df.iloc[i].to_dict()}")
+    out = pd.DataFrame({"ts": ts.dt.tz_localize(None).astype("datetime64[us]"), "ratio": ratio.astype(float)})
+    if out["ts"].duplicated().any():
+        raise DataError(f"{path}: two rolls at {out.loc[out['ts'].duplicated(), 'ts'].iloc[0]}")
+    return out.sort_values("ts", ignore_index=True)
 
 
 def _apply_ratios(rolls: pd.DataFrame, ratios) -> pd.DataFrame:
@@ -207,21 +413,65 @@ def _apply_ratios(rolls: pd.DataFrame, ratios) -> pd.DataFrame:
     return out
 
 
-def _store_rolls(con, symbol: str, rolls: pd.DataFrame) -> None:
+def _merge_given(con, rolls: pd.DataFrame, warnings: list[RollWarning], given: pd.DataFrame,
+                 by_id: bool) -> tuple[pd.DataFrame, list[RollWarning]]:
+    """Apply given rolls (ts, ratio). Where contract ids say where the rolls are, a given roll must be
+    one of them and only sets its ratio; otherwise it replaces the detected roll of its window
+    (and that window's warning), or is added."""
+    if by_id:
+        return _apply_ratios(rolls, given.set_index("ts")["ratio"]), warnings
+    first_ts, last_ts = con.execute("select min(ts), max(ts) from _src_1m").fetchall()[0]
+    outside = given[(given["ts"] <= first_ts) | (given["ts"] > last_ts)]
+    if len(outside):
+        raise DataError(f"given roll at {outside['ts'].iloc[0]} is outside the series' bars "
+                        f"({first_ts} to {last_ts} UTC); a roll is the first bar of the new contract")
+    windows = roll_windows(first_ts, last_ts)
+    rows, expiries = [], set()
+    for g in given.itertuples():
+        day = _session_date(g.ts)
+        hit = windows[(windows["first_session"] <= day) & (windows["last_session"] >= day)]
+        expiry = hit["expiry"].iloc[0] if len(hit) else None
+        expiries.add(expiry)
+        rows.append({"ts": g.ts, "from_contract": None, "to_contract": None, "from_instrument_id": None,
+                     "to_instrument_id": None, "ratio": float(g.ratio), "method": "given", "z": None,
+                     "expiry": expiry})
+    near = pd.Series(False, index=rolls.index)
+    for ts in given["ts"]:
+        near |= (pd.to_datetime(rolls["ts"]) - ts).abs() <= pd.Timedelta(days=ROLL_WINDOW_DAYS)
+    keep = rolls[~(rolls["expiry"].isin(expiries - {None}) | near)]
+    merged = pd.concat([keep, pd.DataFrame(rows, columns=list(ROLL_COLUMNS))], ignore_index=True)
+    merged = merged.sort_values("ts", ignore_index=True)
+    return merged, [w for w in warnings if w.expiry is None or w.expiry not in expiries]
+
+
+def _store_rolls(con, symbol: str, rolls: pd.DataFrame, warnings: list[RollWarning]) -> None:
     stage = rolls.assign(symbol=symbol)
+    stage["ts"] = pd.to_datetime(stage["ts"]).astype("datetime64[us]")
     stage["from_instrument_id"] = pd.array(stage["from_instrument_id"], dtype="Int64")
     stage["to_instrument_id"] = pd.array(stage["to_instrument_id"], dtype="Int64")
+    stage["from_contract"] = stage["from_contract"].astype(object)
+    stage["to_contract"] = stage["to_contract"].astype(object)
     stage["ratio"] = stage["ratio"].astype(float)
+    stage["z"] = pd.to_numeric(stage["z"]).astype(float)
+    stage["expiry"] = pd.to_datetime(stage["expiry"]).astype("datetime64[us]")
+    notes = pd.DataFrame({"symbol": symbol, "expiry": pd.to_datetime([w.expiry for w in warnings]).astype("datetime64[us]"),
+                          "message": [w.message for w in warnings]})
     con.register("_rolls_stage", stage)
+    con.register("_warnings_stage", notes)
     try:
         con.execute("delete from rolls where symbol = ?", [symbol])
         con.execute(
-            "insert into rolls (symbol, ts, from_contract, to_contract, from_instrument_id, to_instrument_id, ratio, method) "
-            "select symbol, ts, from_contract, to_contract, from_instrument_id, to_instrument_id, ratio, method "
-            "from _rolls_stage order by ts"
+            "insert into rolls (symbol, ts, from_contract, to_contract, from_instrument_id, to_instrument_id, "
+            "ratio, method, z, expiry) "
+            "select symbol, ts, from_contract::varchar, to_contract::varchar, from_instrument_id, to_instrument_id, "
+            "ratio, method, z, expiry::date from _rolls_stage order by ts"
         )
+        con.execute("delete from roll_warnings where symbol = ?", [symbol])
+        con.execute("insert into roll_warnings (symbol, expiry, message) "
+                    "select symbol, expiry::date, message from _warnings_stage")
     finally:
         con.unregister("_rolls_stage")
+        con.unregister("_warnings_stage")
 
 
 def _insert_bars(con, table: str, symbol: str) -> None:
@@ -242,15 +492,21 @@ def _insert_bars(con, table: str, symbol: str) -> None:
         con.execute("drop view if exists _bars_priced")
 
 
-def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsReport:
+def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None, given_rolls=None,
+               detect: bool = True) -> BarsReport:
     """Build (or rebuild) rolls and the back-adjusted bars_1m / bars_5m of one continuous series.
 
     `symbol` is a continuous series in raw_bars ('NQ.v.0', 'NQ.demo', 'NQ') or, for
-    per-contract data, the root ('ES' uses every series named like ESZ13 / ESH4). Rolls are
-    always detected from the data; `ratios` ({roll ts: R} or a Series) replaces the measured
-    ratio of those rolls (e.g. with the demo generator's exact ones; method gets
-    '+given_ratio'). Everything for `symbol` is replaced in one transaction, so a failed build
-    leaves the old bars intact.
+    per-contract data, the root ('ES' uses every series named like ESZ13 / ESH4). Rolls come
+    from the data: contract ids, the volume crossover, or (a continuous series without ids, when
+    `detect`) price jumps in the roll windows. `ratios` ({roll ts: R} or a Series) replaces the
+    measured ratio of those rolls (e.g. with the demo generator's exact ones; method gets
+    '+given_ratio'). `given_rolls` (DataFrame ts, ratio; see read_rolls_file) supplies rolls: for a
+    series with contract ids they must be detected rolls and set their ratio, like `ratios`;
+    without ids each replaces the detected roll of its window or adds one (method 'given').
+    Everything for `symbol` is replaced in one transaction, so a failed build leaves the old
+    bars intact. What the detection could not decide is in the report's `warnings` and in
+    roll_warnings.
     """
     t0 = time.perf_counter()
     freqs = tuple(sorted({int(f) for f in freq_minutes}))
@@ -259,13 +515,22 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsRep
         raise DataError(f"bar frequency {unknown or list(freq_minutes)} minutes is not supported; use 1 and/or 5")
     mode = detect_mode(con, symbol)
     n_src = _prepare_source(con, symbol, mode)
-    used = _detect_on_source(con, mode)
-    if ratios is not None:
-        used = _apply_ratios(used, ratios)
-    report = BarsReport(symbol=symbol, mode=mode, source_rows=n_src, rolls=used)
+    try:
+        used, warnings = _detect_on_source(con, symbol, mode, detect=detect)
+        by_id = mode != "continuous" or _has_contract_ids(con)
+        if given_rolls is not None and len(given_rolls):
+            used, warnings = _merge_given(con, used, warnings, given_rolls, by_id)
+        if ratios is not None:
+            used = _apply_ratios(used, ratios)
+        warnings += _no_roll_warning(con, symbol, used, detect or by_id)
+    except Exception:
+        _drop_temps(con)
+        raise
+    report = BarsReport(symbol=symbol, mode=mode, source_rows=n_src, rolls=used,
+                        warnings=[w.message for w in warnings])
     con.execute("begin transaction")
     try:
-        _store_rolls(con, symbol, used)
+        _store_rolls(con, symbol, used, warnings)
         db.run_sql(con, "bars/segments", symbol=symbol)
         for freq in freqs:
             table = f"bars_{freq}m"
@@ -297,7 +562,60 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None) -> BarsRep
                                 "session_start": int(row[4])}
     report.seconds = time.perf_counter() - t0
     log.info("built bars %s", report.summary())
+    for message in report.warnings:   # the report carries them to the caller, who shows them
+        log.info("roll warning: %s", message)
     return report
+
+
+def _no_roll_warning(con, symbol: str, rolls: pd.DataFrame, detected: bool) -> list[RollWarning]:
+    """A series longer than a quarter holds at least one roll; none means its splices stay in the returns."""
+    if len(rolls):
+        return []
+    first_ts, last_ts = con.execute("select min(ts), max(ts) from _src_1m").fetchall()[0]
+    days = (last_ts - first_ts) / pd.Timedelta(days=1)
+    if days <= QUARTER_DAYS:
+        return []
+    why = "" if detected else " (roll detection is off)"
+    return [RollWarning(None, (
+        f"{symbol} spans {days:.0f} days ({first_ts:%Y-%m-%d} to {last_ts:%Y-%m-%d}), more than a quarter, but has "
+        f"no roll{why}: it stays unadjusted, so every roll's splice jump stays in its returns. Give the rolls "
+        "with --rolls FILE, or import a file with instrument_id or contract columns"))]
+
+
+def stored_rolls(con, symbol: str) -> tuple[pd.DataFrame, list[str]]:
+    """The rolls the last bars build of `symbol` used (ROLL_COLUMNS) and its roll warnings."""
+    rolls = con.execute(f"select {', '.join(ROLL_COLUMNS)} from rolls where symbol = ? order by ts", [symbol]).df()
+    rolls["expiry"] = pd.to_datetime(rolls["expiry"]).dt.date
+    rolls = rolls.astype(object).where(rolls.notna(), None)   # missing ids/z as None, not pd.NA
+    notes = [r[0] for r in con.execute(
+        "select message from roll_warnings where symbol = ? order by expiry nulls last", [symbol]).fetchall()]
+    return rolls, notes
+
+
+def is_built(con, symbol: str) -> bool:
+    """Whether bars_1m holds a build of `symbol`."""
+    return bool(con.execute("select count(*) from (select 1 from bars_1m where symbol = ? limit 1)",
+                            [symbol]).fetchall()[0][0])
+
+
+def series_names(con) -> list[str]:
+    """The series `build_bars` can take: continuous symbols in raw_bars, and the root of per-contract ones (ESZ13 -> ES)."""
+    names = [r[0] for r in con.execute("select distinct symbol from raw_bars order by 1").fetchall()]
+    out = set()
+    for name in names:
+        m = re.fullmatch(r"([A-Z0-9]{1,4}?)[FGHJKMNQUVXZ][0-9]{1,2}", name)
+        out.add(m.group(1) if m and m.group(1) not in names else name)
+    return sorted(out)
+
+
+def default_symbol(con) -> str:
+    """The only series in the store; DataError (one line, listing them) when there are none or several."""
+    names = series_names(con)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise DataError("no bars in the database; import some with `nqexp data import` or `nqexp data demo`")
+    raise DataError(f"the database holds {len(names)} series ({', '.join(names)}); say which with --symbol")
 
 
 def ensure_bars(con, symbol: str):
@@ -306,7 +624,10 @@ def ensure_bars(con, symbol: str):
     built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
     if built[0] and (raw[0] == 0 or tuple(raw) == tuple(built)):   # per-contract roots have no raw rows of their own
         return None
-    return build_bars(con, symbol)
+    report = build_bars(con, symbol)
+    for message in report.warnings:   # an implicit build (features, runs): nobody else shows them
+        log.warning("%s", message)
+    return report
 
 
 def bars_summary(con, symbol: str | None = None) -> dict:
@@ -333,7 +654,7 @@ def bars_summary(con, symbol: str | None = None) -> dict:
         )
     bars = con.execute(" union all ".join(parts) + " order by symbol, freq_minutes", params).df()
     rolls = con.execute(
-        f"select symbol, ts, from_contract, to_contract, ratio, method from rolls {where} order by symbol, ts", params
+        f"select symbol, ts, from_contract, to_contract, ratio, method, z from rolls {where} order by symbol, ts", params
     ).df()
     flagged = con.execute(
         f"""

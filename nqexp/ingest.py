@@ -5,7 +5,10 @@ Formats (detected from the file's first bytes, then its suffix):
 * CSV (optionally .gz) with or without a header. Headerless files are read with the column
   order `ts,open,high,low,close,volume` unless `columns=` says otherwise; files with a header
   have their columns matched by name (timestamp/datetime/date/ts_event, open, high, low,
-  close, volume/vol), or by an explicit mapping `ts=Datetime,volume=Vol`.
+  close, volume/vol), or by an explicit mapping `ts=Datetime,volume=Vol`. Optional columns
+  `instrument_id` and a per-row contract code (`contract`, `raw_symbol` or `symbol`, e.g. NQM6;
+  a continuous symbol like NQ.v.0 is not a contract) are kept, so a continuous file that has
+  them rolls exactly as a DBN does; `--columns` maps them too (`contract=Sym`).
 * Parquet, with the same column rules.
 * Databento DBN / DBN.zst (schema ohlcv-1m), read with `databento.DBNStore.from_bytes` (which,
   unlike from_file, leaves no open file behind). `to_df()` already returns float prices, so
@@ -65,6 +68,15 @@ ALIASES = {
     "close": ("close", "c", "close_price", "last"),
     "volume": ("volume", "vol", "v", "qty"),
 }
+# Optional columns: the contract behind each row, so a continuous file rolls where it changes
+# (docs/rolls_and_sessions.md §1). `symbol` in a vendor export is the row's contract (NQM6).
+ID_ALIASES = {
+    "instrument_id": ("instrument_id",),
+    "contract": ("contract", "raw_symbol", "symbol"),
+}
+OPTIONAL_COLUMNS = tuple(ID_ALIASES)
+# A continuous symbol (Databento NQ.v.0 / NQ.c.0 / NQ.n.0) names the series, not a contract.
+_CONTINUOUS_SYMBOL = re.compile(r".+\.[cnv]\.[0-9]+")
 LEAN_MONTHS = "FGHJKMNQUVXZ"
 
 
@@ -121,9 +133,10 @@ def parse_columns(text: str | None) -> list[str] | dict[str, str] | None:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if all("=" in p for p in parts):
         mapping = dict(p.split("=", 1) for p in parts)
-        unknown = sorted(set(mapping) - set(BAR_COLUMNS))
+        unknown = sorted(set(mapping) - set(BAR_COLUMNS) - set(OPTIONAL_COLUMNS))
         if unknown:
-            raise DataError(f"--columns names unknown fields {unknown}; the fields are {list(BAR_COLUMNS)}")
+            raise DataError(f"--columns names unknown fields {unknown}; the fields are "
+                            f"{list(BAR_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}")
         return {k.strip(): v.strip() for k, v in mapping.items()}
     if any("=" in p for p in parts):
         raise DataError("--columns mixes 'a,b,c' order and 'field=column' mapping; use one form")
@@ -174,18 +187,19 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
 
 
 def _map_columns(df: pd.DataFrame, has_header: bool, columns, path: Path) -> pd.DataFrame:
-    if isinstance(columns, dict):
-        missing = [v for v in columns.values() if v not in df.columns]
+    if isinstance(columns, dict) or (has_header and columns is None):
+        given = columns or {}
+        missing = [v for v in given.values() if v not in df.columns]
         if missing:
             raise DataError(f"{path}: --columns maps to columns {missing} that the file lacks; it has {list(map(str, df.columns))}")
-        mapping = dict(columns)
-    elif has_header and columns is None:
-        lower = {str(c).strip().lower(): c for c in df.columns}
+        # Fields the mapping leaves out are matched by name, from the columns it does not use.
+        lower = {str(c).strip().lower(): c for c in df.columns if c not in given.values()}
         mapping = {}
-        for fld, names in ALIASES.items():
+        for fld, names in {**ALIASES, **ID_ALIASES}.items():
             hit = next((lower[n] for n in names if n in lower), None)
             if hit is not None:
                 mapping[fld] = hit
+        mapping.update(given)
     else:
         order = columns or list(DEFAULT_ORDER)
         if df.shape[1] < len(order):
@@ -193,7 +207,8 @@ def _map_columns(df: pd.DataFrame, has_header: bool, columns, path: Path) -> pd.
                 f"{path}: {df.shape[1]} columns, expected {len(order)} ({','.join(order)}); "
                 "say which column is which with --columns"
             )
-        mapping = {name: df.columns[i] for i, name in enumerate(order) if name in BAR_COLUMNS}
+        mapping = {name: df.columns[i] for i, name in enumerate(order)
+                   if name in BAR_COLUMNS or name in OPTIONAL_COLUMNS}
     missing = [c for c in BAR_COLUMNS if c not in mapping]
     if missing:
         raise DataError(
@@ -330,6 +345,24 @@ def _parse_ts(values: pd.Series, tz: str | None, path: Path) -> pd.Series:
     return local.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
 
 
+def _contract_codes(values: pd.Series) -> pd.Series:
+    """Per-row contract codes ('NQM6'); blanks and continuous symbols (NQ.v.0) are unknown (None)."""
+    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    return text.where(text.ne("") & ~text.str.fullmatch(_CONTINUOUS_SYMBOL), None).astype(object)
+
+
+def _instrument_ids(values: pd.Series, path: Path) -> pd.Series:
+    """Per-row integer instrument ids; blanks are unknown. A value that is not an int64 fails the file."""
+    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    ids = pd.to_numeric(text.where(text.ne(""), None), errors="coerce")
+    bad = (ids.isna() & text.ne("")) | ~(ids.isna() | ((ids == np.floor(ids)) & (ids.abs() < 2**63)))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: instrument_id {str(values.iloc[i])[:40]!r} on data row {i + 1} is not an integer id "
+                        "(nothing was imported)")
+    return pd.Series(pd.array(ids.to_numpy(), dtype="Int64"), index=values.index)
+
+
 def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_is: str = "start",
               symbol: str | None = None, columns=None) -> tuple[pd.DataFrame, str]:
     """Read a bar file into a typed frame ready for validation. Raises DataError for a whole-file failure."""
@@ -352,8 +385,8 @@ def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_i
         df = _read_text_table(path, columns) if fmt == "csv" else _read_parquet(path, columns)
         df["ts"] = _parse_ts(df["ts"], tz, path)
         df["symbol"] = symbol or "NQ"
-        df["contract"] = None
-        df["instrument_id"] = None
+        df["contract"] = _contract_codes(df["contract"]) if "contract" in df else None
+        df["instrument_id"] = _instrument_ids(df["instrument_id"], path) if "instrument_id" in df else None
         df["source"] = str(path)
     else:
         raise DataError(f"{path}: unknown format {fmt!r}; use csv, parquet, dbn or lean")

@@ -195,20 +195,30 @@ def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days
 
 
 @data.command("bars")
-@click.option("--symbol", default="NQ.demo", show_default=True,
-              help="Continuous series in raw_bars (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES).")
+@click.option("--symbol", default=None,
+              help="Continuous series in raw_bars (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES). "
+                   "Default: the only series in the database.")
 @click.option("--freq", "freqs", type=click.Choice(["1m", "5m"]), multiple=True,
               help="Bar sizes to build (default: both). 1m bars are always the base of 5m ones.")
+@click.option("--rolls", "rolls_file", type=click.Path(dir_okay=False), default=None,
+              help="CSV of rolls that supplies or overrides detected ones: ts plus ratio, or ts plus old and new "
+                   "prices (ts = first bar of the new contract, UTC unless it has an offset).")
+@click.option("--no-roll-detect", is_flag=True,
+              help="Do not search a series without contract ids for roll splices in its prices.")
 @click.pass_context
-def data_bars(ctx, symbol, freqs):
+def data_bars(ctx, symbol, freqs, rolls_file, no_roll_detect):
     """Build (or rebuild) rolls and back-adjusted 1m/5m bars with session fields.
 
-    Rolls are detected from instrument_id changes (continuous series) or the daily volume
-    crossover (per-contract series); prices before each roll are ratio back-adjusted.
+    Rolls are where instrument_id or the contract code changes (continuous series), the daily
+    volume crossover (per-contract series), or, for a continuous series without contract ids,
+    the calendar-spread jump found in each quarterly roll window (method price_jump, with its
+    z). A window without a clear jump is a warning, never a guess. Prices before each roll are
+    ratio back-adjusted.
 
     \b
     Example:
       nqexp data bars --symbol NQ.demo --freq 5m
+      nqexp data bars --symbol NQ --rolls my_rolls.csv
     """
     from nqexp import bars
     from nqexp.cli import render
@@ -216,10 +226,48 @@ def data_bars(ctx, symbol, freqs):
     console = render.console()
     freq_minutes = sorted({int(f[:-1]) for f in freqs}) if freqs else [1, 5]
     con = open_db(ctx)
+    symbol = symbol or bars.default_symbol(con)
+    given = bars.read_rolls_file(rolls_file) if rolls_file else None
     with console.status(f"Building bars for {symbol}..."):
-        report = bars.build_bars(con, symbol, freq_minutes)
+        report = bars.build_bars(con, symbol, freq_minutes, given_rolls=given, detect=not no_roll_detect)
     console.print(f"[green]Built[/] {report.summary()}")
     for freq, counts in sorted(report.flagged.items()):
         console.print(f"  {freq}m flags: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if len(report.rolls):
         console.print(render.rolls_table(symbol, report.rolls))
+    render.print_roll_warnings(console, report.warnings)
+
+
+@data.command("rolls")
+@click.option("--symbol", default=None, help="The series (default: the only series in the database).")
+@json_option
+@click.pass_context
+def data_rolls(ctx, symbol, as_json):
+    """List the rolls of a series with their method and confidence (z), and the roll warnings.
+
+    Shows what the last `nqexp data bars` used; for a series whose bars are not built yet, the
+    rolls are detected now and nothing is written.
+
+    \b
+    Example:
+      nqexp data rolls --symbol NQ
+    """
+    from nqexp import bars
+    from nqexp.cli import render
+
+    con = open_db(ctx)
+    symbol = symbol or bars.default_symbol(con)
+    built = bars.is_built(con, symbol)
+    if built:
+        rolls, warnings = bars.stored_rolls(con, symbol)
+    else:
+        rolls, warnings = bars.preview_rolls(con, symbol)
+    if as_json:
+        render.echo_json({"symbol": symbol, "built": built, "rolls": rolls, "warnings": warnings})
+        return
+    console = render.console()
+    if not built:
+        console.print(f"{symbol}: bars not built yet; rolls detected now, nothing written "
+                      f"(build them with: nqexp data bars --symbol {symbol})")
+    console.print(render.rolls_table(symbol, rolls) if len(rolls) else f"{symbol}: no rolls")
+    render.print_roll_warnings(console, warnings)

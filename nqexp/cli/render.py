@@ -108,12 +108,26 @@ def chunk_progress(con: Console):
 
 
 def rolls_table(symbol: str, rolls) -> Table:
-    table = Table(title=f"rolls of {symbol}")
-    for col in ("ts (UTC)", "from", "to", "ratio", "method"):
-        table.add_column(col)
+    """Rolls (bars.ROLL_COLUMNS): where, between which contracts, the ratio, how found and how sure (z)."""
+    table = Table(title=f"rolls of {symbol} (ratio back-adjustment: adjusted = raw x adj_factor)")
+    for col in ("ts (UTC)", "from", "to", "ratio", "jump", "method", "z", "window expiry"):
+        table.add_column(col, justify="right" if col in ("ratio", "jump", "z") else "left")
+
+    def text(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("<NA>", "NaT", "nan") else str(v)
+
     for r in rolls.itertuples():
-        table.add_row(str(r.ts), str(r.from_contract), str(r.to_contract), f"{r.ratio:.6f}", str(r.method))
+        z = getattr(r, "z", None)
+        table.add_row(str(r.ts), text(r.from_contract), text(r.to_contract), f"{r.ratio:.6f}",
+                      f"{100 * math.log(r.ratio):+.3f}%", str(r.method), "-" if text(z) == "-" else f"{z:.1f}",
+                      text(getattr(r, "expiry", None))[:10])
     return table
+
+
+def print_roll_warnings(con: Console, warnings) -> None:
+    """What the roll detection could not decide, one line each."""
+    for message in warnings:
+        con.print(f"[yellow]warning:[/] {message}", soft_wrap=True, markup=True, highlight=False)
 
 
 # --------------------------------------------------------------------------------------- features
