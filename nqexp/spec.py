@@ -884,7 +884,8 @@ def _build_search(raw, registry, problems) -> FrozenDict:
             use = "randint, quniform or choice" if base is int else "choice"
             problems.append((path, f"{kind} cannot sample {key}, which takes {_describe(leaf)}; use {use}"))
         else:
-            nums = [_convert(leaf, a, path, problems, prefix=f"{kind} {arg}: ") for a, arg in zip(args, ("low", "high", "q"))]
+            nums = [_convert(leaf, a, path, problems, prefix=f"{kind} {arg}: ")
+                    for a, arg in zip(args, ("low", "high", "q"))]
             if len(problems) > before:
                 continue
             low, high, q = nums + [None] * (3 - n)
@@ -966,10 +967,6 @@ def _convert(tp, value, path: tuple, problems: list, prefix: str = "", cross: tu
     return _MISSING
 
 
-# pydantic error type prefix -> what the value is not ("datetime" before "date")
-_EXPECTED = {"bool": "a boolean (true or false)", "int": "an integer", "float": "a number",
-             "finite": "a finite number", "string": "a string", "datetime": "a date-time (YYYY-MM-DD HH:MM:SS)",
-             "date": "a date (YYYY-MM-DD)"}
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
@@ -977,22 +974,18 @@ def _error_line(tp, loc: tuple, err) -> tuple[tuple, str]:
     """A pydantic error at `loc` -> (its path below `tp`, a reason naming the value as the user wrote it)."""
     where, item, kind, value = [], "", err["type"], err.get("input")
     for part in loc:
-        cls = _dataclass_of(tp)
+        cls, base = _dataclass_of(tp), _base_type(tp)
         if cls is not None and part in _fields(cls):
             tp = _fields(cls)[part]
             where.append(part)
         elif cls is not None and kind == "unexpected_keyword_argument":
             return (*where, part), f"unknown key '{part}'{_suggest(part, _fields(cls))}"
-        elif isinstance(part, int):
-            item = f"item {part}: "
+        elif isinstance(part, int) and typing.get_origin(base) is tuple:
+            tp, item = typing.get_args(base)[0], f"item {part}: "
         # else: a union member's tag ('int', 'none'), not a place
     shown = item + _show(value)
     if kind == "missing":
         return tuple(where), "missing (required, no default)"
-    if kind == "literal_error":
-        allowed = list(typing.get_args(_base_type(tp)))
-        hint = _suggest(value, allowed, listing=False) if isinstance(value, str) else ""
-        return tuple(where), f"{shown} is not one of {_show(allowed)}{hint}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bounds = _bounds(tp) or err.get("ctx", {})
         lo, hi = (next((op for op in ops if op in bounds), None) for ops in (("ge", "gt"), ("le", "lt")))
@@ -1002,7 +995,9 @@ def _error_line(tp, loc: tuple, err) -> tuple[tuple, str]:
         return tuple(where), f"{shown} is not {_OPS[lo or hi]} {_show(bounds[lo or hi])}"
     if kind == "value_error":
         return tuple(where), f"{shown} {err['ctx']['error']}"
-    return tuple(where), f"{shown} is not {next((t for p, t in _EXPECTED.items() if kind.startswith(p)), None) or _describe(tp)}"
+    literal = kind == "literal_error" and isinstance(value, str)
+    hint = _suggest(value, typing.get_args(_base_type(tp)), listing=False) if literal else ""
+    return tuple(where), f"{shown} is not {'a finite number' if kind == 'finite_number' else _describe(tp)}{hint}"
 
 
 def _bounds(tp) -> dict[str, Any]:
