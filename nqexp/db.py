@@ -17,6 +17,7 @@ edited; changes go into a new file.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -41,12 +42,15 @@ def sql_root() -> Path:
     Installed packages carry it as the package data `nqexp.sql` (pyproject maps the
     top-level sql/ folder there); a plain source checkout falls back to ./sql.
     """
+    # The package's folders, not str(resources.files()): `nqexp.sql` has no __init__.py, and a
+    # namespace package's files() can be a MultiplexedPath, whose str() is no path.
     try:
-        root = Path(str(resources.files("nqexp.sql")))
-        if (root / "schema").is_dir():
-            return root
+        spec = importlib.util.find_spec("nqexp.sql")
     except ModuleNotFoundError:
-        pass
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "schema").is_dir():
+            return Path(folder)
     return Path(__file__).resolve().parent.parent / "sql"
 
 

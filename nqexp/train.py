@@ -77,6 +77,8 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, f"train.keep_checkpoints ({self.keep_checkpoints}) must be >= 1"),
             (self.amp in ("auto", "off"), f"train.amp ({self.amp!r}) must be 'auto' or 'off'"),
             (self.lr_min < self.lr, f"train.lr_min ({self.lr_min}) must be below train.lr ({self.lr})"),
+            (self.time_budget_s is None or self.time_budget_s > 0,
+             f"train.time_budget_s ({self.time_budget_s}) must be > 0 or null (no budget)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -108,8 +108,8 @@ class WindowConfig:
         problems = []
         if self.lookback_minutes is not None and self.lookback_minutes <= 0:
             problems.append(f"windows.lookback_minutes ({self.lookback_minutes}) must be > 0 or None")
-        if self.t_max < 1:
-            problems.append(f"windows.t_max ({self.t_max}) must be >= 1")
+        if not 1 <= self.t_max <= 100_000:  # a week of 1-minute bars is 6900; far beyond, no batch fits
+            problems.append(f"windows.t_max ({self.t_max}) must be in 1..100000")
         if self.stride < 1:
             problems.append(f"windows.stride ({self.stride}) must be >= 1")
         if self.eval_stride is not None and self.eval_stride < 1:

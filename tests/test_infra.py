@@ -210,18 +210,40 @@ def test_dockerignore_admits_exactly_what_the_dockerfile_copies():
         assert secret_like not in admitted
 
 
-def test_built_wheel_ships_every_sql_file(tmp_path):
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory) -> Path:
     pytest.importorskip("setuptools")
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return next(out.glob("nqexp-*.whl"))
+
+
+def test_built_wheel_ships_every_sql_file(built_wheel):
     import zipfile
 
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    wheel = next(tmp_path.glob("nqexp-*.whl"))
-    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("nqexp/sql/")}
+    shipped = {n for n in zipfile.ZipFile(built_wheel).namelist() if n.startswith("nqexp/sql/")}
     expected = {"nqexp/sql/" + str(p.relative_to(ROOT / "sql")) for p in (ROOT / "sql").rglob("*")
                 if p.is_file() and p.suffix in (".sql", ".yaml")}
     assert expected <= shipped, f"the wheel (and so the image) lacks {sorted(expected - shipped)}"
+
+
+def test_an_installed_wheel_finds_its_sql_files_and_shipped_specs(built_wheel, tmp_path):
+    # Installed, `nqexp.sql` is package data without __init__.py (a namespace package): db.sql_root()
+    # must find its folder there, not fall back to a checkout's ./sql that an install does not have.
+    import zipfile
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(built_wheel).extractall(site)
+    code = ("import nqexp, nqexp.db as db, nqexp.features as f, nqexp.spec as s; print(nqexp.__file__); "
+            "print(db.sql_root()); print(','.join(f.list_sets())); print(s.load_spec('quickstart').name)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    module, root, sets, name = result.stdout.splitlines()
+    assert Path(module).is_relative_to(site) and Path(root) == site / "nqexp" / "sql"
+    assert {"migt24", "grok24"} <= set(sets.split(",")) and name == "quickstart"
 
 
 # ----------------------------------------------------------------------------- Ray cluster launcher

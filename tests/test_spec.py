@@ -563,6 +563,17 @@ def test_draft_experiments_load_with_the_real_registry(tmp_path):
         assert sweep.apply({"model.d_model": d_model}).model.d_model == d_model
 
 
+def test_window_length_and_time_budget_are_bounded(tmp_path):
+    _require_real_stage_modules()
+    p = write(tmp_path, "name: exp\nwindows: {t_max: 1.0e+12}\n")
+    with pytest.raises(SpecError) as info:
+        S.load_spec(p)
+    assert str(info.value) == f"{p}: windows.t_max (1000000000000) must be in 1..100000"
+    with pytest.raises(SpecError) as info:
+        S.load_spec(write(tmp_path, "name: exp\n", "ok.yaml"), ["train.time_budget_s=-5"])
+    assert str(info.value) == "--set: train.time_budget_s (-5.0) must be > 0 or null (no budget)"
+
+
 # ------------------------------------------------------------------------------------------
 # The feature set owns horizons, n_vars and groups
 
