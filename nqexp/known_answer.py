@@ -104,7 +104,7 @@ def truth_for_datasets(db_path, trial_spec, datasets) -> dict[str, HorizonTruth]
 
     con = db.connect(db_path)
     try:
-        arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol)
+        arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol, path=trial_spec.features.path)
         minutes = load_truth_minutes(con, trial_spec.data.symbol)
     finally:
         con.close()
@@ -215,7 +215,7 @@ def mc_oracle(db_path, trial_spec, dataset, taus, n_origins: int = 1000, n_paths
 
     con = db.connect(db_path)
     try:
-        arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol)
+        arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol, path=trial_spec.features.path)
         truth = con.execute("select ts, k, h_slow, h_fast, eps, mr from demo_truth where symbol = ? order by ts",
                             [trial_spec.data.symbol]).df()
     finally:

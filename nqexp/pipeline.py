@@ -98,7 +98,7 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
         built = bars.ensure_bars(con, data_cfg.symbol)
         if built is not None:
             notes.append(f"Built bars: {built.summary()}.")
-        arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol)
+        arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol, path=trial_spec.features.path)
     finally:
         con.close()
     # The purge must also cover the longest feature look-back (docs/features.md).
@@ -209,7 +209,7 @@ def _freq_minutes(spec) -> int:
     """The bar size of the spec's feature set (the set owns it)."""
     from nqexp import features
 
-    return int(features.resolve_set(spec.features.set).freq_minutes)
+    return int(features.resolve_set(spec.features.set, spec.features.path).freq_minutes)
 
 
 def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any] | None:

@@ -71,6 +71,12 @@ class FeaturesConfig:
     """Which SQL feature set (sql/features/<set>.yaml) builds the inputs and fixes the horizons."""
 
     set: str = "migt24"
+    path: str | None = None  # a folder of your own feature sets (YAML + SQL); None: the shipped ones
+
+    def __post_init__(self):
+        # Absolute, so Ray workers in another working directory read the same folder.
+        if self.path is not None:
+            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
 
 
 @dataclass(frozen=True)
@@ -348,19 +354,22 @@ def shipped_specs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(files) if p.suffix == ".yaml"}
 
 
-def feature_facts(set_name: str) -> dict[str, Any]:
+def feature_facts(set_name: str, path: str | None = None) -> dict[str, Any]:
     """What a feature set fixes for the model: `horizons` (bars), `n_vars` and, for a grouped set,
     `groups` (sizes in column order). SpecError for an unknown or broken set."""
     from nqexp import features
     from nqexp.errors import SqlError
 
-    known = features.list_sets()
+    try:
+        known = features.list_sets(path)
+    except (SpecError, SqlError) as exc:
+        raise SpecError(f"features.path: {exc}") from None
     if set_name not in known:
         close = difflib.get_close_matches(set_name, known, n=1, cutoff=0.6)
         raise SpecError(f"unknown feature set '{set_name}' "
                         f"({f'did you mean {close[0]!r}?' if close else 'known sets: ' + ', '.join(known)})")
     try:
-        fs = features.feature_set(set_name)
+        fs = features.resolve_set(set_name, path)
     except SqlError as exc:
         raise SpecError(f"feature set '{set_name}' is broken: {exc}") from None
     facts: dict[str, Any] = {"horizons": tuple(fs.horizons), "n_vars": len(fs.columns)}
@@ -769,15 +778,16 @@ def _build_sections(tree: dict, registry, problems, cross: tuple | None = None) 
     for section, cls in registry.items():
         raw = {} if tree.get(section) is None else tree[section]
         if section == "model" and isinstance(out.get("features"), FeaturesConfig) and isinstance(raw, dict):
-            raw = _derive_model(dict(raw), out["features"].set, cls, problems, cross)
+            raw = _derive_model(dict(raw), out["features"], cls, problems, cross)
         out[section] = _convert(cls, raw, (section,), problems, cross=cross)
     return out
 
 
-def _derive_model(raw: dict, set_name: str, cls: type, problems, cross) -> dict:
+def _derive_model(raw: dict, feats: FeaturesConfig, cls: type, problems, cross) -> dict:
     """The model's keys with the feature set's facts filled in; a different stated value is a problem."""
+    set_name = feats.set
     try:
-        facts = feature_facts(set_name)
+        facts = feature_facts(set_name, feats.path)
     except SpecError as exc:
         problems.append((cross or ("features", "set"), str(exc)))
         return raw

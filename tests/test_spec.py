@@ -100,7 +100,7 @@ def test_unknown_top_level_key_suggests_section(tmp_path):
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     p = write(tmp_path, "name: exp\nfeatures:\n  zzz: 1\n")
-    assert error_text(p) == f"{p}: features.zzz: unknown key 'zzz' (valid keys: set)"
+    assert error_text(p) == f"{p}: features.zzz: unknown key 'zzz' (valid keys: set, path)"
 
 
 def test_wrong_type_names_the_value(tmp_path):
@@ -741,3 +741,26 @@ def test_secret_values_in_set_overrides_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABENTO_API_KEY", "db-FromTheEnvironment0123456789")
     p = write(tmp_path, "name: exp\n")
     assert error_text(p, "description=db-FromTheEnvironment0123456789") == f"--set: description: {SECRET_LINE}"
+
+
+def test_a_feature_set_in_a_user_folder_drives_the_spec(tmp_path):
+    """features.path: a set in the user's folder is found, checked like a shipped one, and fixes the
+    model's horizons; the path is stored absolute (Ray workers run elsewhere)."""
+    import shutil
+
+    from nqexp import db
+    from nqexp.spec import load_spec
+
+    shipped = db.sql_root() / "features"
+    mine = tmp_path / "my_sets"
+    mine.mkdir()
+    text = (shipped / "migt24.yaml").read_text().replace("name: migt24", "name: mine24")
+    text = text.replace("horizons: [3, 6, 12, 24, 48]", "horizons: [1, 3, 6]")
+    (mine / "mine24.yaml").write_text(text)
+    for sql in shipped.glob("migt_*.sql"):
+        shutil.copy(sql, mine / sql.name)
+    spec = load_spec(ROOT / "experiments" / "quickstart.yaml",
+                     overrides=["features.set=mine24", f"features.path={mine}"])
+    assert spec.model.horizons == (1, 3, 6) and spec.features.path == str(mine)
+    with pytest.raises(SpecError, match="mine24"):
+        load_spec(ROOT / "experiments" / "quickstart.yaml", overrides=["features.set=mine24"])
