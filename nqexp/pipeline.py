@@ -44,7 +44,7 @@ class PreparedData:
     names: list[str]
     notes: list[str] = field(default_factory=list)
     baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> name -> (n, H, Q), val/test
-    close: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (n,) adjusted close at each origin, for the backtest
+    close: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (n,) adjusted origin close (backtest P0)
 
     @property
     def nbytes(self) -> int:
