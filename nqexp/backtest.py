@@ -205,5 +205,24 @@ def backtest(
 
 
 def backtest_metrics(results: Mapping[str, BacktestResult]) -> dict[str, float]:
-    """Flat keys `bt_{stat}_{label}`, e.g. `bt_sharpe_15m`, `bt_max_dd_4h`; prefix `split/` yourself."""
-    return {f"bt_{name}_{label}": value for label, r in results.items() for name, value in r.stats.items()}
+    """Flat keys `backtest_{stat}_{label}`, e.g. `backtest_sharpe_60m`, `backtest_max_dd_4h`; prefix
+    `split/` yourself (a trial stores `test/backtest_...`)."""
+    return {f"backtest_{name}_{label}": value for label, r in results.items() for name, value in r.stats.items()}
+
+
+EQUITY_COLUMNS = ("horizon", "entry_ts", "exit_ts", "side", "contracts", "net", "equity")
+
+
+def equity_frame(results: Mapping[str, BacktestResult]) -> pd.DataFrame:
+    """Every horizon's trades in time order with the cumulative net P&L after each (`equity`, $):
+    the equity curves a trial saves as backtest_equity.parquet and the report draws."""
+    parts = []
+    for label, r in results.items():
+        t = r.trades
+        parts.append(pd.DataFrame({
+            "horizon": label, "entry_ts": t["entry_ts"], "exit_ts": t["exit_ts"], "side": t["side"],
+            "contracts": t["contracts"], "net": t["net"], "equity": t["net"].cumsum(),
+        }))
+    if not parts:
+        return pd.DataFrame({c: [] for c in EQUITY_COLUMNS})
+    return pd.concat(parts, ignore_index=True)[list(EQUITY_COLUMNS)]

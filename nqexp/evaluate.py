@@ -379,11 +379,11 @@ class GateThresholds:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The spec's `eval:` section: sanity gates (docs/metrics.md) and the optional backtest."""
+    """The spec's `eval:` section: sanity gates (docs/metrics.md) and the backtest (on by default)."""
 
     strict: bool = False  # broken gates fail the trial (otherwise they are flagged)
     gates: GateThresholds = field(default_factory=GateThresholds)  # gate thresholds
-    backtest: bool = False  # run the secondary sign-of-median backtest
+    backtest: bool = True  # backtest the test quantiles (docs/metrics.md §10): test/backtest_* metrics
     # Baselines fitted on train and scored on the model's samples (docs/metrics.md §7); climatology
     # is required: the worse-than-climatology gate reads it.
     baselines: tuple[str, ...] = ("climatology", "volscaled", "mcgarch", "lgbm")

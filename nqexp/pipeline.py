@@ -44,6 +44,7 @@ class PreparedData:
     names: list[str]
     notes: list[str] = field(default_factory=list)
     baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> name -> (n, H, Q), val/test
+    close: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (n,) adjusted origin close (backtest P0)
 
     @property
     def nbytes(self) -> int:
@@ -119,7 +120,8 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     notes.append(f"Baselines {names}: fitted on train in {time.perf_counter() - t0:.1f}s.")
     return PreparedData(key=data_key(trial_spec), datasets=datasets, horizon_minutes=horizon_minutes,
                         names=list(arrays.names), notes=notes,
-                        baselines={s: fitted[s] for s in ("val", "test")})
+                        baselines={s: fitted[s] for s in ("val", "test")},
+                        close={s: np.asarray(arrays.close[datasets[s].idx], np.float64) for s in ("val", "test")})
 
 
 def fit_baselines(arrays, datasets, scalers, trial_spec) -> dict[str, dict[str, np.ndarray]]:
@@ -144,7 +146,10 @@ def fit_baselines(arrays, datasets, scalers, trial_spec) -> dict[str, dict[str, 
 def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu"):
     """Best checkpoint -> val/test quantiles -> metrics vs baselines, gates, predictions, plots.
 
-    Returns (flat metrics {"val/crps_15m": ...}, gate flags, {plot name: path}).
+    Returns (flat metrics {"val/crps_15m": ...}, gate flags, {plot name: path}). With
+    eval.backtest (the default) the test split is also backtested (docs/metrics.md §10): its
+    `test/backtest_<stat>_<horizon>` keys join the metrics and the equity curves are saved as
+    backtest_equity.parquet in the trial dir.
     """
     import pandas as pd
 
@@ -177,7 +182,29 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     for split in ("val", "test"):
         part = evaluate.flatten_metrics(table[table["split"] == split])
         flat.update({f"{split}/{k}": v for k, v in part.items()})
+    if eval_cfg.backtest:
+        flat.update(_backtest_test(test, data, taus, trial_dir))
     return flat, flags, {k: str(v) for k, v in plot_paths.items()}
+
+
+def _backtest_test(test, data: PreparedData, taus, trial_dir: Path) -> dict[str, float]:
+    """The secondary trading backtest of the test quantiles: `test/backtest_*` metrics, and the
+    equity curves (trade times, cumulative net P&L per horizon) in backtest_equity.parquet."""
+    import logging
+
+    from nqexp import backtest
+
+    log = logging.getLogger(__name__)
+    close = data.close.get("test")
+    if close is None or len(close) != len(test.ts):
+        log.warning("no origin close prices for the test samples; backtest skipped")
+        return {}
+    if not {0.1, 0.5, 0.9} <= {round(float(t), 6) for t in taus}:
+        log.warning("quantiles %s lack 0.1/0.5/0.9; backtest skipped", list(taus))
+        return {}
+    results = backtest.backtest(test.ts, close, test.y, test.q, taus, data.horizon_minutes)
+    backtest.equity_frame(results).to_parquet(trial_dir / "backtest_equity.parquet", index=False)
+    return {f"test/{k}": v for k, v in backtest.backtest_metrics(results).items()}
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ An ablation report holds:
   d = CRPS_variant − CRPS_reference is averaged over seeds, and a moving-block bootstrap gives a
   95% CI of mean(d) (blocks of one trading day keep intraday dependence inside a block). A CI
   entirely above 0 means the variant is worse than the reference, beyond sampling noise;
+- the backtest of the test split (docs/metrics.md §10): Sharpe, drawdown, profit factor and
+  trades per variant and horizon (mean ± std over seeds) and the equity curves (first seed);
+- learning curves: train loss and val CRPS per epoch, a line per variant (mean over seeds), from
+  the run store's per-epoch history;
 - the calibration figures of each variant (reliability, PIT, coverage by time of day);
 - every sanity-gate flag.
 
@@ -30,6 +34,8 @@ from nqexp.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# Backtest statistics shown in the report, as `test/backtest_<stat>_<horizon>` keys (backtest.py).
+BACKTEST_METRICS = ("sharpe", "sharpe_daily", "max_dd", "profit_factor", "trades", "net_pnl", "hit_rate")
 SUMMARY_METRICS = ("crps", "crpss_best", "crpss_climatology", "crpss_volscaled", "crpss_mcgarch", "crpss_lgbm",
                    "picp80", "calib_err", "mpiw80", "ic")
 
@@ -41,6 +47,11 @@ class ReportData:
     metrics: pd.DataFrame       # trial, key, value
     flags: pd.DataFrame         # trial, gate, reason
     reference: str              # the variant others are compared with
+    epochs: pd.DataFrame = None  # trial, epoch, key, value: the per-epoch training history
+
+    def __post_init__(self):
+        if self.epochs is None:
+            self.epochs = pd.DataFrame(columns=["trial", "epoch", "key", "value"])
 
 
 def load(store, experiment: str) -> ReportData:
@@ -55,7 +66,7 @@ def load(store, experiment: str) -> ReportData:
 
     variants = list((yaml.safe_load(spec_yaml) or {}).get("variants") or {})
     order = [v for v in variants if v in set(trials["variant"])] or sorted(trials["variant"].unique())
-    return ReportData(experiment, trials, metrics, flags, reference=order[0])
+    return ReportData(experiment, trials, metrics, flags, reference=order[0], epochs=store.epochs_frame(experiment))
 
 
 def variant_order(data: ReportData) -> list[str]:
@@ -84,6 +95,29 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
     out = pd.DataFrame(rows)
     # Columns of baselines an experiment did not run (eval.baselines) are dropped, not shown as n/a.
     return out[[c for c in out.columns if not (out[c] == "n/a").all()]]
+
+
+def backtest_table(data: ReportData, split: str = "test") -> pd.DataFrame:
+    """Rows: variant x horizon; columns: backtest statistic -> 'mean ± std' over seeds (and n seeds).
+    Empty when no trial was backtested (eval.backtest: false)."""
+    m = data.metrics.merge(data.trials[["trial", "variant"]], on="trial")
+    prefix = f"{split}/backtest_"
+    m = m[m["key"].str.startswith(prefix)]
+    m = m.assign(name=m["key"].str[len(prefix):])
+    labels = sorted({k.removeprefix("trades_") for k in m["name"] if re.fullmatch(r"trades_\d+[mh]", k)},
+                    key=_label_minutes)
+    rows = []
+    for variant in variant_order(data):
+        mv = m[m["variant"] == variant]
+        for label in labels:
+            if not (mv["name"] == f"trades_{label}").any():
+                continue
+            row = {"variant": variant, "horizon": label}
+            for stat in BACKTEST_METRICS:
+                row[stat] = _mean_std(mv.loc[mv["name"] == f"{stat}_{label}", "value"].to_numpy(dtype=float))
+            row["seeds"] = int(mv.loc[mv["name"] == f"trades_{label}", "trial"].nunique())
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _best_baseline(mv: pd.DataFrame, label: str) -> str:
@@ -242,6 +276,7 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
     summary = summary_table(data)
     paired = paired_differences(data, n_boot=n_boot)
     vs_baselines = baseline_differences(data, n_boot=n_boot)
+    backtests = backtest_table(data)
     figures = _figures(data, out_dir / "report_figures")
     counts = data.trials["status"].value_counts().to_dict()
     parts = [
@@ -261,6 +296,11 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
         "mean_diff = mean over samples of CRPS(variant) − CRPS(reference), averaged over seeds; "
         "CI = 95% moving-block bootstrap (one-day blocks). Positive = the variant is worse.\n",
         _md_table(paired),
+        "## Backtest of the test split (secondary)\n",
+        "Long/short on the sign of the median, sized by the inverse 80% interval width, non-overlapping "
+        "trades, net of costs (docs/metrics.md §10). Sharpe is annualized at the strategy's trade "
+        "frequency, sharpe_daily on session-day P&L; max_dd and net_pnl in $ per average contract.\n",
+        _md_table(backtests),
         "## Sanity gates\n",
         _md_table(data.flags.merge(data.trials[["trial", "variant"]], on="trial")[["variant", "trial", "gate", "reason"]]
                   if not data.flags.empty else data.flags),
@@ -281,8 +321,15 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
 
 
 def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
-    """Reliability and CRPS-by-horizon figures per variant, from the first seed's saved plots."""
+    """Learning curves and backtest equity curves across variants (drawn here), then the
+    reliability and CRPS-by-horizon figures per variant, from the first seed's saved plots."""
     figs = []
+    curves = learning_curve_figure(data, out / "learning_curves.png")
+    if curves is not None:
+        figs.append(("learning curves: train loss and val CRPS per epoch (mean over seeds)", curves))
+    equity = equity_figure(data, out / "backtest_equity.png")
+    if equity is not None:
+        figs.append(("backtest equity curves, test split (first seed)", equity))
     trials = data.trials[data.trials["status"] == "finished"]
     for variant in variant_order(data):
         rows = trials[trials["variant"] == variant].sort_values("seed")
@@ -294,6 +341,69 @@ def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
             if p.exists():
                 figs.append((f"{variant}: {name.removeprefix('test_').replace('_', ' ')} (seed {rows.iloc[0]['seed']})", p))
     return figs
+
+
+def _first_seed_dirs(data: ReportData) -> dict[str, tuple[int, Path]]:
+    """variant -> (seed, trial dir) of its first finished seed, in variant order."""
+    trials = data.trials[data.trials["status"] == "finished"]
+    out = {}
+    for variant in variant_order(data):
+        rows = trials[trials["variant"] == variant].sort_values("seed")
+        if not rows.empty:
+            out[variant] = (int(rows.iloc[0]["seed"]), Path(rows.iloc[0]["dir"]))
+    return out
+
+
+def equity_figure(data: ReportData, path: Path) -> Path | None:
+    """Cumulative net P&L of the test backtest against trade exit time, a panel per horizon and a
+    line per variant (its first seed's backtest_equity.parquet); None when no trial has one."""
+    from nqexp import plots
+
+    curves = {}
+    for variant, (seed, d) in _first_seed_dirs(data).items():
+        p = d / "backtest_equity.parquet"
+        if p.exists():
+            curves[variant] = pd.read_parquet(p)
+    labels = sorted({h for eq in curves.values() for h in eq["horizon"]}, key=_label_minutes)
+    if not labels:
+        return None
+    fig, axes = plots._figure(len(labels), 1, figsize=(8.0, 2.6 * len(labels)))
+    for ax, label in zip(axes[:, 0], labels):
+        for variant, eq in curves.items():
+            part = eq[eq["horizon"] == label]
+            if len(part):
+                ax.plot(part["exit_ts"], part["equity"], label=variant, lw=1.0)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title(f"{label} horizon", fontsize=10)
+        ax.set_ylabel("cumulative net P&L ($)")
+    axes[0, 0].legend(fontsize=8)
+    return plots._save(fig, path)
+
+
+def learning_curve_figure(data: ReportData, path: Path) -> Path | None:
+    """Train loss and val CRPS per epoch, a line per variant (mean over its seeds); None without
+    epoch history in the store."""
+    from matplotlib.ticker import MaxNLocator
+
+    from nqexp import plots
+
+    e = data.epochs
+    keys = ("train/loss_epoch", "val/crps")
+    if e.empty or not e["key"].isin(keys).any():
+        return None
+    e = e[e["key"].isin(keys)].merge(data.trials[["trial", "variant"]], on="trial")
+    mean = e.groupby(["variant", "key", "epoch"])["value"].mean()
+    fig, axes = plots._figure(1, 2, figsize=(10.0, 3.8))
+    for ax, key, title in zip(axes[0], keys, ("train loss (epoch mean)", "val CRPS")):
+        for variant in variant_order(data):
+            if (variant, key) in mean.index.droplevel("epoch"):
+                series = mean.loc[(variant, key)]
+                ax.plot(series.index, series.to_numpy(), marker="o", ms=3, label=variant)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=10)
+    axes[0, 1].legend(fontsize=8)
+    return plots._save(fig, path)
 
 
 def _to_html(markdown_text: str, base: Path) -> str:

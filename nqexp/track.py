@@ -8,8 +8,9 @@
   resolved spec with secrets removed, an explicit step on every log. Offline mode is automatic
   without WANDB_API_KEY.
 - `RunStore` is a folder (spec.track.store, default ./runs) holding one DuckDB file,
-  `store.duckdb`, with experiments, trials, metrics (long format) and gate flags, plus per-trial
-  folders with the resolved spec, predictions Parquet, plots and checkpoints. Its tables are the
+  `store.duckdb`, with experiments, trials, metrics (long format), gate flags and the per-epoch
+  training history (`epochs`), plus per-trial folders with the resolved spec, predictions and
+  backtest equity Parquet, plots and checkpoints. Its tables are the
   migrations in sql/runstore/; every query against them is a RunStore method. `nqexp runs` and
   `nqexp report` read only this, fully offline. Only the driver writes it.
 """
@@ -243,6 +244,18 @@ class RunStore:
         con.execute("commit")
         con.close()
 
+    def write_epoch(self, experiment: str, trial: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        """One epoch's training history (train loss, val CRPS, lr, ...). Idempotent: an epoch
+        reported again (a resumed trial replays from its checkpoint) replaces its values."""
+        rows = [(experiment, trial, int(epoch), k, float(v)) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not rows:
+            return
+        con = self.connect()
+        con.executemany("insert into epochs values (?, ?, ?, ?, ?) "
+                        "on conflict (experiment, trial, epoch, key) do update set value = excluded.value", rows)
+        con.close()
+
     def last_step(self, experiment: str, trial: str) -> int:
         con = self.connect()
         rows = con.execute("select last_step from trials where experiment = ? and trial = ?", [experiment, trial]).fetchall()
@@ -322,6 +335,16 @@ class RunStore:
     def metrics_frame(self, experiment: str):
         """The experiment's metrics, long format: trial, key, value."""
         return self._frame("select trial, key, value from metrics where experiment = ?", [experiment])
+
+    def epochs_frame(self, experiment: str):
+        """The experiment's per-epoch history, long format: trial, epoch, key, value (by trial, epoch).
+        Empty for a store written before migration 003 and opened read-only."""
+        import pandas as pd
+
+        if not self._rows("select count(*) from information_schema.tables where table_name = 'epochs'")[0][0]:
+            return pd.DataFrame(columns=["trial", "epoch", "key", "value"])
+        return self._frame("select trial, epoch, key, value from epochs where experiment = ? order by trial, epoch, key",
+                           [experiment])
 
     def flags_frame(self, experiment: str):
         """The experiment's gate flags: trial, gate, reason."""

@@ -187,6 +187,12 @@ class _Follower:
         else:
             epoch_metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/"))}
             step = last if last is not None else int(result.get("training_iteration", 0))
+            # The local learning curves (W&B is offline by default): the epoch's metrics plus the
+            # lr of its last optimizer step.
+            lr = [r["train/lr"] for r in steps if "train/lr" in r]
+            if "epoch" in result:
+                self.store.write_epoch(self.experiment, name, int(result["epoch"]),
+                                       {**epoch_metrics, **({"train/lr": lr[-1]} if lr else {})})
             if run is not None:
                 run.log(epoch_metrics, step=step)
             self.on_event("epoch", name, epoch=int(result.get("epoch", 0)), val_crps=result.get("val/crps"))

@@ -147,5 +147,57 @@ def test_backtest_metrics_keys_per_horizon():
     keys = B.backtest_metrics(res)
     for label in ("15m", "2h"):
         for stat in ("sharpe", "sharpe_daily", "max_dd", "profit_factor", "trades", "net_pnl", "cost"):
-            assert f"bt_{stat}_{label}" in keys
-    assert keys["bt_trades_2h"] < keys["bt_trades_15m"]
+            assert f"backtest_{stat}_{label}" in keys
+    assert keys["backtest_trades_2h"] < keys["backtest_trades_15m"]
+
+
+def test_equity_frame_is_each_horizons_cumulative_net_pnl_in_trade_order():
+    rng = np.random.default_rng(2)
+    n = 200
+    y = rng.normal(0, 1e-3, size=(n, 2))
+    q = np.stack([_q(rng.normal(0, 1e-4, size=n)), _q(rng.normal(0, 1e-4, size=n))], axis=1)  # (N, 2, 3)
+    res = B.backtest(_ts(n), np.full(n, 1.8e4), y, q, TAUS, [15, 60])
+    eq = B.equity_frame(res)
+    for label, r in res.items():
+        part = eq[eq["horizon"] == label]
+        assert len(part) == r.stats["trades"]
+        assert part["equity"].iloc[-1] == pytest.approx(r.stats["net_pnl"])
+        assert part["exit_ts"].is_monotonic_increasing
+    assert list(B.equity_frame({}).columns) == list(B.EQUITY_COLUMNS)
+
+
+def test_score_trial_backtests_the_test_split_by_default(tmp_path):
+    """A real (tiny, in-process) train + score_trial: test/backtest_* metrics and the equity Parquet."""
+    pytest.importorskip("torch")
+    import pandas as pd
+
+    from nqexp.evaluate import ClimatologyBaseline, EvalConfig
+    from nqexp.pipeline import PreparedData, score_trial
+    from nqexp.track import NullTracker
+    from nqexp.train import train
+    from tests.test_train import synthetic_dataset, tiny_model, tiny_train
+
+    ds = {"train": synthetic_dataset(256, 0), "val": synthetic_dataset(96, 1), "test": synthetic_dataset(160, 2)}
+    model_cfg = tiny_model()
+    clim = ClimatologyBaseline(model_cfg.quantiles).fit(ds["train"].y)
+    baselines = {s: {"climatology": np.broadcast_to(clim.q_[None], (len(ds[s]), *clim.q_.shape)).copy()}
+                 for s in ("val", "test")}
+    rng = np.random.default_rng(3)
+    close = {s: 2.0e4 * np.exp(np.cumsum(rng.normal(0, 1e-4, len(ds[s])))) for s in ("val", "test")}
+    data = PreparedData(key="k", datasets=ds, horizon_minutes=(15, 30), names=ds["train"].names,
+                        baselines=baselines, close=close)
+    result = train(model_cfg, tiny_train(max_epochs=1), {"train": ds["train"], "val": ds["val"]}, NullTracker(),
+                   tmp_path / "ckpt", seed=0, horizon_minutes=(15, 30))
+    assert EvalConfig().backtest
+    flat, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "trial", EvalConfig())
+    for label in ("15m", "30m"):
+        for stat in ("sharpe", "max_dd", "profit_factor", "trades"):
+            assert np.isfinite(flat[f"test/backtest_{stat}_{label}"]), (stat, label)
+        assert flat[f"test/backtest_trades_{label}"] >= 2
+    assert not any(k.startswith("val/backtest") for k in flat)
+    eq = pd.read_parquet(tmp_path / "trial" / "backtest_equity.parquet")
+    assert set(eq["horizon"]) == {"15m", "30m"}
+    last = eq.groupby("horizon")["equity"].last()
+    assert last["15m"] == pytest.approx(flat["test/backtest_net_pnl_15m"])
+    off, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "off", EvalConfig(backtest=False))
+    assert not any("backtest" in k for k in off) and not (tmp_path / "off" / "backtest_equity.parquet").exists()

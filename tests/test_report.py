@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from nqexp import evaluate, report
+from nqexp import backtest, evaluate, report
 from nqexp.track import RunStore
 
 TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -27,6 +27,8 @@ def store(tmp_path):
     ts = np.datetime64("2025-01-06T14:30", "us") + np.arange(n) * np.timedelta64(5, "m")
     sigma = np.exp(rng.normal(0, 0.5, size=(n, 1))) * np.array([[1e-3, 2e-3]])   # (N, H)
     y = sigma * rng.standard_normal((n, 2))
+    close = 2.0e4 * np.exp(np.cumsum(rng.normal(0, 1e-4, n)))  # (N,) origin prices for the backtest
+    signal = (0.3 * y + 0.3 * sigma * rng.standard_normal((n, 2)))[..., None]  # (N, H, 1) median shift
     st = RunStore(tmp_path / "runs")
     spec = {"name": "abl", "variants": {"good": {}, "wide": {"model.init_width": 2.0}}, "track": {"wandb_project": "p"}}
     st.start_experiment("abl", "run", None, yaml.safe_dump(spec))
@@ -43,9 +45,17 @@ def store(tmp_path):
                                       TAUS, HORIZONS)
             table = evaluate.evaluate_split_table("test", y, q, TAUS, HORIZONS, ts, base, n_boot=50)
             metrics = {f"test/{k}": v for k, v in evaluate.flatten_metrics(table).items()}
+            # The backtest score_trial runs: its metrics and equity curves (docs/metrics.md §10).
+            # The Gaussian medians are exactly 0 (no trade): shift them by a partly informative signal.
+            bt = backtest.backtest(ts, close, y, q + signal, TAUS, HORIZONS)
+            metrics.update({f"test/{k}": v for k, v in backtest.backtest_metrics(bt).items()})
+            backtest.equity_frame(bt).to_parquet(d / "backtest_equity.parquet")
             st.upsert_trial("abl", name, variant=variant, seed=seed, status="finished", params_json="{}",
                             spec_yaml="", dir=str(d))
             st.write_metrics("abl", name, metrics, flags=[("collapse", "made up")] if variant == "wide" and seed else [])
+            for epoch in (1, 2, 3):     # the driver's per-epoch history: loss and val CRPS fall
+                st.write_epoch("abl", name, epoch, {"train/loss_epoch": mult / epoch, "val/crps": mult * (1 + 1 / epoch),
+                                                    "val/crps_15m": 1.0, "train/lr": 1e-3})
     return st
 
 
@@ -85,6 +95,35 @@ def test_markdown_report_holds_tables_gates_and_is_written_to_the_store(store):
     text = path.read_text()
     assert path.name == "report.md" and "Paired CRPS differences vs `good`" in text
     assert "made up" in text and "| wide |" in text
+
+
+def test_report_holds_the_backtest_table_equity_and_learning_curve_figures(store):
+    data = report.load(store, "abl")
+    assert set(data.epochs["epoch"]) == {1, 2, 3} and len(data.epochs) == 4 * 3 * 4
+    bt = report.backtest_table(data)
+    assert list(bt[["variant", "horizon"]].itertuples(index=False, name=None)) == [
+        ("good", "15m"), ("good", "60m"), ("wide", "15m"), ("wide", "60m")]
+    assert (bt["seeds"] == 2).all()
+    # Both seeds hold identical predictions, so the backtest is identical too: std exactly 0.
+    assert bt["sharpe"].str.endswith("± 0.0000").all() and bt["trades"].str.endswith("± 0.0000").all()
+    # Sign and width ranking are the same for `wide` (x2 sigma): the same trades, the same Sharpe.
+    assert (bt.loc[bt.variant == "good", "sharpe"].to_numpy() == bt.loc[bt.variant == "wide", "sharpe"].to_numpy()).all()
+    path = report.build_report(store, "abl", n_boot=50)
+    text = path.read_text()
+    assert "## Backtest of the test split" in text
+    assert "| variant | horizon | sharpe | sharpe_daily | max_dd | profit_factor | trades |" in text
+    figs = path.parent / "report_figures"
+    for name in ("learning_curves.png", "backtest_equity.png"):
+        assert (figs / name).stat().st_size > 5000
+        assert f"](report_figures/{name})" in text
+
+
+def test_a_report_without_backtest_or_epochs_omits_those_parts(store):
+    data = report.load(store, "abl")
+    data.metrics = data.metrics[~data.metrics["key"].str.contains("backtest")]
+    assert report.backtest_table(data).empty
+    data.epochs = data.epochs.iloc[:0]
+    assert report.learning_curve_figure(data, store.root / "lc.png") is None
 
 
 def test_wandb_report_object_is_built_offline(store):

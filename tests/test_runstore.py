@@ -95,3 +95,29 @@ def test_sweep_trials_rank_by_val_crps_with_gated_trials_last(tmp_path):
 def test_reading_a_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no run store at"):
         RunStore(tmp_path / "empty").experiments()
+
+
+def test_epoch_writes_are_idempotent_on_resume_and_read_back_in_order(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    store.start_experiment("e", "run", None, "name: e\n")
+    add_trial(store, "e", "a-s0", "a", 0)
+    store.write_epoch("e", "a-s0", 2, {"train/loss_epoch": 0.9, "val/crps": 0.5})
+    store.write_epoch("e", "a-s0", 1, {"train/loss_epoch": 1.0, "val/crps": 0.6, "flag": True})
+    # A resumed trial replays epoch 2 from its checkpoint: one row per key, the new value.
+    store.write_epoch("e", "a-s0", 2, {"train/loss_epoch": 0.8, "val/crps": 0.4, "train/lr": 1e-3})
+    frame = store.epochs_frame("e")
+    assert len(frame) == 5 and not frame.duplicated(["trial", "epoch", "key"]).any()
+    assert list(frame["epoch"]) == [1, 1, 2, 2, 2]
+    got = frame.set_index(["epoch", "key"])["value"]
+    assert got[(2, "val/crps")] == 0.4 and got[(2, "train/loss_epoch")] == 0.8 and got[(1, "val/crps")] == 0.6
+    assert store.epochs_frame("other").empty
+
+
+def test_a_store_from_before_the_epochs_migration_reads_an_empty_history(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    con = duckdb.connect(str(root / "store.duckdb"))
+    con.execute((db.sql_root() / "runstore" / "001_runstore.sql").read_text())
+    con.close()
+    frame = RunStore(root).epochs_frame("old")                 # read-only: no migration runs
+    assert frame.empty and list(frame.columns) == ["trial", "epoch", "key", "value"]

@@ -112,6 +112,9 @@ def test_quickstart_smoke_runs_every_trial_and_prints_the_ablation_table(smoke):
     for variant in ("full", "no_tsa", "no_lgu", "no_instance_norm", "point_mse"):
         assert variant in out
     assert "Report:" in out and (cwd / "runs" / EXP / "report.md").exists()
+    text = (cwd / "runs" / EXP / "report.md").read_text()
+    assert "## Backtest of the test split" in text and "report_figures/learning_curves.png" in text
+    assert "report_figures/backtest_equity.png" in text
     assert "Traceback" not in result.stderr
 
 
@@ -131,10 +134,24 @@ def test_run_store_holds_every_trial_with_metrics_gates_and_files(smoke):
     # The point head's intervals have zero width: the collapse gate must say so.
     reasons = [r for (r,) in con.execute("select reason from gate_flags where trial = 'point_mse-s0'").fetchall()]
     assert any("picp80" in r for r in reasons), reasons
+    # The backtest runs by default: its metrics per horizon, and the equity curves per trial.
+    for key in ("test/backtest_sharpe_60m", "test/backtest_max_dd_15m", "test/backtest_trades_4h"):
+        assert key in keys, key
+    trades = con.execute("select value from metrics where trial = 'full-s0' and key = 'test/backtest_trades_60m'").fetchall()
+    assert trades[0][0] > 0
+    # Every epoch's train loss, val CRPS and lr reach the local store, one row per (trial, epoch, key).
+    epochs = con.execute("select trial, epoch, key, value from epochs where experiment = ?", [EXP]).fetchall()
+    assert {t[0] for t in epochs} == {t[0] for t in trials}
+    assert {"train/loss_epoch", "val/crps", "val/crps_15m", "train/lr"} <= {e[2] for e in epochs}
+    assert len(epochs) == len({e[:3] for e in epochs})
+    n_epochs = dict(con.execute("select trial, epochs from trials").fetchall())
+    for trial, n in n_epochs.items():
+        assert {e[1] for e in epochs if e[0] == trial} == set(range(1, n + 1)), trial
     for _, _, _, d in trials:
         d = Path(d)
         assert (d / "predictions.parquet").exists() and (d / "spec.yaml").exists()
         assert (d / "plots" / "test_reliability.png").stat().st_size > 5000
+        assert (d / "backtest_equity.parquet").exists()
     con.close()
 
 
