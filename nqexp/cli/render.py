@@ -262,13 +262,22 @@ def sweep_table(experiment: str, rows: list[dict], top: int = 10) -> Table:
     return table
 
 
+# The terminal shows the columns a decision needs; the report and --json hold every metric.
+TERMINAL_METRICS = ("crps", "crpss_best", "best_baseline", "picp80", "calib_err", "ic", "seeds")
+
+
+def _terminal_columns(frame, keys: tuple[str, ...]) -> list[str]:
+    return [c for c in (*keys, *TERMINAL_METRICS) if c in frame.columns]
+
+
 def summary_all_horizons_table(frame, title: str) -> Table:
     """report.summary_table's 'all' horizon rows: one row per variant."""
     table = Table(title=title)
     part = frame[frame["horizon"] == "all"] if "horizon" in frame else frame
-    cols = [c for c in part.columns if c != "horizon"]
+    cols = _terminal_columns(part, ("variant",))
     for col in cols:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right",
+                         no_wrap=col in ("variant", "best_baseline"))
     for row in part.itertuples(index=False):
         table.add_row(*(str(getattr(row, c)) for c in cols))
     return table
@@ -313,10 +322,12 @@ def print_trial(con: Console, name: str, trial: dict, metrics: dict[str, float],
 
 
 def compare_table(experiment: str, split: str, frame) -> Table:
-    table = Table(title=f"{experiment}: {split} metrics, mean ± std over seeds")
-    for col in frame.columns:
-        table.add_column(col, justify="left" if col in ("variant", "horizon") else "right")
-    for row in frame.itertuples(index=False):
+    table = Table(title=f"{experiment}: {split} metrics, mean ± std over seeds (every metric: --json or the report)")
+    cols = _terminal_columns(frame, ("variant", "horizon"))
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("variant", "horizon") else "right",
+                         no_wrap=col in ("variant", "horizon", "best_baseline"))
+    for row in frame[cols].itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     return table
 
