@@ -139,13 +139,11 @@ def test_tail_features_equal_the_full_build(trial):
         full64 = features.compute(con, fs, bundle.meta["symbol"], until=origin)
     finally:
         con.close()
-    tail64 = tail.arrays  # float32 table; recompute in float64 from the same tail rows:
     assert full64.ts[-1] == origin
     ref = full64.X[-n:]
     got = _tail64(trial, bundle, fs, origin)[-n:]
     scale = np.maximum(np.abs(ref), 1.0)
     assert np.nanmax(np.abs(got - ref) / scale) < 1e-9
-    assert tail64.X.shape[1] == ref.shape[1]
     # sigma-hat from the calendar range equals the trial's.
     k = len(test) // 3
     sig = bundle.scalers.target_scale(tail.calendar, [i_tail + tail.offset])
@@ -179,10 +177,8 @@ def _one_line_error(res, *needles):
 def test_refusals_are_one_line(trial, tmp_path):
     _one_line_error(run(trial, trial["dir"], "--symbol", "NOPE.x"), "no bars_5m bars for 'NOPE.x'")
     _one_line_error(run(trial, trial["dir"], "--at", "2031-01-01"), "before --at 2031-01-01")
-    first = str(trial["data"].datasets["train"].ts[0])[:10]
     _one_line_error(run(trial, trial["dir"], "--at", "2020-01-01"), "at or before --at")
     _one_line_error(run(trial, trial["dir"], "--at", f"{_first_bar(trial)}"), "too few bars for a window")
-    assert first
     bare = tmp_path / "bare"
     bare.mkdir()
     _one_line_error(run(trial, bare), "has no model bundle")
