@@ -300,36 +300,43 @@ class LGBMQuantiles:
 
 def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale: dict, ewma_scale: dict,
                     names=BASELINES, garch: MCGarch | None = None, lo: int | None = None,
-                    lgbm: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+                    lgbm: dict | None = None, fitted: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fit the named baselines on train and forecast every split: split -> name -> (n, H, Q).
 
     split_idx: split -> (n,) sample end indices into arrays; targets: split -> (n, H) y;
     model_scale: split -> (n, H) the model's sigma-hat (the tree baseline's target unit);
     ewma_scale: split -> (n, H) the tod x EWMA sigma-hat (the vol-scaled baseline's scale);
     garch: an MCGarch already fitted on the train bars (else one is fitted here); lo: the first bar
-    the train windows read (default: the first train end); lgbm: LGBMQuantiles settings.
+    the train windows read (default: the first train end); lgbm: LGBMQuantiles settings;
+    fitted: when given, receives each baseline's fitted state (name -> quantile table / models),
+    which is what `nqexp predict` needs to issue the same baselines on new bars.
     """
+    state = {} if fitted is None else fitted
     taus = tuple(float(t) for t in taus)
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in split_idx}
     train = np.asarray(split_idx["train"], dtype=np.int64)
     if "climatology" in names:
         z = np.nanquantile(targets["train"], np.asarray(taus), axis=0).T  # (H, Q)
+        state["climatology"] = z
         for s, idx in split_idx.items():
             out[s]["climatology"] = np.broadcast_to(z, (len(idx), *z.shape)).copy()
     if "volscaled" in names:
         sq = ScaledQuantiles(taus).fit(targets["train"], ewma_scale["train"])
+        state["volscaled"] = sq
         for s in split_idx:
             out[s]["volscaled"] = sq.quantiles(ewma_scale[s])
     if "mcgarch" in names:
         g = garch or MCGarch().fit(arrays, int(train.min()) if lo is None else int(lo), int(train.max()))
         sig = {s: g.sigma(arrays, idx) for s, idx in split_idx.items()}
         sq = ScaledQuantiles(taus).fit(targets["train"], sig["train"])
+        state["mcgarch"] = {"garch": g, "quantiles": sq}
         for s in split_idx:
             out[s]["mcgarch"] = sq.quantiles(sig[s])
     if "lgbm" in names:
         feats = {s: lgbm_inputs(arrays, idx, model_scale[s])[0] for s, idx in split_idx.items()}
         m = LGBMQuantiles(taus, **(lgbm or {})).fit(feats["train"], targets["train"] / model_scale["train"],
                                                     feats["val"], targets["val"] / model_scale["val"])
+        state["lgbm"] = m
         for s in split_idx:
             out[s]["lgbm"] = m.quantiles(feats[s], model_scale[s])
     return out

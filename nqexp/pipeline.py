@@ -45,6 +45,9 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> name -> (n, H, Q), val/test
     close: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (n,) adjusted origin close (backtest P0)
+    # Fitted on train, saved in each trial's bundle so `nqexp predict` can forecast new bars:
+    scalers: Any = None                                # windows.Scalers (with the MC-GARCH when windows.sigma is mcgarch)
+    baseline_state: dict[str, Any] = field(default_factory=dict)  # name -> fitted state (baselines.fit_and_predict)
 
     @property
     def nbytes(self) -> int:
@@ -115,16 +118,18 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     datasets = {s: windows.dataset_arrays(arrays, idx, scalers, trial_spec.windows) for s, idx in split_idx.items()}
     horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
     t0 = time.perf_counter()
-    fitted = fit_baselines(arrays, datasets, scalers, trial_spec)
+    state: dict[str, Any] = {}
+    fitted = fit_baselines(arrays, datasets, scalers, trial_spec, fitted=state)
     names = ", ".join(trial_spec.eval.baselines)
     notes.append(f"Baselines {names}: fitted on train in {time.perf_counter() - t0:.1f}s.")
     return PreparedData(key=data_key(trial_spec), datasets=datasets, horizon_minutes=horizon_minutes,
                         names=list(arrays.names), notes=notes,
-                        baselines={s: fitted[s] for s in ("val", "test")},
+                        baselines={s: fitted[s] for s in ("val", "test")}, scalers=scalers,
+                        baseline_state=state,
                         close={s: np.asarray(arrays.close[datasets[s].idx], np.float64) for s in ("val", "test")})
 
 
-def fit_baselines(arrays, datasets, scalers, trial_spec) -> dict[str, dict[str, np.ndarray]]:
+def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """eval.baselines fitted on the train samples (val only early-stops the tree baseline), forecast
     on every split's samples: split -> name -> (n, H, Q) float32 (docs/metrics.md §7-§8)."""
     from nqexp import baselines
@@ -135,7 +140,7 @@ def fit_baselines(arrays, datasets, scalers, trial_spec) -> dict[str, dict[str, 
         model_scale={s: ds.scale for s, ds in datasets.items()},
         ewma_scale={s: scalers.ewma_scale(arrays, i) for s, i in idx.items()},
         names=tuple(trial_spec.eval.baselines), garch=scalers.garch, lo=scalers.fit_bars[0],
-        lgbm={"num_threads": max(1, int(trial_spec.resources.cpus_per_trial))})
+        lgbm={"num_threads": max(1, int(trial_spec.resources.cpus_per_trial))}, fitted=fitted)
     return {s: {k: v.astype(np.float32) for k, v in d.items()} for s, d in out.items()}
 
 
@@ -205,6 +210,13 @@ def _backtest_test(test, data: PreparedData, taus, trial_dir: Path) -> dict[str,
     results = backtest.backtest(test.ts, close, test.y, test.q, taus, data.horizon_minutes)
     backtest.equity_frame(results).to_parquet(trial_dir / "backtest_equity.parquet", index=False)
     return {f"test/{k}": v for k, v in backtest.backtest_metrics(results).items()}
+
+
+def write_bundle(trial_dir: Path, trial_spec, checkpoint, data: PreparedData) -> Path:
+    """The trial's self-contained model bundle (`<trial_dir>/bundle/`) that `nqexp predict` loads."""
+    from nqexp.predict import write_bundle as _write
+
+    return _write(Path(trial_dir), trial_spec, checkpoint, data)
 
 
 # ------------------------------------------------------------------------------------------

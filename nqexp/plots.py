@@ -230,3 +230,34 @@ def plot_all(out_dir: str | os.PathLike, split: str, ts, y, q, taus, horizon_min
         "fan": fan_chart(out / f"{split}_fan.png", ts, y, q, taus, horizon_minutes),
         "crps": crps_by_horizon(out / f"{split}_crps_by_horizon.png", table, split),
     }
+
+
+def price_fan(path: str | os.PathLike, close: float, q, taus, horizon_minutes: Sequence[int], *,
+              title: str = "", baselines: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Fan chart of one forecast's price paths: last close at 0, then close x exp(q) per horizon.
+
+    q: (H, Q) log-return quantiles; the bands join the symmetric quantile pairs (e.g. 5-95%),
+    the line is the median; baselines (name -> (H, Q)) are drawn as dashed medians and 80% bounds.
+    """
+    taus = np.asarray(taus, dtype=np.float64)
+    x = np.concatenate([[0], np.asarray(horizon_minutes, dtype=np.float64)])
+    levels = close * np.exp(np.vstack([np.zeros((1, len(taus))), np.asarray(q, dtype=np.float64)]))  # (H+1, Q)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    n = len(taus)
+    for k in range(n // 2):
+        ax.fill_between(x, levels[:, k], levels[:, n - 1 - k], color="tab:blue", alpha=0.15 + 0.15 * k, lw=0,
+                        label=f"{taus[k]:.0%}-{taus[n - 1 - k]:.0%}")
+    med = int(np.argmin(np.abs(taus - 0.5)))
+    ax.plot(x, levels[:, med], color="tab:blue", lw=1.5, label="model median")
+    for (name, bq), color in zip((baselines or {}).items(), ("tab:gray", "tab:orange", "tab:green", "tab:red")):
+        bl = close * np.exp(np.vstack([np.zeros((1, n)), np.asarray(bq, dtype=np.float64)]))
+        lo, hi = int(np.argmin(np.abs(taus - 0.1))), int(np.argmin(np.abs(taus - 0.9)))
+        ax.plot(x, bl[:, lo], color=color, ls="--", lw=0.8, label=f"{name} {taus[lo]:.0%}/{taus[hi]:.0%}")
+        ax.plot(x, bl[:, hi], color=color, ls="--", lw=0.8)
+    ax.axhline(close, color="k", lw=0.5)
+    ax.set_xlabel("minutes ahead")
+    ax.set_ylabel("price")
+    ax.set_title(title or "forecast fan")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)

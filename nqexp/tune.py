@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from nqexp.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
+from nqexp.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
                    device=device, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - t0
     flat, flags, plot_paths = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval, device)
+    write_bundle(trial_dir, tspec, result.checkpoint, data)   # what `nqexp predict` loads
     gated_final = bool(flags)
     objective = result.best_val_crps * (GATE_PENALTY if gated_final else 1.0)
     tune.report({

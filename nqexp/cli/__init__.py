@@ -1,7 +1,7 @@
 """The `nqexp` command line: parse arguments, call the library, print.
 
 One module per command group (data, features, experiments = run/sweep, runs, report, sync,
-doctor, spec = spec schema/init); every table and progress bar is in render.py, the only module that imports rich.
+doctor, spec = spec schema/init, predict); every table and progress bar is in render.py, the only module that imports rich.
 Commands never query a store: the stores' owners (track.RunStore, ingest, bars, db) do.
 
 Heavy libraries (torch, ray, wandb, databento, and even pandas/duckdb) are imported inside
@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from nqexp.cli import data, doctor, experiments, features, report, runs, spec, sync
+from nqexp.cli import data, doctor, experiments, features, predict, report, runs, spec, sync
 from nqexp.errors import NqexpError
 
 
@@ -56,7 +56,7 @@ def cli(ctx, db_path, verbose):
 
 # The package's submodules keep their names (nqexp.cli.report is the module); their commands are added here.
 for _command in (data.data, features.features, experiments.run, experiments.sweep, runs.runs, report.report,
-                 sync.sync, doctor.doctor, spec.spec, spec.init):
+                 sync.sync, doctor.doctor, spec.spec, spec.init, predict.predict):
     cli.add_command(_command)
 
 

@@ -21,8 +21,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 
 
-def console() -> Console:
+def console(file=None) -> Console:
     # Piped output (CI logs, `| less`) would otherwise be squeezed into 80 columns.
+    if file is not None:
+        return Console(file=file, highlight=False, width=160)
     return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
@@ -368,3 +370,38 @@ def _plain(value):
 def echo_json(data) -> None:
     """One JSON document on stdout (timestamps as ISO-like strings)."""
     click.echo(json.dumps(_plain(data), indent=2, default=str))
+
+
+def print_forecast(con: Console, fc, rows: list[dict]) -> None:
+    """`nqexp predict`: per horizon and source, each quantile's price level over its log-return."""
+    from nqexp.metrics import quantile_label
+
+    ts = str(fc.ts[-1])[:16].replace("T", " ")
+    table = Table(title=f"{fc.symbol}: forecast from the bar of {ts} UTC, last close {fc.close[-1]:,.2f}")
+    table.add_column("horizon")
+    table.add_column("source")
+    for tau in fc.taus:
+        table.add_column(quantile_label(tau), justify="right")
+    cells: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        cells.setdefault((r["horizon"], r["source"]), []).append(f"{r['price']:,.2f}\n[dim]{r['log_return']:+.2e}[/dim]")
+    horizons = list(dict.fromkeys(r["horizon"] for r in rows))
+    for h in horizons:
+        for (hh, source), values in cells.items():
+            if hh == h:
+                table.add_row(h if source == "model" else "", f"[bold]{source}[/bold]" if source == "model" else source,
+                              *values, end_section=False)
+        table.add_section()
+    con.print(table)
+    con.print("[dim]Each cell: price level (last close x exp(q)) over the log-return quantile q.[/dim]")
+
+
+def print_predict_range(con: Console, fc, path, table) -> None:
+    """`nqexp predict --start/--end`: where the predictions went and their CRPS vs the baselines."""
+    con.print(f"{len(fc.ts):,} forecasts of {fc.symbol} ({str(fc.ts[0])[:16]} .. {str(fc.ts[-1])[:16]} UTC): {path}")
+    if table is None:
+        con.print("No realized targets yet: nothing to score.")
+        return
+    crps = table[(table["metric"] == "crps")].pivot_table(index="horizon", columns="source", values="value",
+                                                         sort=False)
+    con.print(frame_table(crps.reset_index(), "CRPS on the forecasts with realized targets (lower is better)"))

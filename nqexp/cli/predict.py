@@ -1,0 +1,106 @@
+"""`nqexp predict EXP/TRIAL`: forecasts for new bars from a trial's model bundle (no Ray, no W&B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nqexp.cli.options import run_store, store_option
+
+
+def _trial_dir(run_name: str, store_dir) -> Path:
+    from nqexp.errors import DataError
+
+    if Path(run_name).is_dir():                       # a trial folder given directly
+        return Path(run_name)
+    if "/" not in run_name:
+        raise DataError(f"TRIAL must be EXPERIMENT/TRIAL, e.g. quickstart/full-s0, not {run_name!r}")
+    experiment, trial = run_name.split("/", 1)
+    path = run_store(store_dir).trial_dir(experiment, trial)
+    if not path.is_dir():
+        raise DataError(f"no trial {run_name} in the run store ({path.parent.parent.parent}); see `nqexp runs ls`")
+    return path
+
+
+@click.command()
+@click.argument("run_name", metavar="EXP/TRIAL")
+@click.option("--symbol", default=None, help="Series to forecast (default: the one the trial trained on).")
+@click.option("--at", "at", default=None, help="Forecast the last bar at or before this UTC time (default: the last bar).")
+@click.option("--start", default=None, help="Range mode: first session date; writes a predictions Parquet and scores it.")
+@click.option("--end", default=None, help="Range mode: last session date (default: --start).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the output here (range mode: the Parquet; default <trial>/predict/START_END.parquet).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None, help="Fan chart PNG of the price paths ahead.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@store_option
+@click.pass_context
+def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store_dir):
+    """Forecast the next horizons from a trained trial: 7 quantiles per horizon as log-returns and
+    price levels, with the baselines' quantiles beside them.
+
+    Reads only the tail of the bars the window and its warm-up need. With --start/--end, every
+    bar of those session dates is forecast, saved in the trial's predictions schema and scored
+    where the targets exist (out-of-sample scoring of newly imported bars).
+
+    \b
+    Example:
+      nqexp predict quickstart/full-s0
+      nqexp predict quickstart/full-s0 --at 2025-12-01T15:30 --plot fan.png
+      nqexp predict quickstart/full-s0 --start 2025-12-01 --end 2025-12-03
+    """
+    from nqexp import predict as P
+    from nqexp.errors import DataError
+
+    trial_dir = _trial_dir(run_name, store_dir)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if start is None and end is not None:
+        raise DataError("--end needs --start")
+    if start is not None and at is not None:
+        raise DataError("--at and --start/--end are two modes; give one")
+    if start is not None:
+        fc = P.predict_range(ctx.obj["db"], trial_dir, start, end or start, symbol=symbol, device=device)
+        path = Path(out) if out else trial_dir / "predict" / f"{start}_{end or start}.parquet"
+        path, table = P.save_and_score(fc, path)
+        from nqexp.cli import render
+
+        render.print_predict_range(render.console(), fc, path, table)
+        if plot:
+            _plot(fc, plot)
+        return
+    fc = P.predict_at(ctx.obj["db"], trial_dir, symbol=symbol, at=at, device=device)
+    rows = P.long_rows(fc)
+    if fmt == "table":
+        from nqexp.cli import render
+
+        con = render.console(file=open(out, "w") if out else None)
+        render.print_forecast(con, fc, rows)
+    elif fmt == "json":
+        import json
+
+        text = json.dumps(rows, indent=2)
+        Path(out).write_text(text + "\n") if out else click.echo(text)
+    else:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        Path(out).write_text(buf.getvalue()) if out else click.echo(buf.getvalue(), nl=False)
+    if plot:
+        _plot(fc, plot)
+
+
+def _plot(fc, path) -> None:
+    from nqexp import plots
+
+    title = f"{fc.symbol} from {str(fc.ts[-1])[:16]} UTC, last close {fc.close[-1]:,.2f}"
+    plots.price_fan(path, float(fc.close[-1]), fc.q[-1], fc.taus, fc.horizon_minutes, title=title,
+                    baselines={k: v[-1] for k, v in fc.baselines.items()})
+    click.echo(f"Fan chart: {path}", err=True)

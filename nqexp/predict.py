@@ -1,0 +1,449 @@
+"""Forecasts for new bars from a trained trial: the model bundle and `nqexp predict`.
+
+A trial's **bundle** (`<trial_dir>/bundle/`, written by `write_bundle` at the end of each trial) is
+everything a fresh process needs, without Ray, W&B or the training data:
+
+  * `model.pt`: the best checkpoint's weights and model config (no optimizer state);
+  * `state.pkl`: what was fitted on train: the `windows.Scalers` (feature standardization, sigma-hat
+    with its MC-GARCH) and the baselines' state (climatology table, vol-scaled and MC-GARCH
+    quantile tables, the LightGBM boosters when they are small);
+  * `bundle.json`: feature set name and SQL hash, symbol, horizons, quantile levels, the window
+    config, the resolved spec and the nqexp version.
+
+**Only the tail of the bars is read.** Features at bar t use bars <= t only, so a forecast needs the
+bars of its window plus a warm-up. Window functions are exact after the set's declared look-back;
+the recursive filters (EMA, Wilder) are seeded at the first tail bar, and the seed's weight decays
+like (1 - alpha)^k, so the feature warm-up is the declared look-back, plus twice the bars after
+which the slowest filter's seed weight is below FEATURE_TOL (twice: Wilder-of-Wilder chains),
+plus two days of bars (session resets such as the RTH VWAP). The window bars then match the
+full-history build to ~1e-12 relative. sigma-hat needs only closes and calendar fields, so it
+reads a longer (cheap) range: SIGMA_HALFLIVES half-lives of each of its recursions (MC-GARCH
+daily level, intraday GARCH, EWMA), after which the start's weight is below 1e-9.
+
+As in training, sigma-hat at bar t sums the diurnal profile over the slots of the next h bars; bars
+after t that exist give those slots (calendar only: their prices are not read), and past the last
+bar each missing bar counts as the mean slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nqexp.errors import DataError
+
+BUNDLE_DIR = "bundle"
+BUNDLE_VERSION = 1
+FEATURE_TOL = 1e-12          # filter seed weight left at the first window bar
+SIGMA_HALFLIVES = 30         # 2^-30 ~ 1e-9 of sigma-hat's start state left at the forecast bar
+MAX_LGBM_BYTES = 8_000_000   # the boosters go into the bundle only below this size
+PREDICT_SPLIT = "predict"    # the split name of range-mode predictions
+
+
+# ------------------------------------------------------------------------------------------
+# Bundle
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict[str, Any]
+    scalers: Any                                   # windows.Scalers
+    baselines: dict[str, Any]                      # name -> fitted state (baselines.fit_and_predict)
+    window_cfg: Any                                # windows.WindowConfig
+
+    @property
+    def taus(self) -> tuple[float, ...]:
+        return tuple(self.meta["taus"])
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return tuple(self.meta["horizons"])
+
+    @property
+    def horizon_minutes(self) -> tuple[int, ...]:
+        return tuple(self.meta["horizon_minutes"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+
+def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
+    """Write `<trial_dir>/bundle/` from the best checkpoint and the data's train-fitted state."""
+    import nqexp
+    import torch
+
+    from nqexp import features
+
+    if data.scalers is None:
+        raise DataError("the prepared data holds no fitted scalers; prepare it with pipeline.prepare_data")
+    out = Path(trial_dir) / BUNDLE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    torch.save({"model": ckpt["model"], "model_cfg": ckpt["model_cfg"]}, out / "model.pt")
+    state = dict(data.baseline_state)
+    notes = []
+    if "lgbm" in state:
+        size = len(pickle.dumps(state["lgbm"]))
+        if size > MAX_LGBM_BYTES:
+            state.pop("lgbm")
+            notes.append(f"lgbm boosters left out ({size / 1e6:.1f} MB > {MAX_LGBM_BYTES / 1e6:.0f} MB)")
+    with open(out / "state.pkl", "wb") as f:
+        pickle.dump({"scalers": data.scalers, "baselines": state}, f, protocol=pickle.HIGHEST_PROTOCOL)
+    path = getattr(trial_spec.features, "path", None)
+    fs = features.resolve_set(trial_spec.features.set, path)
+    meta = {
+        "bundle_version": BUNDLE_VERSION,
+        "nqexp_version": nqexp.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "symbol": trial_spec.data.symbol,
+        "feature_set": fs.name,
+        "feature_path": None if path is None else str(path),
+        "sql_hash": fs.sql_hash,
+        "bars_table": fs.bars_table,
+        "freq_minutes": int(fs.freq_minutes),
+        "horizons": [int(h) for h in fs.horizons],
+        "horizon_minutes": [int(m) for m in data.horizon_minutes],
+        "taus": [float(t) for t in trial_spec.model.quantiles],
+        "names": list(data.names),
+        "windows": dataclasses.asdict(trial_spec.windows),
+        "baselines": sorted(state),
+        "notes": notes,
+        "spec": trial_spec.to_dict(),
+    }
+    (out / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def load_bundle(trial_dir) -> Bundle:
+    from nqexp.windows import WindowConfig
+
+    path = Path(trial_dir) / BUNDLE_DIR
+    if not (path / "bundle.json").exists():
+        raise DataError(f"trial {trial_dir} has no model bundle ({path}); it was trained before bundles "
+                        f"existed or did not finish: rerun it (nqexp run SPEC --resume EXP)")
+    meta = json.loads((path / "bundle.json").read_text())
+    with open(path / "state.pkl", "rb") as f:
+        state = pickle.load(f)
+    return Bundle(path=path, meta=meta, scalers=state["scalers"], baselines=state["baselines"],
+                  window_cfg=WindowConfig(**meta["windows"]))
+
+
+def check_feature_set(bundle: Bundle):
+    """The feature set as defined now; DataError when its SQL changed since training."""
+    from nqexp import features
+
+    fs = features.resolve_set(bundle.meta["feature_set"], bundle.meta.get("feature_path"))
+    if fs.sql_hash != bundle.meta["sql_hash"]:
+        raise DataError(f"feature set {fs.name} changed since training: SQL hash now {fs.sql_hash[:12]}, "
+                        f"trained on {bundle.meta['sql_hash'][:12]}; retrain the trial on the current SQL")
+    return fs
+
+
+# ------------------------------------------------------------------------------------------
+# Warm-up lengths
+
+
+def feature_warmup_bars(fs) -> int:
+    """Bars before a window's first bar that make the tail's features equal the full build's."""
+    alphas = [d.alpha for d in fs.filters]
+    filt = 2 * math.ceil(math.log(1.0 / FEATURE_TOL) / min(alphas)) if alphas else 0
+    return int(max(fs.warmup_bars, filt) + 2 * 1440 // int(fs.freq_minutes))
+
+
+def sigma_warmup_bars(bundle: Bundle) -> int:
+    """Bars before the forecast bar whose closes make sigma-hat (and its baselines) settle."""
+    s = bundle.scalers
+    per_day = 1440 // int(s.freq_minutes)
+    need = [SIGMA_HALFLIVES * s.halflife_bars]                      # tod x EWMA
+    garches = [s.garch, (bundle.baselines.get("mcgarch") or {}).get("garch")]
+    for g in (g for g in garches if g is not None):
+        need.append((SIGMA_HALFLIVES * g.halflife + 2) * per_day)     # daily level: half-life in sessions
+        rho = g.alpha + g.beta
+        if 0 < rho < 1:
+            need.append(SIGMA_HALFLIVES * math.log(0.5) / math.log(rho))  # intraday GARCH q
+    return int(math.ceil(max(need)))
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the tail of the bars
+
+
+@dataclass
+class _Calendar:
+    """Closes and calendar fields of a bar range: all sigma-hat reads (FeatureArrays' attributes)."""
+
+    ts: np.ndarray
+    close: np.ndarray
+    session_date: np.ndarray
+    minute_of_day_et: np.ndarray
+    horizons: tuple[int, ...]
+    freq_minutes: int
+
+
+@dataclass
+class Tail:
+    arrays: Any            # features.FeatureArrays of the feature tail
+    calendar: _Calendar    # the longer range sigma-hat reads
+    offset: int            # calendar index of arrays' first bar
+    seconds: float = 0.0
+
+
+def _bar_ts(con, table: str, symbol: str, where: str, order: str, offset: int, params: list):
+    rows = con.execute(f"select ts from {table} where symbol = ? and {where} order by ts {order} limit 1 offset ?",
+                       [symbol, *params, int(offset)]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _first_ts(con, table, symbol, last_ts, n_back: int):
+    """ts of the bar n_back bars before last_ts (or the first bar)."""
+    got = _bar_ts(con, table, symbol, "ts <= ?", "desc", n_back, [last_ts])
+    if got is None:
+        got = con.execute(f"select min(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
+    return got
+
+
+def read_tail(con, bundle: Bundle, fs, symbol: str, first_origin, last_origin) -> Tail:
+    """Features for the bars the windows of origins first..last need (plus warm-up), and the longer
+    close/calendar range for sigma-hat, both ending max horizon bars after last_origin."""
+    import time
+
+    from nqexp import features
+
+    t0 = time.perf_counter()
+    table = fs.bars_table
+    max_h = max(bundle.horizons)
+    after = _bar_ts(con, table, symbol, "ts > ?", "asc", max_h - 1, [last_origin])
+    end = after if after is not None else con.execute(
+        f"select max(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
+    t_max = bundle.window_cfg.t_max
+    feat_start = _first_ts(con, table, symbol, first_origin, t_max + feature_warmup_bars(fs))
+    sig_start = _first_ts(con, table, symbol, first_origin, max(sigma_warmup_bars(bundle), t_max + feature_warmup_bars(fs)))
+    cal = con.execute(f"select ts, close, session_date, minute_of_day_et from {table} "
+                      f"where symbol = ? and ts between ? and ? order by ts", [symbol, sig_start, end]).fetchnumpy()
+    calendar = _Calendar(ts=np.asarray(cal["ts"]).astype("datetime64[us]"),
+                         close=np.asarray(cal["close"], dtype=np.float64),
+                         session_date=np.asarray(cal["session_date"]).astype("datetime64[D]"),
+                         minute_of_day_et=np.asarray(cal["minute_of_day_et"]).astype(np.int16),
+                         horizons=bundle.horizons, freq_minutes=int(fs.freq_minutes))
+    # The set's own SQL over a temporary copy of the tail: the same code as the full build.
+    tmp = "_nqexp_predict_tail"
+    con.execute(f"create or replace temp table {tmp} as select * from {table} "
+                f"where symbol = ? and ts between ? and ?", [symbol, feat_start, end])
+    try:
+        res = features.compute(con, dataclasses.replace(fs, bars_table=tmp), symbol)
+    finally:
+        con.execute(f"drop table if exists {tmp}")
+    arrays = features.FeatureArrays(
+        ts=res.ts, X=np.ascontiguousarray(res.X, dtype=np.float32), names=list(res.names), close=res.close,
+        horizons=fs.horizons, freq_minutes=fs.freq_minutes, targets=np.ascontiguousarray(res.targets),
+        target_flags=np.ascontiguousarray(res.target_flags), session_date=res.session_date,
+        minute_of_day_et=res.minute_of_day_et, groups=list(fs.groups) if fs.groups else None,
+        warmup_bars=0, set_name=fs.name, symbol=symbol)
+    offset = int(np.searchsorted(calendar.ts, arrays.ts[0]))
+    assert np.array_equal(calendar.ts[offset:offset + len(arrays.ts)], arrays.ts), "tail and calendar disagree"
+    return Tail(arrays=arrays, calendar=calendar, offset=offset, seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------
+# Forecasts
+
+
+@dataclass
+class Forecast:
+    symbol: str
+    ts: np.ndarray                     # (n,) forecast origins (bar start, UTC)
+    close: np.ndarray                  # (n,) last close at each origin
+    y: np.ndarray                      # (n, H) realized log-return where the bars exist, else NaN
+    q: np.ndarray                      # (n, H, Q) model quantiles of the log-return
+    baselines: dict[str, np.ndarray]   # name -> (n, H, Q)
+    taus: tuple[float, ...]
+    horizon_minutes: tuple[int, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def usable_origins(bundle: Bundle, arrays, idx) -> np.ndarray:
+    """(n,) bool: each origin's window holds >= min_valid_bars bars, all with finite features."""
+    from nqexp import windows
+
+    idx = np.asarray(idx, dtype=np.int64)
+    start = windows.window_starts(arrays.ts, bundle.window_cfg, idx)
+    bad = np.concatenate([[0], np.cumsum(~np.isfinite(arrays.X).all(axis=1))])
+    return ((idx - start + 1) >= bundle.window_cfg.min_valid_bars) & (bad[idx + 1] - bad[start] == 0)
+
+
+def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -> Forecast:
+    """Model and baseline quantiles at the tail's bars idx (all must be usable_origins)."""
+    import time
+
+    from nqexp import baselines, windows
+    from nqexp.train import load_checkpoint_model, predict
+
+    t0 = time.perf_counter()
+    idx = np.asarray(idx, dtype=np.int64)
+    arrays, cal = tail.arrays, tail.calendar
+    cidx = idx + tail.offset
+    s = bundle.scalers
+    scale = s.target_scale(cal, cidx)                       # (n, H) the model's sigma-hat
+    # dataset_arrays wants finite targets; the forecast bars may have none yet (y is set after).
+    shim = dataclasses.replace(arrays, targets=np.zeros_like(arrays.targets))
+    ds = windows.dataset_arrays(shim, idx, s, bundle.window_cfg)
+    ds = dataclasses.replace(ds, y=arrays.targets[idx].astype(np.float32), scale=scale)
+    if model is None:
+        model, _ = load_checkpoint_model(bundle.model_path, device=device)
+    t1 = time.perf_counter()
+    q = predict(model, ds, 512, device).q                   # (n, H, Q) or (n, H, 1)
+    t2 = time.perf_counter()
+    if q.shape[-1] == 1:                                    # a point head, scored as in score_trial
+        q = np.repeat(q, len(bundle.taus), axis=-1)
+    base: dict[str, np.ndarray] = {}
+    st = bundle.baselines
+    if "climatology" in st:
+        base["climatology"] = np.broadcast_to(st["climatology"], (idx.size, *st["climatology"].shape)).copy()
+    if "volscaled" in st:
+        base["volscaled"] = st["volscaled"].quantiles(s.ewma_scale(cal, cidx))
+    if "mcgarch" in st:
+        base["mcgarch"] = st["mcgarch"]["quantiles"].quantiles(st["mcgarch"]["garch"].sigma(cal, cidx))
+    if "lgbm" in st:
+        base["lgbm"] = st["lgbm"].quantiles(baselines.lgbm_inputs(arrays, idx, scale)[0], scale)
+    base = {k: v.astype(np.float32) for k, v in base.items()}
+    return Forecast(symbol=arrays.symbol, ts=arrays.ts[idx], close=arrays.close[idx],
+                    y=arrays.targets[idx].astype(np.float32), q=q, baselines=base, taus=bundle.taus,
+                    horizon_minutes=bundle.horizon_minutes,
+                    seconds={"inputs": t1 - t0, "model": t2 - t1, "baselines": time.perf_counter() - t2})
+
+
+def _to_ts(value) -> np.datetime64:
+    """A --at / --start value (date or ISO time, naive = UTC) -> datetime64[us]."""
+    import pandas as pd
+
+    try:
+        t = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise DataError(f"{value!r} is not a date or time like 2025-12-03 or 2025-12-03T15:30") from None
+    if t.tzinfo is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(t.to_datetime64(), "us")
+
+
+def _open(db_path, symbol: str, table: str):
+    """A read-only connection (bars are built first when raw bars are ahead of them)."""
+    from nqexp import bars, db
+
+    con = db.connect(db_path, read_only=True)
+    if not db.table_exists(con, table) or not con.execute(
+            f"select count(*) from {table} where symbol = ?", [symbol]).fetchall()[0][0]:
+        con.close()
+        raise DataError(f"no {table} bars for {symbol!r} in {db.resolve_db_path(db_path)}; "
+                        f"import them (nqexp data import) and build bars (nqexp data bars --symbol {symbol})")
+    raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
+    built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
+    if raw[0] and tuple(raw) != tuple(built):
+        con.close()
+        con = db.connect(db_path)
+        bars.ensure_bars(con, symbol)   # newly imported raw bars: build them once
+        con.close()
+        con = db.connect(db_path, read_only=True)
+    return con
+
+
+def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device: str = "cpu") -> Forecast:
+    """Forecast at the last bar (or the last bar at or before `at`)."""
+    bundle = load_bundle(trial_dir)
+    fs = check_feature_set(bundle)
+    symbol = symbol or bundle.meta["symbol"]
+    con = _open(db_path, symbol, fs.bars_table)
+    try:
+        table = fs.bars_table
+        last = con.execute(f"select max(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
+        if at is None:
+            origin = last
+        else:
+            at_ts = _to_ts(at)
+            if np.datetime64(last, "us") < at_ts:
+                raise DataError(f"the {table} bars of {symbol} end at {last}, before --at {at}; "
+                                f"import newer bars or pick an earlier time")
+            origin = _bar_ts(con, table, symbol, "ts <= ?", "desc", 0, [at_ts.item()])
+            if origin is None:
+                raise DataError(f"no {table} bars of {symbol} at or before --at {at}")
+        tail = read_tail(con, bundle, fs, symbol, origin, origin)
+    finally:
+        con.close()
+    i = int(np.searchsorted(tail.arrays.ts, np.datetime64(origin, "us")))
+    if not usable_origins(bundle, tail.arrays, [i])[0]:
+        raise DataError(f"too few bars for a window at {origin}: the window needs "
+                        f"{bundle.window_cfg.min_valid_bars} bars with finite features "
+                        f"(after a {feature_warmup_bars(fs)}-bar warm-up)")
+    out = forecast(bundle, tail, [i], device=device)
+    out.seconds["read"] = tail.seconds
+    return out
+
+
+def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, device: str = "cpu",
+                  stride: int | None = None) -> Forecast:
+    """Forecasts at every usable bar whose Globex session date is in start..end (or every
+    `stride`-th of them); the targets are the realized returns where the bars exist."""
+    bundle = load_bundle(trial_dir)
+    fs = check_feature_set(bundle)
+    symbol = symbol or bundle.meta["symbol"]
+    d0, d1 = _to_ts(start).astype("datetime64[D]"), _to_ts(end).astype("datetime64[D]")
+    con = _open(db_path, symbol, fs.bars_table)
+    try:
+        span = con.execute(f"select min(ts), max(ts) from {fs.bars_table} where symbol = ? "
+                           f"and session_date between ? and ?", [symbol, d0.item(), d1.item()]).fetchall()[0]
+        if span[0] is None:
+            raise DataError(f"no {fs.bars_table} bars of {symbol} with session dates {d0}..{d1}")
+        tail = read_tail(con, bundle, fs, symbol, span[0], span[1])
+    finally:
+        con.close()
+    a = tail.arrays
+    sess = a.session_date.astype("datetime64[D]")
+    idx = np.flatnonzero((sess >= d0) & (sess <= d1))
+    idx = idx[usable_origins(bundle, a, idx)]
+    if stride and stride > 1:
+        idx = idx[::stride]
+    if idx.size == 0:
+        raise DataError(f"too few bars for a window in {d0}..{d1}: no bar has a full window of finite features")
+    out = forecast(bundle, tail, idx, device=device)
+    out.seconds["read"] = tail.seconds
+    return out
+
+
+def save_and_score(fc: Forecast, path) -> tuple[Path, Any]:
+    """Write range predictions in the trial's predictions schema; score the samples with targets."""
+    from nqexp import evaluate
+
+    preds = {PREDICT_SPLIT: evaluate.SplitPredictions(ts=fc.ts, y=fc.y, q=fc.q, baselines=fc.baselines)}
+    path = evaluate.save_predictions(path, preds, fc.taus, fc.horizon_minutes)
+    ok = np.isfinite(fc.y).all(axis=1)
+    table = None
+    if ok.sum() >= 2:
+        table = evaluate.evaluate_split_table(PREDICT_SPLIT, fc.y[ok], fc.q[ok], fc.taus, fc.horizon_minutes,
+                                              fc.ts[ok], {k: v[ok] for k, v in fc.baselines.items()})
+    return path, table
+
+
+def long_rows(fc: Forecast, row: int = -1) -> list[dict[str, Any]]:
+    """One origin's quantiles as rows: source, horizon, tau, log-return and price level."""
+    from nqexp.metrics import horizon_label
+
+    close = float(fc.close[row])
+    ts = str(np.datetime_as_string(fc.ts[row], unit="s")) + "Z"
+    out = []
+    for source, cube in [("model", fc.q), *fc.baselines.items()]:
+        for j, m in enumerate(fc.horizon_minutes):
+            for k, tau in enumerate(fc.taus):
+                r = float(cube[row, j, k])
+                out.append({"symbol": fc.symbol, "ts": ts, "last_close": close, "horizon": horizon_label(m),
+                            "horizon_minutes": int(m), "source": source, "tau": float(tau),
+                            "log_return": r, "price": close * math.exp(r)})
+    return out
