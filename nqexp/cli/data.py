@@ -89,13 +89,16 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns):
     with console.status(f"Importing {path}..."):
         report = ingest.import_file(con, path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns)
     console.print(f"[green]{report.format}[/] {path}: {report.summary()} in {report.seconds:.2f}s")
+    for text in report.warnings:
+        click.secho(f"Warning: {text}", fg="yellow", err=True)
     if report.rejected:
         console.print(render.import_rejects_table(report.reasons))
         console.print("See them with: nqexp data rejects")
 
 
 @data.command("rejects")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(0, 1_000_000), default=20, show_default=True,
+              help="Most rows to show, newest first.")
 @click.pass_context
 def data_rejects(ctx, limit):
     """Show rows that imports rejected, with file, row number and reason.
