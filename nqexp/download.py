@@ -207,10 +207,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _record_count(data: bytes) -> int:
+def _record_count(data: bytes, path: Path | None = None) -> int:
     import databento as db
 
-    return len(db.DBNStore.from_bytes(data).to_ndarray())
+    try:
+        return len(db.DBNStore.from_bytes(data).to_ndarray())
+    except Exception as exc:  # the decoder's messages can quote the whole input; keep the first 200 characters
+        text = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path or 'chunk'}: not a readable DBN file ({text[:200]}{'...' if len(text) > 200 else ''}); "
+                        "delete it to download the chunk again") from None
 
 
 def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, schema: str = SCHEMA,
@@ -263,7 +268,7 @@ def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, s
             _atomic_write(path, data)
             report.chunks_downloaded += 1
             how = "downloaded"
-        n = _record_count(data)
+        n = _record_count(data, path)
         if n:
             ingest.import_file(con, path)
         con.execute(
