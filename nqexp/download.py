@@ -72,9 +72,17 @@ def resolve_api_key(credentials_path: str | os.PathLike | None = None) -> str:
     if credentials_path is not None:
         path = Path(credentials_path).expanduser()
         try:
-            text = path.read_text()
+            if not path.is_file() and path.exists():
+                raise CredentialsError(f"credentials file {path} is not a regular file; give a file holding the key")
+            with path.open("rb") as f:
+                raw = f.read(64 * 1024 + 1)     # bounded: a key file is one line
+            text = raw.decode("utf-8")
         except OSError as exc:
             raise CredentialsError(f"cannot read credentials file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise CredentialsError(f"credentials file {path} is not text; put the key on one line") from None
+        if len(raw) > 64 * 1024:
+            raise CredentialsError(f"credentials file {path} is larger than 64 KB; put the key on one line")
         key = ""
         for line in text.splitlines():
             line = line.strip()
@@ -106,7 +114,12 @@ def _scrub(text: str, key: str) -> str:
 
 
 def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise DataError(f"not a date: {str(value)[:40]!r}; expected YYYY-MM-DD (UTC)") from None
+    if ts is pd.NaT:
+        raise DataError(f"not a date: {str(value)[:40]!r}; expected YYYY-MM-DD (UTC)")
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 

@@ -101,7 +101,8 @@ class ImportReport:
 
 
 def detect_format(path: Path) -> str:
-    head = path.open("rb").read(8)
+    with path.open("rb") as f:
+        head = f.read(8)
     name = path.name.lower()
     if head[:3] == b"DBN" or name.endswith((".dbn", ".dbn.zst")) or (
         head[:4] == b"\x28\xb5\x2f\xfd" and ".dbn" in name
@@ -745,7 +746,7 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
     report = write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0)
     report.warnings = notes
     for text in notes:
-        log.warning("%s: %s", path, text)
+        log.info("%s: %s", path, text)     # the CLI shows report.warnings; logging them too would repeat them
     return report
 
 

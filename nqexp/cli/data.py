@@ -188,6 +188,9 @@ def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days
         console.print(f"{est['dataset']} {est['symbol']} {est['schema']} {est['start']}..{est['end']}: "
                       f"{est['records']:,} records, ${est['cost_usd']:,.2f}")
         return
+    # What can be refused without the network is refused before the progress bar is drawn.
+    download.chunk_ranges(start, end, chunk_days)
+    download.resolve_api_key(credentials)
     con = open_db(ctx)
     path = dbmod.resolve_db_path(ctx.obj["db"])
     data_dir = data_dir or (os.path.dirname(path) if path != ":memory:" else "nqexp_data")
