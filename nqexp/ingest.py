@@ -34,7 +34,6 @@ reports `0 new, N unchanged`; rows whose values changed at the vendor are update
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
@@ -46,6 +45,7 @@ import stat
 import time
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,7 +156,7 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt gzip file ({_first_line(exc)})") from None
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
@@ -168,8 +168,7 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
         raise DataError(f"{path}: not UTF-8 text; is this really a CSV file?") from None
     text = text.lstrip("\r\n")
     first_line = text.split("\n", 1)[0].rstrip("\r")
-    first_fields = next(csv.reader([first_line]), [""])
-    has_header = _looks_like_header(first_fields[0])
+    has_header = _looks_like_header(first_line.split(",", 1)[0])
     # Data rows are read without the header and without an index column: a row with one field more
     # than the header (a trailing comma) would otherwise make pandas take the first column as the
     # index and shift every column by one.
@@ -395,7 +394,7 @@ def _epoch_to_datetime(numeric: pd.Series) -> pd.Series:
     """Epoch numbers -> naive UTC datetimes, in the unit the file's median magnitude implies.
 
     A value in another unit (one epoch-seconds row in a milliseconds file) lands far from its
-    neighbours: in 1970, or past the datetime range, where it becomes Timestamp.max. Both are then
+    neighbours: in 1970, or past the datetime range, where it becomes the last whole minute of it (2262). Both are then
     rejected by validate's date window rather than crashing or being guessed.
     """
     values = numeric.to_numpy(np.float64)
@@ -403,7 +402,7 @@ def _epoch_to_datetime(numeric: pd.Series) -> pd.Series:
     unit = "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
     factor = _UNIT_NS[unit]
     ok = np.abs(values) * factor < 9.2e18
-    ns = np.full(len(values), np.iinfo(np.int64).max // 1000 * 1000, dtype=np.int64)
+    ns = np.full(len(values), np.iinfo(np.int64).max // 60_000_000_000 * 60_000_000_000, dtype=np.int64)
     ns[ok] = values[ok].astype(np.int64) * factor      # integers: no float rounding of the seconds
     return pd.Series(pd.to_datetime(ns, unit="ns").astype("datetime64[us]"), index=numeric.index)
 
