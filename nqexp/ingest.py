@@ -5,7 +5,9 @@ Formats (detected from the file's first bytes, then its suffix):
 * CSV (optionally .gz) with or without a header. Headerless files are read with the column
   order `ts,open,high,low,close,volume` unless `columns=` says otherwise; files with a header
   have their columns matched by name (timestamp/datetime/date/ts_event, open, high, low,
-  close, volume/vol), or by an explicit mapping `ts=Datetime,volume=Vol`.
+  close, volume/vol), or by an explicit mapping `ts=Datetime,volume=Vol`. Empty trailing
+  fields (a trailing comma on every line, common in vendor files) are dropped; a non-empty
+  field beyond the header (or beyond `columns=`) refuses the file.
 * Parquet, with the same column rules.
 * Databento DBN / DBN.zst (schema ohlcv-1m), read with `databento.DBNStore.from_bytes` (which,
   unlike from_file, leaves no open file behind). `to_df()` already returns float prices, so
@@ -17,19 +19,25 @@ Formats (detected from the file's first bytes, then its suffix):
 
 Timestamps: raw_bars.ts is the bar START in UTC. Naive timestamps need `tz` (the zone they
 were written in, e.g. America/New_York); ambiguous fall-back hours are resolved from the
-file's order, and local times that do not exist (the spring-forward hour) are rejected rows.
+file's order (a warning says when the order cannot tell), and local times that do not exist
+(the spring-forward hour) are rejected rows. Timestamps with UTC offsets are instants, also when
+the offsets change across a DST switch; a `tz` that disagrees with them is ignored with a warning.
 `ts_is='end'` says the file stamps bars at their end; one minute is subtracted.
 
-Validation: a row is rejected, with the first reason that applies, for a missing or NaN
-field, a non-positive price, high < low, open or close outside [low, high], negative volume,
-or repeating a (symbol, ts) already seen earlier in the same file (the first is kept).
-Rejected rows go to `rejected_bars` with the file, the 1-based row number and the reason.
+Validation (docs/data.md §3): a row is rejected, with the first reason that applies, for a
+nonexistent local time, a date before 1990 or after tomorrow, a timestamp not on a whole minute,
+a missing or NaN field, a non-positive price, a price outside [1e-6, 1e9], high < low, open or
+close outside [low, high], negative or fractional volume, a volume above 1e12, a price more than
+5x from the median close of the bars around it, or repeating a (symbol, ts) already seen earlier
+in the same file (the first is kept). Rejected rows go to `rejected_bars` with the file, the
+1-based row number and the reason.
 
-A file that cannot be read as bars at all (missing, empty, only a header, binary garbage,
-wrong columns, unparseable timestamps, naive timestamps without `tz`) raises DataError and
-writes nothing. Everything else is written in one transaction: the upsert into raw_bars,
-the rejects and the `imports` record. Re-importing the same file changes nothing and
-reports `0 new, N unchanged`; rows whose values changed at the vendor are updated and counted.
+A file that cannot be read as bars at all (missing, not a regular file, empty, only a header,
+binary garbage, a truncated DBN, wrong columns, an extra field beyond the header, unparseable
+timestamps, naive timestamps without `tz`, bars seconds apart) raises DataError and writes
+nothing. Everything else is written in one transaction: the upsert into raw_bars, the rejects and
+the `imports` record. Re-importing the same file changes nothing and reports `0 new, N unchanged`;
+rows whose values changed at the vendor are updated and counted.
 """
 
 from __future__ import annotations
