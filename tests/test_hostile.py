@@ -824,3 +824,43 @@ def test_hostile(case: Case, template_db, tmp_path, monkeypatch):
         new_reasons = list((Counter(reasons_after) - Counter(reasons_before)).elements())
         assert any(case.reject in r for r in new_reasons), f"{shown}\nnew rejects: {new_reasons}"
     assert seconds < (20 if case.slow_ok else 5), f"{case.id} took {seconds:.1f}s"
+
+
+# ------------------------------------------------------------------------------------------
+# Secrets in what is written, not only in what is printed
+
+
+def test_redaction_masks_secret_keys_and_env_values_at_any_depth(monkeypatch):
+    from nqexp import spec as spec_mod
+    from nqexp.track import scrub
+
+    monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
+    tree = {"track": {"api_key": "k1", "nested": [{"token": "k2", "ok": f"x{WANDB_KEY}y"}]}, "name": "n"}
+    redacted = spec_mod.redact(tree)
+    assert redacted["track"]["api_key"] == spec_mod.REDACTED and redacted["track"]["nested"][0]["token"] == spec_mod.REDACTED
+    scrubbed = scrub(tree)
+    assert "api_key" not in scrubbed["track"] and "token" not in scrubbed["track"]["nested"][0]
+    assert WANDB_KEY not in repr(scrubbed)
+
+
+def test_files_an_experiment_writes_hold_no_api_key(tmp_path, monkeypatch):
+    """The resolved spec, every trial's spec.yaml and the run store, written by the real driver
+    (data preparation and Ray are replaced by no-ops: nothing is trained), contain neither key."""
+    from nqexp import spec as spec_mod
+    from nqexp import tune
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    spec = spec_mod.load_spec(str(QUICKSTART), overrides=[f"track.store={tmp_path / 'runs'}"], smoke=True)
+    monkeypatch.setattr(tune, "prepare_data", lambda rep, db_path, notes=None: tune.PreparedData(
+        key="k", datasets={}, horizon_minutes=(), names=[]))
+    for name in ("init_ray", "run_trials", "shutdown_ray", "_note_cluster_gpus"):
+        monkeypatch.setattr(tune, name, lambda *a, **k: None)
+    outcome = tune.run_experiment(spec, spec_path=str(QUICKSTART), db_path=str(tmp_path / "t.duckdb"))
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert outcome.unfinished and any(p.name == "spec.yaml" for p in written)
+    assert any(p.name == "spec.resolved.yaml" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        assert DATABENTO_KEY.encode() not in data and WANDB_KEY.encode() not in data, path
