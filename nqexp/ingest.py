@@ -402,8 +402,8 @@ def _epoch_to_datetime(numeric: pd.Series) -> pd.Series:
     """Epoch numbers -> naive UTC datetimes, in the unit the file's median magnitude implies.
 
     A value in another unit (one epoch-seconds row in a milliseconds file) lands far from its
-    neighbours: in 1970, or past the datetime range, where it becomes the last whole minute of it (2262). Both are then
-    rejected by validate's date window rather than crashing or being guessed.
+    neighbours: in 1970, or past the datetime range, where it becomes that range's last whole
+    minute (in 2262). validate's date window then rejects it rather than it crashing or being guessed.
     """
     values = numeric.to_numpy(np.float64)
     mag = float(np.nanmedian(np.abs(values)))
@@ -561,7 +561,8 @@ def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
         return
     spacing = df.assign(_t=ts).dropna(subset=["_t"]).sort_values(["symbol", "_t"]) \
         .groupby("symbol")["_t"].diff().dropna()
-    if len(spacing) and (spacing.dt.total_seconds() < 60).mean() > 0.5 or sub.mean() > 0.5:
+    mostly_close = len(spacing) > 0 and (spacing.dt.total_seconds() < 60).mean() > 0.5
+    if mostly_close or sub.mean() > 0.5:
         i = int(np.flatnonzero(sub)[0])
         raise DataError(
             f"{path}: these are not 1-minute bars: {int(sub.sum())} of {len(df)} timestamps are not on a whole "
@@ -584,7 +585,8 @@ def validate(df: pd.DataFrame) -> pd.Series:
         prices = np.column_stack([o, h, lo, c])
         checks += [
             ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
-            (((prices < MIN_PRICE) | (prices > MAX_PRICE)).any(axis=1), f"price outside {MIN_PRICE:g}..{MAX_PRICE:g}"),
+            (((prices < MIN_PRICE) | (prices > MAX_PRICE)).any(axis=1),
+             f"price outside {MIN_PRICE:g}..{MAX_PRICE:g}"),
             (h < lo, "high < low"),
             ((o < lo) | (o > h), "open outside [low, high]"),
             ((c < lo) | (c > h), "close outside [low, high]"),

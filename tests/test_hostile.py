@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import gzip
-import io
 import os
 import shutil
 import threading
@@ -837,7 +836,8 @@ def test_redaction_masks_secret_keys_and_env_values_at_any_depth(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
     tree = {"track": {"api_key": "k1", "nested": [{"token": "k2", "ok": f"x{WANDB_KEY}y"}]}, "name": "n"}
     redacted = spec_mod.redact(tree)
-    assert redacted["track"]["api_key"] == spec_mod.REDACTED and redacted["track"]["nested"][0]["token"] == spec_mod.REDACTED
+    assert redacted["track"]["api_key"] == spec_mod.REDACTED
+    assert redacted["track"]["nested"][0]["token"] == spec_mod.REDACTED
     scrubbed = scrub(tree)
     assert "api_key" not in scrubbed["track"] and "token" not in scrubbed["track"]["nested"][0]
     assert WANDB_KEY not in repr(scrubbed)
