@@ -148,7 +148,7 @@ def parse_columns(text: str | None) -> list[str] | dict[str, str] | None:
 
 def _looks_like_header(first_field: str) -> bool:
     field_ = first_field.strip().strip('"')
-    if not field_:
+    if not field_ or len(field_) > 64:    # no timestamp is that long (and parsing a huge one is slow)
         return True
     if re.fullmatch(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", field_):
         return False

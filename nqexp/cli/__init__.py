@@ -24,9 +24,13 @@ MAX_MESSAGE = 500   # characters; a message quoting a whole input (1 MB of bytes
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """A message as one bounded line: newlines folded, the middle elided past `limit` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else f"{text[:limit - 60]} ... [{len(text) - limit + 60:,} characters cut]"
+    """A message as one bounded line: its lines (several spec problems, say) joined with '; ', and
+    past `limit` characters the middle cut, so the start (what) and the end (the next step) remain."""
+    text = "; ".join(" ".join(line.split()) for line in str(text).splitlines() if line.strip())
+    if len(text) <= limit:
+        return text
+    head, tail = (limit - 40) * 2 // 3, (limit - 40) // 3
+    return f"{text[:head]} ... [{len(text) - head - tail:,} characters cut] ... {text[-tail:]}"
 
 
 class _OneLineUsageError(click.UsageError):
