@@ -72,7 +72,16 @@ def connect(db: str | os.PathLike | None = None, *, read_only: bool = False, mig
     if path != ":memory:":
         if read_only and not Path(path).exists():
             raise DatabaseError(f"database {path} does not exist; create it with `nqexp data demo` or `nqexp data import`")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # e.g. --db under a path whose parent is a regular file, or a folder we may not write.
+            blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+            why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
+            raise DatabaseError(f"cannot create the folder for database {path}: {why}; "
+                                "point --db / NQEXP_DB at a writable folder") from None
+        if Path(path).is_dir():
+            raise DatabaseError(f"database {path} is a directory; point --db / NQEXP_DB at a file")
     config = {"memory_limit": MEMORY_LIMIT, "threads": THREADS}
     if path != ":memory:":
         config["temp_directory"] = path + ".tmp"
@@ -91,8 +100,14 @@ def connect(db: str | os.PathLike | None = None, *, read_only: bool = False, mig
     except duckdb.Error as exc:
         raise DatabaseError(f"cannot open database {path}: {str(exc).splitlines()[0]}") from None
     con.execute("set TimeZone = 'UTC'")
-    if migrate and not read_only:
-        apply_migrations(con)
+    try:
+        if migrate and not read_only:
+            apply_migrations(con)
+        elif migrate and table_exists(con, "_migrations"):
+            check_known_migrations(con)     # read-only: nothing to apply, but a newer schema is still refused
+    except Exception:
+        con.close()
+        raise
     return con
 
 
@@ -115,6 +130,7 @@ def apply_migrations(con, folder: str = "schema") -> list[str]:
         " name varchar primary key, sha256 varchar not null, applied_at timestamp not null default now())"
     )
     done = {name: sha for name, sha in con.execute("select name, sha256 from _migrations").fetchall()}
+    check_known_migrations(con, folder, done)
     applied = []
     for path in migration_files(folder):
         text = path.read_text()
@@ -135,6 +151,28 @@ def apply_migrations(con, folder: str = "schema") -> list[str]:
         applied.append(path.name)
         log.info("applied migration %s", path.name)
     return applied
+
+
+def check_known_migrations(con, folder: str = "schema", done=None) -> None:
+    """Refuse a database that a newer nqexp migrated: its schema is one this version does not know."""
+    if done is None:
+        done = dict(con.execute("select name, sha256 from _migrations").fetchall())
+    known = {f.name for f in migration_files(folder)}
+    unknown = sorted(set(done) - known)
+    if unknown:
+        from nqexp import __version__
+
+        raise DatabaseError(
+            f"database {_db_file(con)} was written by a newer nqexp (migration {unknown[-1]} is unknown to "
+            f"nqexp {__version__}); upgrade nqexp, or point --db / NQEXP_DB at another file")
+
+
+def _db_file(con) -> str:
+    try:
+        return con.execute("select path from duckdb_databases() where database_name = current_database()"
+                           ).fetchall()[0][0] or ":memory:"
+    except duckdb.Error:
+        return "(this database)"
 
 
 def read_sql(name: str) -> str:

@@ -72,9 +72,17 @@ def resolve_api_key(credentials_path: str | os.PathLike | None = None) -> str:
     if credentials_path is not None:
         path = Path(credentials_path).expanduser()
         try:
-            text = path.read_text()
+            if not path.is_file() and path.exists():
+                raise CredentialsError(f"credentials file {path} is not a regular file; give a file holding the key")
+            with path.open("rb") as f:
+                raw = f.read(64 * 1024 + 1)     # bounded: a key file is one line
+            text = raw.decode("utf-8")
         except OSError as exc:
             raise CredentialsError(f"cannot read credentials file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise CredentialsError(f"credentials file {path} is not text; put the key on one line") from None
+        if len(raw) > 64 * 1024:
+            raise CredentialsError(f"credentials file {path} is larger than 64 KB; put the key on one line")
         key = ""
         for line in text.splitlines():
             line = line.strip()
@@ -106,7 +114,12 @@ def _scrub(text: str, key: str) -> str:
 
 
 def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise DataError(f"not a date: {str(value)[:40]!r}; expected YYYY-MM-DD (UTC)") from None
+    if ts is pd.NaT:
+        raise DataError(f"not a date: {str(value)[:40]!r}; expected YYYY-MM-DD (UTC)")
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 
@@ -207,10 +220,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _record_count(data: bytes) -> int:
+def _record_count(data: bytes, path: Path | None = None) -> int:
     import databento as db
 
-    return len(db.DBNStore.from_bytes(data).to_ndarray())
+    try:
+        return len(db.DBNStore.from_bytes(data).to_ndarray())
+    except Exception as exc:  # the decoder's messages can quote the whole input; keep the first 200 characters
+        text = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{path or 'chunk'}: not a readable DBN file ({text[:200]}{'...' if len(text) > 200 else ''}); "
+                        "delete it to download the chunk again") from None
 
 
 def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, schema: str = SCHEMA,
@@ -263,7 +281,7 @@ def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, s
             _atomic_write(path, data)
             report.chunks_downloaded += 1
             how = "downloaded"
-        n = _record_count(data)
+        n = _record_count(data, path)
         if n:
             ingest.import_file(con, path)
         con.execute(

@@ -8,7 +8,9 @@ Formats (detected from the file's first bytes, then its suffix):
   close, volume/vol), or by an explicit mapping `ts=Datetime,volume=Vol`. Optional columns
   `instrument_id` and a per-row contract code (`contract`, `raw_symbol` or `symbol`, e.g. NQM6;
   a continuous symbol like NQ.v.0 is not a contract) are kept, so a continuous file that has
-  them rolls exactly as a DBN does; `--columns` maps them too (`contract=Sym`).
+  them rolls exactly as a DBN does; `--columns` maps them too (`contract=Sym`). Empty trailing
+  fields (a trailing comma on every line, common in vendor files) are dropped; a non-empty
+  field beyond the header (or beyond `columns=`) refuses the file.
 * Parquet, with the same column rules.
 * Databento DBN / DBN.zst (schema ohlcv-1m), read with `databento.DBNStore.from_bytes` (which,
   unlike from_file, leaves no open file behind). `to_df()` already returns float prices, so
@@ -20,19 +22,25 @@ Formats (detected from the file's first bytes, then its suffix):
 
 Timestamps: raw_bars.ts is the bar START in UTC. Naive timestamps need `tz` (the zone they
 were written in, e.g. America/New_York); ambiguous fall-back hours are resolved from the
-file's order, and local times that do not exist (the spring-forward hour) are rejected rows.
+file's order (a warning says when the order cannot tell), and local times that do not exist
+(the spring-forward hour) are rejected rows. Timestamps with UTC offsets are instants, also when
+the offsets change across a DST switch; a `tz` that disagrees with them is ignored with a warning.
 `ts_is='end'` says the file stamps bars at their end; one minute is subtracted.
 
-Validation: a row is rejected, with the first reason that applies, for a missing or NaN
-field, a non-positive price, high < low, open or close outside [low, high], negative volume,
-or repeating a (symbol, ts) already seen earlier in the same file (the first is kept).
-Rejected rows go to `rejected_bars` with the file, the 1-based row number and the reason.
+Validation (docs/data.md §3): a row is rejected, with the first reason that applies, for a
+nonexistent local time, a date before 1990 or after tomorrow, a timestamp not on a whole minute,
+a missing or NaN field, a non-positive price, a price outside [1e-6, 1e9], high < low, open or
+close outside [low, high], negative or fractional volume, a volume above 1e12, a price more than
+5x from the median close of the bars around it, or repeating a (symbol, ts) already seen earlier
+in the same file (the first is kept). Rejected rows go to `rejected_bars` with the file, the
+1-based row number and the reason.
 
-A file that cannot be read as bars at all (missing, empty, only a header, binary garbage,
-wrong columns, unparseable timestamps, naive timestamps without `tz`) raises DataError and
-writes nothing. Everything else is written in one transaction: the upsert into raw_bars,
-the rejects and the `imports` record. Re-importing the same file changes nothing and
-reports `0 new, N unchanged`; rows whose values changed at the vendor are updated and counted.
+A file that cannot be read as bars at all (missing, not a regular file, empty, only a header,
+binary garbage, a truncated DBN, wrong columns, an extra field beyond the header, unparseable
+timestamps, naive timestamps without `tz`, bars seconds apart) raises DataError and writes
+nothing. Everything else is written in one transaction: the upsert into raw_bars, the rejects and
+the `imports` record. Re-importing the same file changes nothing and reports `0 new, N unchanged`;
+rows whose values changed at the vendor are updated and counted.
 """
 
 from __future__ import annotations
@@ -42,10 +50,13 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
+import stat
 import time
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +106,7 @@ class ImportReport:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -109,7 +121,8 @@ class ImportReport:
 
 
 def detect_format(path: Path) -> str:
-    head = path.open("rb").read(8)
+    with path.open("rb") as f:
+        head = f.read(8)
     name = path.name.lower()
     if head[:3] == b"DBN" or name.endswith((".dbn", ".dbn.zst")) or (
         head[:4] == b"\x28\xb5\x2f\xfd" and ".dbn" in name
@@ -148,7 +161,7 @@ def parse_columns(text: str | None) -> list[str] | dict[str, str] | None:
 
 def _looks_like_header(first_field: str) -> bool:
     field_ = first_field.strip().strip('"')
-    if not field_:
+    if not field_ or len(field_) > 64:    # no timestamp is that long (and parsing a huge one is slow)
         return True
     if re.fullmatch(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", field_):
         return False
@@ -164,8 +177,8 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except OSError as exc:
-            raise DataError(f"{path}: corrupt gzip file ({exc})") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt gzip file ({_first_line(exc)})") from None
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     if b"\x00" in raw[:4096]:
@@ -174,16 +187,67 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; is this really a CSV file?") from None
-    first_line = text.splitlines()[0]
-    has_header = _looks_like_header(first_line.split(",")[0])
+    text = text.lstrip("\r\n")
+    first_line = text.split("\n", 1)[0].rstrip("\r")
+    has_header = _looks_like_header(first_line.split(",", 1)[0])
+    # Data rows are read without the header and without an index column: a row with one field more
+    # than the header (a trailing comma) would otherwise make pandas take the first column as the
+    # index and shift every column by one.
     try:
-        df = pd.read_csv(io.StringIO(text), header=0 if has_header else None, dtype=str,
-                         keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        raise DataError(f"{path}: cannot parse as CSV ({str(exc).splitlines()[0]})") from None
+        df = pd.read_csv(io.StringIO(text), header=None, skiprows=1 if has_header else 0, dtype=str,
+                         keep_default_na=False, skipinitialspace=True, index_col=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file has a header but no data rows") from None
+    except pd.errors.ParserError as exc:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if m:
+            want, line, saw = m.groups()
+            raise DataError(f"{path}: line {line} has {saw} fields where the lines before it have {want}; "
+                            "every row needs the same columns (nothing was imported)") from None
+        raise DataError(f"{path}: cannot parse as CSV ({_first_line(exc)})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot parse as CSV ({_first_line(exc)})") from None
     if df.empty:
         raise DataError(f"{path}: the file has a header but no data rows")
+    if has_header:
+        names = [str(c) for c in pd.read_csv(io.StringIO(first_line), header=0, nrows=0, dtype=str).columns]
+        # A trailing comma on the header line names an empty column; drop it when no row fills it.
+        while names and names[-1].startswith("Unnamed: ") and (
+                len(names) > df.shape[1] or not df.iloc[:, len(names) - 1].ne("").any()):
+            names.pop()
+        width = len(names)
+    else:
+        width = len(columns) if isinstance(columns, list) else df.shape[1] if columns else len(DEFAULT_ORDER)
+        width = min(width, df.shape[1])     # too few columns: _map_columns says so
+    if df.shape[1] > width:
+        extra = df.iloc[:, width:].ne("").to_numpy()
+        if extra.any():
+            i, j = (int(x[0]) for x in np.nonzero(extra))
+            value = df.iat[i, width + j]
+            if has_header:
+                where, hint = f"the {width} columns the header names", "fix the file"
+            else:
+                where = f"the {width} expected ({','.join(columns or DEFAULT_ORDER)})"
+                hint = "name every column with --columns, e.g. --columns ts,open,high,low,close,volume,extra"
+            raise DataError(f"{path}: data row {i + 1} has an extra field {_short(value)} beyond {where}; "
+                            f"{hint} (nothing was imported)")
+        df = df.iloc[:, :width]             # only empty trailing fields (trailing commas): dropped
+    if has_header:
+        for j in range(df.shape[1], width):  # rows shorter than the header: those fields are missing
+            df[j] = ""
+        df.columns = names
     return _map_columns(df, has_header, columns, path)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line, bounded (some libraries put whole inputs in their messages)."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _map_columns(df: pd.DataFrame, has_header: bool, columns, path: Path) -> pd.DataFrame:
@@ -224,7 +288,7 @@ def _read_parquet(path: Path, columns) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
-        raise DataError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: cannot read Parquet ({_first_line(exc)})") from None
     if df.empty:
         raise DataError(f"{path}: the Parquet file has no rows")
     if isinstance(df.index, pd.DatetimeIndex):
@@ -241,10 +305,16 @@ def _read_dbn(path: Path, symbol: str | None) -> tuple[pd.DataFrame, str]:
         store = db.DBNStore.from_bytes(path.read_bytes())
         schema = str(store.schema)
     except Exception as exc:
-        raise DataError(f"{path}: not a readable DBN file ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: not a readable DBN file ({_first_line(exc)})") from None
     if schema != "ohlcv-1m":
         raise DataError(f"{path}: DBN schema is {schema}; nqexp imports ohlcv-1m bars")
-    df = store.to_df()
+    try:
+        df = store.to_df()
+        _check_dbn_complete(store, len(df), path)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable DBN file ({_first_line(exc)}; nothing was imported)") from None
     if df.empty:
         raise DataError(f"{path}: the DBN file holds no records")
     stype_in = str(store.stype_in)
@@ -265,6 +335,35 @@ def _read_dbn(path: Path, symbol: str | None) -> tuple[pd.DataFrame, str]:
     out["contract"] = out["symbol"] if stype_in == "raw_symbol" else None
     out["_raw"] = None
     return out, "dbn"
+
+
+def _check_dbn_complete(store, n_records: int, path: Path) -> None:
+    """Refuse a DBN file whose last record is cut off.
+
+    The decoder stops quietly at a partial record, so a truncated download would import all but
+    its tail. DBN is 'DBN', a version byte, a u32 metadata length and the metadata, then records
+    whose first byte is their length in 4-byte words.
+    """
+    data = store.reader.read()
+    if data[:3] != b"DBN" or len(data) < 8:
+        return
+    body = memoryview(data)[8 + int.from_bytes(data[4:8], "little"):]
+    if not len(body):
+        return
+    size = body[0] * 4
+    if size and n_records * size == len(body):
+        return                                  # the usual case: n records of one size
+    pos = count = 0
+    while pos < len(body):
+        step = body[pos] * 4
+        if step == 0:
+            raise DataError(f"{path}: corrupt DBN file: a record of length 0 after {count} records "
+                            "(nothing was imported)")
+        if pos + step > len(body):
+            raise DataError(f"{path}: truncated DBN file: after {count} whole records the last one has only "
+                            f"{len(body) - pos} of its {step} bytes; download it again (nothing was imported)")
+        pos += step
+        count += 1
 
 
 def _lean_contract(root: str, yyyymm: str) -> str:
@@ -305,30 +404,72 @@ def _read_lean_zip(path: Path) -> list[pd.DataFrame]:
     return frames
 
 
+# A time of day followed by a UTC offset ('Z', '-05:00', '+0100', '-05'): the value is an instant.
+_OFFSET = r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
+_UNIT_NS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+class DataWarning(UserWarning):
+    """Something about a file the user should know, though it was imported (import_file reports it)."""
+
+
+def _epoch_to_datetime(numeric: pd.Series) -> pd.Series:
+    """Epoch numbers -> naive UTC datetimes, in the unit the file's median magnitude implies.
+
+    A value in another unit (one epoch-seconds row in a milliseconds file) lands far from its
+    neighbours: in 1970, or past the datetime range, where it becomes that range's last whole
+    minute (in 2262). validate's date window then rejects it rather than it crashing or being guessed.
+    """
+    values = numeric.to_numpy(np.float64)
+    mag = float(np.nanmedian(np.abs(values)))
+    unit = "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
+    factor = _UNIT_NS[unit]
+    ok = np.abs(values) * factor < 9.2e18
+    ns = np.full(len(values), np.iinfo(np.int64).max // 60_000_000_000 * 60_000_000_000, dtype=np.int64)
+    ns[ok] = values[ok].astype(np.int64) * factor      # integers: no float rounding of the seconds
+    return pd.Series(pd.to_datetime(ns, unit="ns").astype("datetime64[us]"), index=numeric.index)
+
+
 def _parse_ts(values: pd.Series, tz: str | None, path: Path) -> pd.Series:
-    """Strings/datetimes -> naive UTC datetime64[us]; NaT marks nonexistent local times."""
+    """Strings/datetimes -> naive UTC datetime64[us]; NaT marks nonexistent local times.
+
+    Warns (DataWarning) when --tz disagrees with offsets the file carries, and when a fall-back
+    hour cannot be told apart by the file's order.
+    """
+    text = None
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
         text = values.astype(str).str.strip()
         numeric = pd.to_numeric(text, errors="coerce")
         if numeric.notna().all():
-            mag = float(np.nanmedian(np.abs(numeric.to_numpy())))
-            unit = "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
-            parsed = pd.to_datetime(numeric.astype(np.int64), unit=unit, utc=True)
-        else:
+            return _epoch_to_datetime(numeric)
+        try:
             parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=False)
-            if parsed.dtype == object:  # mixed offsets
-                parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
-            bad = parsed.isna() & text.ne("")
-            if bad.any() or text.eq("").any():
-                i = int(np.flatnonzero((bad | text.eq("")).to_numpy())[0])
+            mixed = parsed.dtype == object          # pandas 2: mixed offsets come back as objects
+        except ValueError:                          # pandas 3: "Mixed timezones detected"
+            mixed = True
+        if mixed:
+            aware = text.str.contains(_OFFSET, regex=True)
+            if not aware.all():
+                i, j = int(np.flatnonzero(aware.to_numpy())[0]), int(np.flatnonzero(~aware.to_numpy())[0])
                 raise DataError(
-                    f"{path}: unparseable timestamp {values.iloc[i]!r} on data row {i + 1}; "
-                    "expected e.g. 2023-11-19 18:00:00 (nothing was imported)"
-                )
+                    f"{path}: some timestamps carry a UTC offset (data row {i + 1}: {_short(values.iloc[i])}) and "
+                    f"others do not (data row {j + 1}: {_short(values.iloc[j])}); use one form (nothing was imported)")
+            # Offsets that change (-05:00 / -04:00 across a DST switch) are still instants.
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        bad = parsed.isna() & text.ne("")
+        if bad.any() or text.eq("").any():
+            i = int(np.flatnonzero((bad | text.eq("")).to_numpy())[0])
+            raise DataError(
+                f"{path}: unparseable timestamp {_short(values.iloc[i])} on data row {i + 1}; "
+                "expected e.g. 2023-11-19 18:00:00 (nothing was imported)"
+            )
     if getattr(parsed.dt, "tz", None) is not None:
-        return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+        utc = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+        if tz is not None and text is not None:
+            _warn_if_tz_conflicts(text, utc, tz, path)
+        return utc
     if tz is None:
         raise DataError(
             f"{path}: timestamps have no time zone; say which zone they were written in with "
@@ -337,11 +478,18 @@ def _parse_ts(values: pd.Series, tz: str | None, path: Path) -> pd.Series:
     try:
         local = parsed.dt.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
     except Exception:
-        # 'infer' needs the repeated hour in order; otherwise take the first (daylight) reading.
+        # 'infer' needs each repeated hour twice, in order; otherwise take the first (daylight) reading.
         try:
             local = parsed.dt.tz_localize(tz, ambiguous=np.ones(len(parsed), dtype=bool), nonexistent="NaT")
+            once = parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward").isna()
         except Exception as exc:
-            raise DataError(f"{path}: cannot place timestamps in zone {tz!r}: {exc}") from None
+            raise DataError(f"{path}: cannot place timestamps in zone {_short(tz)}: {_first_line(exc)}") from None
+        if once.any():
+            i = int(np.flatnonzero(once.to_numpy())[0])
+            warnings.warn(DataWarning(
+                f"{int(once.sum())} timestamp(s) fall in a repeated fall-back hour that the file's order cannot "
+                f"resolve (first: data row {i + 1}, {parsed.iloc[i]} {tz}); they were taken as the first, "
+                "daylight-time occurrence"), stacklevel=2)
     return local.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
 
 
@@ -361,6 +509,23 @@ def _instrument_ids(values: pd.Series, path: Path) -> pd.Series:
         raise DataError(f"{path}: instrument_id {str(values.iloc[i])[:40]!r} on data row {i + 1} is not an integer id "
                         "(nothing was imported)")
     return pd.Series(pd.array(ids.to_numpy(), dtype="Int64"), index=values.index)
+
+
+def _warn_if_tz_conflicts(text: pd.Series, utc: pd.Series, tz: str, path: Path) -> None:
+    """The file's offsets win over --tz; say so when the two disagree."""
+    try:
+        wall = pd.to_datetime(text.str.replace(r"\s*(?:Z|[+-]\d\d(?::?\d\d)?)$", "", regex=True),
+                              format="ISO8601", errors="coerce")
+        expected = (wall.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+                    .dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]"))
+    except Exception as exc:
+        raise DataError(f"{path}: --tz {_short(tz)} is not a time zone ({_first_line(exc)})") from None
+    differs = (expected.notna() & utc.notna() & (expected != utc)).to_numpy()
+    if differs.any():
+        i = int(np.flatnonzero(differs)[0])
+        warnings.warn(DataWarning(
+            f"--tz {tz} ignored: the file's timestamps carry their own UTC offsets, which disagree with it "
+            f"(data row {i + 1}: {text.iloc[i]}); the offsets were used"), stacklevel=2)
 
 
 def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_is: str = "start",
@@ -402,31 +567,104 @@ def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_i
 # Validation
 
 
+# Plausibility bounds (docs/data.md §3). Bars before 1990 or after tomorrow are misparsed dates (an
+# epoch-seconds value in a milliseconds file lands in 1970); prices outside [MIN_PRICE, MAX_PRICE]
+# are wrong scaling or garbage; a volume above MAX_VOLUME cannot be a minute of any market and
+# would not survive the int64 column. Otherwise a price is judged against the file's own level:
+# the rolling median close of the PRICE_WINDOW bars around it, within a factor of PRICE_FACTOR.
+EARLIEST_TS = pd.Timestamp("1990-01-01")
+MIN_PRICE, MAX_PRICE = 1e-6, 1e9
+MAX_VOLUME = 1e12
+PRICE_FACTOR = 5.0
+PRICE_WINDOW = 101
+REASON_PRICE_LEVEL = f"price more than {PRICE_FACTOR:g}x from the median close of nearby bars"
+
+
+def _off_minute(ts: pd.Series) -> np.ndarray:
+    """Timestamps with seconds or fractions of a second (NaT is not off-minute)."""
+    us = ts.to_numpy().astype("datetime64[us]")
+    return ~np.isnat(us) & (us.astype(np.int64) % 60_000_000 != 0)
+
+
+def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
+    """Whole-file refusals that only the parsed rows can show: seconds bars are not minute bars."""
+    ts = df["ts"]
+    sub = _off_minute(ts)
+    if not sub.any():
+        return
+    spacing = df.assign(_t=ts).dropna(subset=["_t"]).sort_values(["symbol", "_t"]) \
+        .groupby("symbol")["_t"].diff().dropna()
+    mostly_close = len(spacing) > 0 and (spacing.dt.total_seconds() < 60).mean() > 0.5
+    if mostly_close or sub.mean() > 0.5:
+        i = int(np.flatnonzero(sub)[0])
+        raise DataError(
+            f"{path}: these are not 1-minute bars: {int(sub.sum())} of {len(df)} timestamps are not on a whole "
+            f"minute (first: data row {i + 1}, {ts.iloc[i]}); nqexp imports 1-minute bars (nothing was imported)")
+
+
 def validate(df: pd.DataFrame) -> pd.Series:
     """The first reason each row is rejected, or None for good rows (vectorised)."""
     o, h, lo, c, v = (df[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
+    ts = df["ts"]
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
     checks = [
-        (df["ts"].isna().to_numpy(), "nonexistent local time (DST gap)"),
+        (ts.isna().to_numpy(), "nonexistent local time (DST gap)"),
+        (((ts < EARLIEST_TS) | (ts > latest)).to_numpy(), "timestamp before 1990 or in the future"),
+        (_off_minute(ts), "timestamp not on a whole minute"),
     ]
     for name in ("open", "high", "low", "close", "volume"):
         checks.append((~np.isfinite(df[name].to_numpy()), f"missing or NaN {name}"))
     with np.errstate(invalid="ignore"):
+        prices = np.column_stack([o, h, lo, c])
         checks += [
             ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
+            (((prices < MIN_PRICE) | (prices > MAX_PRICE)).any(axis=1),
+             f"price outside {MIN_PRICE:g}..{MAX_PRICE:g}"),
             (h < lo, "high < low"),
             ((o < lo) | (o > h), "open outside [low, high]"),
             ((c < lo) | (c > h), "close outside [low, high]"),
             (v < 0, "negative volume"),
             (v != np.floor(v), "fractional volume"),
+            (v > MAX_VOLUME, f"volume above {MAX_VOLUME:g}"),
         ]
     reason = np.full(len(df), None, dtype=object)
     for bad, text in reversed(checks):  # reversed, so the first matching check wins
         reason[bad] = text
+    far = _far_from_level(df, reason == None)  # noqa: E711
+    reason[far] = REASON_PRICE_LEVEL
     dup = df.duplicated(subset=["symbol", "ts"], keep="first").to_numpy() & (reason == None)  # noqa: E711
     if dup.any():
         first_row = df.groupby(["symbol", "ts"])["row_number"].transform("first").to_numpy()
         reason[dup] = [f"duplicate timestamp (row {r} kept)" for r in first_row[dup]]
     return pd.Series(reason, index=df.index)
+
+
+def _far_from_level(df: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+    """Rows (among `ok`) with a price more than PRICE_FACTOR x from the rolling median close around them.
+
+    The median of the PRICE_WINDOW bars around each one, in time order per series, so a 15-year file
+    whose level grew tenfold is judged against its own era, and one wild row cannot move its own reference.
+    """
+    far = np.zeros(len(df), dtype=bool)
+    pos = np.flatnonzero(ok)
+    if not len(pos):
+        return far
+    px = df[["open", "high", "low", "close"]].to_numpy()[pos]
+    close, lo, hi = px[:, 3], px.min(axis=1), px.max(axis=1)
+    # Every rolling median lies within [min close, max close], so a file whose whole range fits
+    # inside the factor needs no window (the usual case, and the fast one).
+    if hi.max() <= PRICE_FACTOR * close.min() and lo.min() * PRICE_FACTOR >= close.max():
+        return far
+    codes, _ = pd.factorize(df["symbol"].to_numpy()[pos])
+    ts = df["ts"].to_numpy()[pos].astype("datetime64[us]").astype(np.int64)
+    by_symbol = np.argsort(codes, kind="stable")
+    for rows in np.split(by_symbol, np.flatnonzero(np.diff(codes[by_symbol])) + 1):
+        if not np.all(np.diff(ts[rows]) >= 0):
+            rows = rows[np.argsort(ts[rows], kind="stable")]
+        level = pd.Series(close[rows]).rolling(PRICE_WINDOW, center=True, min_periods=1).median().to_numpy()
+        out = (hi[rows] > level * PRICE_FACTOR) | (lo[rows] < level / PRICE_FACTOR)
+        far[pos[rows[out]]] = True
+    return far
 
 
 # ---------------------------------------------------------------------------------------
@@ -533,11 +771,41 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
     """Read, validate and upsert one bar file into raw_bars. Idempotent: a second import changes nothing."""
     t0 = time.perf_counter()
     path = Path(path).expanduser().absolute()
+    _check_path(path)
     if isinstance(columns, str):
         columns = parse_columns(columns)
-    df, fmt = read_bars(path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        df, fmt = read_bars(path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            notes.append(str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    refuse_unusable(df, path)
     sha = _sha256(path)
-    return write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0)
+    report = write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0)
+    report.warnings = notes
+    for text in notes:
+        log.info("%s: %s", path, text)     # the CLI shows report.warnings; logging them too would repeat them
+    return report
+
+
+def _check_path(path: Path) -> None:
+    """A bar file must be a readable regular file: /dev/zero or a FIFO would be read forever."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a directory; give a file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a device, pipe or socket); give a bar file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read it (permission denied)")
 
 
 def write_demo(con, data) -> int:

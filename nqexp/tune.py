@@ -340,6 +340,65 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
         return ray.init(address="auto", **kwargs)
 
 
+def local_gpus() -> int:
+    """GPUs this process can use (CUDA_VISIBLE_DEVICES respected); 0 without torch or CUDA."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU, not a crash
+        return 0
+
+
+def check_resources(resources, address: str | None) -> list[str]:
+    """Refuse, before anything starts, a run whose trials could never be scheduled on this machine.
+
+    Locally (no cluster address) a trial asking for more GPUs or CPUs than the machine has would
+    wait forever in Ray's queue. On a cluster the autoscaler may still add nodes, so that is only
+    a warning (returned), and the trials show as pending meanwhile.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    gpus, cpus = float(resources.gpus_per_trial), float(resources.cpus_per_trial)
+    if address:
+        return ([f"each trial needs {gpus:g} GPU(s): trials stay pending until the cluster at {address} has "
+                 "a node with free GPUs"] if gpus else [])
+    from nqexp.errors import SpecError
+
+    have_gpus = local_gpus() if gpus else 0
+    if gpus > have_gpus:
+        raise SpecError(f"resources.gpus_per_trial is {gpus:g} but this machine has {have_gpus} GPU(s), so no trial "
+                        "could start; run on CPU with --set resources.gpus_per_trial=0, or on a cluster with --address")
+    have_cpus = os.cpu_count() or 1
+    if cpus > have_cpus:
+        raise SpecError(f"resources.cpus_per_trial is {cpus:g} but this machine has {have_cpus} CPU(s), so no trial "
+                        f"could start; use --set resources.cpus_per_trial={have_cpus}")
+    return []
+
+
+def check_data(spec, db_path) -> None:
+    """Refuse a spec whose bars are not in the database (the demo series is generated on first use)."""
+    from nqexp import db, demo, ingest
+    from nqexp.errors import DataError
+
+    needed = sorted({t.spec.data.symbol for t in spec.trials()
+                     if not (t.spec.data.symbol == demo.DEMO_SYMBOL and t.spec.data.demo_days)})
+    if not needed:
+        return
+    path = db.resolve_db_path(db_path)
+    if path != ":memory:" and not Path(path).is_file():
+        raise DataError(f"no bars for data.symbol {needed[0]!r}: database {path} does not exist; "
+                        "import them first (nqexp data import / nqexp data download)")
+    con = db.connect(db_path, read_only=True)
+    try:
+        have = db.table_exists(con, "raw_bars")
+        for symbol in needed:
+            if not have or ingest.series_span(con, symbol)[0] == 0:
+                raise DataError(f"no bars for data.symbol {symbol!r} in {path}; "
+                                "import them first (nqexp data import / nqexp data download)")
+    finally:
+        con.close()
+
+
 @dataclass
 class ExperimentOutcome:
     experiment: str
@@ -433,6 +492,8 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
 
     t0 = time.perf_counter()
     note = on_note or (lambda text: log.info(text))
+    for text in check_resources(spec.resources, address):
+        note(text)
     store = RunStore(spec.track.store_path())
     experiment = spec.name
     exp_dir = store.experiment_dir(experiment)
@@ -505,6 +566,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         trial_meta["_provenance"] = prov
         store.start_experiment(experiment, kind, spec_path, spec_yaml, provenance=prov)
         init_ray(address, num_gpus=None)
+        _note_cluster_gpus(spec.resources, note)
         try:
             if kind == "run":
                 run_trials(experiment=experiment, store=store, trial_specs=trial_specs, trial_meta=trial_meta,
@@ -532,6 +594,17 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     wall = time.perf_counter() - t0
     store.finish_experiment(experiment, exp_status, wall)
     return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes, kind)
+
+
+def _note_cluster_gpus(resources, note) -> None:
+    """On a cluster, say when no node has the GPUs one trial needs (trials then wait for the autoscaler)."""
+    import ray
+
+    need = float(resources.gpus_per_trial)
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if need and have < need:
+        note(f"The Ray cluster has {have:g} GPU(s) and each trial needs {need:g}: trials stay pending until "
+             "the autoscaler adds GPU nodes (or run with --set resources.gpus_per_trial=0).")
 
 
 def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=print) -> str:

@@ -70,3 +70,27 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     path.write_bytes(b"this is not duckdb" * 1000)
     with pytest.raises(DatabaseError, match="cannot open database"):
         db.connect(path)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_database_from_a_newer_nqexp_is_refused(tmp_path, read_only):
+    path = tmp_path / "future.duckdb"
+    con = db.connect(path)
+    con.execute("insert into _migrations (name, sha256) values ('999_from_the_future.sql', 'x')")
+    con.close()
+    with pytest.raises(DatabaseError, match="written by a newer nqexp .*999_from_the_future.sql"):
+        db.connect(path, read_only=read_only)
+
+
+def test_a_run_store_is_not_judged_by_the_bar_store_migrations(tmp_path):
+    path = tmp_path / "store.duckdb"
+    con = db.connect(path, migrate=False)
+    assert db.apply_migrations(con, "runstore")
+    con.close()
+    db.connect(path, read_only=True, migrate=False).close()      # how RunStore reads it: no refusal
+
+
+def test_a_db_path_under_a_regular_file_is_one_clear_error(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(DatabaseError, match="plain is a file, not a folder"):
+        db.connect(tmp_path / "plain" / "sub" / "x.duckdb")

@@ -267,3 +267,161 @@ def test_dbn_written_with_the_databento_encoder_keeps_instrument_ids(con, tmp_pa
     ids = [r[0] for r in con.execute("select instrument_id from raw_bars order by ts").fetchall()]
     assert ids == [1001, 1001, 2002]
     assert con.execute("select count(*) from raw_bars where contract is null").fetchall()[0][0] == 3
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile files (tests/test_hostile.py runs the whole corpus through the CLI; these pin the values)
+
+
+def stored(con):
+    return con.execute("select ts, open, high, low, close, volume from raw_bars order by ts").fetchall()
+
+
+@pytest.mark.parametrize("lines", [
+    [r + "," for r in GOOD_ROWS],                                          # headerless, trailing comma
+    ["ts,open,high,low,close,volume"] + [r + "," for r in GOOD_ROWS],      # header without, rows with
+    ["ts,open,high,low,close,volume,"] + [r + "," for r in GOOD_ROWS],     # both
+    ["ts,open,high,low,close,volume"] + [r + ",," for r in GOOD_ROWS],     # two
+])
+def test_trailing_commas_do_not_shift_the_columns(con, tmp_path, lines):
+    expected = ingest.import_file(con, write(tmp_path, "plain.csv", GOOD_ROWS), tz="UTC", symbol="A")
+    report = ingest.import_file(con, write(tmp_path, "commas.csv", lines), tz="UTC", symbol="B")
+    assert (report.new, report.rejected) == (expected.new, 0) == (3, 0)
+    a = con.execute("select ts, open, high, low, close, volume from raw_bars where symbol = 'A' order by ts").fetchall()
+    b = con.execute("select ts, open, high, low, close, volume from raw_bars where symbol = 'B' order by ts").fetchall()
+    assert a == b
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["ts,open,high,low,close,volume"] + [r + ",99" for r in GOOD_ROWS], "extra field '99' beyond the 6 columns"),
+    ([r + ",99" for r in GOOD_ROWS], "name every column with --columns"),
+    (["ts,open,high,low,close,volume", GOOD_ROWS[0], GOOD_ROWS[1] + ",99"], "line 3 has 7 fields"),
+])
+def test_an_extra_field_refuses_the_file(con, tmp_path, lines, message):
+    with pytest.raises(DataError, match=message):
+        ingest.import_file(con, write(tmp_path, "extra.csv", lines), tz="UTC")
+    assert table_counts(con) == {"raw_bars": 0, "rejected_bars": 0, "imports": 0}
+
+
+@pytest.mark.parametrize("value", ["1e30", "9300000000000000000", "9223372036854775807"])
+def test_volumes_beyond_int64_are_rejected_not_wrapped(con, tmp_path, value):
+    report = ingest.import_file(con, write(tmp_path, "v.csv", GOOD_ROWS + [
+        f"2024-03-04 09:33:00,18002,18003,18001,18002,{value}"]), tz="UTC")
+    assert report.reasons == {"volume above 1e+12": 1}
+    assert con.execute("select min(volume) from raw_bars").fetchall()[0][0] == 7
+
+
+@pytest.mark.parametrize("row, reason", [
+    ("2024-03-04 09:33:00,1e308,1e308,1e308,1e308,5", "price outside 1e-06..1e+09"),
+    ("2024-03-04 09:33:00,1e-300,1e-300,1e-300,1e-300,5", "price outside 1e-06..1e+09"),
+    ("2024-03-04 09:33:00,18002,1e308,18001,18002,5", "price outside 1e-06..1e+09"),
+    ("2024-03-04 09:33:00,18002,180030,18001,180020,5", ingest.REASON_PRICE_LEVEL),
+    ("1970-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
+    ("1600-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
+    ("2100-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
+    ("2024-03-04 09:33:17,18002,18003,18001,18002,5", "timestamp not on a whole minute"),
+])
+def test_implausible_rows_are_rejected_with_a_reason(con, tmp_path, row, reason):
+    report = ingest.import_file(con, write(tmp_path, "x.csv", GOOD_ROWS + [row]), tz="UTC")
+    assert (report.new, report.reasons) == (3, {reason: 1})
+
+
+def test_the_price_check_follows_a_long_history_and_catches_one_wild_bar(con, tmp_path):
+    # Ten years of a level growing 12x (1,800 -> 21,600): judged against nearby bars, none is rejected;
+    # the one bar printed 10x too high (a missing decimal point) is.
+    n = 3000
+    ts = pd.date_range("2012-01-02 15:00", periods=n, freq="D")
+    level = 1800 * np.exp(np.linspace(0, np.log(12), n))
+    rows = [f"{t:%Y-%m-%d %H:%M:%S},{p:.2f},{p + 1:.2f},{p - 1:.2f},{p:.2f},5" for t, p in zip(ts, level)]
+    rows[2000] = rows[2000].split(",")[0] + ",{0},{1},{0},{0},5".format(level[2000] * 10, level[2000] * 10 + 1)
+    report = ingest.import_file(con, write(tmp_path, "long.csv", rows), tz="UTC")
+    assert (report.new, report.reasons) == (n - 1, {ingest.REASON_PRICE_LEVEL: 1})
+    assert con.execute("select row_number from rejected_bars").fetchall() == [(2001,)]
+
+
+def test_one_epoch_seconds_row_in_a_milliseconds_file_is_rejected(con, tmp_path):
+    t0 = int(pd.Timestamp("2024-03-04 14:30").timestamp())
+    rows = [f"{(t0 + 60 * i) * 1000},1,1,1,1,1" for i in range(3)] + [f"{t0 + 180},1,1,1,1,1"]
+    report = ingest.import_file(con, write(tmp_path, "ms.csv", rows))
+    assert (report.new, report.reasons) == (3, {"timestamp before 1990 or in the future": 1})
+    assert con.execute("select min(ts) from raw_bars").fetchall()[0][0] == dt.datetime(2024, 3, 4, 14, 30)
+
+
+def test_bars_seconds_apart_refuse_the_file(con, tmp_path):
+    rows = [f"2024-03-04 09:30:{s:02d},1,1,1,1,1" for s in range(60)]
+    with pytest.raises(DataError, match="not 1-minute bars: 59 of 60 timestamps"):
+        ingest.import_file(con, write(tmp_path, "secs.csv", rows), tz="UTC")
+    assert table_counts(con)["raw_bars"] == 0
+
+
+@pytest.mark.parametrize("rows, utc", [
+    # Spring forward: -05:00 then -04:00; the instants are consecutive minutes.
+    (["2024-03-10T01:58:00-05:00", "2024-03-10T01:59:00-05:00", "2024-03-10T03:00:00-04:00"],
+     [dt.datetime(2024, 3, 10, 6, 58), dt.datetime(2024, 3, 10, 6, 59), dt.datetime(2024, 3, 10, 7, 0)]),
+    # Fall back: -04:00 then -05:00; the wall clock goes back an hour, the instants do not.
+    (["2024-11-03T01:59:00-04:00", "2024-11-03T01:00:00-05:00", "2024-11-03T01:01:00-05:00"],
+     [dt.datetime(2024, 11, 3, 5, 59), dt.datetime(2024, 11, 3, 6, 0), dt.datetime(2024, 11, 3, 6, 1)]),
+])
+def test_offsets_that_change_across_a_dst_switch_are_instants(con, tmp_path, rows, utc):
+    report = ingest.import_file(con, write(tmp_path, "off.csv", [f"{r},1,1,1,1,1" for r in rows]))
+    assert (report.new, report.warnings) == (3, [])
+    assert [r[0] for r in stored(con)] == utc
+
+
+def test_a_tz_that_disagrees_with_the_offsets_is_ignored_with_a_warning(con, tmp_path):
+    rows = [r.replace(",", "Z,", 1) for r in GOOD_ROWS]
+    report = ingest.import_file(con, write(tmp_path, "z.csv", rows), tz="America/New_York")
+    assert report.new == 3 and len(report.warnings) == 1 and "--tz America/New_York ignored" in report.warnings[0]
+    assert stored(con)[0][0] == dt.datetime(2024, 3, 4, 9, 30)          # the offsets won
+    agree = ingest.import_file(con, write(tmp_path, "ny.csv", [r.replace(",", "-05:00,", 1) for r in GOOD_ROWS]),
+                               tz="America/New_York", symbol="NY")
+    assert agree.warnings == []
+
+
+def test_mixed_naive_and_offset_timestamps_are_refused(con, tmp_path):
+    rows = [GOOD_ROWS[0], GOOD_ROWS[1].replace(",", "-05:00,", 1)]
+    with pytest.raises(DataError, match="some timestamps carry a UTC offset"):
+        ingest.import_file(con, write(tmp_path, "mixed.csv", rows), tz="UTC")
+
+
+def test_a_fall_back_hour_seen_once_is_taken_as_daylight_time_with_a_warning(con, tmp_path):
+    rows = ["2024-11-03 00:59:00,1,1,1,1,1", "2024-11-03 01:30:00,1,1,1,1,1", "2024-11-03 02:00:00,1,1,1,1,1"]
+    report = ingest.import_file(con, write(tmp_path, "once.csv", rows), tz="America/New_York")
+    assert len(report.warnings) == 1 and "1 timestamp(s)" in report.warnings[0]
+    assert stored(con)[1][0] == dt.datetime(2024, 11, 3, 5, 30)          # 01:30 EDT
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/null"])
+def test_a_device_is_not_a_bar_file(con, tmp_path, target):
+    with pytest.raises(DataError, match="not a regular file"):
+        ingest.import_file(con, target)
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    with pytest.raises(DataError, match="not a regular file"):
+        ingest.import_file(con, link)
+
+
+def test_a_truncated_dbn_writes_nothing(con, tmp_path):
+    dbn = pytest.importorskip("databento_dbn")
+    meta = dbn.Metadata(dataset="GLBX.MDP3", start=0, end=1, stype_in=dbn.SType.RAW_SYMBOL,
+                        stype_out=dbn.SType.INSTRUMENT_ID, schema=dbn.Schema.OHLCV_1M, symbols=["NQH5"],
+                        partial=[], not_found=[], mappings=[])
+    t0 = pd.Timestamp("2025-03-10 14:30", tz="UTC").value
+    recs = b"".join(bytes(dbn.OHLCVMsg(dbn.RType.OHLCV_1M, 1, 7, t0 + i * 60_000_000_000, 20_000 * 10**9,
+                                       20_001 * 10**9, 19_999 * 10**9, 20_000 * 10**9, 5)) for i in range(4))
+    whole = tmp_path / "whole.dbn"
+    whole.write_bytes(bytes(meta) + recs)
+    cut = tmp_path / "cut.dbn"
+    cut.write_bytes(whole.read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated DBN file: after 3 whole records"):
+        ingest.import_file(con, cut)
+    assert table_counts(con) == {"raw_bars": 0, "rejected_bars": 0, "imports": 0}
+    assert ingest.import_file(con, whole).new == 4
+
+
+def test_a_megabyte_of_garbage_dbn_is_refused_in_a_short_message(con, tmp_path):
+    path = tmp_path / "junk.dbn.zst"
+    path.write_bytes(np.random.default_rng(0).bytes(1_000_000))
+    with pytest.raises(DataError) as err:
+        ingest.import_file(con, path)
+    assert "not a readable DBN" in str(err.value) and len(str(err.value)) < 400

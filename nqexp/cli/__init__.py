@@ -20,14 +20,54 @@ from nqexp.cli import data, doctor, experiments, features, predict, report, runs
 from nqexp.errors import NqexpError
 
 
+MAX_MESSAGE = 500   # characters; a message quoting a whole input (1 MB of bytes) would flood the terminal
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one bounded line: its lines (several spec problems, say) joined with '; ', and
+    past `limit` characters the middle cut, so the start (what) and the end (the next step) remain."""
+    text = "; ".join(" ".join(line.split()) for line in str(text).splitlines() if line.strip())
+    if len(text) <= limit:
+        return text
+    head, tail = (limit - 40) * 2 // 3, (limit - 40) // 3
+    return f"{text[:head]} ... [{len(text) - head - tail:,} characters cut] ... {text[-tail:]}"
+
+
+class _OneLineUsageError(click.UsageError):
+    """Click's usage errors as one line (click prints Usage/Try/Error on three)."""
+
+    def show(self, file=None):
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.secho(f"Error: {one_line(self.format_message())}{hint}", fg="red", err=True)
+
+
+def _as_one_line(exc: click.UsageError) -> _OneLineUsageError:
+    out = _OneLineUsageError(exc.format_message(), exc.ctx)
+    out.exit_code = exc.exit_code
+    return out
+
+
 class NqexpGroup(click.Group):
-    """Shows user errors as one line (no traceback) with the error's exit code."""
+    """Shows user errors as one bounded line (no traceback) with the error's exit code."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _as_one_line(exc) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except NqexpError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
+            click.secho(f"Error: {one_line(exc)}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            if isinstance(exc, _OneLineUsageError):
+                raise
+            raise _as_one_line(exc) from None
+        except click.ClickException as exc:
+            click.secho(f"Error: {one_line(exc.format_message())}", fg="red", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="yellow", err=True)

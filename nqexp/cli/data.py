@@ -89,13 +89,16 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns):
     with console.status(f"Importing {path}..."):
         report = ingest.import_file(con, path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns)
     console.print(f"[green]{report.format}[/] {path}: {report.summary()} in {report.seconds:.2f}s")
+    for text in report.warnings:
+        click.secho(f"Warning: {text}", fg="yellow", err=True)
     if report.rejected:
         console.print(render.import_rejects_table(report.reasons))
         console.print("See them with: nqexp data rejects")
 
 
 @data.command("rejects")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(0, 1_000_000), default=20, show_default=True,
+              help="Most rows to show, newest first.")
 @click.pass_context
 def data_rejects(ctx, limit):
     """Show rows that imports rejected, with file, row number and reason.
@@ -185,6 +188,9 @@ def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days
         console.print(f"{est['dataset']} {est['symbol']} {est['schema']} {est['start']}..{est['end']}: "
                       f"{est['records']:,} records, ${est['cost_usd']:,.2f}")
         return
+    # What can be refused without the network is refused before the progress bar is drawn.
+    download.chunk_ranges(start, end, chunk_days)
+    download.resolve_api_key(credentials)
     con = open_db(ctx)
     path = dbmod.resolve_db_path(ctx.obj["db"])
     data_dir = data_dir or (os.path.dirname(path) if path != ":memory:" else "nqexp_data")
