@@ -23,6 +23,7 @@ import importlib
 import itertools
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -487,6 +488,9 @@ def _count_values(root, label: str) -> None:
 
 def _read_yaml(label: str) -> dict:
     try:
+        # A FIFO would block open() until a writer appears; devices are read bounded below.
+        if stat.S_ISFIFO(os.stat(label).st_mode) or stat.S_ISSOCK(os.stat(label).st_mode):
+            raise SpecError(f"{label}: not a regular file; a spec is a small YAML file")
         with open(label, "rb") as fh:
             raw = fh.read(MAX_SPEC_BYTES + 1)  # bounded: /dev/zero or a huge file fails fast
     except FileNotFoundError:

@@ -652,16 +652,13 @@ SPEC_CASES = [
     dry("spec-set-gpus-negative", QS, "resources.gpus_per_trial=-1", err="gpus_per_trial"),
     dry("spec-set-t-max-1e12", QS, "windows.t_max=1e12", err="windows.t_max"),
     dry("spec-set-seed-beyond-int64", QS, "seeds=[99999999999999999999]", err="64-bit integer"),
-    dry("spec-set-time-budget-negative", QS, "train.time_budget_s=-5", err="time_budget_s",
-        xfail="spec.py (not this change): train.time_budget_s accepts negative values"),
+    dry("spec-set-time-budget-negative", QS, "train.time_budget_s=-5", err="time_budget_s"),
     dry("spec-many-variants", spec_file("name: many\nvariants:\n" + "".join(f"  v{i}: {{}}\n" for i in range(1500))),
         err="variants; at most"),
     dry("spec-extends-missing", spec_file(child_of("/nonexistent/base.yaml")), err="file not found"),
     dry("spec-extends-dev-urandom", spec_file(child_of("/dev/urandom")), err="larger than"),
     dry("spec-extends-self", spec_file(child_of("spec.yaml")), err="extends"),
-    dry("spec-fifo", fifo_spec, err="not a regular file",
-        xfail="spec.py (not this change): a FIFO as the spec path blocks in open() until a writer appears; "
-              "refuse non-regular files before opening"),
+    dry("spec-fifo", fifo_spec, err="not a regular file"),
     # Secrets: refused with one line that does not repeat them.
     dry("secret-description-databento", spec_file(f"name: s\ndescription: {DATABENTO_KEY}\n"),
         err="must not contain secrets"),
