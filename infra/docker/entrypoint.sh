@@ -7,7 +7,7 @@
 # list equal to `nqexp --help`.
 set -e
 case "${1:-}" in
-    "" | -* | data | doctor | features | report | run | runs | sweep | sync)
+    "" | -* | data | doctor | features | init | predict | report | run | runs | spec | sweep | sync)
         exec nqexp "$@" ;;
 esac
 if command -v "$1" >/dev/null 2>&1; then
