@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def main():
 
     from nqexp import windows
 
-    shim = dataclasses.replace(tail.arrays, targets=tail.arrays.targets * 0)
+    shim = dataclasses.replace(tail.arrays, targets=np.zeros_like(tail.arrays.targets))  # the latest bar has no target yet
     ds = windows.dataset_arrays(shim, [len(tail.arrays.ts) - 1], bundle.scalers, bundle.window_cfg)
     for _ in range(max(args.runs, 5)):
         t0 = time.perf_counter()
