@@ -22,7 +22,7 @@ import numpy as np
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 
 def _wall(cmd) -> float:
@@ -52,7 +52,7 @@ def main():
         con.close()
         print(f"demo database: {len(generated.bars):,} bars in {time.perf_counter() - t0:.0f}s")
     if not (trial_dir / "bundle" / "bundle.json").exists():
-        from test_predict import TINY
+        from tests.test_predict import TINY
 
         from nqexp.pipeline import prepare_data, score_trial, write_bundle
         from nqexp.spec import load_spec
