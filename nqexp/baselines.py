@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nqexp.errors import DataError
+from nqexp.windows import log_returns
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ BASELINES = ("climatology", "volscaled", "mcgarch", "lgbm")  # every name eval.b
 # learn the calendar. The tree baseline leaves them out; returns and ratios carry the state.
 _LEVEL_FEATURES = {"open", "high", "low", "close"}
 MIN_GARCH_BARS = 1000  # fewer train returns than this: no intraday GARCH (alpha = beta = 0)
-
-
-def _log_returns(close) -> np.ndarray:
-    close = np.asarray(close, dtype=np.float64)
-    r = np.full(close.shape[0], np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r[1:] = np.diff(np.log(close))
-    return r
 
 
 def _session_ids(session_date) -> tuple[np.ndarray, int]:
@@ -106,7 +99,7 @@ class MCGarch:
         from arch import arch_model
 
         rows = slice(lo, hi + 1)
-        r = _log_returns(np.asarray(arrays.close)[rows])  # (M,) first is NaN: no bar before lo is read
+        r = log_returns(np.asarray(arrays.close)[rows])  # (M,) first is NaN: no bar before lo is read
         r2 = r * r
         slot = self._slots(arrays)[rows]
         sess, n_sess = _session_ids(np.asarray(arrays.session_date)[rows])
@@ -160,7 +153,7 @@ class MCGarch:
         from scipy.signal import lfilter
 
         assert self.profile is not None, "fit() first"
-        r = _log_returns(arrays.close)
+        r = log_returns(arrays.close)
         r2 = r * r
         slot = self._slots(arrays)
         sess, n_sess = _session_ids(arrays.session_date)
@@ -198,21 +191,6 @@ class MCGarch:
             disc = dinf[idx] - rho**k * tail
             out[:, j] = h[idx] * (qbar * plain + (q1[idx] - qbar) * disc)
         return np.sqrt(np.maximum(out, 1e-30))
-
-
-@dataclass
-class ScaledQuantiles:
-    """Train quantiles of y / sigma per horizon, times the evaluated split's sigma (never crosses)."""
-
-    taus: tuple[float, ...]
-    z_: np.ndarray | None = field(default=None, repr=False)  # (H, Q)
-
-    def fit(self, y, sigma) -> ScaledQuantiles:
-        self.z_ = np.nanquantile(np.asarray(y) / np.asarray(sigma), np.asarray(self.taus), axis=0).T  # (H, Q)
-        return self
-
-    def quantiles(self, sigma) -> np.ndarray:
-        return np.asarray(sigma, dtype=np.float64)[:, :, None] * self.z_[None, :, :]  # (n, H, Q)
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,24 +289,27 @@ def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale
     fitted: when given, receives each baseline's fitted state (name -> quantile table / models),
     which is what `nqexp predict` needs to issue the same baselines on new bars.
     """
+    from nqexp.evaluate import ClimatologyBaseline, VolScaledBaseline
+
     state = {} if fitted is None else fitted
     taus = tuple(float(t) for t in taus)
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in split_idx}
     train = np.asarray(split_idx["train"], dtype=np.int64)
     if "climatology" in names:
-        z = np.nanquantile(targets["train"], np.asarray(taus), axis=0).T  # (H, Q)
-        state["climatology"] = z
+        clim = state["climatology"] = ClimatologyBaseline(taus).fit(targets["train"])
         for s, idx in split_idx.items():
-            out[s]["climatology"] = np.broadcast_to(z, (len(idx), *z.shape)).copy()
+            out[s]["climatology"] = clim.quantiles(len(idx))
     if "volscaled" in names:
-        sq = ScaledQuantiles(taus).fit(targets["train"], ewma_scale["train"])
+        sq = VolScaledBaseline(taus).fit(targets["train"], ewma_scale["train"])
         state["volscaled"] = sq
         for s in split_idx:
             out[s]["volscaled"] = sq.quantiles(ewma_scale[s])
     if "mcgarch" in names:
         g = garch or MCGarch().fit(arrays, int(train.min()) if lo is None else int(lo), int(train.max()))
-        sig = {s: g.sigma(arrays, idx) for s, idx in split_idx.items()}
-        sq = ScaledQuantiles(taus).fit(targets["train"], sig["train"])
+        # One causal filter pass over the bars for every split's origins, not one per split.
+        sizes = np.cumsum([len(i) for i in split_idx.values()])[:-1]
+        sig = dict(zip(split_idx, np.split(g.sigma(arrays, np.concatenate(list(split_idx.values()))), sizes)))
+        sq = VolScaledBaseline(taus).fit(targets["train"], sig["train"])  # the same quantile map, GARCH scale
         state["mcgarch"] = {"garch": g, "quantiles": sq}
         for s in split_idx:
             out[s]["mcgarch"] = sq.quantiles(sig[s])

@@ -21,7 +21,6 @@ import importlib.util
 import logging
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 

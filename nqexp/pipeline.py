@@ -138,7 +138,9 @@ def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = N
     out = baselines.fit_and_predict(
         arrays, idx, {s: ds.y for s, ds in datasets.items()}, tuple(trial_spec.model.quantiles),
         model_scale={s: ds.scale for s, ds in datasets.items()},
-        ewma_scale={s: scalers.ewma_scale(arrays, i) for s, i in idx.items()},
+        # The datasets' scale is already the EWMA one unless the MC-GARCH normalises the model.
+        ewma_scale={s: ds.scale if scalers.garch is None else scalers.ewma_scale(arrays, ds.idx)
+                    for s, ds in datasets.items()},
         names=tuple(trial_spec.eval.baselines), garch=scalers.garch, lo=scalers.fit_bars[0],
         lgbm={"num_threads": max(1, int(trial_spec.resources.cpus_per_trial))}, fitted=fitted)
     return {s: {k: v.astype(np.float32) for k, v in d.items()} for s, d in out.items()}

@@ -308,7 +308,7 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
     base: dict[str, np.ndarray] = {}
     st = bundle.baselines
     if "climatology" in st:
-        base["climatology"] = np.broadcast_to(st["climatology"], (idx.size, *st["climatology"].shape)).copy()
+        base["climatology"] = st["climatology"].quantiles(idx.size)
     if "volscaled" in st:
         base["volscaled"] = st["volscaled"].quantiles(s.ewma_scale(cal, cidx))
     if "mcgarch" in st:

@@ -335,7 +335,7 @@ def _check_no_overlap(arrays, idx: dict[str, np.ndarray], window_cfg: WindowConf
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_returns(close: np.ndarray) -> np.ndarray:
+def log_returns(close: np.ndarray) -> np.ndarray:
     """(N,) 1-bar log-returns of the adjusted close; NaN on the first bar."""
     close = np.asarray(close, dtype=np.float64)
     r = np.full(close.shape[0], np.nan)
@@ -386,7 +386,7 @@ class Scalers:
         from scipy.signal import lfilter
 
         self._check_arrays(arrays)
-        r = _log_returns(arrays.close)  # (N,)
+        r = log_returns(arrays.close)  # (N,)
         slot = _slots(arrays)  # (N,)
         u = r * r / self.tod_profile[slot]  # (N,)
         m = self.var_per_bar
@@ -464,7 +464,7 @@ def fit_scalers(arrays, train_idx, window_cfg: WindowConfig) -> Scalers:
 
     # Time-of-day profile of squared 1-bar returns on the same train bars.
     n_slots = 1440 // int(arrays.freq_minutes)
-    r = _log_returns(arrays.close)[rows]  # (M,)
+    r = log_returns(arrays.close)[rows]  # (M,)
     slot = _slots(arrays)[rows]  # (M,)
     ok = np.isfinite(r)
     if ok.sum() < 2:
