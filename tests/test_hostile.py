@@ -39,6 +39,7 @@ import pytest
 from click.testing import CliRunner
 
 from nqexp.cli import cli
+from tests.dbn_encode import ohlcv_dbn
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
@@ -385,31 +386,10 @@ PARQUET_CASES = [
 
 # DBN, written with databento's own encoder
 def dbn_bytes(records=None, *, compress=False):
-    dbn = pytest.importorskip("databento_dbn")
-
-    @dataclass
-    class Interval:
-        start_date: dt.date
-        end_date: dt.date
-        symbol: str
-
-    @dataclass
-    class Mapping:
-        raw_symbol: str
-        intervals: list
-
-    meta = dbn.Metadata(
-        dataset="GLBX.MDP3", start=pd.Timestamp("2025-03-10", tz="UTC").value,
-        end=pd.Timestamp("2025-03-13", tz="UTC").value, stype_in=dbn.SType.CONTINUOUS,
-        stype_out=dbn.SType.INSTRUMENT_ID, schema=dbn.Schema.OHLCV_1M, symbols=["NQ.v.0"], partial=[], not_found=[],
-        mappings=[Mapping("NQ.v.0", [Interval(dt.date(2025, 3, 10), dt.date(2025, 3, 13), "1001")])],
-    )
-    px = lambda x: int(round(x * dbn.FIXED_PRICE_SCALE))  # noqa: E731
     t0 = pd.Timestamp("2025-03-10 14:30", tz="UTC").value
     recs = records or [(t0 + i * 60_000_000_000, 20000.0 + i, 100) for i in range(4)]
-    body = b"".join(bytes(dbn.OHLCVMsg(dbn.RType.OHLCV_1M, 1, 1001, ts, px(p), px(p + 1), px(p - 1), px(p), vol))
-                    for ts, p, vol in recs)
-    data = bytes(meta) + body
+    data = ohlcv_dbn([(ts, 1001, p, vol) for ts, p, vol in recs],
+                     intervals=[(dt.date(2025, 3, 10), dt.date(2025, 3, 13), "1001")])
     if compress:
         import zstandard
 

@@ -10,6 +10,7 @@ import pytest
 
 from nqexp import ingest
 from nqexp.errors import DataError
+from tests.dbn_encode import ohlcv_dbn
 
 GOOD_ROWS = [
     "2024-03-04 09:30:00,18000.00,18001.00,17999.00,18000.50,10",
@@ -234,34 +235,11 @@ def test_lean_zip_imports_each_contract_as_its_own_series(con, shared_data):
 
 
 def test_dbn_written_with_the_databento_encoder_keeps_instrument_ids(con, tmp_path):
-    dbn = pytest.importorskip("databento_dbn")
-    from dataclasses import dataclass
-
-    @dataclass
-    class Interval:
-        start_date: dt.date
-        end_date: dt.date
-        symbol: str
-
-    @dataclass
-    class Mapping:
-        raw_symbol: str
-        intervals: list
-
-    meta = dbn.Metadata(
-        dataset="GLBX.MDP3", start=pd.Timestamp("2025-03-10", tz="UTC").value,
-        end=pd.Timestamp("2025-03-13", tz="UTC").value, stype_in=dbn.SType.CONTINUOUS,
-        stype_out=dbn.SType.INSTRUMENT_ID, schema=dbn.Schema.OHLCV_1M, symbols=["NQ.v.0"], partial=[], not_found=[],
-        mappings=[Mapping("NQ.v.0", [Interval(dt.date(2025, 3, 10), dt.date(2025, 3, 12), "1001"),
-                                     Interval(dt.date(2025, 3, 12), dt.date(2025, 3, 13), "2002")])],
-    )
-    px = lambda x: int(round(x * dbn.FIXED_PRICE_SCALE))  # noqa: E731
-    recs = []
-    for day, iid, price in ((10, 1001, 20000.25), (11, 1001, 20010.0), (12, 2002, 20330.5)):
-        ts = pd.Timestamp(f"2025-03-{day} 14:30", tz="UTC").value
-        recs.append(dbn.OHLCVMsg(dbn.RType.OHLCV_1M, 1, iid, ts, px(price), px(price + 1), px(price - 1), px(price), 100))
+    bars = [(pd.Timestamp(f"2025-03-{day} 14:30", tz="UTC").value, iid, price, 100)
+            for day, iid, price in ((10, 1001, 20000.25), (11, 1001, 20010.0), (12, 2002, 20330.5))]
     path = tmp_path / "nq.dbn"
-    path.write_bytes(bytes(meta) + b"".join(bytes(r) for r in recs))
+    path.write_bytes(ohlcv_dbn(bars, intervals=[(dt.date(2025, 3, 10), dt.date(2025, 3, 12), "1001"),
+                                                (dt.date(2025, 3, 12), dt.date(2025, 3, 13), "2002")]))
     report = ingest.import_file(con, path)
     assert report.symbols == ["NQ.v.0"] and report.new == 3
     ids = [r[0] for r in con.execute("select instrument_id from raw_bars order by ts").fetchall()]
@@ -402,15 +380,10 @@ def test_a_device_is_not_a_bar_file(con, tmp_path, target):
 
 
 def test_a_truncated_dbn_writes_nothing(con, tmp_path):
-    dbn = pytest.importorskip("databento_dbn")
-    meta = dbn.Metadata(dataset="GLBX.MDP3", start=0, end=1, stype_in=dbn.SType.RAW_SYMBOL,
-                        stype_out=dbn.SType.INSTRUMENT_ID, schema=dbn.Schema.OHLCV_1M, symbols=["NQH5"],
-                        partial=[], not_found=[], mappings=[])
     t0 = pd.Timestamp("2025-03-10 14:30", tz="UTC").value
-    recs = b"".join(bytes(dbn.OHLCVMsg(dbn.RType.OHLCV_1M, 1, 7, t0 + i * 60_000_000_000, 20_000 * 10**9,
-                                       20_001 * 10**9, 19_999 * 10**9, 20_000 * 10**9, 5)) for i in range(4))
     whole = tmp_path / "whole.dbn"
-    whole.write_bytes(bytes(meta) + recs)
+    whole.write_bytes(ohlcv_dbn([(t0 + i * 60_000_000_000, 7, 20_000.0, 5) for i in range(4)], symbol="NQH5",
+                                continuous=False))
     cut = tmp_path / "cut.dbn"
     cut.write_bytes(whole.read_bytes()[:-10])
     with pytest.raises(DataError, match="truncated DBN file: after 3 whole records"):
