@@ -267,10 +267,10 @@ def _read_csv_fast(path: Path, columns, tz: str | None) -> pd.DataFrame | None:
     body_at = end + 1 if has_header else 0
     if has_header and (end < 0 or body_at >= len(raw)):
         return None
-    body = raw[body_at:]
-    if body.translate(None, _FAST_DELETE) or '"' in first:
+    # Whatever is left after deleting the allowed bytes must all be the header's (no copy of the body).
+    if raw.translate(None, _FAST_DELETE) != raw[:body_at].translate(None, _FAST_DELETE) or '"' in first:
         return None                         # quotes, tabs, CR, letters (NaN, offsets, names): the pandas path
-    lines = body.count(b"\n") + (not body.endswith(b"\n"))
+    lines = raw.count(b"\n", body_at) + (not raw.endswith(b"\n"))
     line_end = raw.find(b"\n", body_at)
     first_row = raw[body_at: line_end if line_end >= 0 else len(raw)].decode().split(",")
     if has_header:
@@ -310,7 +310,7 @@ def _read_csv_fast(path: Path, columns, tz: str | None) -> pd.DataFrame | None:
         if parsed != rows or shortest != longest or longest != len(ts_text) or rows != lines:
             return None                     # an unparseable or odd timestamp, a blank line: the pandas path
         # A space only inside each timestamp (none around fields): the same fields pandas reads.
-        if body.count(b" ") != (rows if " " in fmt else 0):
+        if raw.count(b" ", body_at) != (rows if " " in fmt else 0):
             return None
         arrays = con.execute("select ts, " + ", ".join(f"coalesce({k}, 'nan'::double) as {k}" for k in
                                                    ("open", "high", "low", "close", "volume")) + " from t").fetchnumpy()
@@ -780,8 +780,9 @@ def _far_from_level(df: pd.DataFrame, ok: np.ndarray, symbols: np.ndarray) -> np
     pos = np.flatnonzero(ok)
     if not len(pos):
         return far
-    o, h, low, close = (df[k].to_numpy()[pos] for k in ("open", "high", "low", "close"))
-    lo, hi = np.minimum(np.minimum(o, h), np.minimum(low, close)), np.maximum(np.maximum(o, h), np.maximum(low, close))
+    # Rows that passed the checks have low <= open, close <= high: their extremes are low and high.
+    every = len(pos) == len(df)
+    lo, hi, close = (df[k].to_numpy() if every else df[k].to_numpy()[pos] for k in ("low", "high", "close"))
     # Every rolling median lies within [min close, max close], so a file whose whole range fits
     # inside the factor needs no window (the usual case, and the fast one).
     if hi.max() <= PRICE_FACTOR * close.min() and lo.min() * PRICE_FACTOR >= close.max():
