@@ -430,7 +430,11 @@ def _read_dbn(path: Path, symbol: str | None) -> tuple[pd.DataFrame, str]:
         out["symbol"] = symbol
     else:
         fallback = store.symbols[0] if len(store.symbols) == 1 else None
-        out["symbol"] = [m if m is not None else (fallback or str(i)) for m, i in zip(mapped, out["instrument_id"])]
+        known = pd.notna(mapped)
+        if known.all() and len(mapped) and (mapped == mapped[0]).all():
+            out["symbol"] = _constant(mapped[0], len(out))       # the usual chunk: one series
+        else:
+            out["symbol"] = [m if k else (fallback or str(i)) for m, k, i in zip(mapped, known, out["instrument_id"])]
     # With raw symbols the series *is* the contract; for continuous/parent symbols it is not known here.
     out["contract"] = out["symbol"] if stype_in == "raw_symbol" else None
     out["_raw"] = None
