@@ -11,6 +11,11 @@ Formats (detected from the file's first bytes, then its suffix):
   them rolls exactly as a DBN does; `--columns` maps them too (`contract=Sym`). Empty trailing
   fields (a trailing comma on every line, common in vendor files) are dropped; a non-empty
   field beyond the header (or beyond `columns=`) refuses the file.
+  A plain large CSV (ASCII, no quotes or blank lines, ISO timestamps of one width without offsets,
+  no id columns) is parsed by DuckDB's read_csv with explicit types; any other file, or one DuckDB
+  will not parse exactly as pandas would, takes the pandas path. Both give the same rows, reasons
+  and row numbers (tests/test_ingest.py compares them); the rejected rows' raw fields are rebuilt
+  from the file.
 * Parquet, with the same column rules.
 * Databento DBN / DBN.zst (schema ohlcv-1m), read with `databento.DBNStore.from_bytes` (which,
   unlike from_file, leaves no open file behind). `to_df()` already returns float prices, so
