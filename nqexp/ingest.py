@@ -11,6 +11,11 @@ Formats (detected from the file's first bytes, then its suffix):
   them rolls exactly as a DBN does; `--columns` maps them too (`contract=Sym`). Empty trailing
   fields (a trailing comma on every line, common in vendor files) are dropped; a non-empty
   field beyond the header (or beyond `columns=`) refuses the file.
+  A plain large CSV (ASCII, no quotes or blank lines, ISO timestamps of one width without offsets,
+  no id columns) is parsed by DuckDB's read_csv with explicit types; any other file, or one DuckDB
+  will not parse exactly as pandas would, takes the pandas path. Both give the same rows, reasons
+  and row numbers (tests/test_ingest.py compares them); the rejected rows' raw fields are rebuilt
+  from the file.
 * Parquet, with the same column rules.
 * Databento DBN / DBN.zst (schema ohlcv-1m), read with `databento.DBNStore.from_bytes` (which,
   unlike from_file, leaves no open file behind). `to_df()` already returns float prices, so
@@ -239,6 +244,100 @@ def _read_text_table(path: Path, columns) -> pd.DataFrame:
     return _map_columns(df, has_header, columns, path)
 
 
+# The fast path for the common large file: plain ASCII, comma-separated, no quotes, no blank lines,
+# no spaces around fields, ISO timestamps of one fixed width without an offset. DuckDB parses it
+# (about 30x faster than pandas here); anything else, or anything DuckDB will not parse exactly as
+# the careful pandas path would, returns None and the pandas path reads the file (with its messages).
+_FAST_TS_FORMATS = (
+    (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"), "%Y-%m-%d %H:%M:%S"),
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"), "%Y-%m-%dT%H:%M:%S"),
+    (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d"), "%Y-%m-%d %H:%M"),
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d"), "%Y-%m-%dT%H:%M"),
+)
+# Bytes a data row of the fast path may hold: digits, separators, signs, exponents, the ISO 'T'.
+_FAST_DELETE = b"0123456789,.:- \n+eET"
+
+
+def _read_csv_fast(path: Path, columns, tz: str | None) -> pd.DataFrame | None:
+    """The bar columns of a plain CSV read by DuckDB (ts already naive UTC), or None for the pandas path."""
+    import duckdb
+
+    with path.open("rb") as f:
+        raw = f.read()
+    if not raw or raw[:2] == b"\x1f\x8b" or raw[:1] in (b"\r", b"\n", b" ") or not raw.isascii():
+        return None
+    end = raw.find(b"\n")
+    first = raw[: end if end >= 0 else len(raw)].decode()
+    has_header = _looks_like_header(first.split(",", 1)[0])
+    body_at = end + 1 if has_header else 0
+    if has_header and (end < 0 or body_at >= len(raw)):
+        return None
+    # Whatever is left after deleting the allowed bytes must all be the header's (no copy of the body).
+    if raw.translate(None, _FAST_DELETE) != raw[:body_at].translate(None, _FAST_DELETE) or '"' in first:
+        return None                         # quotes, tabs, CR, letters (NaN, offsets, names): the pandas path
+    lines = raw.count(b"\n", body_at) + (not raw.endswith(b"\n"))
+    line_end = raw.find(b"\n", body_at)
+    first_row = raw[body_at: line_end if line_end >= 0 else len(raw)].decode().split(",")
+    if has_header:
+        names = first.split(",")
+        if len(set(names)) != len(names) or "" in names:
+            return None
+    else:
+        width = len(columns) if isinstance(columns, list) else len(first_row) if columns else len(DEFAULT_ORDER)
+        names = list(range(width))
+    if len(first_row) != len(names):
+        return None                         # trailing commas, short rows: the pandas path knows them
+    try:
+        mapping = _column_mapping(names, has_header, columns, path)
+    except DataError:
+        return None                         # the pandas path raises the same message
+    if set(mapping) - set(BAR_COLUMNS):
+        return None                         # instrument_id / contract columns: the pandas path
+    at = {fld: names.index(col) for fld, col in mapping.items()}
+    ts_text = first_row[at["ts"]]
+    fmt = next((f for pattern, f in _FAST_TS_FORMATS if pattern.fullmatch(ts_text)), None)
+    if fmt is None:
+        return None
+    cols = {f"c{i}": "VARCHAR" for i in range(len(names))}
+    for fld in ("open", "high", "low", "close", "volume"):
+        cols[f"c{at[fld]}"] = "DOUBLE"
+    from nqexp import db
+
+    con = duckdb.connect(config={"threads": db.THREADS, "memory_limit": db.MEMORY_LIMIT})
+    try:
+        con.execute(
+            f"""create temp table t as select try_strptime(c{at['ts']}, '{fmt}') as ts,
+                length(c{at['ts']}) as n, {", ".join(f"c{at[k]} as {k}" for k in ("open", "high", "low", "close", "volume"))}
+            from read_csv(?, header = {'true' if has_header else 'false'}, auto_detect = false, delim = ',',
+                          quote = '', escape = '', new_line = '\\n', strict_mode = true, null_padding = false,
+                          columns = {cols!r})""", [str(path)])
+        rows, parsed, shortest, longest = con.execute("select count(*), count(ts), min(n), max(n) from t").fetchall()[0]
+        if parsed != rows or shortest != longest or longest != len(ts_text) or rows != lines:
+            return None                     # an unparseable or odd timestamp, a blank line: the pandas path
+        # A space only inside each timestamp (none around fields): the same fields pandas reads.
+        if raw.count(b" ", body_at) != (rows if " " in fmt else 0):
+            return None
+        arrays = con.execute("select ts, " + ", ".join(f"coalesce({k}, 'nan'::double) as {k}" for k in
+                                                   ("open", "high", "low", "close", "volume")) + " from t").fetchnumpy()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    ts = pd.Series(np.asarray(arrays["ts"]).astype("datetime64[us]"))
+    out = pd.DataFrame({"ts": _parse_ts(ts, tz, path)})
+    for k in ("open", "high", "low", "close", "volume"):
+        out[k] = np.asarray(arrays[k], dtype=np.float64)
+    # The rows as read, built only for the rejected ones (write_bars asks): the file's own fields.
+    out.attrs["raw_rows"] = lambda rows: _raw_rows_of(path, names, 1 if has_header else 0, rows)
+    return out
+
+
+def _raw_rows_of(path: Path, names: list, skip: int, rows) -> list[str]:
+    """JSON of the given 0-based data rows, as the pandas path records them ({column: field})."""
+    lines = path.read_bytes().split(b"\n")
+    return [json.dumps(dict(zip(names, lines[skip + int(r)].decode().split(","))), default=str) for r in rows]
+
+
 def _first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line, bounded (some libraries put whole inputs in their messages)."""
     text = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -251,37 +350,43 @@ def _short(value, limit: int = 40) -> str:
 
 
 def _map_columns(df: pd.DataFrame, has_header: bool, columns, path: Path) -> pd.DataFrame:
+    mapping = _column_mapping(list(df.columns), has_header, columns, path)
+    out = pd.DataFrame({name: df[col] for name, col in mapping.items()})
+    out["_raw"] = df.to_dict("records") if len(df) <= 2_000_000 else None
+    return out
+
+
+def _column_mapping(names: list, has_header: bool, columns, path: Path) -> dict:
+    """field -> the file's column (label) holding it; DataError when a required field has none."""
     if isinstance(columns, dict) or (has_header and columns is None):
         given = columns or {}
-        missing = [v for v in given.values() if v not in df.columns]
+        missing = [v for v in given.values() if v not in names]
         if missing:
-            raise DataError(f"{path}: --columns maps to columns {missing} that the file lacks; it has {list(map(str, df.columns))}")
+            raise DataError(f"{path}: --columns maps to columns {missing} that the file lacks; it has {list(map(str, names))}")
         # Fields the mapping leaves out are matched by name, from the columns it does not use.
-        lower = {str(c).strip().lower(): c for c in df.columns if c not in given.values()}
+        lower = {str(c).strip().lower(): c for c in names if c not in given.values()}
         mapping = {}
-        for fld, names in {**ALIASES, **ID_ALIASES}.items():
-            hit = next((lower[n] for n in names if n in lower), None)
+        for fld, aliases in {**ALIASES, **ID_ALIASES}.items():
+            hit = next((lower[n] for n in aliases if n in lower), None)
             if hit is not None:
                 mapping[fld] = hit
         mapping.update(given)
     else:
         order = columns or list(DEFAULT_ORDER)
-        if df.shape[1] < len(order):
+        if len(names) < len(order):
             raise DataError(
-                f"{path}: {df.shape[1]} columns, expected {len(order)} ({','.join(order)}); "
+                f"{path}: {len(names)} columns, expected {len(order)} ({','.join(order)}); "
                 "say which column is which with --columns"
             )
-        mapping = {name: df.columns[i] for i, name in enumerate(order)
+        mapping = {name: names[i] for i, name in enumerate(order)
                    if name in BAR_COLUMNS or name in OPTIONAL_COLUMNS}
     missing = [c for c in BAR_COLUMNS if c not in mapping]
     if missing:
         raise DataError(
-            f"{path}: missing required column(s) {missing}; the file has {list(map(str, df.columns))}. "
+            f"{path}: missing required column(s) {missing}; the file has {list(map(str, names))}. "
             "Map them with --columns, e.g. --columns ts=Datetime,volume=Vol"
         )
-    out = pd.DataFrame({name: df[col] for name, col in mapping.items()})
-    out["_raw"] = df.to_dict("records") if len(df) <= 2_000_000 else None
-    return out
+    return mapping
 
 
 def _read_parquet(path: Path, columns) -> pd.DataFrame:
@@ -330,7 +435,11 @@ def _read_dbn(path: Path, symbol: str | None) -> tuple[pd.DataFrame, str]:
         out["symbol"] = symbol
     else:
         fallback = store.symbols[0] if len(store.symbols) == 1 else None
-        out["symbol"] = [m if m is not None else (fallback or str(i)) for m, i in zip(mapped, out["instrument_id"])]
+        known = pd.notna(mapped)
+        if known.all() and len(mapped) and (mapped == mapped[0]).all():
+            out["symbol"] = _constant(mapped[0], len(out))       # the usual chunk: one series
+        else:
+            out["symbol"] = [m if k else (fallback or str(i)) for m, k, i in zip(mapped, known, out["instrument_id"])]
     # With raw symbols the series *is* the contract; for continuous/parent symbols it is not known here.
     out["contract"] = out["symbol"] if stype_in == "raw_symbol" else None
     out["_raw"] = None
@@ -493,6 +602,13 @@ def _parse_ts(values: pd.Series, tz: str | None, path: Path) -> pd.Series:
     return local.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
 
 
+def _constant(value: str | None, n: int) -> pd.Categorical:
+    """One value (or None) on every row, as a categorical: 5M Python strings cost seconds to write."""
+    if value is None:
+        return pd.Categorical.from_codes(np.full(n, -1, np.int8), categories=pd.Index([], dtype=object))
+    return pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[value])
+
+
 def _contract_codes(values: pd.Series) -> pd.Series:
     """Per-row contract codes ('NQM6'); blanks and continuous symbols (NQ.v.0) are unknown (None)."""
     text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
@@ -547,19 +663,23 @@ def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_i
         df = pd.concat(_read_lean_zip(path), ignore_index=True)
         df["ts"] = df["ts"].astype("datetime64[us]")
     elif fmt in ("csv", "parquet"):
-        df = _read_text_table(path, columns) if fmt == "csv" else _read_parquet(path, columns)
-        df["ts"] = _parse_ts(df["ts"], tz, path)
-        df["symbol"] = symbol or "NQ"
-        df["contract"] = _contract_codes(df["contract"]) if "contract" in df else None
-        df["instrument_id"] = _instrument_ids(df["instrument_id"], path) if "instrument_id" in df else None
-        df["source"] = str(path)
+        df = _read_csv_fast(path, columns, tz) if fmt == "csv" else None
+        if df is None:
+            df = _read_text_table(path, columns) if fmt == "csv" else _read_parquet(path, columns)
+            df["ts"] = _parse_ts(df["ts"], tz, path)
+        df["symbol"] = _constant(symbol or "NQ", len(df))
+        df["contract"] = _contract_codes(df["contract"]) if "contract" in df else _constant(None, len(df))
+        df["instrument_id"] = (_instrument_ids(df["instrument_id"], path) if "instrument_id" in df
+                               else pd.arrays.IntegerArray(np.zeros(len(df), np.int64), np.ones(len(df), bool)))
+        df["source"] = _constant(str(path), len(df))
     else:
         raise DataError(f"{path}: unknown format {fmt!r}; use csv, parquet, dbn or lean")
     if ts_is == "end":
         df["ts"] = df["ts"] - pd.Timedelta(minutes=1)
     for col in (*PRICE_COLUMNS, "volume"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
-    df["row_number"] = df.groupby("source").cumcount() + 1
+        if df[col].dtype != np.float64:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    df["row_number"] = (np.arange(1, len(df) + 1) if fmt != "lean" else df.groupby("source").cumcount() + 1)
     return df, fmt
 
 
@@ -615,10 +735,10 @@ def validate(df: pd.DataFrame) -> pd.Series:
     for name in ("open", "high", "low", "close", "volume"):
         checks.append((~np.isfinite(df[name].to_numpy()), f"missing or NaN {name}"))
     with np.errstate(invalid="ignore"):
-        prices = np.column_stack([o, h, lo, c])
         checks += [
             ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
-            (((prices < MIN_PRICE) | (prices > MAX_PRICE)).any(axis=1),
+            ((o < MIN_PRICE) | (o > MAX_PRICE) | (h < MIN_PRICE) | (h > MAX_PRICE)
+             | (lo < MIN_PRICE) | (lo > MAX_PRICE) | (c < MIN_PRICE) | (c > MAX_PRICE),
              f"price outside {MIN_PRICE:g}..{MAX_PRICE:g}"),
             (h < lo, "high < low"),
             ((o < lo) | (o > h), "open outside [low, high]"),
@@ -627,19 +747,39 @@ def validate(df: pd.DataFrame) -> pd.Series:
             (v != np.floor(v), "fractional volume"),
             (v > MAX_VOLUME, f"volume above {MAX_VOLUME:g}"),
         ]
-    reason = np.full(len(df), None, dtype=object)
-    for bad, text in reversed(checks):  # reversed, so the first matching check wins
-        reason[bad] = text
-    far = _far_from_level(df, reason == None)  # noqa: E711
-    reason[far] = REASON_PRICE_LEVEL
-    dup = df.duplicated(subset=["symbol", "ts"], keep="first").to_numpy() & (reason == None)  # noqa: E711
+    # One small code per row (0 = good) instead of an object array: 5M rows are compared often below.
+    code = np.zeros(len(df), dtype=np.int8)
+    for k, (bad, _) in reversed(list(enumerate(checks, 1))):  # reversed, so the first matching check wins
+        code[bad] = k
+    texts = [None, *(text for _, text in checks), REASON_PRICE_LEVEL]
+    symbols, _ = pd.factorize(df["symbol"])
+    far = _far_from_level(df, code == 0, symbols)
+    code[far] = len(texts) - 1
+    reason = np.array(texts, dtype=object)[code]
+    dup, first_row = _duplicates(symbols, ts, df["row_number"].to_numpy())
+    dup &= code == 0
     if dup.any():
-        first_row = df.groupby(["symbol", "ts"])["row_number"].transform("first").to_numpy()
         reason[dup] = [f"duplicate timestamp (row {r} kept)" for r in first_row[dup]]
     return pd.Series(reason, index=df.index)
 
 
-def _far_from_level(df: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+def _duplicates(symbols: np.ndarray, ts: pd.Series, row_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows repeating an earlier row's (symbol, ts), and that first row's number (NaT equals NaT)."""
+    t = ts.to_numpy().astype("datetime64[us]").astype(np.int64)            # NaT: one value, as pandas treats it
+    dup = np.zeros(len(t), dtype=bool)
+    first = np.zeros(len(t), dtype=np.int64)
+    if len(t) < 2 or (np.all(symbols[1:] == symbols[:-1]) and np.all(t[1:] > t[:-1])):
+        return dup, first                    # the usual file: one series, strictly increasing
+    order = np.lexsort((t, symbols))         # stable: equal keys keep file order, the first stays first
+    same = (t[order][1:] == t[order][:-1]) & (symbols[order][1:] == symbols[order][:-1])
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    group_first = order[starts][np.cumsum(np.concatenate([[True], ~same])) - 1]   # (n,) in sorted order
+    dup[order[1:][same]] = True
+    first[order] = row_number[group_first]
+    return dup, first
+
+
+def _far_from_level(df: pd.DataFrame, ok: np.ndarray, symbols: np.ndarray) -> np.ndarray:
     """Rows (among `ok`) with a price more than PRICE_FACTOR x from the rolling median close around them.
 
     The median of the PRICE_WINDOW bars around each one, in time order per series, so a 15-year file
@@ -649,21 +789,37 @@ def _far_from_level(df: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
     pos = np.flatnonzero(ok)
     if not len(pos):
         return far
-    px = df[["open", "high", "low", "close"]].to_numpy()[pos]
-    close, lo, hi = px[:, 3], px.min(axis=1), px.max(axis=1)
+    # Rows that passed the checks have low <= open, close <= high: their extremes are low and high.
+    every = len(pos) == len(df)
+    lo, hi, close = (df[k].to_numpy() if every else df[k].to_numpy()[pos] for k in ("low", "high", "close"))
     # Every rolling median lies within [min close, max close], so a file whose whole range fits
     # inside the factor needs no window (the usual case, and the fast one).
     if hi.max() <= PRICE_FACTOR * close.min() and lo.min() * PRICE_FACTOR >= close.max():
         return far
-    codes, _ = pd.factorize(df["symbol"].to_numpy()[pos])
+    codes = symbols[pos]
     ts = df["ts"].to_numpy()[pos].astype("datetime64[us]").astype(np.int64)
     by_symbol = np.argsort(codes, kind="stable")
+    half = PRICE_WINDOW // 2
     for rows in np.split(by_symbol, np.flatnonzero(np.diff(codes[by_symbol])) + 1):
         if not np.all(np.diff(ts[rows]) >= 0):
             rows = rows[np.argsort(ts[rows], kind="stable")]
-        level = pd.Series(close[rows]).rolling(PRICE_WINDOW, center=True, min_periods=1).median().to_numpy()
-        out = (hi[rows] > level * PRICE_FACTOR) | (lo[rows] < level / PRICE_FACTOR)
-        far[pos[rows[out]]] = True
+        cl = close[rows]
+        # The same bound per window: only a row beyond the factor from the min or max close around it can
+        # be beyond it from the median. Blocks of `half` rows: the window of row i lies inside its block
+        # and the two blocks either side, so their min/max bound its median (and cost one pass).
+        nb = -(-len(cl) // half)
+        padded = np.concatenate([cl, np.full(nb * half - len(cl), np.nan)]).reshape(nb, half)
+        bmin, bmax = np.nanmin(padded, axis=1), np.nanmax(padded, axis=1)
+        wmin = np.minimum.reduce([np.r_[bmin[:1], bmin[:-1]], bmin, np.r_[bmin[1:], bmin[-1:]]])
+        wmax = np.maximum.reduce([np.r_[bmax[:1], bmax[:-1]], bmax, np.r_[bmax[1:], bmax[-1:]]])
+        block = np.arange(len(cl)) // half
+        cand = np.flatnonzero((hi[rows] > wmin[block] * PRICE_FACTOR) | (lo[rows] < wmax[block] / PRICE_FACTOR))
+        if len(cand) > 10_000:
+            level = pd.Series(cl).rolling(PRICE_WINDOW, center=True, min_periods=1).median().to_numpy()[cand]
+        else:
+            level = np.array([np.median(cl[max(i - half, 0): i + half + 1]) for i in cand])
+        out = (hi[rows][cand] > level * PRICE_FACTOR) | (lo[rows][cand] < level / PRICE_FACTOR)
+        far[pos[rows[cand[out]]]] = True
     return far
 
 
@@ -685,68 +841,129 @@ def _raw_json(value) -> str | None:
     return json.dumps(value, default=str)
 
 
+def _factorized(values) -> tuple[np.ndarray, pd.DataFrame]:
+    """Codes per row (-1 for None) and the (code, value) lookup: DuckDB scans ints fast, Python strings slowly."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
+    else:
+        codes, uniques = pd.factorize(values)
+    lookup = pd.DataFrame({"code": np.arange(len(uniques), dtype=np.int32),
+                           "value": pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype(str)})
+    return codes.astype(np.int32), lookup
+
+
+def _sql_list(lookup: pd.DataFrame) -> str:
+    """A lookup's values as a DuckDB VARCHAR[] literal (a view cannot take parameters)."""
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in lookup["value"]) + "]::varchar[]"
+
+
 def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | None, t0: float) -> ImportReport:
     """Validate and upsert a parsed frame in one transaction; rejects and the import record included."""
     reason = validate(df)
-    good = df[reason.isna()]
-    bad = df[reason.notna()]
-    report = ImportReport(source=source, format=fmt, symbols=sorted(df["symbol"].unique().tolist()),
+    is_bad = reason.notna().to_numpy()
+    good = np.flatnonzero(~is_bad)
+    bad = np.flatnonzero(is_bad)
+    sym, sym_lookup = _factorized(df["symbol"])
+    src, src_lookup = _factorized(df["source"])
+    report = ImportReport(source=source, format=fmt, symbols=sorted(sym_lookup["value"].tolist()),
                           rows_read=len(df), rejected=len(bad))
-    report.reasons = reason.dropna().map(lambda r: "duplicate timestamp" if r.startswith("duplicate") else r)\
+    report.reasons = reason.iloc[bad].map(lambda r: "duplicate timestamp" if r.startswith("duplicate") else r)\
         .value_counts().to_dict()
     report.duplicates = int(report.reasons.get("duplicate timestamp", 0))
-    stage = pd.DataFrame({
-        "symbol": good["symbol"].astype(str).to_numpy(),
-        "ts": good["ts"].to_numpy().astype("datetime64[us]"),
-        "open": good["open"].to_numpy(), "high": good["high"].to_numpy(),
-        "low": good["low"].to_numpy(), "close": good["close"].to_numpy(),
-        "volume": good["volume"].to_numpy().astype(np.int64),
-        "instrument_id": pd.array(good["instrument_id"].to_numpy(), dtype="Int64"),
-        "contract": good["contract"].astype(object).to_numpy(),
-        "source": good["source"].astype(str).to_numpy(),
+    con_codes, con_lookup = _factorized(df["contract"])
+    col = df["instrument_id"]
+    iid = col.array if isinstance(col.dtype, pd.Int64Dtype) else pd.array(col.to_numpy(), dtype="Int64")
+    iid_null = np.asarray(iid.isna())
+    iid_val = np.asarray(iid.fillna(0).to_numpy(), dtype=np.int64)
+    ts = df["ts"].to_numpy().astype("datetime64[us]")
+
+    def take(a):                            # a view when every row is good (the usual large file)
+        return a if not len(bad) else a[good]
+
+    import pyarrow as pa
+
+    # Arrow, not a DataFrame: DuckDB scans its numpy buffers without a copy.
+    stage = pa.table({
+        "sym": take(sym), "ts": take(ts),
+        "open": take(df["open"].to_numpy()), "high": take(df["high"].to_numpy()),
+        "low": take(df["low"].to_numpy()), "close": take(df["close"].to_numpy()),
+        "volume": take(df["volume"].to_numpy()).astype(np.int64),
+        "iid": take(iid_val), "iid_null": take(iid_null), "con": take(con_codes), "src": take(src),
     })
+    if "_raw" in df:
+        raw = [_raw_json(r) for r in df["_raw"].to_numpy()[bad]]
+    elif len(bad) and "raw_rows" in df.attrs:
+        raw = df.attrs["raw_rows"](bad)
+    else:
+        raw = None
     rejects = pd.DataFrame({
-        "source": bad["source"].astype(str).to_numpy(),
-        "row_number": bad["row_number"].to_numpy().astype(np.int64),
-        "reason": reason[reason.notna()].astype(str).to_numpy(),
-        "raw": [_raw_json(r) for r in bad["_raw"]] if "_raw" in bad else None,
+        "source": src_lookup["value"].to_numpy()[src[bad]] if len(bad) else np.array([], dtype=object),
+        "row_number": df["row_number"].to_numpy()[bad].astype(np.int64),
+        "reason": reason.to_numpy()[bad].astype(str),
+        "raw": raw,
     })
     con.register("_stage", stage)
+    try:
+        # The good rows, typed, in file order (a projection keeps it), for every statement below;
+        # the strings come from the small lookups by code.
+        con.execute(
+            f"""
+            create or replace temp view _s as
+            select list_extract({_sql_list(sym_lookup)}, st.sym + 1) as symbol, st.ts, st.open, st.high, st.low,
+                st.close, st.volume, case when st.iid_null then null else st.iid end as instrument_id,
+                case when st.con < 0 then null else list_extract({_sql_list(con_lookup)}, st.con + 1) end as contract,
+                list_extract({_sql_list(src_lookup)}, st.src + 1) as source
+            from _stage st
+            """
+        )
+    except Exception:
+        con.unregister("_stage")
+        raise
+    # The rows of raw_bars this file can meet: its series and time span (zone maps skip the rest).
+    lo_ts, hi_ts = (take(ts).min(), take(ts).max()) if len(good) else (None, None)
+    span = "r.ts between ? and ?"
+    params = [] if lo_ts is None else [lo_ts.astype(object), hi_ts.astype(object)]
     con.register("_rejects", rejects)
     con.execute("begin transaction")
     try:
         same = ("r.open = s.open and r.high = s.high and r.low = s.low and r.close = s.close "
                 "and r.volume = s.volume and r.instrument_id is not distinct from s.instrument_id "
                 "and r.contract is not distinct from s.contract")
-        counts = con.execute(
-            f"""
-            select
-                count(*) filter (where r.ts is null),
-                count(*) filter (where r.ts is not null and {same}),
-                count(*) filter (where r.ts is not null and not ({same}))
-            from _stage s left join raw_bars r on r.symbol = s.symbol and r.ts = s.ts
-            """
-        ).fetchall()[0]
-        report.new, report.unchanged, report.changed = (int(x) for x in counts)
+        if len(good):
+            counts = con.execute(
+                f"""
+                select
+                    count(*) filter (where r.ts is null),
+                    count(*) filter (where r.ts is not null and {same}),
+                    count(*) filter (where r.ts is not null and not ({same}))
+                from _s s left join (select * from raw_bars r where {span}) r on r.symbol = s.symbol and r.ts = s.ts
+                """, params
+            ).fetchall()[0]
+            report.new, report.unchanged, report.changed = (int(x) for x in counts)
         if report.changed:
             con.execute(
                 f"""
                 update raw_bars r set open = s.open, high = s.high, low = s.low, close = s.close,
                     volume = s.volume, instrument_id = s.instrument_id, contract = s.contract,
                     source = s.source, ingested_at = now()
-                from _stage s where r.symbol = s.symbol and r.ts = s.ts and not ({same})
-                """
+                from _s s where r.symbol = s.symbol and r.ts = s.ts and not ({same}) and {span}
+                """, params
             )
-        if report.new:
+        if report.new == len(good) and len(good):
+            # Nothing of this file is stored yet (counted above, in this transaction): a plain append.
+            con.execute("insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, "
+                        "source) select * from _s")
+        elif report.new:
             con.execute(
-                """
+                f"""
                 insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, source)
                 select s.symbol, s.ts, s.open, s.high, s.low, s.close, s.volume, s.instrument_id, s.contract, s.source
-                from _stage s anti join raw_bars r on r.symbol = s.symbol and r.ts = s.ts
-                """
+                from _s s anti join (select symbol, ts from raw_bars r where {span}) r
+                    on r.symbol = s.symbol and r.ts = s.ts
+                """, params
             )
         # Re-importing a source replaces its rejects, so a second import adds no duplicates there.
-        con.execute("delete from rejected_bars where source in (select distinct source from _stage union select distinct source from _rejects)")
+        con.execute("delete from rejected_bars where list_contains(?::varchar[], source)", [src_lookup["value"].tolist()])
         con.execute("insert into rejected_bars (source, row_number, reason, raw) select source, row_number, reason, raw from _rejects")
         report.seconds = time.perf_counter() - t0
         con.execute(
@@ -760,8 +977,9 @@ def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | No
         con.execute("rollback")
         raise
     finally:
-        con.unregister("_stage")
         con.unregister("_rejects")
+        con.execute("drop view if exists _s")
+        con.unregister("_stage")
     log.info("imported %s: %s", source, report.summary())
     return report
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -398,3 +400,83 @@ def test_a_megabyte_of_garbage_dbn_is_refused_in_a_short_message(con, tmp_path):
     with pytest.raises(DataError) as err:
         ingest.import_file(con, path)
     assert "not a readable DBN" in str(err.value) and len(str(err.value)) < 400
+
+
+# ------------------------------------------------------------------------------------------
+# The DuckDB fast path and the pandas path must agree on every file the fast path takes.
+
+
+def _import_both(tmp_path, monkeypatch, lines, **kw):
+    from nqexp import db
+
+    path = write(tmp_path, "both.csv", lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ingest.DataWarning)
+        fast = ingest._read_csv_fast(path, ingest.parse_columns(kw.get("columns")), kw.get("tz"))
+    out = []
+    for careful in (False, True):
+        con = db.connect(":memory:")
+        with monkeypatch.context() as m:
+            if careful:
+                m.setattr(ingest, "_read_csv_fast", lambda *a: None)
+            report = ingest.import_file(con, path, **kw)
+        out.append((report.summary(), report.reasons, report.warnings,
+                    con.execute("select symbol, ts, open, high, low, close, volume, instrument_id, contract, source "
+                                "from raw_bars order by ts").fetchall(),
+                    con.execute("select row_number, reason, raw from rejected_bars order by row_number").fetchall()))
+        con.close()
+    return fast is not None, out[0], out[1]
+
+
+HEADERED = ["timestamp,open,high,low,close,volume"]
+
+
+@pytest.mark.parametrize("lines, kw", [
+    (GOOD_ROWS, {"tz": "UTC"}),
+    (HEADERED + GOOD_ROWS, {"tz": "America/New_York"}),
+    ([r.replace(" ", "T", 1) for r in GOOD_ROWS], {"tz": "UTC"}),
+    ([r[:16] + r[19:] for r in GOOD_ROWS], {"tz": "UTC"}),                       # no seconds
+    (HEADERED + GOOD_ROWS + [                                                   # every row-level reason
+        "2024-03-04 09:33:00,,18003.00,18001.00,18002.00,5",
+        "2024-03-04 09:34:00,0,18003.00,18001.00,18002.00,5",
+        "2024-03-04 09:35:00,18002.00,18000.00,18001.00,18000.50,5",
+        "2024-03-04 09:36:00,18005.00,18003.00,18001.00,18002.00,5",
+        "2024-03-04 09:37:00,18002.00,18003.00,18001.00,18000.00,5",
+        "2024-03-04 09:38:00,18002.00,18003.00,18001.00,18002.00,-3",
+        "2024-03-04 09:39:00,18002.00,18003.00,18001.00,18002.00,2.5",
+        "2024-03-04 09:40:00,18002,18003,18001,18002,1e30",
+        "2024-03-04 09:41:00,1e-300,1e-300,1e-300,1e-300,5",
+        "2024-03-04 09:42:00,18002,180030,18001,180020,5",
+        "1970-01-01 00:00:00,18002,18003,18001,18002,5",
+        "2024-03-04 09:43:17,18002,18003,18001,18002,5",
+        "2024-03-04 09:31:00,18000.50,18002.00,18000.00,18001.75,12",
+        "2024-03-04 09:35:00,18002.00,18003.00,18001.00,18002.00,5",          # duplicate of a rejected row
+    ], {"tz": "UTC"}),
+    (["2024-03-10 01:59:00,1,1,1,1,1", "2024-03-10 02:30:00,1,1,1,1,1", "2024-11-03 01:30:00,1,1,1,1,1",
+      "2024-11-03 01:30:00,1,1,1,1,1", "2024-11-03 02:00:00,1,1,1,1,1"], {"tz": "America/New_York"}),
+    (["2024-11-03 00:59:00,1,1,1,1,1", "2024-11-03 01:30:00,1,1,1,1,1"], {"tz": "America/New_York"}),
+    (["when,o,h,l,c,qty,extra"] + [r + ",7" for r in GOOD_ROWS],
+     {"tz": "UTC", "columns": "ts=when,open=o,high=h,low=l,close=c,volume=qty"}),
+    ([",".join(np.array(r.split(","))[[1, 2, 3, 4, 5, 0]]) for r in GOOD_ROWS],
+     {"tz": "UTC", "columns": "open,high,low,close,volume,ts", "symbol": "X"}),
+    (GOOD_ROWS, {"tz": "UTC", "ts_is": "end"}),
+])
+def test_the_fast_path_matches_the_pandas_path(tmp_path, monkeypatch, lines, kw):
+    took_fast, fast, careful = _import_both(tmp_path, monkeypatch, lines, **kw)
+    assert took_fast
+    assert fast[:4] == careful[:4]
+    assert [r[:2] for r in fast[4]] == [r[:2] for r in careful[4]]
+    assert [json.loads(r[2]) for r in fast[4]] == [json.loads(r[2]) for r in careful[4]]
+
+
+@pytest.mark.parametrize("lines", [
+    [r + "," for r in GOOD_ROWS],                                    # trailing commas
+    [GOOD_ROWS[0], "", GOOD_ROWS[1]],                                # a blank line
+    [GOOD_ROWS[0], GOOD_ROWS[1].replace(",", ", ")],                 # spaces after commas
+    [GOOD_ROWS[0], GOOD_ROWS[1].replace("18000.50", "NaN", 1)],      # a word
+    [GOOD_ROWS[0], '"2024-03-04 09:31:00",1,2,0.5,1.5,3'],            # quotes
+    [GOOD_ROWS[0], "2024-3-04 09:31:00,1,2,0.5,1.5,3"],              # a timestamp of another width
+])
+def test_odd_files_take_the_pandas_path(tmp_path, monkeypatch, lines):
+    took_fast, fast, careful = _import_both(tmp_path, monkeypatch, lines, tz="UTC")
+    assert not took_fast and fast == careful
