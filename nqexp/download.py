@@ -7,11 +7,13 @@
   the database or to a file: every message that could echo it is scrubbed.
 * [start, end) is split into chunks of `chunk_days` (default 30; `end` is exclusive, as in the
   Databento API). Each chunk's raw zstd DBN bytes are written atomically (temp file, fsync,
-  rename) to `<data_dir>/databento/<dataset>/<symbol>/<schema>/<start>_<end>.dbn.zst`, then
-  ingested with `nqexp.ingest.import_file` (idempotent), then recorded in `download_chunks`.
+  rename) to `<data_dir>/databento/<dataset>/<symbol>/<schema>/<start>_<end>.dbn.zst`. Chunks are
+  staged and merged into raw_bars in batches of about STAGE_ROWS rows (one upsert per batch, not per
+  chunk: idempotent, rejects keep their file and row), then recorded in `download_chunks`.
 * Resume: a chunk recorded in download_chunks whose file still exists is skipped; a chunk file
   without a record (a crash after the download) is ingested from disk without buying it again.
-  A crash therefore loses at most the chunk in flight, and re-ingesting never duplicates rows.
+  A crash therefore loses at most the chunk in flight (staged chunks are files on disk), and
+  re-ingesting never duplicates rows.
 * Retries: HTTP 429 and 5xx (and dropped connections) are retried with exponential backoff
   (`backoff_s * 2**attempt`, `max_retries` times). Any other 4xx stops at once with the
   gateway's message: 401/403 as CredentialsError, the rest (e.g. 422 unknown symbol) as DataError.
@@ -42,6 +44,7 @@ SYMBOL = "NQ.v.0"
 SCHEMA = "ohlcv-1m"
 STYPE_IN = "continuous"
 CHUNK_DAYS = 30
+STAGE_ROWS = 2_000_000   # chunks are merged into raw_bars in batches of about this many rows
 KEY_ENV = "DATABENTO_API_KEY"
 
 Progress = Callable[[int, int, str], None]   # (chunks done, chunks total, what just happened)
@@ -220,15 +223,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _record_count(data: bytes, path: Path | None = None) -> int:
-    import databento as db
+def _read_chunk(path: Path):
+    """A chunk file as a frame for ingest.import_frames (empty if it holds no records), or a DataError."""
+    from nqexp import ingest
 
     try:
-        return len(db.DBNStore.from_bytes(data).to_ndarray())
-    except Exception as exc:  # the decoder's messages can quote the whole input; keep the first 200 characters
-        text = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{path or 'chunk'}: not a readable DBN file ({text[:200]}{'...' if len(text) > 200 else ''}); "
-                        "delete it to download the chunk again") from None
+        return ingest.read_dbn_chunk(path)
+    except DataError as exc:
+        raise DataError(f"{exc}; delete it to download the chunk again") from None
 
 
 def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, schema: str = SCHEMA,
@@ -252,49 +254,73 @@ def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, s
         ).fetchall()
     }
     client = None
-    for i, (a, b) in enumerate(chunks, 1):
-        path = chunk_path(data_dir, dataset, symbol, schema, a, b)
-        label = f"{a:%Y-%m-%d}..{b:%Y-%m-%d}"
-        if (a, b) in done and Path(done[(a, b)]).exists():
-            report.chunks_skipped += 1
-            if progress:
-                progress(i, len(chunks), f"{label} already stored")
-            continue
-        if path.exists():
-            data = path.read_bytes()
-            report.chunks_from_disk += 1
-            how = "from disk"
-        else:
-            if client is None:
-                client = _client(key, gateway)
-            store = _call(
-                lambda: client.timeseries.get_range(dataset=dataset, symbols=[symbol], schema=schema,
-                                                    stype_in=stype_in, start=a.isoformat(), end=b.isoformat()),
-                key=key, what=f"get_range {label}", max_retries=max_retries, backoff_s=backoff_s,
-                sleep=sleep, report=report,
-            )
-            tmp = path.with_name(path.name + f".{os.getpid()}.dl")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            store.to_file(tmp)          # the bytes as served (zstd DBN)
-            data = tmp.read_bytes()
-            tmp.unlink()
-            _atomic_write(path, data)
-            report.chunks_downloaded += 1
-            how = "downloaded"
-        n = _record_count(data, path)
-        if n:
-            ingest.import_file(con, path)
-        con.execute(
+    staged: list[tuple] = []          # (chunk_start, chunk_end, path, data, frame): on disk, not yet in raw_bars
+
+    def merge_staged() -> None:
+        """One upsert for the staged chunks, then their download_chunks rows (a re-import is idempotent)."""
+        if not staged:
+            return
+        frames = [f for *_, f in staged if len(f)]
+        if frames:
+            first, last = staged[0][0], staged[-1][1]
+            ingest.import_frames(con, frames, source=f"download {dataset} {symbol} {first:%Y-%m-%d}..{last:%Y-%m-%d}")
+        con.executemany(
             "insert or replace into download_chunks (dataset, symbol, schema, stype_in, chunk_start, chunk_end, "
             "path, sha256, bytes, records) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [dataset, symbol, schema, stype_in, a.to_pydatetime(), b.to_pydatetime(), str(path.absolute()),
-             hashlib.sha256(data).hexdigest(), len(data), n],
+            [[dataset, symbol, schema, stype_in, a.to_pydatetime(), b.to_pydatetime(), str(p.absolute()),
+              hashlib.sha256(data).hexdigest(), len(data), len(f)] for a, b, p, data, f in staged],
         )
-        report.records += n
-        report.bytes += len(data)
-        log.info("chunk %s: %s, %d records", label, how, n)
-        if progress:
-            progress(i, len(chunks), f"{label} {how} ({n:,} records)")
+        staged.clear()
+
+    try:
+        for i, (a, b) in enumerate(chunks, 1):
+            path = chunk_path(data_dir, dataset, symbol, schema, a, b)
+            label = f"{a:%Y-%m-%d}..{b:%Y-%m-%d}"
+            if (a, b) in done and Path(done[(a, b)]).exists():
+                report.chunks_skipped += 1
+                if progress:
+                    progress(i, len(chunks), f"{label} already stored")
+                continue
+            if path.exists():
+                data = path.read_bytes()
+                report.chunks_from_disk += 1
+                how = "from disk"
+            else:
+                if client is None:
+                    client = _client(key, gateway)
+                store = _call(
+                    lambda: client.timeseries.get_range(dataset=dataset, symbols=[symbol], schema=schema,
+                                                        stype_in=stype_in, start=a.isoformat(), end=b.isoformat()),
+                    key=key, what=f"get_range {label}", max_retries=max_retries, backoff_s=backoff_s,
+                    sleep=sleep, report=report,
+                )
+                tmp = path.with_name(path.name + f".{os.getpid()}.dl")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                store.to_file(tmp)          # the bytes as served (zstd DBN)
+                data = tmp.read_bytes()
+                tmp.unlink()
+                _atomic_write(path, data)
+                report.chunks_downloaded += 1
+                how = "downloaded"
+            frame = _read_chunk(path)
+            n = len(frame)
+            staged.append((a, b, path, data, frame))
+            if sum(len(f) for *_, f in staged) >= STAGE_ROWS:
+                merge_staged()
+            report.records += n
+            report.bytes += len(data)
+            log.info("chunk %s: %s, %d records", label, how, n)
+            if progress:
+                progress(i, len(chunks), f"{label} {how} ({n:,} records)")
+    except BaseException:
+        # What is staged is paid for and on disk: store it before the error goes up (the next run
+        # would ingest the files from disk anyway, but the database should hold what was bought).
+        try:
+            merge_staged()
+        except Exception as exc:   # the first error is the one to report
+            log.warning("could not store the staged chunks after an error: %s", exc)
+        raise
+    merge_staged()
     report.seconds = time.perf_counter() - t0
     log.info("download %s %s: %s", dataset, symbol, report.summary())
     return report

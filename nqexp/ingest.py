@@ -401,7 +401,7 @@ def _read_parquet(path: Path, columns) -> pd.DataFrame:
     return _map_columns(df, True, columns, path)
 
 
-def _read_dbn(path: Path, symbol: str | None) -> tuple[pd.DataFrame, str]:
+def _read_dbn(path: Path, symbol: str | None, allow_empty: bool = False) -> tuple[pd.DataFrame, str]:
     import databento as db
 
     # `import databento` turns on every DeprecationWarning; pandas 3 then warns on each to_df().
@@ -421,6 +421,8 @@ def _read_dbn(path: Path, symbol: str | None) -> tuple[pd.DataFrame, str]:
     except Exception as exc:
         raise DataError(f"{path}: not a readable DBN file ({_first_line(exc)}; nothing was imported)") from None
     if df.empty:
+        if allow_empty:
+            return pd.DataFrame(), "dbn"
         raise DataError(f"{path}: the DBN file holds no records")
     stype_in = str(store.stype_in)
     out = pd.DataFrame({
@@ -1008,6 +1010,31 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
     for text in notes:
         log.info("%s: %s", path, text)     # the CLI shows report.warnings; logging them too would repeat them
     return report
+
+
+def read_dbn_chunk(path) -> pd.DataFrame:
+    """One downloaded DBN chunk as a frame ready for `import_frames`; empty when the chunk holds no records."""
+    path = Path(path).absolute()
+    df, _ = _read_dbn(path, None, allow_empty=True)
+    if df.empty:
+        return df
+    df["source"] = _constant(str(path), len(df))
+    df["row_number"] = np.arange(1, len(df) + 1)
+    refuse_unusable(df, path)
+    return df
+
+
+def import_frames(con, frames: list[pd.DataFrame], *, source: str) -> ImportReport:
+    """Validate and upsert several files' frames (from `read_dbn_chunk`) as one import, in one transaction.
+
+    A download stages its chunks this way: one upsert per batch instead of one per chunk, each with
+    its own transaction and scan of raw_bars. Rejects keep their own file and row number.
+    """
+    t0 = time.perf_counter()
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    for col in ("symbol", "source"):        # concat turns differing categoricals into objects
+        df[col] = df[col].astype("category")
+    return write_bars(con, df, fmt="dbn", source=source, sha256=None, t0=t0)
 
 
 def _check_path(path: Path) -> None:
