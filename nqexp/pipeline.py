@@ -150,17 +150,19 @@ def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = N
 # Scoring a trained checkpoint
 
 
-def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu"):
+def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu",
+                plots: bool = True):
     """Best checkpoint -> val/test quantiles -> metrics vs baselines, gates, predictions, plots.
 
-    Returns (flat metrics {"val/crps_15m": ...}, gate flags, {plot name: path}). With
+    Returns (flat metrics {"val/crps_15m": ...}, gate flags, {plot name: path}; empty without
+    `plots`: the five figures cost more than the rest of the scoring, docs/experiments.md). With
     eval.backtest (the default) the test split is also backtested (docs/metrics.md §10): its
     `test/backtest_<stat>_<horizon>` keys join the metrics and the equity curves are saved as
     backtest_equity.parquet in the trial dir.
     """
     import pandas as pd
 
-    from nqexp import evaluate, plots
+    from nqexp import evaluate
     from nqexp.train import load_checkpoint_model, predict
 
     model, _ = load_checkpoint_model(checkpoint, device=device)
@@ -184,7 +186,12 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     evaluate.save_predictions(trial_dir / "predictions.parquet", splits, taus, data.horizon_minutes)
     table.to_parquet(trial_dir / "metrics_table.parquet")
     test = splits["test"]
-    plot_paths = plots.plot_all(trial_dir / "plots", "test", test.ts, test.y, test.q, taus, data.horizon_minutes, table)
+    plot_paths = {}
+    if plots:
+        from nqexp import plots as figures
+
+        plot_paths = figures.plot_all(trial_dir / "plots", "test", test.ts, test.y, test.q, taus,
+                                      data.horizon_minutes, table)
     flat = {}
     for split in ("val", "test"):
         part = evaluate.flatten_metrics(table[table["split"] == split])

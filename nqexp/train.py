@@ -85,13 +85,16 @@ class TrainConfig:
                 raise SpecError(message)
 
 
-def batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, subset=None):
+def batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, subset=None,
+            pin_memory: bool = False):
     """(x, mask, temporal, y, scale) torch batches of a windows.WindowDataset; order depends only on (seed, epoch)."""
     from nqexp.windows import WindowLoader
 
     if subset is not None:
         dataset = dataset.subset(subset)
-    loader = WindowLoader.from_dataset(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    # Reused buffers: every consumer here is done with a batch before it draws the next one.
+    loader = WindowLoader.from_dataset(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                       pin_memory=pin_memory, reuse_buffers=True)
     loader.set_epoch(epoch)
     for b in loader:
         yield b["x"], b["mask"], b["temporal"], b["y"], b["scale"]
@@ -181,8 +184,10 @@ def predict(model, data, batch_size: int, device, subset: np.ndarray | None = No
     model.eval()
     out = []
     with torch.no_grad():
-        for x, mask, temporal, _y, scale in batches(data, batch_size, shuffle=False, subset=subset):
-            fc = model(x.to(device), mask.to(device), temporal.to(device), scale.to(device))
+        cuda = torch.device(device).type == "cuda"
+        for x, mask, temporal, _y, scale in batches(data, batch_size, shuffle=False, subset=subset, pin_memory=cuda):
+            x, mask, temporal, scale = (t.to(device, non_blocking=cuda) for t in (x, mask, temporal, scale))
+            fc = model(x, mask, temporal, scale)
             out.append(fc.q.float().cpu().numpy())              # (b, H, Q)
     idx = np.arange(len(data)) if subset is None else subset
     return Scored(q=np.concatenate(out, axis=0), y=data.y[idx], ts=data.ts[idx])
@@ -220,7 +225,8 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    use_bf16 = cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    cuda = device.type == "cuda"
+    use_bf16 = cfg.amp == "auto" and cuda and torch.cuda.is_bf16_supported()
     seed_everything(seed)
 
     model = build_model(model_cfg).to(device)
@@ -259,13 +265,14 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
         epoch = state["epoch"]
         model.train()
         losses = []
-        stream = batches(train_data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch)
+        # Pinned host batches on CUDA: the host-to-device copy overlaps the previous step's kernels.
+        stream = batches(train_data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, pin_memory=cuda)
         for micro, (x, mask, temporal, y, scale) in enumerate(stream):
             if micro >= micro_per_epoch:
                 break
             if micro < state["micro"]:          # resumed mid-epoch: these were already done
                 continue
-            x, mask, temporal, y, scale = (t.to(device) for t in (x, mask, temporal, y, scale))
+            x, mask, temporal, y, scale = (t.to(device, non_blocking=cuda) for t in (x, mask, temporal, y, scale))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 fc = model(x, mask, temporal, scale, y)
             loss = model_loss(fc, y, scale, model_cfg)           # fp32 inside

@@ -62,11 +62,13 @@ GATE_PENALTY = 1e3
 
 
 def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Mapping[str, Any],
-               base_spec=None, store_root: str, experiment: str):
-    """One Tune trial: train, score, report. Runs in a Ray worker.
+               base_spec=None, store_root: str, experiment: str, plot_trials=None):
+    """One Tune trial: train, score, report. Runs in a Ray worker (reused across trials, so torch
+    and nqexp are imported once per worker, not once per trial).
 
     trial_specs: trial name -> its validated ExperimentSpec (`nqexp run`); base_spec: the
-    validated spec a sweep trial applies its sampled dotted keys to (`nqexp sweep`).
+    validated spec a sweep trial applies its sampled dotted keys to (`nqexp sweep`). plot_trials:
+    the trials that draw the evaluation figures (None: all), see plot_trial_names.
     """
     import torch
     from ray import tune
@@ -98,7 +100,9 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
                    tracker, trial_dir / "checkpoints", seed=tspec.seed, horizon_minutes=data.horizon_minutes,
                    device=device, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - t0
-    flat, flags, plot_paths = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval, device)
+    draw = plot_trials is None or name in plot_trials
+    flat, flags, plot_paths = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval, device,
+                                          plots=draw)
     write_bundle(trial_dir, tspec, result.checkpoint, data)   # what `nqexp predict` loads
     gated_final = bool(flags)
     objective = result.best_val_crps * (GATE_PENALTY if gated_final else 1.0)
@@ -113,6 +117,15 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
 
 # ------------------------------------------------------------------------------------------
 # Driver: following trials (store, W&B, progress)
+
+
+def plot_trial_names(trials) -> frozenset[str]:
+    """The trials whose figures the report shows: each variant's first seed (docs/experiments.md).
+    The others skip the five plots, the costliest part of scoring a small trial."""
+    first: dict[str, str] = {}
+    for t in trials:                       # spec.trials() is variant-major, seeds in spec order
+        first.setdefault(t.variant, t.trial_name)
+    return frozenset(first.values())
 
 
 def sweep_trial_name(trial_id: str) -> str:
@@ -211,7 +224,8 @@ class _Follower:
             run.summary({**metrics, "best_epoch": result["best_epoch"], "gated": bool(flags),
                          "gate_reasons": "; ".join(r for _, r in flags)})
             plots = {f"plots/{k}": Path(v) for k, v in json.loads(result.get("plots") or "{}").items()}
-            run.log_images(plots, step=run.last_step)
+            if plots:                     # only the trials that drew figures (plot_trial_names)
+                run.log_images(plots, step=run.last_step)
             self._log_prediction_sample(run, name)
             run.finish()
         self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"))
@@ -417,13 +431,14 @@ class ExperimentOutcome:
 def run_trials(*, experiment: str, store, trial_specs: Mapping[str, Any], trial_meta: Mapping[str, dict],
                datasets: Mapping[str, PreparedData], resources, track_cfg, on_event: Callable | None = None,
                search: Mapping[str, Any] | None = None, base_spec=None, sweep_cfg=None,
-               max_epochs: int = 1) -> None:
+               max_epochs: int = 1, plot_trials=None) -> None:
     """Run trials on Ray Tune: a grid over named trials, or a search when `search` is given.
     trial_specs (name -> ExperimentSpec) and base_spec are validated specs; see _trainable."""
     from ray import tune
 
     trainable = tune.with_parameters(_trainable, datasets=dict(datasets), trial_specs=dict(trial_specs),
-                                     base_spec=base_spec, store_root=str(store.root), experiment=experiment)
+                                     base_spec=base_spec, store_root=str(store.root), experiment=experiment,
+                                     plot_trials=plot_trials)
     per_trial = {"cpu": float(resources.cpus_per_trial)}
     if resources.gpus_per_trial:
         per_trial["gpu"] = float(resources.gpus_per_trial)
@@ -439,7 +454,9 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, Any], trial_
     concurrency = resources.max_concurrent_trials or 0
     if search is None:
         param_space = {"trial": tune.grid_search(list(trial_specs))}
-        tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
+        # reuse_actors: a finished trial's worker runs the next one, so each worker pays the Python
+        # start and the torch/nqexp imports once (seconds per trial on a small CPU run).
+        tune_config = tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True)
     else:
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
@@ -465,7 +482,7 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, Any], trial_
         # The objective is val CRPS, x1e3 for a trial whose val PICP80 collapsed (see _trainable).
         tune_config = tune.TuneConfig(metric="objective", mode="min", num_samples=sweep_cfg.num_samples,
                                       search_alg=search_alg, scheduler=scheduler,
-                                      max_concurrent_trials=concurrency)
+                                      max_concurrent_trials=concurrency, reuse_actors=True)
     tuner = tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(
@@ -570,7 +587,8 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         try:
             if kind == "run":
                 run_trials(experiment=experiment, store=store, trial_specs=trial_specs, trial_meta=trial_meta,
-                           datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event)
+                           datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
+                           plot_trials=plot_trial_names(spec.trials()))
             else:
                 max_epochs = spec.sweep.max_epochs or spec.train.max_epochs
                 base_spec = base.apply({"train.max_epochs": max_epochs}, source="sweep.max_epochs")

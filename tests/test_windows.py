@@ -294,6 +294,24 @@ def test_padding_is_exactly_zero_and_mask_false_left_aligned(arrays, splits, sca
     assert (b["temporal"][b["mask"]][:, 2] >= 1).all()  # valid steps have day_of_month >= 1, never the pad
 
 
+def test_batch_equals_a_per_window_slice_reference_on_every_sample(arrays, splits, scalers):
+    """The vectorized gather (block copies, padding zeroed through a table of masks) gives exactly
+    what slicing each window on its own gives, for every train sample in a shuffled order."""
+    ds = dataset_arrays(arrays, splits["train"], scalers, WCFG)
+    T, V = WCFG.t_max, ds.bars.shape[1]
+    rows = np.random.default_rng(3).permutation(len(ds))
+    for chunk in np.array_split(rows, max(1, len(rows) // 128)):
+        b = ds.batch(chunk)
+        for i, r in enumerate(chunk):
+            s, L = int(ds.start[r]), int(ds.length[r])
+            x, temporal = np.zeros((T, V), np.float32), np.zeros((T, 4), np.float32)
+            x[:L], temporal[:L] = ds.bars[s:s + L], ds.temporal[s:s + L]
+            assert np.array_equal(b["x"][i], x) and np.array_equal(b["temporal"][i], temporal), (r, L)
+            assert np.array_equal(b["mask"][i], np.arange(T) < L)
+        assert np.array_equal(b["y"], ds.y[chunk]) and np.array_equal(b["scale"], ds.scale[chunk])
+        assert np.array_equal(b["idx"], ds.idx[chunk])
+
+
 def test_temporal_inputs_match_known_new_york_times_across_dst():
     ts = np.array(["2023-03-10T14:30", "2023-03-13T13:30", "2023-11-03T13:30", "2023-11-06T14:30",
                    "2024-12-31T23:00", "2023-11-24T18:10"], dtype="datetime64[us]")
@@ -326,6 +344,28 @@ def test_loader_yields_contract_tensors_and_shuffles_reproducibly(arrays, splits
     assert torch.equal(next(iter(again))["idx"], b["idx"])
     assert not torch.equal(next(iter(loader))["idx"], b["idx"])  # epoch 1 draws a new permutation
     assert len(WindowLoader.from_dataset(loader.dataset, batch_size=128, drop_last=True)) == splits["val"].size // 128
+
+
+def test_loader_with_reused_buffers_yields_the_same_batches(arrays, splits, scalers):
+    """reuse_buffers (what train.py uses) writes each batch into the same tensors: equal values to
+    the fresh batches, the short last batch included, also from read-only (Ray object store) arrays."""
+    import torch
+
+    ds = dataset_arrays(arrays, splits["train"], scalers, WCFG)
+    for arr in (ds.bars, ds.temporal, ds.y, ds.scale, ds.idx, ds.start, ds.length):
+        arr.flags.writeable = False
+    fresh = WindowLoader.from_dataset(ds, batch_size=100, shuffle=True, seed=2)
+    reused = WindowLoader.from_dataset(ds, batch_size=100, shuffle=True, seed=2, reuse_buffers=True)
+    assert len(ds) % 100, "the last batch should be short"
+    n, pointers = 0, set()
+    for a, b in zip(fresh, reused, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and b[k].is_contiguous(), k
+            assert torch.equal(a[k], b[k]), k
+        pointers.add(b["x"].data_ptr())
+        n += len(b["idx"])
+    assert n == len(ds) and len(pointers) == 1  # one buffer for the whole epoch
 
 
 def test_dataset_numpy_round_trip_gives_identical_batches(arrays, splits, scalers):
