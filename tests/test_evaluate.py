@@ -1,6 +1,5 @@
 """Baselines, the per-split metric table, sanity gates and the predictions file."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +9,7 @@ from scipy.stats import norm
 from nqexp import evaluate as E
 from nqexp import metrics as M
 from nqexp.errors import DataError, NqexpError
+from tests.conftest import SHARED_DATA
 
 TAUS = np.array(E.DEFAULT_TAUS)
 HM = (15, 30, 60, 120, 240)
@@ -356,7 +356,7 @@ def test_load_predictions_of_a_missing_file_is_a_data_error(tmp_path):
 
 # ------------------------------------------------------------------------------ real data
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "firstrate-nq-2023" / "NQ_5min_sample.csv"
+DATA = SHARED_DATA / "firstrate-nq-2023" / "NQ_5min_sample.csv"
 
 
 @pytest.mark.realdata

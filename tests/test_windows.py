@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,8 +24,9 @@ from nqexp.windows import (
     walk_forward_folds,
     window_starts,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
+DATA = SHARED_DATA
 HORIZONS_5M = (3, 6, 12, 24, 48)
 
 
