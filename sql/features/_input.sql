@@ -17,8 +17,11 @@
 -- inputs:    bars_1m or bars_5m (the set's `bars:` key, passed as $bars_table): back-adjusted
 --            continuous bars. Nothing here resets at sessions or rolls: the series runs on.
 -- params:    $bars_table (varchar), $symbol (varchar), $until (timestamp or NULL: keep only bars
---            with ts <= $until; the leakage check truncates the series this way),
---            $long_break_minutes (double).
+--            with ts <= $until; the leakage check truncates the series this way), $since
+--            (timestamp or NULL: keep only bars with ts >= $since; features.py builds long series
+--            in chunks this way, each with a look-back overlap), $long_break_minutes (double).
+--            In a chunk, bar_index and the counters start at the chunk: features read bar_index
+--            only in warm-up guards, which the overlap covers, and flags only compare counters.
 -- lookback:  1 bar (the counters run over the whole series)
 -- lookahead: none; windows end at the current row.
 -- order:     rows come back in any order; features.py orders them by bar_index (an ORDER BY
@@ -50,6 +53,7 @@ with bars as (
     from query_table($bars_table::varchar)
     where symbol = $symbol::varchar
         and ($until::timestamp is null or ts <= $until::timestamp)
+        and ($since::timestamp is null or ts >= $since::timestamp)
 )
 
 select
