@@ -82,9 +82,11 @@ INPUT_ENGINE_COLUMNS = ("ts", "bar_index", "close", "session_date", "minute_of_d
 SET_NAME_RULE = "lowercase letters, digits and _, not starting with a digit"
 FILTER_KINDS = {"ema": lambda n: 2.0 / (n + 1.0), "wilder": lambda n: 1.0 / n}
 ROLLING_KINDS = ("sum", "mean", "std_pop", "std_samp")
+RUNNING_KINDS = ("sum", "max")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FILTER_LINE = re.compile(r"^filter\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
 _ROLLING_LINE = re.compile(r"^rolling\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
+_RUNNING_LINE = re.compile(r"^running\s+(\w+)\s*=\s*(\w+)\s*\((.*)\)\s*$")
 # Sets with more bars than this are built in session-date chunks (bounded memory; see compute).
 CHUNK_ROWS = 1_500_000
 OVERLAP_SESSIONS = 3      # look-back sessions before a chunk, at least (the RTH-day VWAP reaches back one)
@@ -114,7 +116,7 @@ class RollingDecl:
     """A sliding-window aggregate a family file declares: `name = kind(expr, n)` over the last n rows."""
 
     name: str
-    kind: str        # 'sum' | 'mean' | 'std_pop' | 'std_samp'
+    kind: str        # 'sum' | 'mean' | 'std_pop' | 'std_samp'; 'running_sum' | 'running_max' (n = 0)
     expr: str        # SQL expression over feature_input and earlier filters / rolling columns
     n: int
     source: str
@@ -208,6 +210,13 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
     for line in parsed.other:
         m = _FILTER_LINE.match(line)
         r = _ROLLING_LINE.match(line)
+        run = _RUNNING_LINE.match(line)
+        if run and not r:
+            rname, kind, expr = run.group(1), run.group(2).lower(), run.group(3).strip()
+            if kind not in RUNNING_KINDS:
+                raise SqlError(f"{where}: running {rname} has kind {kind!r}; expected one of {list(RUNNING_KINDS)}")
+            rolling.append(RollingDecl(rname, f"running_{kind}", expr, 0, name))
+            continue
         if r:
             rname, kind, expr, n = r.group(1), r.group(2).lower(), r.group(3).strip(), int(r.group(4))
             if kind not in ROLLING_KINDS:
@@ -374,6 +383,8 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
     clash = sorted((set(filters) | set(rolling)) & set(input_file.columns))
     if clash:
         raise SqlError(f"filters {clash} shadow columns of {INPUT_FILE}.sql")
+    # _input.sql's own running columns (its counters) come first: families may read them.
+    rolling = {**{d.name: d for d in input_file.rolling}, **rolling}
     digest = hashlib.sha256(ENGINE_VERSION.encode())
     for part in (path, input_file.path, *(f.path for f in files)):
         digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
@@ -471,6 +482,10 @@ def rolling_std(x: np.ndarray, n: int, ddof: int) -> np.ndarray:
 
 def rolling(x: np.ndarray, kind: str, n: int) -> np.ndarray:
     """The declared sliding-window aggregate `kind` over the last n rows (see RollingDecl)."""
+    if kind == "running_sum":
+        return np.cumsum(np.nan_to_num(x, nan=0.0))          # SQL sum: NULLs add nothing
+    if kind == "running_max":
+        return np.fmax.accumulate(x)                         # NaN until the first value, then ignored
     if kind == "sum":
         return rolling_sum(x, n)
     if kind == "mean":
@@ -582,8 +597,8 @@ def _families(con, fs: FeatureSet, base, seconds: dict[str, float]) -> np.ndarra
     """Run every family file over `base` (registered as feature_input): X (N, V) float64, column-major."""
     n = base.num_rows
     con.register(INPUT_VIEW, base)
-    # Column-major, so each feature column is contiguous.
-    X = np.full((n, len(fs.columns)), np.nan, order="F")                         # (N, V)
+    # Column-major, so each feature column is contiguous; every column is written below.
+    X = np.empty((n, len(fs.columns)), order="F")                                # (N, V)
     col_index = {c: j for j, c in enumerate(fs.columns)}
     for f in fs.files:
         t2 = time.perf_counter()
@@ -596,6 +611,8 @@ def _families(con, fs: FeatureSet, base, seconds: dict[str, float]) -> np.ndarra
                            f"{list(f.columns)} (missing {missing}, extra {extra}), in that order")
         idx = cols["bar_index"].astype(np.int64)
         in_order = np.array_equal(idx, np.arange(n))
+        if not in_order and not np.array_equal(np.sort(idx), np.arange(n)):
+            raise SqlError(f"{_label(f.path)} must return one row per bar of feature_input")
         for c in f.columns:
             if c in col_index:
                 values = _float(cols[c])
