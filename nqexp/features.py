@@ -86,7 +86,7 @@ RUNNING_KINDS = ("sum", "max")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FILTER_LINE = re.compile(r"^filter\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
 _ROLLING_LINE = re.compile(r"^rolling\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
-_RUNNING_LINE = re.compile(r"^running\s+(\w+)\s*=\s*(\w+)\s*\((.*)\)\s*$")
+_RUNNING_LINE = re.compile(r"^running\s+(\w+)\s*=\s*(\w+)\s*\((.*)\)(?:\s+by\s+(\w+))?\s*$")
 # Sets with more bars than this are built in session-date chunks (bounded memory; see compute).
 CHUNK_ROWS = 1_500_000
 OVERLAP_SESSIONS = 3      # look-back sessions before a chunk, at least (the RTH-day VWAP reaches back one)
@@ -120,6 +120,11 @@ class RollingDecl:
     expr: str        # SQL expression over feature_input and earlier filters / rolling columns
     n: int
     source: str
+    key: str | None = None   # running sums restart where this column changes (runs of equal key)
+
+    @property
+    def reads(self) -> str:
+        return f"{self.expr} {self.key or ''}"
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,9 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
             rname, kind, expr = run.group(1), run.group(2).lower(), run.group(3).strip()
             if kind not in RUNNING_KINDS:
                 raise SqlError(f"{where}: running {rname} has kind {kind!r}; expected one of {list(RUNNING_KINDS)}")
-            rolling.append(RollingDecl(rname, f"running_{kind}", expr, 0, name))
+            if run.group(4) and kind != "sum":
+                raise SqlError(f"{where}: running {rname}: only sum restarts `by` a key")
+            rolling.append(RollingDecl(rname, f"running_{kind}", expr, 0, name, run.group(4)))
             continue
         if r:
             rname, kind, expr, n = r.group(1), r.group(2).lower(), r.group(3).strip(), int(r.group(4))
@@ -480,10 +487,26 @@ def rolling_std(x: np.ndarray, n: int, ddof: int) -> np.ndarray:
     return np.sqrt(acc / (n - ddof))
 
 
+def running_sum(x: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
+    """Running sum in row order (NaN adds nothing), restarting where `key` changes (NaN keys: one run).
+
+    One sequential cumsum per run, so a value depends only on its run's rows (exact in chunks).
+    """
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)
+    if key is None:
+        return np.cumsum(x)
+    same = (key[1:] == key[:-1]) | (np.isnan(key[1:]) & np.isnan(key[:-1]))
+    starts = np.concatenate([[0], np.flatnonzero(~same) + 1, [len(x)]])
+    out = np.empty_like(x)
+    for a, b in zip(starts[:-1], starts[1:]):
+        np.cumsum(x[a:b], out=out[a:b])
+    return out
+
+
 def rolling(x: np.ndarray, kind: str, n: int) -> np.ndarray:
     """The declared sliding-window aggregate `kind` over the last n rows (see RollingDecl)."""
     if kind == "running_sum":
-        return np.cumsum(np.nan_to_num(x, nan=0.0))          # SQL sum: NULLs add nothing
+        return running_sum(x)                                # SQL sum: NULLs add nothing
     if kind == "running_max":
         return np.fmax.accumulate(x)                         # NaN until the first value, then ignored
     if kind == "sum":
@@ -497,7 +520,7 @@ def _filter_levels(decls) -> list[list]:
     """Group filters and rolling columns by dependency depth: level k reads only base columns and levels < k."""
     level: dict[str, int] = {}
     for decl in decls:
-        deps = [n for n in level if re.search(rf"\b{re.escape(n)}\b", decl.expr)]
+        deps = [n for n in level if re.search(rf"\b{re.escape(n)}\b", getattr(decl, "reads", decl.expr))]
         level[decl.name] = 1 + max((level[d] for d in deps), default=-1)
     out: list[list] = [[] for _ in range(max(level.values(), default=-1) + 1)]
     for decl in decls:
@@ -565,6 +588,8 @@ def _derive(con, fs: FeatureSet, base, carry: dict[str, tuple[np.ndarray, np.nda
     for level in _filter_levels(fs.filters + fs.rolling):
         con.register(INPUT_VIEW, base)
         select = ", ".join(f"({d.expr})::double as {d.name}" for d in level)
+        keys = sorted({d.key for d in level if getattr(d, "key", None)})
+        select += "".join(f", ({k})::double as _key_{k}" for k in keys)
         cols = _fetch(con, f"select bar_index, {select} from {INPUT_VIEW}", None,
                       f"filter inputs {[d.name for d in level]}")
         idx = cols["bar_index"].astype(np.int64)
@@ -573,7 +598,10 @@ def _derive(con, fs: FeatureSet, base, carry: dict[str, tuple[np.ndarray, np.nda
             x = _float(cols[d.name])
             if not in_order:
                 x = x[np.argsort(idx)]
-            if isinstance(d, RollingDecl):
+            if isinstance(d, RollingDecl) and d.key:
+                key = _float(cols[f"_key_{d.key}"])
+                y = running_sum(x, key if in_order else key[np.argsort(idx)])
+            elif isinstance(d, RollingDecl):
                 y = rolling(x, d.kind, d.n)
             elif carry and d.name in carry and len(carry[d.name][0]):
                 prev_ts, prev_y = carry[d.name]
