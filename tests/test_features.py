@@ -528,3 +528,22 @@ def test_rolling_columns_equal_pandas_and_ignore_where_the_series_starts():
             # Every value depends on its own window only: a later start changes no bit.
             k = 1234
             np.testing.assert_array_equal(features.rolling(x[k:], kind, n)[n:], got[k + n:])
+
+
+def test_features_build_only_the_bars_their_set_reads():
+    """After `data bars --freq 5m`, a migt24 build builds no 1m bars; a stale frequency is rebuilt alone."""
+    from nqexp import bars
+
+    con = _connect()
+    ingest.write_demo(con, demo.generate(days=6, seed=5))
+    bars.build_bars(con, SYMBOL, [5])
+    assert bars.ensure_bars(con, SYMBOL, [5]) is None
+    assert con.execute("select count(*) from bars_1m").fetchall()[0][0] == 0
+    assert features.build(con, "migt24", SYMBOL).rebuilt
+    one = bars.ensure_bars(con, SYMBOL, [1])                      # grok24 reads bars_1m: built now, alone
+    assert one is not None and set(one.rows) == {1} and one.rows[1] > 0
+    assert bars.ensure_bars(con, SYMBOL) is None                  # both frequencies are current
+    con.execute("delete from bars_5m where ts = (select max(ts) from bars_5m)")
+    again = bars.ensure_bars(con, SYMBOL, [1, 5])
+    assert again is not None and set(again.rows) == {5}
+    con.close()
