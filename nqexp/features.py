@@ -34,11 +34,29 @@ skipped and the state carried), and appends the result to `feature_input` as a c
 family SQL reads. One filter of the same name may be declared by several files only with the
 same definition.
 
+**Rolling and running columns.** DuckDB's windowed aggregates cost ~0.25 s per million rows
+each (segment trees), and their last bits depend on where the series starts (the tree is
+aligned to absolute rows), so a chunked build could not equal the whole one. A family
+declares sliding-window aggregates the same way as filters,
+
+    -- rolling sum_sq_return_12 = sum(pow(ln(close / prev_close), 2), 12)
+    -- running sum_v_rth = sum(volume) by rth_date
+
+`rolling` kinds sum, mean, std_pop, std_samp run over the last n rows (NaN until n inputs
+exist or while the window holds a NaN, pandas `rolling(n, min_periods=n)`), each value added
+up in a fixed order that depends on its own window only; `running` sum / max run from the
+first row (NULLs add nothing), a sum `by KEY` restarting where KEY changes. _input.sql's
+counters are running columns. The SQL keeps every definition; lags stay SQL windows.
+
 **Pipeline** (`compute`): `_input.sql` (bars of one symbol, optionally truncated at `until`, with
 the event counters that define the target flags) -> filters -> each family file -> targets by
 an index shift:
 `fwd_ret_h[t] = ln C[t+h] - ln C[t]` and `fwd_flag_h[t]` bits (1 session end, 2 weekend or
-holiday, 4 roll) where a counter differs between t and t+h. `build` writes the result to
+holiday, 4 roll) where a counter differs between t and t+h. Series longer than CHUNK_ROWS run in session-date
+chunks (`compute_chunks`): each reads its bars with a look-back overlap of the set's warm-up
+and at least OVERLAP_SESSIONS sessions, and the recursive filters carry their state across,
+so the chunks equal one unchunked run bit for bit while memory stays bounded. `build` writes
+the result chunk by chunk (the features as REAL: load_arrays hands out float32 anyway) to
 `features_<set>_<symbol slug>_<symbol hash>_<sql hash>` and records it in `feature_builds`
 (003_features.sql); it is rebuilt only when the SQL hash or the bars fingerprint changes. The
 slug alone would give `NQ.demo` and `nq-demo` one table, so the name carries a hash of the exact
