@@ -953,12 +953,12 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
 
     stale = [current[0]] if current and current[0] != table else []
     n_rows, timings = 0, {"write": 0.0}
-    con.execute("begin transaction")
+    # Chunk by chunk (compute_chunks), each committed into a staging table: one transaction
+    # over all chunks would hold every uncommitted row in memory. The staging table becomes
+    # the build only in the last, short transaction, so a failed build changes nothing.
+    staging = f"{table}__building"
+    con.execute(f'drop table if exists "{staging}"')
     try:
-        for old in stale:
-            con.execute(f'drop table if exists "{old}"')
-        con.execute(f'drop table if exists "{table}"')
-        # Chunk by chunk (compute_chunks), so a long series never sits in memory whole.
         for res in compute_chunks(con, fs, symbol):
             for k, v in res.seconds.items():
                 timings[k] = timings.get(k, 0.0) + v
@@ -969,13 +969,22 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
             con.register("_features_out", out)
             try:
                 if n_rows == out.num_rows:
-                    con.execute(f'create table "{table}" as select * from _features_out')
+                    con.execute(f'create table "{staging}" as select * from _features_out')
                 else:
-                    con.execute(f'insert into "{table}" select * from _features_out')
+                    con.execute(f'insert into "{staging}" select * from _features_out')
             finally:
                 con.unregister("_features_out")
             del out
             timings["write"] += time.perf_counter() - t_write
+    except BaseException:
+        con.execute(f'drop table if exists "{staging}"')
+        raise
+    t_commit = time.perf_counter()
+    con.execute("begin transaction")
+    try:
+        for old in (*stale, table):
+            con.execute(f'drop table if exists "{old}"')
+        con.execute(f'alter table "{staging}" rename to "{table}"')
         # The table records its own series (COMMENT takes no parameter: quote by doubling).
         owner_json = json.dumps({"set": fs.name, "symbol": symbol}).replace("'", "''")
         con.execute(f"comment on table \"{table}\" is '{owner_json}'")
@@ -986,12 +995,12 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
             [fs.name, symbol, table, fs.sql_hash, fingerprint, fs.bars_table, n_rows, len(fs.columns),
              fs.warmup_bars, time.perf_counter() - t0],
         )
-        t_commit = time.perf_counter()
         con.execute("commit")
-        timings["write"] += time.perf_counter() - t_commit
     except BaseException:
         con.execute("rollback")
+        con.execute(f'drop table if exists "{staging}"')
         raise
+    timings["write"] += time.perf_counter() - t_commit
     report = BuildReport(fs.name, symbol, table, n_rows, time.perf_counter() - t0, True, reason, timings)
     log.info("%s", report.summary())
     return report

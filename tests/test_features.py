@@ -547,3 +547,28 @@ def test_features_build_only_the_bars_their_set_reads():
     again = bars.ensure_bars(con, SYMBOL, [1, 5])
     assert again is not None and set(again.rows) == {5}
     con.close()
+
+
+def test_a_build_failing_between_chunks_keeps_the_previous_table(monkeypatch):
+    con = _connect()
+    ingest.write_demo(con, demo.generate(days=12, seed=5))
+    ref.build_bars(con, SYMBOL)
+    first = features.build(con, "migt24", SYMBOL)
+    before = con.execute(f'select * from "{first.table}" order by ts').df()
+    monkeypatch.setattr(features, "CHUNK_ROWS", 500)
+    real, calls = features._output_table, []
+
+    def failing(fs, res):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(fs, res)
+
+    monkeypatch.setattr(features, "_output_table", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        features.build(con, "migt24", SYMBOL, force=True)
+    pd.testing.assert_frame_equal(con.execute(f'select * from "{first.table}" order by ts').df(), before)
+    assert not [t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall() if "__building" in t]
+    monkeypatch.setattr(features, "_output_table", real)
+    assert features.build(con, "migt24", SYMBOL).rebuilt is False
+    con.close()
