@@ -618,13 +618,26 @@ def default_symbol(con) -> str:
     raise DataError(f"the database holds {len(names)} series ({', '.join(names)}); say which with --symbol")
 
 
-def ensure_bars(con, symbol: str):
-    """Build bars_1m/bars_5m for `symbol` when missing or behind raw_bars; returns the BarsReport or None."""
+def ensure_bars(con, symbol: str, freq_minutes=SUPPORTED_FREQS):
+    """Build the bars of `symbol` at `freq_minutes` that are missing or behind raw_bars; the BarsReport or None.
+
+    Only the stale frequencies are built: a feature set on 5-minute bars never waits for
+    bars_1m (`nqexp features build` right after `nqexp data bars --freq 5m` builds nothing).
+    """
     raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
-    built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
-    if built[0] and (raw[0] == 0 or tuple(raw) == tuple(built)):   # per-contract roots have no raw rows of their own
+    stale = []
+    for freq in sorted({int(f) for f in freq_minutes}):
+        # A 5m bar covers n_bars source bars and is stamped at its bucket start.
+        built = con.execute(
+            f"select coalesce(sum({'n_bars' if freq > 1 else '1'}), 0), max(ts), "
+            f"time_bucket(interval {freq} minutes, ?::timestamp) from bars_{freq}m where symbol = ?",
+            [raw[1], symbol]).fetchall()[0]
+        if built[0] and (raw[0] == 0 or (raw[0] == built[0] and built[1] == built[2])):
+            continue                      # per-contract roots have no raw rows of their own
+        stale.append(freq)
+    if not stale:
         return None
-    report = build_bars(con, symbol)
+    report = build_bars(con, symbol, stale)
     for message in report.warnings:   # an implicit build (features, runs): nobody else shows them
         log.warning("%s", message)
     return report

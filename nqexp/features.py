@@ -34,11 +34,29 @@ skipped and the state carried), and appends the result to `feature_input` as a c
 family SQL reads. One filter of the same name may be declared by several files only with the
 same definition.
 
+**Rolling and running columns.** DuckDB's windowed aggregates cost ~0.25 s per million rows
+each (segment trees), and their last bits depend on where the series starts (the tree is
+aligned to absolute rows), so a chunked build could not equal the whole one. A family
+declares sliding-window aggregates the same way as filters,
+
+    -- rolling sum_sq_return_12 = sum(pow(ln(close / prev_close), 2), 12)
+    -- running sum_v_rth = sum(volume) by rth_date
+
+`rolling` kinds sum, mean, std_pop, std_samp run over the last n rows (NaN until n inputs
+exist or while the window holds a NaN, pandas `rolling(n, min_periods=n)`), each value added
+up in a fixed order that depends on its own window only; `running` sum / max run from the
+first row (NULLs add nothing), a sum `by KEY` restarting where KEY changes. _input.sql's
+counters are running columns. The SQL keeps every definition; lags stay SQL windows.
+
 **Pipeline** (`compute`): `_input.sql` (bars of one symbol, optionally truncated at `until`, with
 the event counters that define the target flags) -> filters -> each family file -> targets by
 an index shift:
 `fwd_ret_h[t] = ln C[t+h] - ln C[t]` and `fwd_flag_h[t]` bits (1 session end, 2 weekend or
-holiday, 4 roll) where a counter differs between t and t+h. `build` writes the result to
+holiday, 4 roll) where a counter differs between t and t+h. Series longer than CHUNK_ROWS run in session-date
+chunks (`compute_chunks`): each reads its bars with a look-back overlap of the set's warm-up
+and at least OVERLAP_SESSIONS sessions, and the recursive filters carry their state across,
+so the chunks equal one unchunked run bit for bit while memory stays bounded. `build` writes
+the result chunk by chunk (the features as REAL: load_arrays hands out float32 anyway) to
 `features_<set>_<symbol slug>_<symbol hash>_<sql hash>` and records it in `feature_builds`
 (003_features.sql); it is rebuilt only when the SQL hash or the bars fingerprint changes. The
 slug alone would give `NQ.demo` and `nq-demo` one table, so the name carries a hash of the exact
@@ -70,7 +88,7 @@ from nqexp.sqlcheck import balanced, check_no_lookahead, parse_header, require_k
 log = logging.getLogger(__name__)
 
 # Part of every set's hash: bump it when the filter recursion or the table layout changes.
-ENGINE_VERSION = "features-engine-1"
+ENGINE_VERSION = "features-engine-2"
 FLAG_SESSION, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4
 LONG_BREAK_MINUTES = 240.0   # a gap longer than this is a weekend or holiday (see _input.sql)
 INPUT_FILE = "_input"
@@ -81,8 +99,15 @@ INPUT_ENGINE_COLUMNS = ("ts", "bar_index", "close", "session_date", "minute_of_d
                         "session_no", "long_break_no", "roll_no")
 SET_NAME_RULE = "lowercase letters, digits and _, not starting with a digit"
 FILTER_KINDS = {"ema": lambda n: 2.0 / (n + 1.0), "wilder": lambda n: 1.0 / n}
+ROLLING_KINDS = ("sum", "mean", "std_pop", "std_samp")
+RUNNING_KINDS = ("sum", "max")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FILTER_LINE = re.compile(r"^filter\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
+_ROLLING_LINE = re.compile(r"^rolling\s+(\w+)\s*=\s*(\w+)\s*\((.*),\s*(\d+)\s*\)\s*$")
+_RUNNING_LINE = re.compile(r"^running\s+(\w+)\s*=\s*(\w+)\s*\((.*)\)(?:\s+by\s+(\w+))?\s*$")
+# Sets with more bars than this are built in session-date chunks (bounded memory; see compute).
+CHUNK_ROWS = 1_500_000
+OVERLAP_SESSIONS = 3      # look-back sessions before a chunk, at least (the RTH-day VWAP reaches back one)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +130,22 @@ class FilterDecl:
 
 
 @dataclass(frozen=True)
+class RollingDecl:
+    """A sliding-window aggregate a family file declares: `name = kind(expr, n)` over the last n rows."""
+
+    name: str
+    kind: str        # 'sum' | 'mean' | 'std_pop' | 'std_samp'; 'running_sum' | 'running_max' (n = 0)
+    expr: str        # SQL expression over feature_input and earlier filters / rolling columns
+    n: int
+    source: str
+    key: str | None = None   # running sums restart where this column changes (runs of equal key)
+
+    @property
+    def reads(self) -> str:
+        return f"{self.expr} {self.key or ''}"
+
+
+@dataclass(frozen=True)
 class SqlFile:
     name: str                      # file stem, e.g. 'migt_vol'
     path: Path
@@ -113,6 +154,7 @@ class SqlFile:
     columns: tuple[str, ...]       # declared output columns (families: without bar_index)
     filters: tuple[FilterDecl, ...]
     lookback: int                  # bars
+    rolling: tuple[RollingDecl, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +171,7 @@ class FeatureSet:
     filters: tuple[FilterDecl, ...]
     sql_hash: str                  # sha256 over the definition, every SQL text and ENGINE_VERSION
     input_file: SqlFile = field(repr=False, default=None)
+    rolling: tuple[RollingDecl, ...] = ()
 
     @property
     def target_names(self) -> list[str]:
@@ -186,8 +229,27 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
     parsed = parse_header(text)
     header = dict(parsed.keys)
     filters: list[FilterDecl] = []
+    rolling: list[RollingDecl] = []
     for line in parsed.other:
         m = _FILTER_LINE.match(line)
+        r = _ROLLING_LINE.match(line)
+        run = _RUNNING_LINE.match(line)
+        if run and not r:
+            rname, kind, expr = run.group(1), run.group(2).lower(), run.group(3).strip()
+            if kind not in RUNNING_KINDS:
+                raise SqlError(f"{where}: running {rname} has kind {kind!r}; expected one of {list(RUNNING_KINDS)}")
+            if run.group(4) and kind != "sum":
+                raise SqlError(f"{where}: running {rname}: only sum restarts `by` a key")
+            rolling.append(RollingDecl(rname, f"running_{kind}", expr, 0, name, run.group(4)))
+            continue
+        if r:
+            rname, kind, expr, n = r.group(1), r.group(2).lower(), r.group(3).strip(), int(r.group(4))
+            if kind not in ROLLING_KINDS:
+                raise SqlError(f"{where}: rolling {rname} has kind {kind!r}; expected one of {list(ROLLING_KINDS)}")
+            if n < 1 or (kind == "std_samp" and n < 2):
+                raise SqlError(f"{where}: rolling {rname} has length {n}; expected >= {2 if kind == 'std_samp' else 1}")
+            rolling.append(RollingDecl(rname, kind, expr, n, name))
+            continue
         if not m:
             continue
         fname, kind, expr, span = m.group(1), m.group(2).lower(), m.group(3).strip(), int(m.group(4))
@@ -202,7 +264,8 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
     if family and not lb:
         raise SqlError(f"{where}: lookback {header['lookback']!r} must start with a bar count, e.g. '72 bars'")
     code = strip_comments(text)
-    checked = [(where, code)] + [(f"{where}: filter {f.name}", f.expr) for f in filters]
+    checked = [(where, code)] + [(f"{where}: filter {f.name}", f.expr) for f in filters] \
+        + [(f"{where}: rolling {r.name}", r.expr) for r in rolling]
     for label, snippet in checked:
         check_no_lookahead(snippet, label, "a feature")
     for spec in _window_specs(code):
@@ -213,7 +276,7 @@ def parse_sql_file(path: Path, *, family: bool = True) -> SqlFile:
         bad = [c for c in columns if not c.startswith(name + "_") or not _IDENT.match(c)]
         if bad:
             raise SqlError(f"{where}: columns {bad} must be named {name}_<name> (docs/contributing.md)")
-    return SqlFile(name, path, text, header, columns, tuple(filters), int(lb.group(1)) if lb else 0)
+    return SqlFile(name, path, text, header, columns, tuple(filters), int(lb.group(1)) if lb else 0, tuple(rolling))
 
 
 def _set_dirs(path: str | Path | None) -> list[Path]:
@@ -327,6 +390,13 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
             if prev and (prev.kind, prev.expr, prev.span) != (decl.kind, decl.expr, decl.span):
                 raise SqlError(f"filter {decl.name} is declared differently in {prev.source}.sql and {decl.source}.sql")
             filters.setdefault(decl.name, decl)
+    rolling: dict[str, RollingDecl] = {}
+    for f in files:
+        for decl in f.rolling:
+            prev = rolling.get(decl.name)
+            if decl.name in filters or (prev and (prev.kind, prev.expr, prev.n) != (decl.kind, decl.expr, decl.n)):
+                raise SqlError(f"rolling {decl.name} of {decl.source}.sql is declared differently elsewhere")
+            rolling.setdefault(decl.name, decl)
     # A user folder may bring its own _input.sql; else the set reuses the shipped one.
     input_path = directory / f"{INPUT_FILE}.sql"
     if not input_path.is_file():
@@ -335,9 +405,11 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
     lacking = [c for c in INPUT_ENGINE_COLUMNS if c not in input_file.columns]
     if lacking:
         raise SqlError(f"{_label(input_path)}: columns lack {lacking}, which the engine reads for targets and flags")
-    clash = sorted(set(filters) & set(input_file.columns))
+    clash = sorted((set(filters) | set(rolling)) & set(input_file.columns))
     if clash:
         raise SqlError(f"filters {clash} shadow columns of {INPUT_FILE}.sql")
+    # _input.sql's own running columns (its counters) come first: families may read them.
+    rolling = {**{d.name: d for d in input_file.rolling}, **rolling}
     digest = hashlib.sha256(ENGINE_VERSION.encode())
     for part in (path, input_file.path, *(f.path for f in files)):
         digest.update(part.name.encode() + b"\0" + part.read_bytes() + b"\0")
@@ -354,6 +426,7 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
         filters=tuple(filters.values()),
         sql_hash=digest.hexdigest(),
         input_file=input_file,
+        rolling=tuple(rolling.values()),
     )
 
 
@@ -361,22 +434,25 @@ def _load_set(path: Path, _stamp: tuple) -> FeatureSet:
 # The recursive filter
 # ---------------------------------------------------------------------------------------------
 
-def recursive_filter(x: np.ndarray, alpha: float) -> np.ndarray:
+def recursive_filter(x: np.ndarray, alpha: float, state: float | None = None) -> np.ndarray:
     """Exact y_t = (1 - alpha) y_{t-1} + alpha x_t, seeded y = x at the first non-NaN x.
 
     NaN inputs are skipped (the state carries over and the output repeats it); outputs before
     the first non-NaN input are NaN. Equals pandas `Series.ewm(alpha=alpha, adjust=False,
-    ignore_na=True).mean()` to round-off.
+    ignore_na=True).mean()` to round-off. `state` continues a run: the output just before
+    x[0] (NaN or None: start afresh); the result is then bit for bit the continued run.
     """
     from scipy.signal import lfilter
 
     x = np.asarray(x, dtype=np.float64)
     ok = ~np.isnan(x)
-    out = np.full(x.shape, np.nan)
+    carry = state is not None and not np.isnan(state)
+    out = np.full(x.shape, state if carry else np.nan)
     if not ok.any():
         return out
     xs = x[ok]
-    ys, _ = lfilter([alpha], [1.0, alpha - 1.0], xs, zi=[(1.0 - alpha) * xs[0]])
+    zi = (1.0 - alpha) * (state if carry else xs[0])
+    ys, _ = lfilter([alpha], [1.0, alpha - 1.0], xs, zi=[zi])
     if ok.all():
         return ys
     # Scatter back and carry the state over skipped inputs.
@@ -387,14 +463,85 @@ def recursive_filter(x: np.ndarray, alpha: float) -> np.ndarray:
     return out
 
 
-def _filter_levels(filters: tuple[FilterDecl, ...]) -> list[list[FilterDecl]]:
-    """Group filters by dependency depth: level k reads only base columns and levels < k."""
+def _shift(x: np.ndarray, k: int) -> np.ndarray:
+    """y[t] = x[t - k], NaN for t < k."""
+    out = np.empty_like(x)
+    k = min(k, len(x))
+    out[:k] = np.nan
+    out[k:] = x[:len(x) - k]
+    return out
+
+
+def rolling_sum(x: np.ndarray, n: int) -> np.ndarray:
+    """Sum of x[t-n+1..t]; NaN where fewer than n rows precede or the window holds a NaN.
+
+    Each output is added up in one fixed order that depends only on its own window (a
+    binary tree over power-of-two blocks, O(N log n)), never on where the series starts: a
+    chunked build equals the whole one bit for bit. (DuckDB's windowed aggregates combine
+    segment-tree nodes aligned to absolute row positions, so a shifted start changes the
+    last bits, and each costs ~0.25 s per million rows.)
+    """
+    p = np.asarray(x, dtype=np.float64)
+    acc, off, width = None, 0, 1
+    while True:
+        if n & width:
+            part = _shift(p, off)                   # sum of x[t-off-width+1 .. t-off]
+            acc = part if acc is None else acc + part
+            off += width
+        width <<= 1
+        if width > n:
+            return acc
+        p = p + _shift(p, width >> 1)               # blocks of `width` rows
+
+
+def rolling_std(x: np.ndarray, n: int, ddof: int) -> np.ndarray:
+    """Two-pass standard deviation of each window of n rows (NaN rules of rolling_sum)."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = rolling_sum(x, n) / n
+    acc = np.zeros_like(x)
+    for k in range(n):
+        d = _shift(x, k) - mean
+        acc += d * d
+    return np.sqrt(acc / (n - ddof))
+
+
+def running_sum(x: np.ndarray, key: np.ndarray | None = None) -> np.ndarray:
+    """Running sum in row order (NaN adds nothing), restarting where `key` changes (NaN keys: one run).
+
+    One sequential cumsum per run, so a value depends only on its run's rows (exact in chunks).
+    """
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)
+    if key is None:
+        return np.cumsum(x)
+    same = (key[1:] == key[:-1]) | (np.isnan(key[1:]) & np.isnan(key[:-1]))
+    starts = np.concatenate([[0], np.flatnonzero(~same) + 1, [len(x)]])
+    out = np.empty_like(x)
+    for a, b in zip(starts[:-1], starts[1:]):
+        np.cumsum(x[a:b], out=out[a:b])
+    return out
+
+
+def rolling(x: np.ndarray, kind: str, n: int) -> np.ndarray:
+    """The declared sliding-window aggregate `kind` over the last n rows (see RollingDecl)."""
+    if kind == "running_sum":
+        return running_sum(x)                                # SQL sum: NULLs add nothing
+    if kind == "running_max":
+        return np.fmax.accumulate(x)                         # NaN until the first value, then ignored
+    if kind == "sum":
+        return rolling_sum(x, n)
+    if kind == "mean":
+        return rolling_sum(x, n) / n
+    return rolling_std(x, n, 0 if kind == "std_pop" else 1)
+
+
+def _filter_levels(decls) -> list[list]:
+    """Group filters and rolling columns by dependency depth: level k reads only base columns and levels < k."""
     level: dict[str, int] = {}
-    for decl in filters:
-        deps = [n for n in level if re.search(rf"\b{re.escape(n)}\b", decl.expr)]
+    for decl in decls:
+        deps = [n for n in level if re.search(rf"\b{re.escape(n)}\b", getattr(decl, "reads", decl.expr))]
         level[decl.name] = 1 + max((level[d] for d in deps), default=-1)
-    out: list[list[FilterDecl]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-    for decl in filters:
+    out: list[list] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for decl in decls:
         out[level[decl.name]].append(decl)
     return out
 
@@ -444,75 +591,88 @@ def _float(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def compute(con, fs: FeatureSet | str, symbol: str, *, until=None, path: str | Path | None = None) -> Computed:
-    """Run the set's SQL on `symbol`'s bars (ts <= `until` when given). Nothing is written."""
+def _derive(con, fs: FeatureSet, base, carry: dict[str, tuple[np.ndarray, np.ndarray]] | None):
+    """Append the set's filters and rolling columns to `base`, level by level (one SQL select each).
+
+    `carry` ({name: (ts, values)} of the previous chunk) continues each recursive filter: rows
+    the previous chunk covered take its values, and the recursion goes on from its last one,
+    so a chunked build equals the whole one bit for bit. Returns (base, new carry).
+    """
     import pyarrow as pa
 
-    fs = _resolve(fs, path)
-    t0 = time.perf_counter()
-    seconds: dict[str, float] = {}
-    if not table_exists(con, fs.bars_table):
-        raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.bars.build_bars)")
-    params = {"bars_table": fs.bars_table, "symbol": symbol, "long_break_minutes": LONG_BREAK_MINUTES,
-              "until": None if until is None else np.datetime64(until, "us").item()}
-    import duckdb
-
-    try:
-        base = con.sql(fs.input_file.text, params=params).to_arrow_table()
-    except duckdb.Error as exc:
-        raise SqlError(f"{_label(fs.input_file.path)} failed: {str(exc).splitlines()[0]}") from None
     n = base.num_rows
-    bar_index = base.column("bar_index").to_numpy()
-    if not np.array_equal(bar_index, np.arange(n)):
-        base = base.take(pa.array(np.argsort(bar_index, kind="stable")))   # _input.sql has no ORDER BY
-    if n == 0:
-        raise DataError(f"no rows for symbol {symbol!r} in {fs.bars_table}"
-                        + ("" if until is None else f" at or before {until}"))
-    seconds["input"] = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    try:
-        for level in _filter_levels(fs.filters):
-            con.register(INPUT_VIEW, base)
-            select = ", ".join(f"({d.expr})::double as {d.name}" for d in level)
-            cols = _fetch(con, f"select bar_index, {select} from {INPUT_VIEW}", None,
-                          f"filter inputs {[d.name for d in level]}")
-            idx = cols["bar_index"].astype(np.int64)
-            in_order = np.array_equal(idx, np.arange(n))   # a plain scan keeps order; never trust it blindly
-            for d in level:
-                x = _float(cols[d.name])
-                if not in_order:
-                    x = x[np.argsort(idx)]
-                base = base.append_column(d.name, pa.array(recursive_filter(x, d.alpha)))
-        seconds["filters"] = time.perf_counter() - t1
-
+    ts = base.column("ts").to_numpy()
+    out_carry = {}
+    for level in _filter_levels(fs.filters + fs.rolling):
         con.register(INPUT_VIEW, base)
-        # Column-major, so each feature column is contiguous (zero-copy into Arrow on write).
-        X = np.full((n, len(fs.columns)), np.nan, order="F")                         # (N, V)
-        col_index = {c: j for j, c in enumerate(fs.columns)}
-        for f in fs.files:
-            t2 = time.perf_counter()
-            cols = _fetch(con, f.text, None, _label(f.path))
-            got = list(cols)
-            if got != ["bar_index", *f.columns]:
-                missing = [c for c in ["bar_index", *f.columns] if c not in got]
-                extra = [c for c in got if c not in ["bar_index", *f.columns]]
-                raise SqlError(f"{_label(f.path)} returned {got}; its header declares bar_index + "
-                               f"{list(f.columns)} (missing {missing}, extra {extra}), in that order")
-            idx = cols["bar_index"].astype(np.int64)
-            in_order = np.array_equal(idx, np.arange(n))
-            for c in f.columns:
-                if c in col_index:
-                    values = _float(cols[c])
-                    if in_order:
-                        X[:, col_index[c]] = values
-                    else:
-                        X[idx, col_index[c]] = values
-            seconds[f.name] = time.perf_counter() - t2
-    finally:
-        con.unregister(INPUT_VIEW)
+        select = ", ".join(f"({d.expr})::double as {d.name}" for d in level)
+        keys = sorted({d.key for d in level if getattr(d, "key", None)})
+        select += "".join(f", ({k})::double as _key_{k}" for k in keys)
+        cols = _fetch(con, f"select bar_index, {select} from {INPUT_VIEW}", None,
+                      f"filter inputs {[d.name for d in level]}")
+        idx = cols["bar_index"].astype(np.int64)
+        in_order = np.array_equal(idx, np.arange(n))   # a plain scan keeps order; never trust it blindly
+        for d in level:
+            x = _float(cols[d.name])
+            if not in_order:
+                x = x[np.argsort(idx)]
+            if isinstance(d, RollingDecl) and d.key:
+                key = _float(cols[f"_key_{d.key}"])
+                y = running_sum(x, key if in_order else key[np.argsort(idx)])
+            elif isinstance(d, RollingDecl):
+                y = rolling(x, d.kind, d.n)
+            elif carry and d.name in carry and len(carry[d.name][0]):
+                prev_ts, prev_y = carry[d.name]
+                # This chunk's first rows repeat the previous chunk's last ones (ts is unique).
+                start = int(np.searchsorted(prev_ts, ts[0]))
+                m = min(len(prev_ts) - start, n)
+                if m <= 0 or not np.array_equal(prev_ts[start:start + m], ts[:m]):
+                    raise DataError("a feature chunk does not overlap the previous one; this is a bug")
+                y = np.empty(n)
+                y[:m] = prev_y[start:start + m]
+                y[m:] = recursive_filter(x[m:], d.alpha, state=y[m - 1])
+            else:
+                y = recursive_filter(x, d.alpha)
+            if isinstance(d, FilterDecl):
+                out_carry[d.name] = (ts, y)
+            base = base.append_column(d.name, pa.array(y))
+    return base, out_carry
 
-    t3 = time.perf_counter()
+
+def _families(con, fs: FeatureSet, base, seconds: dict[str, float]) -> np.ndarray:
+    """Run every family file over `base` (registered as feature_input): X (N, V) float64, column-major."""
+    n = base.num_rows
+    con.register(INPUT_VIEW, base)
+    # Column-major, so each feature column is contiguous; every column is written below.
+    X = np.empty((n, len(fs.columns)), order="F")                                # (N, V)
+    col_index = {c: j for j, c in enumerate(fs.columns)}
+    for f in fs.files:
+        t2 = time.perf_counter()
+        cols = _fetch(con, f.text, None, _label(f.path))
+        got = list(cols)
+        if got != ["bar_index", *f.columns]:
+            missing = [c for c in ["bar_index", *f.columns] if c not in got]
+            extra = [c for c in got if c not in ["bar_index", *f.columns]]
+            raise SqlError(f"{_label(f.path)} returned {got}; its header declares bar_index + "
+                           f"{list(f.columns)} (missing {missing}, extra {extra}), in that order")
+        idx = cols["bar_index"].astype(np.int64)
+        in_order = np.array_equal(idx, np.arange(n))
+        if not in_order and not np.array_equal(np.sort(idx), np.arange(n)):
+            raise SqlError(f"{_label(f.path)} must return one row per bar of feature_input")
+        for c in f.columns:
+            if c in col_index:
+                values = _float(cols[c])
+                if in_order:
+                    X[:, col_index[c]] = values
+                else:
+                    X[idx, col_index[c]] = values
+        seconds[f.name] = seconds.get(f.name, 0.0) + time.perf_counter() - t2
+    return X
+
+
+def _targets(fs: FeatureSet, base) -> tuple[np.ndarray, np.ndarray]:
+    """Forward log-returns and their flag bits by an index shift: (N, H) float64, (N, H) uint8."""
+    n = base.num_rows
     log_close = np.log(_float(base.column("close").to_numpy()))
     counters = [(bit, base.column(name).to_numpy())
                 for bit, name in ((FLAG_SESSION, "session_no"), (FLAG_WEEKEND, "long_break_no"), (FLAG_ROLL, "roll_no"))]
@@ -524,17 +684,158 @@ def compute(con, fs: FeatureSet | str, symbol: str, *, until=None, path: str | P
             targets[:-h, k] = log_close[h:] - log_close[:-h]
             for bit, counter in counters:
                 flags[:-h, k] |= np.where(counter[h:] != counter[:-h], bit, 0).astype(np.uint8)
-    seconds["targets"] = time.perf_counter() - t3
+    return targets, flags
 
+
+def _input(con, fs: FeatureSet, symbol: str, since, until):
+    """The set's _input.sql over bars with since <= ts <= until (either may be None), in bar_index order."""
+    import duckdb
+    import pyarrow as pa
+
+    params = {"bars_table": fs.bars_table, "symbol": symbol, "long_break_minutes": LONG_BREAK_MINUTES,
+              "until": None if until is None else np.datetime64(until, "us").item()}
+    if _takes_since(fs):
+        params["since"] = None if since is None else np.datetime64(since, "us").item()
+    try:
+        base = con.sql(fs.input_file.text, params=params).to_arrow_table()
+    except duckdb.Error as exc:
+        raise SqlError(f"{_label(fs.input_file.path)} failed: {str(exc).splitlines()[0]}") from None
+    bar_index = base.column("bar_index").to_numpy()
+    if not np.array_equal(bar_index, np.arange(base.num_rows)):
+        base = base.take(pa.array(np.argsort(bar_index, kind="stable")))   # _input.sql has no ORDER BY
+    return base
+
+
+def _takes_since(fs: FeatureSet) -> bool:
+    """Whether the set's _input.sql takes $since (a user folder's own may not: no chunked builds then)."""
+    return "$since" in strip_comments(fs.input_file.text)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    since: np.datetime64 | None    # first input bar (look-back overlap included); None: the series start
+    until: np.datetime64 | None    # last input bar (forward rows for the targets included); None: the end
+    keep_from: np.datetime64 | None  # first bar this chunk outputs
+    keep_to: np.datetime64 | None    # first bar it no longer outputs (the next chunk's keep_from)
+
+
+def _plan_chunks(con, fs: FeatureSet, symbol: str, until, chunk_rows: int) -> list[_Chunk]:
+    """Session-date chunks of about chunk_rows bars, each with its look-back and forward overlap.
+
+    The look-back covers the set's warm-up (every window's reach) and at least OVERLAP_SESSIONS
+    whole sessions (the RTH-day VWAP reaches back to the previous RTH open); recursive filters
+    carry their state across instead. The forward part holds the bars the targets look at.
+    """
+    rows = con.execute(
+        "select session_date, count(*), min(ts) from query_table($t::varchar) where symbol = $s::varchar "
+        "and ($u::timestamp is null or ts <= $u::timestamp) group by session_date order by session_date",
+        {"t": fs.bars_table, "s": symbol, "u": None if until is None else np.datetime64(until, "us").item()},
+    ).fetchall()
+    if not rows:
+        return [_Chunk(None, until, None, None)]
+    counts = np.array([r[1] for r in rows], dtype=np.int64)
+    starts = [np.datetime64(r[2], "us") for r in rows]
+    cum = np.concatenate([[0], np.cumsum(counts)])                                   # bars before session i
+    bounds = [0]
+    while cum[-1] - cum[bounds[-1]] > chunk_rows:
+        nxt = int(np.searchsorted(cum, cum[bounds[-1]] + chunk_rows, side="right")) - 1
+        bounds.append(max(nxt, bounds[-1] + 1))
+    bounds.append(len(rows))
+    back, ahead = fs.warmup_bars + 1, max(fs.horizons)
+    chunks = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        s = a
+        while s > 0 and (a - s < OVERLAP_SESSIONS or cum[a] - cum[s] < back):
+            s -= 1
+        e = b
+        while e < len(rows) and cum[e] - cum[b] < ahead:
+            e += 1
+        chunks.append(_Chunk(
+            since=None if s == 0 else starts[s],
+            until=until if e == len(rows) else starts[e] - np.timedelta64(1, "us"),
+            keep_from=None if a == 0 else starts[a],
+            keep_to=None if b == len(rows) else starts[b],
+        ))
+    return chunks
+
+
+def compute_chunks(con, fs: FeatureSet | str, symbol: str, *, until=None, path: str | Path | None = None,
+                   chunk_rows: int | None = None):
+    """Yield the set's Computed over `symbol`'s bars in session-date chunks, in time order.
+
+    Features are causal and windows reach back at most the set's warm-up (or to the previous
+    RTH open), so each chunk reads its bars with a look-back overlap and carries the
+    recursive filters' state; concatenated, the chunks equal one unchunked computation bit
+    for bit (tests/test_features.py proves it). `chunk_rows` defaults to CHUNK_ROWS; sets
+    whose _input.sql takes no $since run in one piece.
+    """
+    fs = _resolve(fs, path)
+    if not table_exists(con, fs.bars_table):
+        raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.bars.build_bars)")
+    chunk_rows = CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
+    plan = _plan_chunks(con, fs, symbol, until, chunk_rows) if _takes_since(fs) else [_Chunk(None, until, None, None)]
+    carry = None
+    for chunk in plan:
+        part, carry = _compute_one(con, fs, symbol, chunk, carry)
+        if part is None:
+            raise DataError(f"no rows for symbol {symbol!r} in {fs.bars_table}"
+                            + ("" if until is None else f" at or before {until}"))
+        yield part
+
+
+def _compute_one(con, fs: FeatureSet, symbol: str, chunk: _Chunk, carry):
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    base = _input(con, fs, symbol, chunk.since, chunk.until)
+    n = base.num_rows
+    if n == 0:
+        return None, carry
+    seconds["input"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    try:
+        base, carry = _derive(con, fs, base, carry)
+        seconds["filters"] = time.perf_counter() - t1
+        X = _families(con, fs, base, seconds)
+    finally:
+        con.unregister(INPUT_VIEW)
+    t3 = time.perf_counter()
+    targets, flags = _targets(fs, base)
+    seconds["targets"] = time.perf_counter() - t3
     ts = base.column("ts").to_numpy().astype("datetime64[us]")
-    session_date = base.column("session_date").to_numpy().astype("datetime64[D]")
-    minute_of_day_et = base.column("minute_of_day_et").to_numpy().astype(np.int16)
-    close = _float(base.column("close").to_numpy())
-    del base                                                                          # inputs + filters: ~1 GB at 5.4M rows
+    lo = 0 if chunk.keep_from is None else int(np.searchsorted(ts, chunk.keep_from))
+    hi = n if chunk.keep_to is None else int(np.searchsorted(ts, chunk.keep_to))
+    keep = slice(lo, hi)
+    part = Computed(
+        ts=ts[keep], X=X[keep], names=list(fs.columns), close=_float(base.column("close").to_numpy())[keep],
+        targets=targets[keep], target_flags=flags[keep],
+        session_date=base.column("session_date").to_numpy().astype("datetime64[D]")[keep],
+        minute_of_day_et=base.column("minute_of_day_et").to_numpy().astype(np.int16)[keep], seconds=seconds,
+    )
+    del base                                                                          # inputs + filters
     seconds["total"] = time.perf_counter() - t0
+    return part, carry
+
+
+def compute(con, fs: FeatureSet | str, symbol: str, *, until=None, path: str | Path | None = None,
+            chunk_rows: int | None = None) -> Computed:
+    """Run the set's SQL on `symbol`'s bars (ts <= `until` when given). Nothing is written.
+
+    Long series run in session-date chunks (compute_chunks); the result is the same.
+    """
+    parts = list(compute_chunks(con, fs, symbol, until=until, path=path, chunk_rows=chunk_rows))
+    if len(parts) == 1:
+        return parts[0]
+    seconds: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
     return Computed(
-        ts=ts, X=X, names=list(fs.columns), close=close, targets=targets, target_flags=flags,
-        session_date=session_date, minute_of_day_et=minute_of_day_et, seconds=seconds,
+        ts=np.concatenate([p.ts for p in parts]), X=np.concatenate([p.X for p in parts]),
+        names=parts[0].names, close=np.concatenate([p.close for p in parts]),
+        targets=np.concatenate([p.targets for p in parts]),
+        target_flags=np.concatenate([p.target_flags for p in parts]),
+        session_date=np.concatenate([p.session_date for p in parts]),
+        minute_of_day_et=np.concatenate([p.minute_of_day_et for p in parts]), seconds=seconds,
     )
 
 
@@ -596,6 +897,25 @@ def _table_owner(con, table: str) -> str | None:
         return None
 
 
+def _output_table(fs: FeatureSet, res: Computed):
+    """One chunk of the stored table: features as REAL (what load_arrays hands out anyway), the rest exact."""
+    import pyarrow as pa
+
+    arrays = {
+        "ts": pa.array(res.ts),
+        "session_date": pa.array(res.session_date),
+        "minute_of_day_et": pa.array(res.minute_of_day_et),
+        "close": pa.array(res.close),
+    }
+    for j, c in enumerate(res.names):
+        arrays[c] = pa.array(res.X[:, j].astype(np.float32))
+    for k, h in enumerate(fs.horizons):
+        arrays[f"fwd_ret_{h}"] = pa.array(np.ascontiguousarray(res.targets[:, k]))
+    for k, h in enumerate(fs.horizons):
+        arrays[f"fwd_flag_{h}"] = pa.array(np.ascontiguousarray(res.target_flags[:, k]))
+    return pa.table(arrays)
+
+
 def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
           path: str | Path | None = None) -> BuildReport:
     """Materialize the set's features and targets for `symbol` unless the table is up to date.
@@ -604,8 +924,6 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
     only if its comment names `symbol` exactly, so a table written for another series is
     never served as this one's.
     """
-    import pyarrow as pa
-
     t0 = time.perf_counter()
     fs = _resolve(set_name, path)
     if not table_exists(con, fs.bars_table):
@@ -633,30 +951,40 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
     else:
         reason = f"table {table} was not built for {symbol!r}"
 
-    res = compute(con, fs, symbol)
-    n_rows, res_seconds = len(res.ts), res.seconds
-    t_write = time.perf_counter()
-    arrays = {
-        "ts": pa.array(res.ts),
-        "session_date": pa.array(res.session_date),
-        "minute_of_day_et": pa.array(res.minute_of_day_et),
-        "close": pa.array(res.close),
-    }
-    for j, c in enumerate(res.names):
-        arrays[c] = pa.array(res.X[:, j])
-    for k, h in enumerate(fs.horizons):
-        arrays[f"fwd_ret_{h}"] = pa.array(res.targets[:, k])
-    for k, h in enumerate(fs.horizons):
-        arrays[f"fwd_flag_{h}"] = pa.array(res.target_flags[:, k])
-    out = pa.table(arrays)
-    del res, arrays
     stale = [current[0]] if current and current[0] != table else []
-    con.register("_features_out", out)
+    n_rows, timings = 0, {"write": 0.0}
+    # Chunk by chunk (compute_chunks), each committed into a staging table: one transaction
+    # over all chunks would hold every uncommitted row in memory. The staging table becomes
+    # the build only in the last, short transaction, so a failed build changes nothing.
+    staging = f"{table}__building"
+    con.execute(f'drop table if exists "{staging}"')
+    try:
+        for res in compute_chunks(con, fs, symbol):
+            for k, v in res.seconds.items():
+                timings[k] = timings.get(k, 0.0) + v
+            t_write = time.perf_counter()
+            out = _output_table(fs, res)
+            n_rows += out.num_rows
+            del res
+            con.register("_features_out", out)
+            try:
+                if n_rows == out.num_rows:
+                    con.execute(f'create table "{staging}" as select * from _features_out')
+                else:
+                    con.execute(f'insert into "{staging}" select * from _features_out')
+            finally:
+                con.unregister("_features_out")
+            del out
+            timings["write"] += time.perf_counter() - t_write
+    except BaseException:
+        con.execute(f'drop table if exists "{staging}"')
+        raise
+    t_commit = time.perf_counter()
     con.execute("begin transaction")
     try:
-        for old in stale:
+        for old in (*stale, table):
             con.execute(f'drop table if exists "{old}"')
-        con.execute(f'create or replace table "{table}" as select * from _features_out')
+        con.execute(f'alter table "{staging}" rename to "{table}"')
         # The table records its own series (COMMENT takes no parameter: quote by doubling).
         owner_json = json.dumps({"set": fs.name, "symbol": symbol}).replace("'", "''")
         con.execute(f"comment on table \"{table}\" is '{owner_json}'")
@@ -668,12 +996,11 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
              fs.warmup_bars, time.perf_counter() - t0],
         )
         con.execute("commit")
-    except Exception:
+    except BaseException:
         con.execute("rollback")
+        con.execute(f'drop table if exists "{staging}"')
         raise
-    finally:
-        con.unregister("_features_out")
-    timings = dict(res_seconds, write=time.perf_counter() - t_write)
+    timings["write"] += time.perf_counter() - t_commit
     report = BuildReport(fs.name, symbol, table, n_rows, time.perf_counter() - t0, True, reason, timings)
     log.info("%s", report.summary())
     return report
@@ -814,21 +1141,6 @@ def leakage_check(con, fs: FeatureSet | str, symbol: str, cuts, full: Computed |
     return results
 
 
-def _load_table(con, fs: FeatureSet, table: str) -> Computed:
-    """The materialized table as a float64 Computed (what the leakage check compares against)."""
-    cols = _fetch(con, f'select * from "{table}"', None, f"loading {table}")
-    order = np.argsort(cols["ts"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    X = np.column_stack([_float(cols[c]) for c in fs.columns])                       # (N, V)
-    return Computed(
-        ts=cols["ts"].astype("datetime64[us]"), X=X, names=list(fs.columns), close=_float(cols["close"]),
-        targets=np.column_stack([_float(cols[c]) for c in fs.target_names]),
-        target_flags=np.column_stack([cols[c].astype(np.uint8) for c in fs.flag_names]),
-        session_date=cols["session_date"].astype("datetime64[D]"),
-        minute_of_day_et=cols["minute_of_day_et"].astype(np.int16), seconds={},
-    )
-
-
 def check(con, set_name: FeatureSet | str, symbol: str, n_cuts: int = 5, seed: int = 0,
           corr_threshold: float = 0.95, path: str | Path | None = None) -> CheckReport:
     """Stats after warm-up per feature, pairs with |corr| > threshold, and the truncation leakage check.
@@ -837,7 +1149,9 @@ def check(con, set_name: FeatureSet | str, symbol: str, n_cuts: int = 5, seed: i
     """
     fs = _resolve(set_name, path)
     report = build(con, fs, symbol)
-    full = _load_table(con, fs, report.table)
+    # Recomputed in float64: the table stores the features as REAL, and the truncation
+    # check compares to 1e-12.
+    full = compute(con, fs, symbol)
     w = min(fs.warmup_bars, len(full.ts))
     X = full.X[w:]                                                                   # (N - warmup, V)
     stats = []

@@ -468,3 +468,107 @@ def test_series_whose_symbols_share_a_slug_get_their_own_feature_tables(tmp_path
     assert stolen.rebuilt and "was not built for 'NQ.demo'" in stolen.reason
     assert not features.build(con, "migt24", SYMBOL).rebuilt
     con.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Chunked builds (bounded memory) equal the whole build
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("set_name,chunk_rows", [("migt24", 700), ("grok24", 3000)])
+def test_chunked_compute_equals_the_whole_series_bit_for_bit(demo_con, set_name, chunk_rows):
+    """Session-date chunks with a look-back overlap and carried filter state change no bit."""
+    fs = features.feature_set(set_name)
+    whole = features.compute(demo_con, fs, SYMBOL, chunk_rows=10**9)
+    n_chunks = len(list(features._plan_chunks(demo_con, fs, SYMBOL, None, chunk_rows)))
+    assert n_chunks >= 5, "the chunk size should split the fixture several times"
+    chunked = features.compute(demo_con, fs, SYMBOL, chunk_rows=chunk_rows)
+    for name in ("ts", "X", "close", "targets", "target_flags", "session_date", "minute_of_day_et"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
+    # Truncated series chunk the same way (the leakage check's path).
+    cut = whole.ts[len(whole.ts) * 2 // 3]
+    part = features.compute(demo_con, fs, SYMBOL, until=cut, chunk_rows=chunk_rows)
+    np.testing.assert_array_equal(part.X, features.compute(demo_con, fs, SYMBOL, until=cut, chunk_rows=10**9).X)
+
+
+def test_a_chunked_build_stores_the_same_table(monkeypatch):
+    con = _connect()
+    ingest.write_demo(con, demo.generate(days=12, seed=5))
+    ref.build_bars(con, SYMBOL)
+    whole = features.build(con, "migt24", SYMBOL)
+    want = con.execute(f'select * from "{whole.table}" order by ts').df()
+    monkeypatch.setattr(features, "CHUNK_ROWS", 500)
+    chunked = features.build(con, "migt24", SYMBOL, force=True)
+    got = con.execute(f'select * from "{chunked.table}" order by ts').df()
+    assert chunked.rows == whole.rows == len(got) and chunked.table == whole.table
+    pd.testing.assert_frame_equal(got, want)
+    # Features are stored as REAL: exactly what load_arrays hands out.
+    types = dict(con.execute(f"select column_name, data_type from information_schema.columns "
+                             f"where table_name = '{chunked.table}'").fetchall())
+    assert all(types[c] == "FLOAT" for c in features.feature_set("migt24").columns)
+    assert types["close"] == types["fwd_ret_3"] == "DOUBLE"
+    con.close()
+
+
+def test_rolling_columns_equal_pandas_and_ignore_where_the_series_starts():
+    rng = np.random.default_rng(2)
+    x = 15000 + np.cumsum(rng.normal(size=5000))
+    x[[0, 777]] = np.nan
+    for n in (1, 3, 14, 20, 72, 200):
+        s = pd.Series(x).rolling(n, min_periods=n)
+        # sds against the reference's two-pass sd (pandas' online one loses ~1e-9 at price levels)
+        for kind, want in (("sum", s.sum().to_numpy()), ("mean", s.mean().to_numpy()),
+                           ("std_pop", ref._rolling_std(x, n, ddof=0)), ("std_samp", ref._rolling_std(x, n, ddof=1))):
+            if kind.startswith("std") and n == 1:
+                continue
+            got = features.rolling(x, kind, n)
+            assert np.array_equal(np.isnan(got), np.isnan(want)), (kind, n)
+            ok = ~np.isnan(want)
+            scale = np.maximum(np.abs(want[ok]), np.median(np.abs(want[ok])))
+            assert np.max(np.abs(got[ok] - want[ok]) / scale) < 1e-9, (kind, n)
+            # Every value depends on its own window only: a later start changes no bit.
+            k = 1234
+            np.testing.assert_array_equal(features.rolling(x[k:], kind, n)[n:], got[k + n:])
+
+
+def test_features_build_only_the_bars_their_set_reads():
+    """After `data bars --freq 5m`, a migt24 build builds no 1m bars; a stale frequency is rebuilt alone."""
+    from nqexp import bars
+
+    con = _connect()
+    ingest.write_demo(con, demo.generate(days=6, seed=5))
+    bars.build_bars(con, SYMBOL, [5])
+    assert bars.ensure_bars(con, SYMBOL, [5]) is None
+    assert con.execute("select count(*) from bars_1m").fetchall()[0][0] == 0
+    assert features.build(con, "migt24", SYMBOL).rebuilt
+    one = bars.ensure_bars(con, SYMBOL, [1])                      # grok24 reads bars_1m: built now, alone
+    assert one is not None and set(one.rows) == {1} and one.rows[1] > 0
+    assert bars.ensure_bars(con, SYMBOL) is None                  # both frequencies are current
+    con.execute("delete from bars_5m where ts = (select max(ts) from bars_5m)")
+    again = bars.ensure_bars(con, SYMBOL, [1, 5])
+    assert again is not None and set(again.rows) == {5}
+    con.close()
+
+
+def test_a_build_failing_between_chunks_keeps_the_previous_table(monkeypatch):
+    con = _connect()
+    ingest.write_demo(con, demo.generate(days=12, seed=5))
+    ref.build_bars(con, SYMBOL)
+    first = features.build(con, "migt24", SYMBOL)
+    before = con.execute(f'select * from "{first.table}" order by ts').df()
+    monkeypatch.setattr(features, "CHUNK_ROWS", 500)
+    real, calls = features._output_table, []
+
+    def failing(fs, res):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(fs, res)
+
+    monkeypatch.setattr(features, "_output_table", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        features.build(con, "migt24", SYMBOL, force=True)
+    pd.testing.assert_frame_equal(con.execute(f'select * from "{first.table}" order by ts').df(), before)
+    assert not [t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall() if "__building" in t]
+    monkeypatch.setattr(features, "_output_table", real)
+    assert features.build(con, "migt24", SYMBOL).rebuilt is False
+    con.close()

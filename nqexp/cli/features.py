@@ -58,7 +58,7 @@ def features_build(ctx, set_name, set_path, symbol, force):
     fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
     con = open_db(ctx)
     with console.status(f"Building {set_name} on {symbol}..."):
-        built = ensure_bars(con, symbol)
+        built = ensure_bars(con, symbol, [fs.freq_minutes])   # only the bars the set reads
         report = feat.build(con, fs, symbol, force=force)
     if built is not None:
         console.print(f"Built bars first: {built.summary()}")
@@ -92,7 +92,7 @@ def features_check(ctx, set_name, set_path, symbol, cuts, seed):
     fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
     con = open_db(ctx)
     with console.status(f"Checking {set_name} on {symbol}..."):
-        ensure_bars(con, symbol)
+        ensure_bars(con, symbol, [fs.freq_minutes])
         report = feat.check(con, fs, symbol, n_cuts=cuts, seed=seed)
     for table in render.feature_check_tables(report):
         console.print(table)

@@ -12,7 +12,8 @@
 --            ewm(alpha=1/14, adjust=False, ignore_na=True)); features.py materializes them
 --            exactly (see `filter`). A NaN input (e.g. DX when DI+ = DI- = 0) is skipped.
 -- grain:     one row per (symbol, ts) of feature_input (1-minute bars for grok24).
--- inputs:    feature_input (sql/features/_input.sql) with the filters declared below.
+-- inputs:    feature_input (sql/features/_input.sql) with the filters and the rolling mean
+--            (features.py evaluates it exactly over the last 20 rows) declared below.
 -- params:    none.
 -- lookback:  84 bars (ADX is a Wilder average of Wilder averages: 2 x 3 x 14).
 -- lookahead: none; windows end at the current row.
@@ -25,6 +26,7 @@
 -- filter wilder_plus_dm_14 = wilder(case when high - prev_high > prev_low - low and high - prev_high > 0 then high - prev_high when prev_high is not null then 0.0 end, 14)
 -- filter wilder_minus_dm_14 = wilder(case when prev_low - low > high - prev_high and prev_low - low > 0 then prev_low - low when prev_low is not null then 0.0 end, 14)
 -- filter wilder_dx_14 = wilder(100 * abs(wilder_plus_dm_14 - wilder_minus_dm_14) / (wilder_plus_dm_14 + wilder_minus_dm_14), 14)
+-- rolling mean_typical_20 = mean((high + low + close) / 3, 20)
 
 with typical as (
     select
@@ -38,10 +40,8 @@ with typical as (
         wilder_minus_dm_14,
         wilder_dx_14,
         (high + low + close) / 3 as typical_price,
-        avg((high + low + close) / 3) over w20 as typical_sma_20,
+        mean_typical_20 as typical_sma_20,
     from feature_input
-    window
-        w20 as (order by ts rows between 19 preceding and current row)
 ),
 
 -- DuckDB has no mean-absolute-deviation window aggregate, and list() windows cost ~3 GB on

@@ -5,9 +5,8 @@
 --              gk_volatility = 0.5 (ln H - ln L)^2 - (2 ln 2 - 1) (ln C - ln O)^2
 --              rv_n          = sqrt(sum of r^2 over the last n bars), r = ln(C_t / C_{t-1})
 --              atr_14        = SMA_14(TR), TR = max(H - L, |H - C_{t-1}|, |L - C_{t-1}|)
---            A window value is NULL until it holds n inputs (r and TR start at bar 1);
---            inputs have no interior NULLs, so the guard is on bar_index (a count() guard
---            would double the window work).
+--            The sums and the mean are `rolling` columns (features.py evaluates them exactly
+--            over the last n rows, NaN until n inputs exist; r and TR start at bar 1).
 -- grain:     one row per (symbol, ts) of feature_input (5-minute bars for migt24).
 -- inputs:    feature_input (sql/features/_input.sql).
 -- params:    none (window lengths are fixed by the spec).
@@ -16,30 +15,16 @@
 -- sessions:  windows run across sessions and rolls on the back-adjusted continuous series.
 -- columns:   migt_vol_gk_volatility, migt_vol_rv_12, migt_vol_rv_36, migt_vol_rv_72,
 --            migt_vol_atr_14
-
-with bar_terms as (
-    select
-        ts,
-        bar_index,
-        0.5 * pow(ln(high) - ln(low), 2) - (2 * ln(2) - 1) * pow(ln(close) - ln(open), 2) as gk_volatility,
-        pow(ln(close / prev_close), 2) as squared_return,
-        case
-            when prev_close is not null
-                then greatest(high - low, abs(high - prev_close), abs(low - prev_close))
-        end as true_range,
-    from feature_input
-)
+-- rolling sum_sq_return_12 = sum(pow(ln(close / prev_close), 2), 12)
+-- rolling sum_sq_return_36 = sum(pow(ln(close / prev_close), 2), 36)
+-- rolling sum_sq_return_72 = sum(pow(ln(close / prev_close), 2), 72)
+-- rolling mean_true_range_14 = mean(case when prev_close is not null then greatest(high - low, abs(high - prev_close), abs(low - prev_close)) end, 14)
 
 select
     bar_index,
-    gk_volatility as migt_vol_gk_volatility,
-    case when bar_index >= 12 then sqrt(sum(squared_return) over w12) end as migt_vol_rv_12,
-    case when bar_index >= 36 then sqrt(sum(squared_return) over w36) end as migt_vol_rv_36,
-    case when bar_index >= 72 then sqrt(sum(squared_return) over w72) end as migt_vol_rv_72,
-    case when bar_index >= 14 then avg(true_range) over w14 end as migt_vol_atr_14,
-from bar_terms
-window
-    w12 as (order by ts rows between 11 preceding and current row),
-    w14 as (order by ts rows between 13 preceding and current row),
-    w36 as (order by ts rows between 35 preceding and current row),
-    w72 as (order by ts rows between 71 preceding and current row)
+    0.5 * pow(ln(high) - ln(low), 2) - (2 * ln(2) - 1) * pow(ln(close) - ln(open), 2) as migt_vol_gk_volatility,
+    case when bar_index >= 12 then sqrt(sum_sq_return_12) end as migt_vol_rv_12,
+    case when bar_index >= 36 then sqrt(sum_sq_return_36) end as migt_vol_rv_36,
+    case when bar_index >= 72 then sqrt(sum_sq_return_72) end as migt_vol_rv_72,
+    case when bar_index >= 14 then mean_true_range_14 end as migt_vol_atr_14,
+from feature_input
