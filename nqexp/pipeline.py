@@ -99,7 +99,8 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
                    if stale else f"the database had no {demo.DEMO_SYMBOL} bars")
             notes.append(f"Generated {len(generated.bars):,} demo bars ({data_cfg.demo_days} days, seed "
                          f"{data_cfg.demo_seed}) in {time.perf_counter() - t0:.1f}s because {why}.")
-        built = bars.ensure_bars(con, data_cfg.symbol)
+        fs = features.feature_set(trial_spec.features.set, path=trial_spec.features.path)
+        built = bars.ensure_bars(con, data_cfg.symbol, [fs.freq_minutes])   # only the bars the set reads
         if built is not None:
             notes.append(f"Built bars: {built.summary()}.")
         arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol, path=trial_spec.features.path)
