@@ -218,6 +218,10 @@ class TrialProgress:
         return self
 
     def __exit__(self, *exc):
+        # Trials this run never started (finished earlier, or nothing to run) would end as "pending".
+        for task in self.progress.tasks:
+            if not task.started:
+                self.progress.update(task.id, visible=False)
         self.progress.__exit__(*exc)
 
     def note(self, text: str) -> None:
