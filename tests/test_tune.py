@@ -203,6 +203,7 @@ def test_running_the_same_spec_again_runs_nothing_new(smoke):
     again = nqexp("run", str(ROOT / "experiments" / "quickstart.yaml"), "--smoke", cwd=cwd)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "nothing to run" in again.stdout
+    assert "pending" not in again.stdout        # finished trials are not drawn as waiting
     assert len(list((cwd / "runs" / EXP / "wandb").glob("offline-run-*"))) == 5
 
 
