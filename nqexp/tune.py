@@ -24,10 +24,14 @@ resumed under the same id, and steps already logged are not logged again.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -329,15 +333,68 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
                   ignore_reinit_error=True)
     # `ray job submit` and KubeRay RayJobs set RAY_ADDRESS for the driver they start.
     address = address or os.environ.get("RAY_ADDRESS")
+    if not _saved_sigterm and threading.current_thread() is threading.main_thread():
+        _saved_sigterm.append(signal.getsignal(signal.SIGTERM))   # ray.init replaces it; shutdown_ray restores it
     if address:
-        return ray.init(address=address, **kwargs)
+        context = ray.init(address=address, **kwargs)
+    else:
+        try:
+            with _own_process_group():
+                context = ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                                   **kwargs)
+        except ValueError as exc:
+            if "existing cluster" not in str(exc):
+                raise
+            # A shell on a node that already runs Ray (ray exec, ray attach): join that cluster.
+            context = ray.init(address="auto", **kwargs)
+    _sigterm_as_ctrl_c()
+    return context
+
+
+_saved_sigterm: list = []
+
+
+@contextlib.contextmanager
+def _own_process_group():
+    """Start the local Ray node's daemons (GCS, raylet, log monitor) in their own process group.
+
+    They otherwise share the CLI's group, so a signal to the whole job (`timeout`, `kill -- -PGID`,
+    a batch scheduler) also ends the GCS under the driver, whose graceful stop then waits 60 s for
+    it and dies with a C++ error. Ray already blocks SIGINT in them and kills them with the driver
+    (PR_SET_PDEATHSIG); ray.shutdown() stops them. Without the hook (another Ray) nothing changes.
+    """
+    from ray._private import services
+
+    popen = getattr(services, "ConsolePopen", None)
+    if popen is None:
+        yield
+        return
+    services.ConsolePopen = functools.partial(popen, process_group=0)
     try:
-        return ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kwargs)
-    except ValueError as exc:
-        if "existing cluster" not in str(exc):
-            raise
-        # A shell on a node that already runs Ray (ray exec, ray attach): join that cluster.
-        return ray.init(address="auto", **kwargs)
+        yield
+    finally:
+        services.ConsolePopen = popen
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (`kill PID`, a scheduler, `ray job stop`) stops a run the way Ctrl-C does.
+
+    ray.init installs a C++ failure handler that answers SIGTERM by dumping a native stack into
+    the terminal and aborting: no store update, no "Resume with" line. Our handler replaces it for
+    SIGTERM only (crashes keep their stacks) and calls whatever handles SIGINT at that moment:
+    Tune's graceful stop inside fit(), else KeyboardInterrupt, which the CLI turns into exit 130.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return                              # signal handlers can only be set from the main thread
+
+    def on_sigterm(signum, frame):
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current):
+            current(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def local_gpus() -> int:
@@ -677,4 +734,8 @@ def shutdown_ray():
 
     if ray.is_initialized():
         ray.shutdown()
+    if _saved_sigterm and threading.current_thread() is threading.main_thread():
+        previous = _saved_sigterm.pop()
+        # None: the handler before was not set from Python; the default ends the process quietly.
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
