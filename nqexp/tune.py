@@ -637,6 +637,10 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                            datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
                            search=spec.search_space(), base_spec=base_spec,
                            sweep_cfg=dataclasses.replace(spec.sweep, num_samples=remaining), max_epochs=max_epochs)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM before Tune's own handler is in place (Ray starting, Tune setting up):
+            # the same outcome as a run Tune stopped, read from the store below.
+            pass
         finally:
             shutdown_ray()
 

@@ -219,3 +219,173 @@ def test_sigkill_during_features_build_keeps_one_whole_table_and_the_next_build_
     assert feature_state(db) == ref
     again = nqexp("features", "build", "--set", "migt24", "--symbol", SYMBOL, db=db, cwd=tmp_path)
     assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Ray runs: the driver stopped by a signal, or killed
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Processes whose environment carries `mark`: the run's driver and everything it started
+    (Ray's GCS, raylet and workers inherit the driver's environment), whatever their group."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if mark.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def ray_run(templates, tmp_path):
+    """A folder with a copy of the built database, and a per-test marker in the environment of every
+    process the test starts; processes still carrying it at teardown are killed by pid."""
+    db = tmp_path / "nq.duckdb"
+    shutil.copy(templates["feats"], db)
+    mark = f"NQEXP_CRASH_TEST={os.getpid()}-{tmp_path.name}"
+    key, value = mark.split("=")
+    os.environ[key] = value
+    try:
+        yield tmp_path, db, mark
+    finally:
+        del os.environ[key]
+        for pid in marked_pids(mark):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def tune_started(run_dir: Path):
+    """Ray is up (its signal handlers installed) and Tune has begun: Tune's folder for this attempt exists."""
+    return lambda w: any((run_dir / EXP / "ray").glob("attempt-*"))
+
+
+NATIVE = ("SIGTERM received", "logging.cc", "*** ", "PC: @", "Traceback", "Failed to connect to GCS")
+
+
+@pytest.mark.parametrize("sig", [
+    signal.SIGTERM,
+    pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_run_stops_it_cleanly_with_a_resume_hint(ray_run, sig):
+    """`kill -TERM -- -PGID` (timeout, a scheduler) or Ctrl-C (SIGINT to the terminal's group) while
+    trials train: the run stops within seconds, says how to resume, exits 130, and prints neither
+    Ray's native stack nor a Python traceback; no Ray process outlives it."""
+    cwd, db, mark = ray_run
+    run = Watched(["run", QUICKSTART, "--smoke", "--set", "train.max_epochs=3"], db=db, cwd=cwd, new_session=True)
+    t0 = time.monotonic()
+    run.kill_when(tune_started(cwd / "runs"), "Tune started", sig=sig, group=True)
+    signalled_after = time.monotonic() - t0
+    t0 = time.monotonic()
+    rc = run.wait(timeout=120)
+    stopped_in = time.monotonic() - t0
+    assert rc == 130, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Resume with: nqexp run --resume quickstart-smoke" in " ".join(run.stdout.split())
+    for text in NATIVE:
+        assert text not in run.stderr and text not in run.stdout, (text, run.stderr[-3000:])
+    assert stopped_in < 45, stopped_in
+    deadline = time.monotonic() + 30
+    while marked_pids(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marked_pids(mark) == []
+    print(f"signalled after {signalled_after:.0f}s, stopped in {stopped_in:.0f}s")
+
+
+def read_wandb_history_steps(path: Path) -> list[int]:
+    """History steps of one .wandb transaction log (LevelDB-log framing, protobuf records; see
+    tests/test_tune.py), up to the first torn record: a killed writer may leave one at the end."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    steps, pos, block, pending = [], 7, 32768, b""
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload = data[pos + 7:pos + 7 + length]
+        if len(payload) < length:
+            break                                          # torn at the end
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            try:
+                rec.ParseFromString(pending)
+            except DecodeError:
+                break
+            if rec.WhichOneof("record_type") == "history":
+                steps.append(rec.history.step.num)
+            pending = b""
+    return steps
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_driver_then_the_same_command_finishes_without_duplicates(ray_run):
+    """SIGKILL of the whole driver process group (the CLI, its W&B service) while one trial is
+    finished and another mid-training; the same command then runs only the unfinished trials,
+    each from its checkpoint, and the run store and the W&B runs hold every row and step once."""
+    cwd, db, mark = ray_run
+    args = ["run", QUICKSTART, "--smoke", "--set", "train.max_epochs=3"]
+    trials = cwd / "runs" / EXP / "trials"
+
+    def one_done_one_training(w):
+        done = {p.parent.name for p in trials.glob("*/predictions.parquet")}
+        training = {p.parent.parent.name for p in trials.glob("*/checkpoints/latest.pt")} - done
+        return bool(done) and bool(training)
+
+    t0 = time.monotonic()
+    run = Watched(args, db=db, cwd=cwd, new_session=True)
+    run.kill_when(one_done_one_training, "one trial scored, another training", timeout=600, group=True)
+    assert run.wait(timeout=60) == -signal.SIGKILL
+    killed_after = time.monotonic() - t0
+    # Ray's daemons die with their driver (they are not in its process group), and the workers with them.
+    deadline = time.monotonic() + 60
+    while marked_pids(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marked_pids(mark) == [], "Ray processes outlived their killed driver"
+
+    t1 = time.monotonic()
+    again = nqexp(*args, db=db, cwd=cwd)
+    resumed_in = time.monotonic() - t1
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Resuming 'quickstart-smoke'" in again.stdout
+    for text in NATIVE:
+        assert text not in again.stderr, text
+    con = duckdb.connect(str(cwd / "runs" / "store.duckdb"), read_only=True)
+    try:
+        assert con.execute("select count(*), count(distinct experiment) from experiments").fetchall() == [(1, 1)]
+        rows = con.execute("select trial, status, epochs from trials where experiment = ?", [EXP]).fetchall()
+        assert len(rows) == 5 and {r[1] for r in rows} == {"finished"}, rows
+        epochs = con.execute("select trial, epoch, key from epochs where experiment = ?", [EXP]).fetchall()
+        assert len(epochs) == len(set(epochs))
+        for trial, _, n in rows:
+            assert {e[1] for e in epochs if e[0] == trial} == set(range(1, n + 1)), trial
+        metrics = con.execute("select trial, key from metrics where experiment = ?", [EXP]).fetchall()
+        assert len(metrics) == len(set(metrics)) and {m[0] for m in metrics} == {r[0] for r in rows}
+        flags = con.execute("select trial, gate, reason from gate_flags where experiment = ?", [EXP]).fetchall()
+        assert len(flags) == len(set(flags))
+    finally:
+        con.close()
+    # W&B: one id per trial; a resumed trial has a second offline folder under the same id, and no
+    # step is in both (the second continues after the first's last step).
+    runs: dict[str, list[Path]] = {}
+    for folder in sorted((cwd / "runs" / EXP / "wandb").glob("offline-run-*")):
+        runs.setdefault(folder.name.rsplit("-", 1)[1], []).append(folder)
+    assert len(runs) == 5, sorted(runs)
+    assert any(len(f) == 2 for f in runs.values()), "no trial was resumed: the kill came too late"
+    for run_id, folders in runs.items():
+        steps = [s for f in folders for s in read_wandb_history_steps(next(f.glob("run-*.wandb")))]
+        assert steps and steps == sorted(set(steps)), (run_id, steps)
+    print(f"driver killed after {killed_after:.0f}s; resumed run {resumed_in:.0f}s")
