@@ -164,8 +164,14 @@ class RunStore:
 
             raise DataError(f"no run store at {self.path}; run an experiment first (nqexp run SPEC)")
         con = db.connect(self.path, read_only=read_only, migrate=False)
-        if not read_only:
-            db.apply_migrations(con, "runstore")
+        try:
+            if not read_only:
+                db.apply_migrations(con, "runstore")      # refuses a store a newer nqexp migrated
+            elif db.table_exists(con, "_migrations"):
+                db.check_known_migrations(con, "runstore")   # reading one would misread its tables
+        except Exception:
+            con.close()
+            raise
         return con
 
     def _rows(self, sql: str, params=()) -> list[tuple]:

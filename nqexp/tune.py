@@ -552,6 +552,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     for text in check_resources(spec.resources, address):
         note(text)
     store = RunStore(spec.track.store_path())
+    store.connect().close()        # migrates the store, or refuses one a newer nqexp wrote, before we write files
     experiment = spec.name
     exp_dir = store.experiment_dir(experiment)
     exp_dir.mkdir(parents=True, exist_ok=True)
