@@ -111,7 +111,7 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
         "epochs": result.epochs, "stopped": result.stopped, "train_seconds": result.train_seconds,
         "trial_seconds": train_seconds, "gate_flags": json.dumps([[f.gate, f.reason] for f in flags]),
         "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": result.best_val_crps,
-        "strict": bool(tspec.eval.strict),
+        "strict": bool(tspec.eval.strict), "history": json.dumps(result.history),
     })
 
 
@@ -173,7 +173,7 @@ class _Follower:
                            config={**(meta.get("spec") or meta["params"]), "provenance": self.trial_meta.get("_provenance")},
                            directory=self.store.experiment_dir(self.experiment),
                            mode=self.mode, tags=tuple(self.track.tags))
-            run.last_step = last_step
+            run.resume_after(last_step)
             self.runs[name] = run
         self.on_event("start", name)
 
@@ -185,13 +185,13 @@ class _Follower:
             for row in steps:
                 run.log({k: v for k, v in row.items() if k != "_step"}, step=int(row["_step"]))
         last = max([int(r["_step"]) for r in steps], default=None)
-        if last is not None:
-            self.store.set_last_step(self.experiment, name, last)
         if result.get("final"):
+            if last is not None:
+                self.store.set_last_step(self.experiment, name, last)
             self._finalize(name, result)
         else:
             epoch_metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/"))}
-            step = last if last is not None else int(result.get("training_iteration", 0))
+            step = last if last is not None else (run.last_step if run is not None else 0)
             # The local learning curves (W&B is offline by default): the epoch's metrics plus the
             # lr of its last optimizer step.
             lr = [r["train/lr"] for r in steps if "train/lr" in r]
@@ -200,9 +200,17 @@ class _Follower:
                                        {**epoch_metrics, **({"train/lr": lr[-1]} if lr else {})})
             if run is not None:
                 run.log(epoch_metrics, step=step)
+            if last is not None:
+                # After everything at this step went to W&B: a resumed driver skips steps up to it.
+                self.store.set_last_step(self.experiment, name, last)
             self.on_event("epoch", name, epoch=int(result.get("epoch", 0)), val_crps=result.get("val/crps"))
 
     def _finalize(self, name, result):
+        # Every epoch again, from the trial's own history (kept in its checkpoint): an epoch whose
+        # report died with a killed driver is otherwise missing from the store (writes are upserts).
+        for row in json.loads(result.get("history") or "[]"):
+            self.store.write_epoch(self.experiment, name, int(row["epoch"]),
+                                   {k: v for k, v in row.items() if k.startswith(("val/", "train/"))})
         flags = [tuple(f) for f in json.loads(result.get("gate_flags") or "[]")]
         metrics = {k: v for k, v in result.items() if k.startswith(("val/", "test/"))
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
