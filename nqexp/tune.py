@@ -341,6 +341,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
                   ignore_reinit_error=True)
     # `ray job submit` and KubeRay RayJobs set RAY_ADDRESS for the driver they start.
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # A Ray Job's driver: the job's runtime_env (submit_job's env_vars) already holds some of
+        # these keys with the same values, and Ray refuses any overlap unless told to combine.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if not _saved_sigterm and threading.current_thread() is threading.main_thread():
         _saved_sigterm.append(signal.getsignal(signal.SIGTERM))   # ray.init replaces it; shutdown_ray restores it
     if address:
@@ -694,8 +698,13 @@ def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=pr
 
     from nqexp import spec as spec_mod
 
-    from nqexp.errors import NqexpError
+    from nqexp.errors import NqexpError, SpecError
 
+    if not os.path.isabs(os.path.expanduser(spec.track.store)):
+        # The job runs in a temporary working directory on the head, which Ray deletes.
+        raise SpecError(f"track.store is {spec.track.store!r}, a relative path: a Ray Job would write the run store "
+                        "inside its temporary working directory on the cluster; give a folder the head mounts, "
+                        "e.g. --set track.store=/mnt/nqexp/runs (docs/clusters.md)")
     try:
         client = JobSubmissionClient(address)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no job server there"
@@ -716,7 +725,11 @@ def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=pr
                 printer(lines.rstrip("\n"))
 
         asyncio.run(tail())
-        printer(f"Ray Job {job_id}: {client.get_job_status(job_id)}")
+        status = client.get_job_status(job_id)
+        printer(f"Ray Job {job_id}: {status}")
+        if status != "SUCCEEDED":                  # JobStatus is a str enum
+            # The job's own last lines (above) say why; the exit code must too.
+            raise NqexpError(f"Ray Job {job_id} ended {status}; its log: ray job logs {job_id} --address {address}")
     return job_id
 
 

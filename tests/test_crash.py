@@ -47,9 +47,10 @@ class Watched:
     """A CLI process whose progress is observable from outside: stdout/stderr lines (read as they
     come), the database file's size, its write-ahead log, and whether the process has it open."""
 
-    def __init__(self, args, *, db: Path, cwd: Path, new_session: bool = False):
+    def __init__(self, args, *, db: Path, cwd: Path, new_session: bool = False, env: dict | None = None):
         self.db = db
-        self.proc = subprocess.Popen([sys.executable, "-m", "nqexp.cli", *args], cwd=cwd, env=cli_env(db),
+        self.proc = subprocess.Popen([sys.executable, "-m", "nqexp.cli", *args], cwd=cwd,
+                                     env={**env, "NQEXP_DB": str(db)} if env else cli_env(db),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=new_session)
         self.out: list[str] = []
