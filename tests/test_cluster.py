@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,7 @@ def cluster():
             deadline = time.monotonic() + 10
             while (pids := marked_pids(mark)) and time.monotonic() < deadline:
                 time.sleep(0.5)
+        shutil.rmtree(root, ignore_errors=True)
         print("cluster timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in TIMINGS.items()))
 
 
