@@ -17,7 +17,7 @@ works without Ray; this module schedules them. The driver (`run_experiment`):
 
 Interrupt and resume: the run store and each trial's own checkpoints (train.py) are the source
 of truth. Tune swallows Ctrl-C and returns normally (docs/stack_notes.md), so completion is read
-from the store, not from the ResultGrid. Running the same spec again (or `--resume EXP`) starts a
+from the store, not from the ResultGrid; SIGTERM is handled as Ctrl-C (`_sigterm_as_ctrl_c`). Running the same spec again (or `--resume EXP`) starts a
 Tune run over the unfinished trials only; each resumes from its latest checkpoint, its W&B run is
 resumed under the same id, and steps already logged are not logged again.
 """
