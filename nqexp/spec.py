@@ -967,6 +967,10 @@ def _fields(cls: type) -> dict[str, Any]:
 def _convert(tp, value, path: tuple, problems: list, prefix: str = "", cross: tuple | None = None):
     """`value` as `tp` (dataclasses built), or _MISSING after its problems: one per pydantic error, in
     the order the keys were written, and one per line of a `__post_init__` SpecError (at `cross` if given)."""
+    numbers = _number_dates(tp, value, ())
+    if numbers:
+        problems.extend((path + where, prefix + message) for where, message in numbers)
+        return _MISSING
     try:
         return _adapter(tp).validate_python((value,))[0]
     except ValidationError as exc:
@@ -979,6 +983,19 @@ def _convert(tp, value, path: tuple, problems: list, prefix: str = "", cross: tu
         for line in str(exc).splitlines() or [""]:
             problems.append((cross or (), prefix + line))
     return _MISSING
+
+
+def _number_dates(tp, value, where: tuple) -> list[tuple[tuple, str]]:
+    """Numbers written for date fields. pydantic reads 1704067200 (or 1704067200000) as Unix time,
+    2024-01-01, silently; a date is written as YYYY-MM-DD, so any number there is refused."""
+    if _base_type(tp) is dt.date and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [(where, f"{_show(value)} is a number, not a date; write the date as YYYY-MM-DD "
+                        "(numbers are not read as Unix time)")]
+    cls = _dataclass_of(tp)
+    if cls is None or not isinstance(value, dict):
+        return []
+    return [problem for key, v in value.items() if key in _fields(cls)
+            for problem in _number_dates(_fields(cls)[key], v, where + (key,))]
 
 
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}

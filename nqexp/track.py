@@ -98,16 +98,26 @@ class WandbRun:
 
         directory.mkdir(parents=True, exist_ok=True)
         self.last_step = -1
+        self.resumed_step = -1      # steps up to this one were logged by an earlier driver (see resume_after)
         self.run = wandb.init(
             project=project, entity=entity, group=group, job_type=job_type, name=name,
             id=run_id, resume="allow", config=scrub(dict(config)), dir=str(directory), mode=mode,
             tags=list(tags), reinit="create_new",
         )
 
+    def resume_after(self, step: int) -> None:
+        """This run continues one whose steps up to `step` are already logged (a resumed trial)."""
+        self.resumed_step = self.last_step = max(step, -1)
+
+    def _media_step(self, step: int) -> int:
+        return max(step, self.last_step, self.resumed_step + 1)
+
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         # A resumed trial replays steps after its last checkpoint: W&B would drop them with a
-        # warning, so skip them here and keep the history free of duplicates.
-        if step < self.last_step:
+        # warning, so skip them here and keep the history free of duplicates. Within one driver
+        # several logs may share a step (a step's train metrics, then the epoch's val metrics);
+        # a step an earlier driver logged is done, including the last one.
+        if step < self.last_step or step <= self.resumed_step:
             return
         clean = {k: float(v) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_")}
@@ -121,12 +131,13 @@ class WandbRun:
     def log_images(self, images: Mapping[str, Path], step: int) -> None:
         import wandb
 
-        self.run.log({k: wandb.Image(str(p)) for k, p in images.items() if Path(p).exists()}, step=max(step, self.last_step))
+        self.run.log({k: wandb.Image(str(p)) for k, p in images.items() if Path(p).exists()},
+                     step=self._media_step(step))
 
     def log_table(self, key: str, frame, step: int) -> None:
         import wandb
 
-        self.run.log({key: wandb.Table(dataframe=frame)}, step=max(step, self.last_step))
+        self.run.log({key: wandb.Table(dataframe=frame)}, step=self._media_step(step))
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
@@ -164,8 +175,14 @@ class RunStore:
 
             raise DataError(f"no run store at {self.path}; run an experiment first (nqexp run SPEC)")
         con = db.connect(self.path, read_only=read_only, migrate=False)
-        if not read_only:
-            db.apply_migrations(con, "runstore")
+        try:
+            if not read_only:
+                db.apply_migrations(con, "runstore")      # refuses a store a newer nqexp migrated
+            elif db.table_exists(con, "_migrations"):
+                db.check_known_migrations(con, "runstore")   # reading one would misread its tables
+        except Exception:
+            con.close()
+            raise
         return con
 
     def _rows(self, sql: str, params=()) -> list[tuple]:

@@ -17,17 +17,21 @@ works without Ray; this module schedules them. The driver (`run_experiment`):
 
 Interrupt and resume: the run store and each trial's own checkpoints (train.py) are the source
 of truth. Tune swallows Ctrl-C and returns normally (docs/stack_notes.md), so completion is read
-from the store, not from the ResultGrid. Running the same spec again (or `--resume EXP`) starts a
+from the store, not from the ResultGrid; SIGTERM is handled as Ctrl-C (`_sigterm_as_ctrl_c`). Running the same spec again (or `--resume EXP`) starts a
 Tune run over the unfinished trials only; each resumes from its latest checkpoint, its W&B run is
 resumed under the same id, and steps already logged are not logged again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -111,7 +115,7 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
         "epochs": result.epochs, "stopped": result.stopped, "train_seconds": result.train_seconds,
         "trial_seconds": train_seconds, "gate_flags": json.dumps([[f.gate, f.reason] for f in flags]),
         "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": result.best_val_crps,
-        "strict": bool(tspec.eval.strict),
+        "strict": bool(tspec.eval.strict), "history": json.dumps(result.history),
     })
 
 
@@ -182,7 +186,7 @@ class _Follower:
                            config={**(meta.get("spec") or meta["params"]), "provenance": self.trial_meta.get("_provenance")},
                            directory=self.store.experiment_dir(self.experiment),
                            mode=self.mode, tags=tuple(self.track.tags))
-            run.last_step = last_step
+            run.resume_after(last_step)
             self.runs[name] = run
         self.on_event("start", name)
 
@@ -194,13 +198,13 @@ class _Follower:
             for row in steps:
                 run.log({k: v for k, v in row.items() if k != "_step"}, step=int(row["_step"]))
         last = max([int(r["_step"]) for r in steps], default=None)
-        if last is not None:
-            self.store.set_last_step(self.experiment, name, last)
         if result.get("final"):
+            if last is not None:
+                self.store.set_last_step(self.experiment, name, last)
             self._finalize(name, result)
         else:
             epoch_metrics = {k: v for k, v in result.items() if k.startswith(("val/", "train/"))}
-            step = last if last is not None else int(result.get("training_iteration", 0))
+            step = last if last is not None else (run.last_step if run is not None else 0)
             # The local learning curves (W&B is offline by default): the epoch's metrics plus the
             # lr of its last optimizer step.
             lr = [r["train/lr"] for r in steps if "train/lr" in r]
@@ -209,9 +213,17 @@ class _Follower:
                                        {**epoch_metrics, **({"train/lr": lr[-1]} if lr else {})})
             if run is not None:
                 run.log(epoch_metrics, step=step)
+            if last is not None:
+                # After everything at this step went to W&B: a resumed driver skips steps up to it.
+                self.store.set_last_step(self.experiment, name, last)
             self.on_event("epoch", name, epoch=int(result.get("epoch", 0)), val_crps=result.get("val/crps"))
 
     def _finalize(self, name, result):
+        # Every epoch again, from the trial's own history (kept in its checkpoint): an epoch whose
+        # report died with a killed driver is otherwise missing from the store (writes are upserts).
+        for row in json.loads(result.get("history") or "[]"):
+            self.store.write_epoch(self.experiment, name, int(row["epoch"]),
+                                   {k: v for k, v in row.items() if k.startswith(("val/", "train/"))})
         flags = [tuple(f) for f in json.loads(result.get("gate_flags") or "[]")]
         metrics = {k: v for k, v in result.items() if k.startswith(("val/", "test/"))
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -344,14 +356,71 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     # `ray job submit` and KubeRay RayJobs set RAY_ADDRESS for the driver they start.
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        return ray.init(address=address, **kwargs)
+        # A Ray Job's driver: the job's runtime_env (submit_job's env_vars) already holds some of
+        # these keys with the same values, and Ray refuses any overlap unless told to combine.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
+    if not _saved_sigterm and threading.current_thread() is threading.main_thread():
+        _saved_sigterm.append(signal.getsignal(signal.SIGTERM))   # ray.init replaces it; shutdown_ray restores it
+    if address:
+        context = ray.init(address=address, **kwargs)
+    else:
+        try:
+            with _own_process_group():
+                context = ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                                   **kwargs)
+        except ValueError as exc:
+            if "existing cluster" not in str(exc):
+                raise
+            # A shell on a node that already runs Ray (ray exec, ray attach): join that cluster.
+            context = ray.init(address="auto", **kwargs)
+    _sigterm_as_ctrl_c()
+    return context
+
+
+_saved_sigterm: list = []
+
+
+@contextlib.contextmanager
+def _own_process_group():
+    """Start the local Ray node's daemons (GCS, raylet, log monitor) in their own process group.
+
+    They otherwise share the CLI's group, so a signal to the whole job (`timeout`, `kill -- -PGID`,
+    a batch scheduler) also ends the GCS under the driver, whose graceful stop then waits 60 s for
+    it and dies with a C++ error. Ray already blocks SIGINT in them and kills them with the driver
+    (PR_SET_PDEATHSIG); ray.shutdown() stops them. Without the hook (another Ray) nothing changes.
+    """
+    from ray._private import services
+
+    popen = getattr(services, "ConsolePopen", None)
+    if popen is None:
+        yield
+        return
+    services.ConsolePopen = functools.partial(popen, process_group=0)
     try:
-        return ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kwargs)
-    except ValueError as exc:
-        if "existing cluster" not in str(exc):
-            raise
-        # A shell on a node that already runs Ray (ray exec, ray attach): join that cluster.
-        return ray.init(address="auto", **kwargs)
+        yield
+    finally:
+        services.ConsolePopen = popen
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (`kill PID`, a scheduler, `ray job stop`) stops a run the way Ctrl-C does.
+
+    ray.init installs a C++ failure handler that answers SIGTERM by dumping a native stack into
+    the terminal and aborting: no store update, no "Resume with" line. Our handler replaces it for
+    SIGTERM only (crashes keep their stacks) and calls whatever handles SIGINT at that moment:
+    Tune's graceful stop inside fit(), else KeyboardInterrupt, which the CLI turns into exit 130.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return                              # signal handlers can only be set from the main thread
+
+    def on_sigterm(signum, frame):
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current):
+            current(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def local_gpus() -> int:
@@ -512,6 +581,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     for text in check_resources(spec.resources, address):
         note(text)
     store = RunStore(spec.track.store_path())
+    store.connect().close()        # migrates the store, or refuses one a newer nqexp wrote, before we write files
     experiment = spec.name
     exp_dir = store.experiment_dir(experiment)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -598,6 +668,10 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                            datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
                            search=spec.search_space(), base_spec=base_spec,
                            sweep_cfg=dataclasses.replace(spec.sweep, num_samples=remaining), max_epochs=max_epochs)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM before Tune's own handler is in place (Ray starting, Tune setting up):
+            # the same outcome as a run Tune stopped, read from the store below.
+            pass
         finally:
             shutdown_ray()
 
@@ -642,8 +716,13 @@ def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=pr
 
     from nqexp import spec as spec_mod
 
-    from nqexp.errors import NqexpError
+    from nqexp.errors import NqexpError, SpecError
 
+    if not os.path.isabs(os.path.expanduser(spec.track.store)):
+        # The job runs in a temporary working directory on the head, which Ray deletes.
+        raise SpecError(f"track.store is {spec.track.store!r}, a relative path: a Ray Job would write the run store "
+                        "inside its temporary working directory on the cluster; give a folder the head mounts, "
+                        "e.g. --set track.store=/mnt/nqexp/runs (docs/clusters.md)")
     try:
         client = JobSubmissionClient(address)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no job server there"
@@ -664,7 +743,11 @@ def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=pr
                 printer(lines.rstrip("\n"))
 
         asyncio.run(tail())
-        printer(f"Ray Job {job_id}: {client.get_job_status(job_id)}")
+        status = client.get_job_status(job_id)
+        printer(f"Ray Job {job_id}: {status}")
+        if status != "SUCCEEDED":                  # JobStatus is a str enum
+            # The job's own last lines (above) say why; the exit code must too.
+            raise NqexpError(f"Ray Job {job_id} ended {status}; its log: ray job logs {job_id} --address {address}")
     return job_id
 
 
@@ -695,4 +778,8 @@ def shutdown_ray():
 
     if ray.is_initialized():
         ray.shutdown()
+    if _saved_sigterm and threading.current_thread() is threading.main_thread():
+        previous = _saved_sigterm.pop()
+        # None: the handler before was not set from Python; the default ends the process quietly.
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

@@ -5,6 +5,8 @@ Markers (pyproject registers them; --strict-markers is on):
   gpu       needs CUDA; skips itself without it
   realdata  reads ../shared/data (real vendor fixtures); skips when that folder is absent,
             because a user's clone doesn't have it
+  cluster   starts a two-node Ray cluster on this machine (ray start, dashboard on 8265);
+            opt-in with --run-cluster, minutes long, needs ray[default]
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--run-cluster", action="store_true", default=False, help="run tests marked cluster")
 
 
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason="slow: opt in with --run-slow")
+    skip_cluster = pytest.mark.skip(reason="cluster: opt in with --run-cluster")
     skip_real = pytest.mark.skip(reason=f"realdata: {SHARED_DATA} is absent")
     has_cuda = None
     for item in items:
         if "slow" in item.keywords and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
+        if "cluster" in item.keywords and not config.getoption("--run-cluster"):
+            item.add_marker(skip_cluster)
         if "realdata" in item.keywords and not SHARED_DATA.is_dir():
             item.add_marker(skip_real)
         if "gpu" in item.keywords:

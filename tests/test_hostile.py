@@ -481,6 +481,17 @@ def newer_migration(tmp, db_path):
     con.close()
 
 
+def newer_runstore(tmp, db_path):
+    """A run store (./runs, the default) with one experiment, migrated by a newer nqexp."""
+    from nqexp.track import RunStore
+
+    store = RunStore(tmp / "runs")
+    store.start_experiment("exp", "run", None, "name: exp\n")
+    con = duckdb.connect(str(store.path))
+    con.execute("insert into _migrations (name, sha256) values ('999_from_the_future.sql', 'x')")
+    con.close()
+
+
 OPTION_CASES = [
     cmd("opt-rejects-limit-negative", "data", "rejects", "--limit", "-1", code=2, err="-1 is not in the range"),
     cmd("opt-rejects-limit-huge", "data", "rejects", "--limit", "99999999999", code=2, err="not in the range"),
@@ -548,6 +559,13 @@ DATABASE_CASES = [
     cmd("db-newer-migration-import", "data", "import", a_file(text(*GOOD)), "--tz", "UTC", code=1,
         err="999_from_the_future.sql", prep=newer_migration),
     cmd("db-newer-migration-rejects", "data", "rejects", code=1, err="newer nqexp", prep=newer_migration),
+    cmd("runstore-newer-migration-ls", "runs", "ls", code=1, err="written by a newer nqexp", prep=newer_runstore),
+    cmd("runstore-newer-migration-show", "runs", "show", "exp/t", code=1, err="999_from_the_future.sql",
+        prep=newer_runstore),
+    cmd("runstore-newer-migration-compare", "runs", "compare", "exp", code=1, err="newer nqexp", prep=newer_runstore),
+    cmd("runstore-newer-migration-report", "report", "exp", code=1, err="newer nqexp", prep=newer_runstore),
+    cmd("runstore-newer-migration-run", "run", QUICKSTART, "--smoke", code=1, err="newer nqexp",
+        prep=newer_runstore, slow_ok=True),
     cmd("db-is-directory", "--db", lambda tmp: tmp, "data", "info", code=2, err="is a directory"),
     cmd("db-parent-is-file", "--db", lambda tmp: a_file(b"x", "plain")(tmp) / "sub" / "x.duckdb", "data", "info",
         code=1, err="is a file, not a folder"),
@@ -633,6 +651,20 @@ SPEC_CASES = [
     dry("spec-set-t-max-1e12", QS, "windows.t_max=1e12", err="windows.t_max"),
     dry("spec-set-seed-beyond-int64", QS, "seeds=[99999999999999999999]", err="64-bit integer"),
     dry("spec-set-time-budget-negative", QS, "train.time_budget_s=-5", err="time_budget_s"),
+    # A number where a date goes would be read as Unix time (1704067200 -> 2024-01-01): refused.
+    dry("spec-date-unix-seconds", QS, "splits.test_start=1760572800", err="is a number, not a date"),
+    dry("spec-date-unix-ms", QS, "splits.test_start=1760572800000", err="is a number, not a date"),
+    dry("spec-date-yyyymmdd", QS, "splits.test_start=20251016", err="is a number, not a date"),
+    dry("spec-date-zero", QS, "splits.train_start=0", err="splits.train_start: 0 is a number"),
+    dry("spec-date-float", QS, "splits.val_end=1.7e+9", err="is a number, not a date"),
+    dry("spec-date-in-file", spec_file(f"name: d\nextends: {QS}\nsplits:\n  test_end: 1764720000\n"),
+        err="splits.test_end: 1764720000 is a number"),
+    dry("spec-date-in-variant", spec_file(f"name: d\nextends: {QS}\nvariants:\n  a: {{splits.test_end: 1764720000}}\n"),
+        err="variants.a.splits.test_end: 1764720000 is a number"),
+    cmd("spec-date-in-search", "sweep", spec_file(f"name: d\nextends: {QS}\nsearch:\n"
+                                                  "  splits.test_end: {choice: [1764720000]}\n"), "--dry-run",
+        code=2, err="is a number, not a date"),
+    dry("spec-date-iso-still-fine", QS, "splits.test_start=2025-10-16", code=0, out="quickstart"),
     dry("spec-many-variants", spec_file("name: many\nvariants:\n" + "".join(f"  v{i}: {{}}\n" for i in range(1500))),
         err="variants; at most"),
     dry("spec-extends-missing", spec_file(child_of("/nonexistent/base.yaml")), err="file not found"),
