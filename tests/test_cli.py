@@ -179,11 +179,19 @@ def test_malformed_yaml_spec_is_one_line_with_exit_code_2(invoke, tmp_path):
 
 def test_an_unreachable_cluster_address_is_one_clear_line(tmp_path):
     spec = ROOT / "experiments" / "quickstart.yaml"
-    result = subprocess.run([sys.executable, "-m", "nqexp.cli", "run", str(spec), "--address", "http://127.0.0.1:9"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                            env={**os.environ, "NQEXP_DB": str(tmp_path / "t.duckdb")})
+
+    def submit(*extra):
+        return subprocess.run([sys.executable, "-m", "nqexp.cli", "run", str(spec), "--address", "http://127.0.0.1:9",
+                               *extra], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                              env={**os.environ, "NQEXP_DB": str(tmp_path / "t.duckdb")})
+
+    result = submit("--set", f"track.store={tmp_path / 'runs'}")
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "cannot reach a Ray job server at http://127.0.0.1:9" in result.stderr
+    # A relative store would land in the job's temporary working directory on the head: refused first.
+    relative = submit()
+    assert relative.returncode == 2 and "Traceback" not in relative.stderr
+    assert "relative path" in relative.stderr and "--set track.store=" in relative.stderr
 
 
 # --------------------------------------------------------------------------------------- runs --json
