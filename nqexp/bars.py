@@ -618,12 +618,8 @@ def default_symbol(con) -> str:
     raise DataError(f"the database holds {len(names)} series ({', '.join(names)}); say which with --symbol")
 
 
-def ensure_bars(con, symbol: str, freq_minutes=SUPPORTED_FREQS):
-    """Build the bars of `symbol` at `freq_minutes` that are missing or behind raw_bars; the BarsReport or None.
-
-    Only the stale frequencies are built: a feature set on 5-minute bars never waits for
-    bars_1m (`nqexp features build` right after `nqexp data bars --freq 5m` builds nothing).
-    """
+def stale_freqs(con, symbol: str, freq_minutes=SUPPORTED_FREQS) -> list[int]:
+    """The frequencies among `freq_minutes` whose bars of `symbol` are missing or behind raw_bars (read-only)."""
     raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
     stale = []
     for freq in sorted({int(f) for f in freq_minutes}):
@@ -635,6 +631,16 @@ def ensure_bars(con, symbol: str, freq_minutes=SUPPORTED_FREQS):
         if built[0] and (raw[0] == 0 or (raw[0] == built[0] and built[1] == built[2])):
             continue                      # per-contract roots have no raw rows of their own
         stale.append(freq)
+    return stale
+
+
+def ensure_bars(con, symbol: str, freq_minutes=SUPPORTED_FREQS):
+    """Build the bars of `symbol` at `freq_minutes` that are missing or behind raw_bars; the BarsReport or None.
+
+    Only the stale frequencies are built: a feature set on 5-minute bars never waits for
+    bars_1m (`nqexp features build` right after `nqexp data bars --freq 5m` builds nothing).
+    """
+    stale = stale_freqs(con, symbol, freq_minutes)
     if not stale:
         return None
     report = build_bars(con, symbol, stale)

@@ -99,11 +99,12 @@ def horizon_truth(bar_ts, end_idx, horizons, minutes, freq_minutes: int = 5) -> 
 
 def truth_for_datasets(db_path, trial_spec, datasets) -> dict[str, HorizonTruth]:
     """HorizonTruth for every split of a PreparedData's datasets (reads the DB once)."""
-    from nqexp import db, features
+    from nqexp import bars, db, features
     from nqexp.errors import DataError
 
     con = db.connect(db_path)
     try:
+        bars.ensure_bars(con, trial_spec.data.symbol, [1])   # the truth is per 1-minute bar; a 5m set skips bars_1m
         arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol, path=trial_spec.features.path)
         minutes = load_truth_minutes(con, trial_spec.data.symbol)
     finally:

@@ -335,8 +335,8 @@ def _to_ts(value) -> np.datetime64:
     return np.datetime64(t.to_datetime64(), "us")
 
 
-def _open(db_path, symbol: str, table: str):
-    """A read-only connection (bars are built first when raw bars are ahead of them)."""
+def _open(db_path, symbol: str, table: str, freq_minutes: int):
+    """A read-only connection (the set's bars are built first when raw bars are ahead of them)."""
     from nqexp import bars, db
 
     con = db.connect(db_path, read_only=True)
@@ -345,12 +345,10 @@ def _open(db_path, symbol: str, table: str):
         con.close()
         raise DataError(f"no {table} bars for {symbol!r} in {db.resolve_db_path(db_path)}; "
                         f"import them (nqexp data import) and build bars (nqexp data bars --symbol {symbol})")
-    raw = con.execute("select count(*), max(ts) from raw_bars where symbol = ?", [symbol]).fetchall()[0]
-    built = con.execute("select count(*), max(ts) from bars_1m where symbol = ?", [symbol]).fetchall()[0]
-    if raw[0] and tuple(raw) != tuple(built):
+    if bars.stale_freqs(con, symbol, [freq_minutes]):
         con.close()
         con = db.connect(db_path)
-        bars.ensure_bars(con, symbol)   # newly imported raw bars: build them once
+        bars.ensure_bars(con, symbol, [freq_minutes])   # newly imported raw bars: build them once
         con.close()
         con = db.connect(db_path, read_only=True)
     return con
@@ -361,7 +359,7 @@ def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device
     bundle = load_bundle(trial_dir)
     fs = check_feature_set(bundle)
     symbol = symbol or bundle.meta["symbol"]
-    con = _open(db_path, symbol, fs.bars_table)
+    con = _open(db_path, symbol, fs.bars_table, fs.freq_minutes)
     try:
         table = fs.bars_table
         last = con.execute(f"select max(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
@@ -396,7 +394,7 @@ def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, 
     fs = check_feature_set(bundle)
     symbol = symbol or bundle.meta["symbol"]
     d0, d1 = _to_ts(start).astype("datetime64[D]"), _to_ts(end).astype("datetime64[D]")
-    con = _open(db_path, symbol, fs.bars_table)
+    con = _open(db_path, symbol, fs.bars_table, fs.freq_minutes)
     try:
         span = con.execute(f"select min(ts), max(ts) from {fs.bars_table} where symbol = ? "
                            f"and session_date between ? and ?", [symbol, d0.item(), d1.item()]).fetchall()[0]
