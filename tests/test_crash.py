@@ -209,9 +209,12 @@ def test_sigkill_during_features_build_keeps_one_whole_table_and_the_next_build_
         run.kill_when(ready, what)
         assert run.wait() == -signal.SIGKILL, what
         state = feature_state(db)
-        assert state == {"builds": [], "tables": [], "content": {}}, (what, state)
+        # All or nothing: a kill that lands after the commit (the file grows at the checkpoint) leaves
+        # the whole table, never a part of it or a build record without its table.
+        assert state in ({"builds": [], "tables": [], "content": {}}, ref), (what, state)
     final = nqexp("features", "build", "--set", "migt24", "--symbol", SYMBOL, db=db, cwd=tmp_path)
-    assert final.returncode == 0 and "first build" in final.stdout, final.stdout + final.stderr
+    assert final.returncode == 0 and ("first build" in final.stdout or "up to date" in final.stdout), \
+        final.stdout + final.stderr
     assert feature_state(db) == ref
     # A forced rebuild killed while it writes the replacement: the committed table stays whole.
     before = os.path.getsize(db)
