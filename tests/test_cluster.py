@@ -32,7 +32,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.test_crash import Watched, marked_pids, read_wandb_history_steps
+from tests.test_crash import Watched, marked_pids
+from tests.wandb_log import history_steps
 
 pytestmark = pytest.mark.cluster
 
@@ -130,7 +131,7 @@ def store_checks(store: Path, experiment: str, n_trials: int = 5) -> None:
         runs.setdefault(folder.name.rsplit("-", 1)[1], []).append(folder)
     assert len(runs) == n_trials, sorted(runs)
     for run_id, folders in runs.items():
-        steps = [s for f in folders for s in read_wandb_history_steps(next(f.glob("run-*.wandb")))]
+        steps = [s for f in folders for s in history_steps(next(f.glob("run-*.wandb")))]
         assert steps and steps == sorted(set(steps)), (run_id, steps)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
+from tests.wandb_log import history_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOL = "NQ.demo"
@@ -310,40 +311,6 @@ def test_a_signal_to_the_run_stops_it_cleanly_with_a_resume_hint(ray_run, sig):
     print(f"signalled after {signalled_after:.0f}s, stopped in {stopped_in:.0f}s")
 
 
-def read_wandb_history_steps(path: Path) -> list[int]:
-    """History steps of one .wandb transaction log (LevelDB-log framing, protobuf records; see
-    tests/test_tune.py), up to the first torn record: a killed writer may leave one at the end."""
-    from google.protobuf.message import DecodeError
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    steps, pos, block, pending = [], 7, 32768, b""
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:
-            pos += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
-        if len(payload) < length:
-            break                                          # torn at the end
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = payload if kind in (1, 2) else pending + payload
-        if kind in (1, 4):
-            rec = wandb_internal_pb2.Record()
-            try:
-                rec.ParseFromString(pending)
-            except DecodeError:
-                break
-            if rec.WhichOneof("record_type") == "history":
-                steps.append(rec.history.step.num)
-            pending = b""
-    return steps
-
-
 @pytest.mark.slow
 def test_sigkill_of_the_driver_then_the_same_command_finishes_without_duplicates(ray_run):
     """SIGKILL of the whole driver process group (the CLI, its W&B service) while one trial is
@@ -404,7 +371,7 @@ def test_sigkill_of_the_driver_then_the_same_command_finishes_without_duplicates
     assert len(runs) == 5, sorted(runs)
     assert any(len(f) == 2 for f in runs.values()), "no trial was resumed: the kill came too late"
     for run_id, folders in runs.items():
-        steps = [s for f in folders for s in read_wandb_history_steps(next(f.glob("run-*.wandb")))]
+        steps = [s for f in folders for s in history_steps(next(f.glob("run-*.wandb")))]
         assert steps and steps == sorted(set(steps)), (run_id, steps)
     deadline = time.monotonic() + 90
     while marked_pids(mark) and time.monotonic() < deadline:

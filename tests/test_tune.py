@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.wandb_log import read_wandb_records
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "name:" in p.read_text())
@@ -64,33 +65,6 @@ def test_a_spec_error_is_one_readable_line_with_exit_code_2(tmp_path):
     result = dry_run("run", str(bad), "--dry-run", cwd=tmp_path)
     assert result.exit_code == 2
     assert result.stderr.strip() == f"Error: {bad}: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"
-
-
-def read_wandb_records(path: Path):
-    """Parse a .wandb transaction log (LevelDB-log framing, protobuf records; docs/stack_notes.md §4)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    magic, _, _ = struct.unpack("<4sHB", data[:7])
-    assert magic == b":W&B"
-    records, pos, block, pending = [], 7, 32768, b""
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:
-            pos += room
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = payload if kind in (1, 2) else pending + payload
-        if kind in (1, 4):
-            rec = wandb_internal_pb2.Record()
-            rec.ParseFromString(pending)
-            records.append(rec)
-            pending = b""
-    return records
 
 
 @pytest.fixture(scope="module")
