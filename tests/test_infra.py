@@ -473,3 +473,20 @@ def test_init_ray_joins_the_cluster_named_by_ray_address(monkeypatch):
     tune.init_ray(None)
     assert calls and calls[0].get("address") in ("auto", "10.0.0.1:6379"), calls
     assert "num_cpus" not in calls[0] and "num_gpus" not in calls[0], calls
+
+
+# ------------------------------------------------------------------------------------------ benchmarks
+
+
+def test_every_benchmark_run_all_calls_takes_quick_and_json():
+    """benchmarks/run_all.py runs `bench_X.py [--quick] --json OUT`: each script must accept both."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for name, script in run_all.BENCHES.items():
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *run_all.EXTRA.get(name, []), "--help"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (script, out.stderr[-500:])
+        assert "--quick" in out.stdout and "--json" in out.stdout, script
