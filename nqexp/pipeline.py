@@ -103,7 +103,7 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
         built = bars.ensure_bars(con, data_cfg.symbol, [fs.freq_minutes])   # only the bars the set reads
         if built is not None:
             notes.append(f"Built bars: {built.summary()}.")
-        arrays = features.load_arrays(con, trial_spec.features.set, data_cfg.symbol, path=trial_spec.features.path)
+        arrays = features.load_arrays(con, fs, data_cfg.symbol)   # the set resolved above
     finally:
         con.close()
     # The purge must also cover the longest feature look-back (docs/features.md).
