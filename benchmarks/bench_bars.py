@@ -1,7 +1,7 @@
 """Benchmark: build 5-minute bars (+ session fields) from 15 years of demo 1-minute bars.
 
 Each repeat runs in a fresh subprocess (so peak RSS is that build's own), on an in-memory
-DuckDB holding `nqexp.demo.generate(days=5479)` (~5.4M rows). Timed: `bars.build_bars` only
+DuckDB holding `nqexp.data.demo.generate(days=5479)` (~5.4M rows). Timed: `bars.build_bars` only
 (rolls, adjustment, session fields, bars table), not generation or the raw insert. Peak RSS
 is the subprocess's ru_maxrss, which includes the generator's and raw table's memory; the
 build's own increment is reported separately.
@@ -36,7 +36,7 @@ def _rss_mb() -> float:
 
 
 def one_build(days: int, freqs: list[int]) -> dict:
-    from nqexp import bars, db, demo, ingest
+    from nqexp.data import bars, db, demo, ingest
 
     data = demo.generate(days=days, seed=0)
     con = db.connect(":memory:")
@@ -54,10 +54,10 @@ def one_download(days: int) -> dict:
     """Download `days` of demo data through the real databento client and a local HTTPS fake gateway."""
     import os
 
+    import fake_gateway
     import numpy as np
 
-    from nqexp import db, demo, download
-    import fake_gateway
+    from nqexp.data import db, demo, download
 
     data = demo.generate(days=days, seed=0)
     records = fake_gateway.records_from_bars(data.bars)

@@ -42,7 +42,7 @@ def _peak_rss_gb() -> float:
 
 
 def prepare(db_path: str, days: int, stand_in: bool) -> None:
-    from nqexp import db, demo, ingest
+    from nqexp.data import db, demo, ingest
     from tests import feature_reference as ref
 
     con = db.connect(db_path)
@@ -66,11 +66,11 @@ def prepare(db_path: str, days: int, stand_in: bool) -> None:
 
 def worker(db_path: str, set_name: str, kind: str, repeats: int) -> dict:
     import numpy as np
-
-    from nqexp import db, features
-
     import pyarrow.compute  # noqa: F401  (import costs are paid before the clock starts)
     import scipy.signal  # noqa: F401
+
+    from nqexp import features
+    from nqexp.data import db
 
     con = db.connect(db_path)
     con.execute("set enable_progress_bar = false")
@@ -80,7 +80,7 @@ def worker(db_path: str, set_name: str, kind: str, repeats: int) -> dict:
     if kind == "first":
         return first_build(db_path, set_name)
     if kind == "sql":
-        from nqexp.bars import ensure_bars
+        from nqexp.data.bars import ensure_bars
 
         compute = []
         for _ in range(repeats):
@@ -115,7 +115,8 @@ def first_build(db_path: str, set_name: str) -> dict:
     import shutil
     import tempfile
 
-    from nqexp import bars, db, features
+    from nqexp import features
+    from nqexp.data import bars, db
 
     fs = features.feature_set(set_name)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(db_path) or ".") as tmp:
@@ -176,7 +177,7 @@ def main() -> None:
     ap.add_argument("--json", dest="json_out", default=None, help="write the result rows to this JSON file")
     ap.add_argument("--sets", nargs="+", default=["migt24", "grok24"])
     ap.add_argument("--stand-in-bars", action="store_true",
-                    help="build bars with tests/feature_reference.build_test_bars instead of nqexp.bars")
+                    help="build bars with tests/feature_reference.build_test_bars instead of nqexp.data.bars")
     ap.add_argument("--worker", nargs=2, metavar=("SET", "KIND"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.db is None:

@@ -52,7 +52,7 @@ def make_csv(path: Path, days: int) -> int:
     import duckdb
     import pandas as pd
 
-    from nqexp import demo
+    from nqexp.data import demo
 
     bars = demo.generate(days=days, seed=0).bars
     frame = pd.DataFrame({
@@ -81,7 +81,7 @@ def main():
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
 
-    from nqexp import db, ingest
+    from nqexp.data import db, ingest
 
     years = 1.0 if args.quick else args.years
     days = int(years * 365.25)

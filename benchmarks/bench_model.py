@@ -28,7 +28,7 @@ from torch.utils.flop_counter import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nqexp.model import ModelConfig, build_model, count_parameters, model_loss  # noqa: E402
+from nqexp.model.net import ModelConfig, build_model, count_parameters, model_loss  # noqa: E402
 
 T, V = 288, 24
 

@@ -17,9 +17,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,7 +41,7 @@ def main():
     db_path = work / "demo15y.duckdb"
     trial_dir = work / "runs" / "bench" / "trials" / "full-s0"
 
-    from nqexp import db, demo, ingest
+    from nqexp.data import db, demo, ingest
 
     if not db_path.exists():
         t0 = time.perf_counter()
@@ -52,12 +52,11 @@ def main():
         con.close()
         print(f"demo database: {len(generated.bars):,} bars in {time.perf_counter() - t0:.0f}s")
     if not (trial_dir / "bundle" / "bundle.json").exists():
+        from nqexp.experiment.pipeline import prepare_data, score_trial, write_bundle
+        from nqexp.experiment.spec import load_spec
+        from nqexp.experiment.track import NullTracker
+        from nqexp.model.train import train
         from tests.test_predict import TINY
-
-        from nqexp.pipeline import prepare_data, score_trial, write_bundle
-        from nqexp.spec import load_spec
-        from nqexp.track import NullTracker
-        from nqexp.train import train
 
         over = [o for o in TINY if not o.startswith("data.demo_days")] + ["data.demo_days=5475"]
         tspec = load_spec(ROOT / "experiments" / "demo_quality.yaml", overrides=over).trials()[0].spec
@@ -75,8 +74,8 @@ def main():
 
     import torch
 
-    from nqexp import predict as P
-    from nqexp.train import load_checkpoint_model, predict
+    from nqexp.experiment import predict as P
+    from nqexp.model.train import load_checkpoint_model, predict
 
     torch.set_num_threads(2)
     bundle = P.load_bundle(trial_dir)
@@ -90,7 +89,7 @@ def main():
     fwd = []
     import dataclasses
 
-    from nqexp import windows
+    from nqexp.model import windows
 
     shim = dataclasses.replace(tail.arrays, targets=np.zeros_like(tail.arrays.targets))  # the latest bar has no target yet
     ds = windows.dataset_arrays(shim, [len(tail.arrays.ts) - 1], bundle.scalers, bundle.window_cfg)

@@ -176,11 +176,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from nqexp import spec as spec_mod
-    from nqexp.known_answer import mc_oracle
-    from nqexp.pipeline import prepare_data
-    from nqexp.track import NullTracker
-    from nqexp.train import load_checkpoint_model, predict, train
+    from nqexp.evaluation.known_answer import mc_oracle
+    from nqexp.experiment import spec as spec_mod
+    from nqexp.experiment.pipeline import prepare_data
+    from nqexp.experiment.track import NullTracker
+    from nqexp.model.train import load_checkpoint_model, predict, train
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_quality_")
     db_path = args.db or str(Path(tmp.name) / "demo.duckdb")

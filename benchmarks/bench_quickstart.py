@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 

@@ -5,7 +5,7 @@
     python benchmarks/bench_windows.py --bars 200000 --repeats 3
 
 Measures windows/s of
-  * nqexp.windows.WindowLoader as train.py uses it: shuffled batches of (x, mask, temporal, y, scale,
+  * nqexp.model.windows.WindowLoader as train.py uses it: shuffled batches of (x, mask, temporal, y, scale,
     idx) torch tensors written into reused buffers;
   * a plain numpy gather of the same x windows (no mask, temporal, padding or torch): np.take of
     (B, T) row indices, the memory-bound reference the loader's goal is stated against (issue 14);
@@ -59,7 +59,7 @@ def synthetic_arrays(n_bars: int, n_vars: int, seed: int = 0):
 
 def naive_batches(df: pd.DataFrame, temporal: pd.DataFrame, y: np.ndarray, scale: np.ndarray, ts: np.ndarray,
                   order: np.ndarray, batch_size: int, t_max: int, n_batches: int):
-    """Per-sample pandas slicing: the loader nqexp.windows replaces."""
+    """Per-sample pandas slicing: the loader nqexp.model.windows replaces."""
     import torch
 
     day = pd.Timedelta(hours=24)
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from nqexp.windows import SplitConfig, WindowConfig, WindowLoader, dataset_arrays, fit_scalers, make_splits
+    from nqexp.model.windows import SplitConfig, WindowConfig, WindowLoader, dataset_arrays, fit_scalers, make_splits
 
     torch.set_num_threads(1)
     cfg = WindowConfig.migt24(sigma="ewma")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-NY_TZ = "America/New_York"
+from nqexp.calendar import session_dates
 
 
 def horizon_label(minutes: int) -> str:
@@ -184,16 +184,6 @@ def pearson(a, b) -> float:
     if denom == 0 or not np.isfinite(denom):
         return float("nan")
     return float((a * b).sum() / denom)
-
-
-def session_dates(ts) -> np.ndarray:
-    """Globex session date of each UTC timestamp: the New York date of ts + 6 h, so a session
-    that opens Sunday 18:00 ET belongs to Monday. Naive datetime64 values are read as UTC."""
-    idx = pd.DatetimeIndex(np.asarray(ts))
-    if idx.tz is None:
-        idx = idx.tz_localize("UTC")
-    local = idx.tz_convert(NY_TZ) + pd.Timedelta(hours=6)
-    return local.tz_localize(None).normalize().values  # (N,) datetime64[ns] at midnight
 
 
 def daily_ic(ts, pred, y, min_obs: int = 10) -> pd.Series:

@@ -65,7 +65,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def con():
     """A fresh in-memory DuckDB with every migration applied (about 10 ms)."""
-    from nqexp import db
+    from nqexp.data import db
 
     connection = db.connect(":memory:")
     yield connection
@@ -79,7 +79,7 @@ def demo_year():
 
     Shared: treat it as read-only (copy a frame before changing it).
     """
-    from nqexp import demo
+    from nqexp.data import demo
 
     return demo.generate(days=400, seed=3)
 
@@ -87,7 +87,7 @@ def demo_year():
 @pytest.fixture(scope="session")
 def demo_small():
     """30 days of demo bars (seed 0), generated once per session."""
-    from nqexp import demo
+    from nqexp.data import demo
 
     return demo.generate(days=30, seed=0)
 
@@ -95,7 +95,15 @@ def demo_small():
 @pytest.fixture
 def demo_con(con, demo_small):
     """`con` seeded with the 30-day demo series NQ.demo and its ground truth."""
-    from nqexp import ingest
+    from nqexp.data import ingest
 
     ingest.write_demo(con, demo_small)
     return con
+
+
+def two_baselines(y_train, scale_train, scale_eval, taus) -> dict:
+    """Climatology and vol-scaled quantiles (N, H, Q) for an evaluated split, fitted on train only."""
+    from nqexp.evaluation.baselines import ClimatologyBaseline, VolScaledBaseline
+
+    return {"climatology": ClimatologyBaseline(tuple(taus)).fit(y_train).quantiles(scale_eval),
+            "volscaled": VolScaledBaseline(tuple(taus)).fit(y_train, scale_train).quantiles(scale_eval)}

@@ -8,7 +8,7 @@ feature against it. Conventions both sides must share are stated once, here:
   * the grok24 VWAP resets at the first RTH bar of each session_date and accumulates from the
     first bar before the first reset.
 
-Also holds `build_test_bars`, a crude stand-in for nqexp.bars.build_bars (used only while that
+Also holds `build_test_bars`, a crude stand-in for nqexp.data.bars.build_bars (used only while that
 module does not exist): it fills bars_1m / bars_5m from raw_bars with the contract schema.
 """
 
@@ -22,7 +22,7 @@ ANNUALIZE_1M = np.sqrt(252 * 390)
 
 
 # ---------------------------------------------------------------------------------------------
-# Bars (test-only stand-in for nqexp.bars)
+# Bars (test-only stand-in for nqexp.data.bars)
 # ---------------------------------------------------------------------------------------------
 
 _BARS_1M = """
@@ -111,9 +111,9 @@ def build_test_bars(con, symbol: str) -> None:
 
 
 def build_bars(con, symbol: str, *, stand_in: bool = False) -> None:
-    """nqexp.bars.build_bars when it exists (and `stand_in` is False), else the stand-in above."""
+    """nqexp.data.bars.build_bars when it exists (and `stand_in` is False), else the stand-in above."""
     try:
-        from nqexp.bars import build_bars as real
+        from nqexp.data.bars import build_bars as real
     except ImportError:
         real = None
     if real is None or stand_in:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nqexp import backtest as B
+from nqexp.evaluation import backtest as B
 
 TAUS = np.array([0.1, 0.5, 0.9])
 T0 = np.datetime64("2024-03-05T15:00", "ns")  # 10:00 ET, a Tuesday
@@ -171,10 +171,11 @@ def test_score_trial_backtests_the_test_split_by_default(tmp_path):
     pytest.importorskip("torch")
     import pandas as pd
 
-    from nqexp.evaluate import ClimatologyBaseline, EvalConfig
-    from nqexp.pipeline import PreparedData, score_trial
-    from nqexp.track import NullTracker
-    from nqexp.train import train
+    from nqexp.evaluation.baselines import ClimatologyBaseline
+    from nqexp.evaluation.evaluate import EvalConfig
+    from nqexp.experiment.pipeline import PreparedData, score_trial
+    from nqexp.experiment.track import NullTracker
+    from nqexp.model.train import train
     from tests.test_train import synthetic_dataset, tiny_model, tiny_train
 
     ds = {"train": synthetic_dataset(256, 0), "val": synthetic_dataset(96, 1), "test": synthetic_dataset(160, 2)}

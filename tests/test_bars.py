@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nqexp import bars, db, demo, ingest
+from nqexp import calendar
+from nqexp.data import bars, db, demo, ingest
 from nqexp.errors import DataError, SqlError
 
 
@@ -69,7 +70,7 @@ def test_splice_ratio_estimate_error_is_tick_rounding_plus_untraded_moves(demo_d
     true = data.rolls.set_index("ts")["ratio"]
     b = data.bars.set_index("ts")
     sigma = data.truth.set_index("ts")["sigma"]
-    sessions = demo.session_table(data.bars["ts"].iloc[0].date() - dt.timedelta(days=2), demo.DEFAULT_END)
+    sessions = calendar.session_table(data.bars["ts"].iloc[0].date() - dt.timedelta(days=2), demo.DEFAULT_END)
     errors, adjacent = [], 0
     for ts in true.index:
         i = b.index.get_loc(ts)

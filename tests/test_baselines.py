@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nqexp import baselines
+from nqexp.evaluation import baselines
 
 TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 BARS_PER_SESSION = 276

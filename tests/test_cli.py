@@ -18,9 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from nqexp import report
 from nqexp.cli import cli
-from nqexp.track import RunStore
+from nqexp.evaluation import report
+from nqexp.experiment.track import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

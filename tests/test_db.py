@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from nqexp import db
+from nqexp.data import db
 from nqexp.errors import DatabaseError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nqexp import demo
+from nqexp.data import demo
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_the_mean_reversion_is_learnable_but_weak(year):
     15-60 minutes: room for a sequence model to learn, and never the |IC| > 0.1 the leakage gate flags."""
     from scipy.stats import spearmanr
 
-    from nqexp import demo
+    from nqexp.data import demo
 
     t = year.truth
     r = np.log(t["close_exact"].to_numpy())
@@ -154,7 +154,7 @@ def test_volatility_has_a_leverage_effect_visible_in_the_bars(year):
 def test_the_state_reproduces_sigma_and_the_oracle_is_calibrated(year):
     """sigma = BASE * tod * exp(h_slow + h_fast) exactly; the Monte Carlo oracle's paths from the
     stored state have the spread of the realized targets (z-scores with sd ~1, coverage ~80%)."""
-    from nqexp import demo
+    from nqexp.data import demo
 
     t = year.truth
     minute_et = demo.truth_minute_et(t)[t["k"].to_numpy()]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nqexp import db, demo, download
+from nqexp.data import db, demo, download
 from nqexp.errors import CredentialsError, DataError
 
 sys.path.insert(0, str(Path(__file__).parent))

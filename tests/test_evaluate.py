@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from nqexp import evaluate as E
 from nqexp import metrics as M
 from nqexp.errors import DataError, NqexpError
-from tests.conftest import SHARED_DATA
+from nqexp.evaluation import baselines as B
+from nqexp.evaluation import evaluate as E
+from tests.conftest import SHARED_DATA, two_baselines
 
 TAUS = np.array(E.DEFAULT_TAUS)
 HM = (15, 30, 60, 120, 240)
@@ -37,8 +38,12 @@ def _split(n=6000, seed=0, signal=0.0):
     """Fit baselines on the first half, evaluate on the second: (ts, y, q, baselines) of the test half."""
     ts, y, q, scale = _world(n, seed, signal)
     k = n // 2
-    fitted = E.fit_baselines(y[:k], scale[:k], TAUS)
-    return ts[k:], y[k:], q[k:], E.baseline_quantiles(fitted, scale[k:])
+    return ts[k:], y[k:], q[k:], two_baselines(y[:k], scale[:k], scale[k:], TAUS)
+
+
+def _flat(split, y, q, taus, hm, ts, bq, **kw):
+    """The flat metric dict of one split, as the pipeline logs it."""
+    return E.flatten_metrics(E.evaluate_split_table(split, y, q, taus, hm, ts, bq, **kw))
 
 
 def _table(y, q, ts, baselines, split="test", **kw):
@@ -50,7 +55,7 @@ def _table(y, q, ts, baselines, split="test", **kw):
 
 def test_climatology_is_train_quantiles_per_horizon():
     ts, y, q, scale = _world(2000)
-    b = E.ClimatologyBaseline(TAUS).fit(y)
+    b = B.ClimatologyBaseline(TAUS).fit(y)
     out = b.quantiles(scale[:10])  # (10, H, Q)
     assert out.shape == (10, len(HM), len(TAUS))
     np.testing.assert_allclose(out[3], np.quantile(y, TAUS, axis=0).T, rtol=0, atol=0)
@@ -58,7 +63,7 @@ def test_climatology_is_train_quantiles_per_horizon():
 
 def test_volscaled_is_train_quantiles_of_y_over_scale_times_eval_scale():
     ts, y, q, scale = _world(2000)
-    b = E.VolScaledBaseline(TAUS).fit(y[:1000], scale[:1000])
+    b = B.VolScaledBaseline(TAUS).fit(y[:1000], scale[:1000])
     z = np.quantile(y[:1000] / scale[:1000], TAUS, axis=0).T  # (H, Q)
     out = b.quantiles(scale[1000:])
     np.testing.assert_allclose(out, scale[1000:, :, None] * z[None], rtol=1e-15)
@@ -69,36 +74,37 @@ def test_baselines_ignore_nan_targets_when_fitting():
     ts, y, q, scale = _world(2000)
     y_nan = y.copy()
     y_nan[::7, 2] = np.nan
-    b = E.ClimatologyBaseline(TAUS).fit(y_nan)
+    b = B.ClimatologyBaseline(TAUS).fit(y_nan)
     np.testing.assert_allclose(b.q_[2], np.quantile(y[np.arange(2000) % 7 != 0, 2], TAUS))
 
 
 def test_changing_test_data_never_changes_the_fitted_baselines():
     ts, y, q, scale = _world(3000)
     train_y, train_s = y[:1500].copy(), scale[:1500].copy()
-    fitted = E.fit_baselines(train_y, train_s, TAUS)
+    fitted = {"climatology": B.ClimatologyBaseline(TAUS).fit(train_y),
+              "volscaled": B.VolScaledBaseline(TAUS).fit(train_y, train_s)}
     params = {k: (b.q_ if hasattr(b, "q_") and b.q_ is not None else b.z_).copy() for k, b in fitted.items()}
-    before = E.baseline_quantiles(fitted, scale[1500:])
+    before = {k: b.quantiles(scale[1500:]) for k, b in fitted.items()}
     # Scoring on wildly different test data (targets and vol) ...
     rng = np.random.default_rng(99)
     other_scale = scale[1500:] * rng.uniform(0.1, 10, size=scale[1500:].shape)
-    _table(y[1500:] * 50, q[1500:], ts[1500:], E.baseline_quantiles(fitted, other_scale))
+    _table(y[1500:] * 50, q[1500:], ts[1500:], {k: b.quantiles(other_scale) for k, b in fitted.items()})
     # ... leaves the fitted parameters and the forecasts for the original test scale unchanged,
     for k, b in fitted.items():
         np.testing.assert_array_equal(b.q_ if k == "climatology" else b.z_, params[k])
-    after = E.baseline_quantiles(fitted, scale[1500:])
+    after = {k: b.quantiles(scale[1500:]) for k, b in fitted.items()}
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
     # and refitting on the same train arrays gives the same parameters.
-    refit = E.fit_baselines(train_y, train_s, TAUS)
-    np.testing.assert_array_equal(refit["volscaled"].z_, params["volscaled"])
+    refit = B.VolScaledBaseline(TAUS).fit(train_y, train_s)
+    np.testing.assert_array_equal(refit.z_, params["volscaled"])
 
 
 def test_volscaled_rejects_non_positive_scale():
     ts, y, q, scale = _world(500)
     scale[10, 1] = 0.0
     with pytest.raises(DataError, match=r"sample 10, horizon index 1"):
-        E.VolScaledBaseline(TAUS).fit(y, scale)
+        B.VolScaledBaseline(TAUS).fit(y, scale)
 
 
 def test_volscaled_beats_climatology_when_vol_clusters():
@@ -114,7 +120,7 @@ def test_volscaled_beats_climatology_when_vol_clusters():
 
 def test_flat_keys_follow_the_contract():
     ts, y, q, bq = _split(3000)
-    d = E.evaluate_split("test", y, q, TAUS, HM, ts, bq, n_boot=50)
+    d = _flat("test", y, q, TAUS, HM, ts, bq, n_boot=50)
     for label in ("15m", "30m", "60m", "2h", "4h"):
         for name in ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp80", "picp90",
                      "mpiw80", "calib_err", "ic", "ic_lo", "ic_hi", "icir", "ic_daily", "dir_acc",
@@ -148,7 +154,7 @@ def test_table_values_match_metric_functions_on_the_same_samples():
 
 def test_pit_histogram_data_is_in_the_table_on_tau_aligned_bins():
     ts, y, q, bq = _split(8000)
-    d = E.evaluate_split("test", y, q, TAUS, HM, ts, bq, n_boot=10)
+    d = _flat("test", y, q, TAUS, HM, ts, bq, n_boot=10)
     names = ["pit_00_05", "pit_05_10", "pit_10_25", "pit_25_50", "pit_50_75", "pit_75_90",
              "pit_90_95", "pit_95_100"]
     dens = np.array([d[f"{k}_60m"] for k in names])
@@ -157,7 +163,7 @@ def test_pit_histogram_data_is_in_the_table_on_tau_aligned_bins():
     assert np.abs(dens - 1).max() < 0.15, dens  # the true law gives a flat PIT
     # A collapsed forecast puts everything in the two outer bins.
     collapsed = np.repeat(q[:, :, 3:4], len(TAUS), axis=2)
-    dc = E.evaluate_split("test", y, collapsed, TAUS, HM, ts, bq, n_boot=10)
+    dc = _flat("test", y, collapsed, TAUS, HM, ts, bq, n_boot=10)
     assert dc["pit_00_05_60m"] * 0.05 + dc["pit_95_100_60m"] * 0.05 == pytest.approx(1.0)
 
 
@@ -176,7 +182,7 @@ def test_nan_targets_are_dropped_per_horizon_only():
     ts, y, q, bq = _split(3000)
     y_nan = y.copy()
     y_nan[:500, 0] = np.nan  # only the 15m horizon loses samples
-    d = E.evaluate_split("test", y_nan, q, TAUS, HM, ts, bq, n_boot=20)
+    d = _flat("test", y_nan, q, TAUS, HM, ts, bq, n_boot=20)
     assert d["n_15m"] == len(y) - 500 and d["n_30m"] == len(y)
     ref = M.crps_quantile(y[500:, 0], q[500:, 0], TAUS).mean()
     assert d["crps_15m"] == pytest.approx(ref, rel=1e-12)
@@ -185,7 +191,7 @@ def test_nan_targets_are_dropped_per_horizon_only():
 
 def test_true_conditional_quantiles_are_calibrated_and_beat_climatology():
     ts, y, q, bq = _split(8000)
-    d = E.evaluate_split("test", y, q, TAUS, HM, ts, bq, n_boot=50)
+    d = _flat("test", y, q, TAUS, HM, ts, bq, n_boot=50)
     for label in ("15m", "60m", "4h"):
         assert abs(d[f"picp80_{label}"] - 0.8) < 0.04, (label, d[f"picp80_{label}"])
         assert d[f"calib_err_{label}"] < 0.03
@@ -195,7 +201,7 @@ def test_true_conditional_quantiles_are_calibrated_and_beat_climatology():
 
 def test_ic_ci_brackets_pooled_ic_for_a_signal():
     ts, y, q, bq = _split(8000, signal=0.3)
-    d = E.evaluate_split("test", y, q, TAUS, HM, ts, bq, n_boot=200)
+    d = _flat("test", y, q, TAUS, HM, ts, bq, n_boot=200)
     for label in ("15m", "4h"):
         assert d[f"ic_lo_{label}"] < d[f"ic_{label}"] < d[f"ic_hi_{label}"], label
         assert d[f"ic_lo_{label}"] > 0, f"signal IC not significant at {label}: {d[f'ic_lo_{label}']}"
@@ -204,8 +210,8 @@ def test_ic_ci_brackets_pooled_ic_for_a_signal():
 
 def test_evaluation_is_deterministic():
     ts, y, q, bq = _split(2000, signal=0.2)
-    a = E.evaluate_split("val", y, q, TAUS, HM, ts, bq, n_boot=50, seed=3)
-    b = E.evaluate_split("val", y, q, TAUS, HM, ts, bq, n_boot=50, seed=3)
+    a = _flat("val", y, q, TAUS, HM, ts, bq, n_boot=50, seed=3)
+    b = _flat("val", y, q, TAUS, HM, ts, bq, n_boot=50, seed=3)
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]) or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
 
@@ -213,8 +219,8 @@ def test_evaluation_is_deterministic():
 def test_sample_order_does_not_change_any_metric():
     ts, y, q, bq = _split(2000, signal=0.2)
     perm = np.random.default_rng(0).permutation(len(y))
-    a = E.evaluate_split("val", y, q, TAUS, HM, ts, bq, n_boot=50)
-    b = E.evaluate_split("val", y[perm], q[perm], TAUS, HM, ts[perm], {k: v[perm] for k, v in bq.items()}, n_boot=50)
+    a = _flat("val", y, q, TAUS, HM, ts, bq, n_boot=50)
+    b = _flat("val", y[perm], q[perm], TAUS, HM, ts[perm], {k: v[perm] for k, v in bq.items()}, n_boot=50)
     bad = {k: (a[k], b[k]) for k in a if not (np.isclose(a[k], b[k], rtol=1e-12, atol=0) or np.isnan(a[k]) and np.isnan(b[k]))}
     assert not bad, list(bad.items())[:5]
 
@@ -222,7 +228,7 @@ def test_sample_order_does_not_change_any_metric():
 def test_shape_mismatch_is_a_data_error_naming_the_split():
     ts, y, q, bq = _split(1000)
     with pytest.raises(DataError, match=r"^val: q has shape"):
-        E.evaluate_split("val", y, q[:, :, :3], TAUS, HM, ts, bq)
+        _flat("val", y, q[:, :, :3], TAUS, HM, ts, bq)
 
 
 # ------------------------------------------------------------------------------ gates
@@ -317,14 +323,13 @@ def test_strict_gates_raise_a_typed_error_listing_every_reason():
 
 def test_metrics_recomputed_from_saved_predictions_equal_in_memory(tmp_path):
     ts, y, q, scale = _world(4000, seed=5, signal=0.2)
-    fitted = E.fit_baselines(y[:2000], scale[:2000], TAUS)
     y32, q32 = y.astype(np.float32), q.astype(np.float32)  # what the model emits
     y32[10:20, 3] = np.nan  # a dropped target survives the round trip
     splits = {
         "val": E.SplitPredictions(ts[2000:3000], y32[2000:3000], q32[2000:3000],
-                                  E.baseline_quantiles(fitted, scale[2000:3000])),
+                                  two_baselines(y[:2000], scale[:2000], scale[2000:3000], TAUS)),
         "test": E.SplitPredictions(ts[3000:], y32[3000:], q32[3000:],
-                                   E.baseline_quantiles(fitted, scale[3000:])),
+                                   two_baselines(y[:2000], scale[:2000], scale[3000:], TAUS)),
     }
     path = E.save_predictions(tmp_path / "run" / "predictions.parquet", splits, TAUS, HM)
     loaded = E.load_predictions(path)
@@ -335,8 +340,8 @@ def test_metrics_recomputed_from_saved_predictions_equal_in_memory(tmp_path):
         np.testing.assert_array_equal(lp.ts, p.ts)
         np.testing.assert_array_equal(lp.y, p.y)
         np.testing.assert_array_equal(lp.q, p.q)
-        mem = E.evaluate_split(name, p.y, p.q, TAUS, HM, p.ts, p.baselines, n_boot=50)
-        disk = E.evaluate_split(name, lp.y, lp.q, loaded.taus, loaded.horizon_minutes, lp.ts,
+        mem = _flat(name, p.y, p.q, TAUS, HM, p.ts, p.baselines, n_boot=50)
+        disk = _flat(name, lp.y, lp.q, loaded.taus, loaded.horizon_minutes, lp.ts,
                                 lp.baselines, n_boot=50)
         assert mem.keys() == disk.keys()
         diff = {k: (mem[k], disk[k]) for k in mem
@@ -378,8 +383,7 @@ def test_real_nq_volscaled_forecast_beats_climatology_and_passes_the_gates():
     ok = np.isfinite(scale).all(axis=1) & (scale > 0).all(axis=1)
     ts, y, scale = ts[ok], y[ok], scale[ok]
     k = len(y) // 2
-    fitted = E.fit_baselines(y[:k], scale[:k], TAUS)
-    bq = E.baseline_quantiles(fitted, scale[k:])
+    bq = two_baselines(y[:k], scale[:k], scale[k:], TAUS)
     table = E.evaluate_split_table("test", y[k:], bq["volscaled"], TAUS, (15, 30, 60), ts[k:], bq, n_boot=100)
     d = E.flatten_metrics(table)
     assert d["n_15m"] > 1000 and d["n_60m"] == d["n_15m"] - 9  # the last targets are NaN, dropped

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nqexp import db, demo, features, ingest
+from nqexp import features
+from nqexp.data import db, demo, ingest
 from nqexp.errors import DataError, SpecError, SqlError
 from tests import feature_reference as ref
 
@@ -177,7 +178,7 @@ def test_leakage_check_catches_a_feature_that_peeks(tmp_path, monkeypatch, demo_
         "abs(ln(close / prev_close)) / (close * volume) as migt_liq_amihud_illiq",
         "abs(ln(close / prev_close)) / (close * (select avg(volume) from feature_input)) as migt_liq_amihud_illiq")
     path.write_text(text)
-    monkeypatch.setattr(features, "sql_root", lambda: sql_dir)
+    monkeypatch.setattr(features.catalog, "sql_root", lambda: sql_dir)
     fs = features.feature_set("migt24")
     results = features.leakage_check(demo_con, fs, SYMBOL, [500])
     assert not results[0].ok and results[0].worst_feature == "migt_liq_amihud_illiq"
@@ -259,7 +260,7 @@ def test_build_is_cached_until_the_sql_or_the_bars_change(tmp_path, monkeypatch)
     sql_dir = _copy_sql(tmp_path)
     path = sql_dir / "features" / "migt_bar.sql"
     path.write_text(path.read_text().replace("-- params:    none.", "-- params:    none (edited)."))
-    monkeypatch.setattr(features, "sql_root", lambda: sql_dir)
+    monkeypatch.setattr(features.catalog, "sql_root", lambda: sql_dir)
     edited = features.build(con, "migt24", SYMBOL)
     assert edited.rebuilt and edited.reason == "SQL changed" and edited.table != first.table
     assert db.table_exists(con, edited.table) and not db.table_exists(con, first.table)
@@ -301,7 +302,7 @@ def test_check_reports_stats_collinear_pairs_and_passes_leakage(demo_con):
     assert ("migt_bar_open", "migt_bar_close") in pairs                  # price levels are ~1.0 correlated
     assert all(abs(c) > 0.95 for _, _, c in rep.correlated)
     assert len(rep.leakage) == 2 and rep.ok
-    from nqexp.cli import render   # the CLI renders the report; features.py returns data
+    from nqexp.cli import render  # the CLI renders the report; features.py returns data
 
     assert len(render.feature_check_tables(rep)) == 3
 
@@ -326,7 +327,7 @@ def test_sql_file_breaking_its_contract_raises_sql_error(tmp_path, monkeypatch, 
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new))
-    monkeypatch.setattr(features, "sql_root", lambda: sql_dir)
+    monkeypatch.setattr(features.catalog, "sql_root", lambda: sql_dir)
     with pytest.raises(SqlError, match=message):
         features.feature_set("migt24")
 
@@ -339,7 +340,7 @@ def test_sql_file_missing_a_declared_column_raises_at_run_time(tmp_path, monkeyp
     path.write_text(text.replace(
         "case when bar_index >= 19 then volume / avg(volume) over w20 end as migt_liq_volume_ma_ratio,",
         ""))
-    monkeypatch.setattr(features, "sql_root", lambda: sql_dir)
+    monkeypatch.setattr(features.catalog, "sql_root", lambda: sql_dir)
     with pytest.raises(SqlError, match=r"missing \['migt_liq_volume_ma_ratio'\]"):
         features.compute(demo_con, "migt24", SYMBOL)
 
@@ -479,7 +480,7 @@ def test_chunked_compute_equals_the_whole_series_bit_for_bit(demo_con, set_name,
     """Session-date chunks with a look-back overlap and carried filter state change no bit."""
     fs = features.feature_set(set_name)
     whole = features.compute(demo_con, fs, SYMBOL, chunk_rows=10**9)
-    n_chunks = len(list(features._plan_chunks(demo_con, fs, SYMBOL, None, chunk_rows)))
+    n_chunks = len(list(features.engine._plan_chunks(demo_con, fs, SYMBOL, None, chunk_rows)))
     assert n_chunks >= 5, "the chunk size should split the fixture several times"
     chunked = features.compute(demo_con, fs, SYMBOL, chunk_rows=chunk_rows)
     for name in ("ts", "X", "close", "targets", "target_flags", "session_date", "minute_of_day_et"):
@@ -496,7 +497,7 @@ def test_a_chunked_build_stores_the_same_table(monkeypatch):
     ref.build_bars(con, SYMBOL)
     whole = features.build(con, "migt24", SYMBOL)
     want = con.execute(f'select * from "{whole.table}" order by ts').df()
-    monkeypatch.setattr(features, "CHUNK_ROWS", 500)
+    monkeypatch.setattr(features.engine, "CHUNK_ROWS", 500)
     chunked = features.build(con, "migt24", SYMBOL, force=True)
     got = con.execute(f'select * from "{chunked.table}" order by ts').df()
     assert chunked.rows == whole.rows == len(got) and chunked.table == whole.table
@@ -532,7 +533,7 @@ def test_rolling_columns_equal_pandas_and_ignore_where_the_series_starts():
 
 def test_features_build_only_the_bars_their_set_reads():
     """After `data bars --freq 5m`, a migt24 build builds no 1m bars; a stale frequency is rebuilt alone."""
-    from nqexp import bars
+    from nqexp.data import bars
 
     con = _connect()
     ingest.write_demo(con, demo.generate(days=6, seed=5))
@@ -555,8 +556,8 @@ def test_a_build_failing_between_chunks_keeps_the_previous_table(monkeypatch):
     ref.build_bars(con, SYMBOL)
     first = features.build(con, "migt24", SYMBOL)
     before = con.execute(f'select * from "{first.table}" order by ts').df()
-    monkeypatch.setattr(features, "CHUNK_ROWS", 500)
-    real, calls = features._output_table, []
+    monkeypatch.setattr(features.engine, "CHUNK_ROWS", 500)
+    real, calls = features.store._output_table, []
 
     def failing(fs, res):
         calls.append(1)
@@ -564,11 +565,11 @@ def test_a_build_failing_between_chunks_keeps_the_previous_table(monkeypatch):
             raise RuntimeError("disk full")
         return real(fs, res)
 
-    monkeypatch.setattr(features, "_output_table", failing)
+    monkeypatch.setattr(features.store, "_output_table", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         features.build(con, "migt24", SYMBOL, force=True)
     pd.testing.assert_frame_equal(con.execute(f'select * from "{first.table}" order by ts').df(), before)
     assert not [t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall() if "__building" in t]
-    monkeypatch.setattr(features, "_output_table", real)
+    monkeypatch.setattr(features.store, "_output_table", real)
     assert features.build(con, "migt24", SYMBOL).rebuilt is False
     con.close()

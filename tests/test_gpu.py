@@ -18,9 +18,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nqexp.model import ModelConfig, build_model, model_loss  # noqa: E402
-from nqexp.track import NullTracker  # noqa: E402
-from nqexp.train import TrainConfig, load_checkpoint_model, train  # noqa: E402
+from nqexp.experiment.track import NullTracker  # noqa: E402
+from nqexp.model.net import ModelConfig, build_model, model_loss  # noqa: E402
+from nqexp.model.train import TrainConfig, load_checkpoint_model, train  # noqa: E402
 from tests.test_train import synthetic_dataset  # noqa: E402
 
 pytestmark = pytest.mark.gpu

@@ -238,7 +238,7 @@ WARN_CASES = [
 
 def _import_first(content: bytes, name="bars.csv"):
     def prep(tmp, db_path):
-        from nqexp import db, ingest
+        from nqexp.data import db, ingest
 
         (tmp / name).write_bytes(content)
         con = db.connect(db_path)
@@ -483,7 +483,7 @@ def newer_migration(tmp, db_path):
 
 def newer_runstore(tmp, db_path):
     """A run store (./runs, the default) with one experiment, migrated by a newer nqexp."""
-    from nqexp.track import RunStore
+    from nqexp.experiment.track import RunStore
 
     store = RunStore(tmp / "runs")
     store.start_experiment("exp", "run", None, "name: exp\n")
@@ -727,7 +727,7 @@ def _gpu_cases_apply() -> bool:
 def template_db(tmp_path_factory):
     """One small database (migrated, three BASE bars, one reject) that every case gets a copy of,
     with its snapshot (a case's copy starts identical to it)."""
-    from nqexp import db, ingest
+    from nqexp.data import db, ingest
 
     folder = tmp_path_factory.mktemp("hostile_template")
     path = folder / "t.duckdb"
@@ -845,24 +845,24 @@ def test_hostile(case: Case, template_db, tmp_path, monkeypatch):
 
 
 def test_redaction_masks_secret_keys_and_env_values_at_any_depth(monkeypatch):
-    from nqexp import spec as spec_mod
-    from nqexp.track import scrub
+    """One policy (nqexp/secrets.py) for every writer: secret keys masked, env key values masked anywhere."""
+    from nqexp import secrets
 
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
     tree = {"track": {"api_key": "k1", "nested": [{"token": "k2", "ok": f"x{WANDB_KEY}y"}]}, "name": "n"}
-    redacted = spec_mod.redact(tree)
-    assert redacted["track"]["api_key"] == spec_mod.REDACTED
-    assert redacted["track"]["nested"][0]["token"] == spec_mod.REDACTED
-    scrubbed = scrub(tree)
-    assert "api_key" not in scrubbed["track"] and "token" not in scrubbed["track"]["nested"][0]
-    assert WANDB_KEY not in repr(scrubbed)
+    redacted = secrets.redact(tree)
+    assert redacted["track"]["api_key"] == secrets.REDACTED
+    assert redacted["track"]["nested"][0]["token"] == secrets.REDACTED
+    assert redacted["track"]["nested"][0]["ok"] == f"x{secrets.REDACTED}y"
+    assert WANDB_KEY not in repr(redacted)
+    assert secrets.redact_text(f"401 for {WANDB_KEY} and db-AbCdEfGhIjKlMnOpQrStUv") == "401 for *** and ***"
 
 
 def test_files_an_experiment_writes_hold_no_api_key(tmp_path, monkeypatch):
     """The resolved spec, every trial's spec.yaml and the run store, written by the real driver
     (data preparation and Ray are replaced by no-ops: nothing is trained), contain neither key."""
-    from nqexp import spec as spec_mod
-    from nqexp import tune
+    from nqexp.experiment import spec as spec_mod
+    from nqexp.experiment import tune
 
     monkeypatch.chdir(tmp_path)
     for name, value in ENV.items():

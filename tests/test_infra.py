@@ -236,7 +236,7 @@ def test_an_installed_wheel_finds_its_sql_files_and_shipped_specs(built_wheel, t
 
     site = tmp_path / "site"
     zipfile.ZipFile(built_wheel).extractall(site)
-    code = ("import nqexp, nqexp.db as db, nqexp.features as f, nqexp.spec as s; print(nqexp.__file__); "
+    code = ("import nqexp, nqexp.data.db as db, nqexp.features as f, nqexp.experiment.spec as s; print(nqexp.__file__); "
             "print(db.sql_root()); print(','.join(f.list_sets())); print(s.load_spec('quickstart').name)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(site)})
@@ -370,7 +370,7 @@ def test_rayjob_embeds_exactly_the_raycluster_spec():
 
 
 def test_rayjob_runs_tsa_ablation_on_shared_storage_and_the_trials_fit_the_worker_pods():
-    from nqexp.spec import load_spec
+    from nqexp.experiment.spec import load_spec
 
     job = yaml.safe_load((INFRA / "kuberay" / "rayjob-tsa-ablation.yaml").read_text())["spec"]
     entry = job["entrypoint"]
@@ -424,7 +424,7 @@ PROPAGATED = {"WANDB_MODE": "offline", "WANDB_ENTITY": "lab", "WANDB_BASE_URL": 
 def test_wandb_and_databento_settings_reach_ray_workers_through_runtime_env(monkeypatch):
     """A real local Ray: the worker reads the settings from its job's runtime_env, not by luck of inheritance."""
     ray = pytest.importorskip("ray")
-    from nqexp import tune
+    from nqexp.experiment import tune
 
     for k, v in PROPAGATED.items():
         monkeypatch.setenv(k, v)
@@ -450,7 +450,7 @@ def test_wandb_and_databento_settings_reach_ray_workers_through_runtime_env(monk
 def test_api_keys_never_enter_the_runtime_env(monkeypatch):
     """Ray shows runtime_env in its job table; trials need no key (W&B is driven from the driver)."""
     ray = pytest.importorskip("ray")
-    from nqexp import tune
+    from nqexp.experiment import tune
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
@@ -465,7 +465,7 @@ def test_api_keys_never_enter_the_runtime_env(monkeypatch):
 
 def test_init_ray_joins_the_cluster_named_by_ray_address(monkeypatch):
     ray = pytest.importorskip("ray")
-    from nqexp import tune
+    from nqexp.experiment import tune
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))

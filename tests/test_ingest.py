@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nqexp import ingest
+from nqexp.data import ingest, readers, validate
 from nqexp.errors import DataError
 from tests.dbn_encode import ohlcv_dbn
 
@@ -175,9 +175,9 @@ def test_header_columns_are_matched_by_name_and_by_mapping(con, tmp_path):
 
 def test_bad_column_spec_is_a_clear_error():
     with pytest.raises(DataError, match="unknown fields"):
-        ingest.parse_columns("ts=a,price=b")
+        readers.parse_columns("ts=a,price=b")
     with pytest.raises(DataError, match="lacks"):
-        ingest.parse_columns("ts,open,high")
+        readers.parse_columns("ts,open,high")
 
 
 def test_parquet_with_tz_aware_timestamps_needs_no_tz(con, tmp_path):
@@ -295,7 +295,7 @@ def test_volumes_beyond_int64_are_rejected_not_wrapped(con, tmp_path, value):
     ("2024-03-04 09:33:00,1e308,1e308,1e308,1e308,5", "price outside 1e-06..1e+09"),
     ("2024-03-04 09:33:00,1e-300,1e-300,1e-300,1e-300,5", "price outside 1e-06..1e+09"),
     ("2024-03-04 09:33:00,18002,1e308,18001,18002,5", "price outside 1e-06..1e+09"),
-    ("2024-03-04 09:33:00,18002,180030,18001,180020,5", ingest.REASON_PRICE_LEVEL),
+    ("2024-03-04 09:33:00,18002,180030,18001,180020,5", validate.REASON_PRICE_LEVEL),
     ("1970-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
     ("1600-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
     ("2100-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
@@ -315,7 +315,7 @@ def test_the_price_check_follows_a_long_history_and_catches_one_wild_bar(con, tm
     rows = [f"{t:%Y-%m-%d %H:%M:%S},{p:.2f},{p + 1:.2f},{p - 1:.2f},{p:.2f},5" for t, p in zip(ts, level)]
     rows[2000] = rows[2000].split(",")[0] + ",{0},{1},{0},{0},5".format(level[2000] * 10, level[2000] * 10 + 1)
     report = ingest.import_file(con, write(tmp_path, "long.csv", rows), tz="UTC")
-    assert (report.new, report.reasons) == (n - 1, {ingest.REASON_PRICE_LEVEL: 1})
+    assert (report.new, report.reasons) == (n - 1, {validate.REASON_PRICE_LEVEL: 1})
     assert con.execute("select row_number from rejected_bars").fetchall() == [(2001,)]
 
 
@@ -407,18 +407,18 @@ def test_a_megabyte_of_garbage_dbn_is_refused_in_a_short_message(con, tmp_path):
 
 
 def _import_both(tmp_path, monkeypatch, lines, **kw):
-    from nqexp import db
+    from nqexp.data import db
 
     path = write(tmp_path, "both.csv", lines)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ingest.DataWarning)
-        fast = ingest._read_csv_fast(path, ingest.parse_columns(kw.get("columns")), kw.get("tz"))
+        warnings.simplefilter("ignore", readers.DataWarning)
+        fast = readers._read_csv_fast(path, readers.parse_columns(kw.get("columns")), kw.get("tz"))
     out = []
     for careful in (False, True):
         con = db.connect(":memory:")
         with monkeypatch.context() as m:
             if careful:
-                m.setattr(ingest, "_read_csv_fast", lambda *a: None)
+                m.setattr(readers, "_read_csv_fast", lambda *a: None)
             report = ingest.import_file(con, path, **kw)
         out.append((report.summary(), report.reasons, report.warnings,
                     con.execute("select symbol, ts, open, high, low, close, volume, instrument_id, contract, source "

@@ -1,4 +1,4 @@
-"""Claims about nqexp.model: shapes, non-crossing, masking, causality, gradients, overfitting, I/O."""
+"""Claims about nqexp.model.net: shapes, non-crossing, masking, causality, gradients, overfitting, I/O."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nqexp.errors import SpecError
-from nqexp.model import (
+from nqexp.model.net import (
     Forecast,
     ModelConfig,
     build_model,
@@ -334,7 +334,7 @@ def test_autoregressive_inference_ignores_targets_and_uses_its_own_quantiles():
 
 def test_default_config_parameter_count_is_within_the_documented_range(caplog):
     # docs/model.md §1: "4-7 M". Builds only; no forward at T = 288.
-    with caplog.at_level(logging.INFO, logger="nqexp.model"):
+    with caplog.at_level(logging.INFO, logger="nqexp.model.net"):
         n_migt = count_parameters(build_model(ModelConfig()))
         n_grok = count_parameters(build_model(ModelConfig(arch="grok_sl")))
     logging.getLogger(__name__).info("default parameters: migt_tvdt %d, grok_sl %d", n_migt, n_grok)

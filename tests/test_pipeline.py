@@ -1,4 +1,4 @@
-"""nqexp.pipeline: the stage wiring of a trial without Ray, the specs trials receive, provenance."""
+"""nqexp.experiment.pipeline: the stage wiring of a trial without Ray, the specs trials receive, provenance."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 
 @pytest.fixture(scope="module")
 def quickstart():
-    from nqexp.spec import load_spec
+    from nqexp.experiment.spec import load_spec
 
     return load_spec(QUICKSTART)
 
 
 def test_importing_the_pipeline_does_not_import_ray():
-    code = ("import sys, nqexp.pipeline, nqexp.known_answer; "
+    code = ("import sys, nqexp.experiment.pipeline, nqexp.evaluation.known_answer; "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout
@@ -44,7 +44,7 @@ def test_validated_trial_specs_survive_the_pickling_ray_does(quickstart):
 
 
 def test_data_key_follows_only_the_data_sections(quickstart):
-    from nqexp.pipeline import data_key
+    from nqexp.experiment.pipeline import data_key
 
     trials = quickstart.trials()
     keys = {data_key(t.spec) for t in trials}
@@ -60,14 +60,14 @@ def test_data_key_follows_only_the_data_sections(quickstart):
 
 @pytest.fixture
 def bars_con(demo_con):
-    from nqexp import bars, demo
+    from nqexp.data import bars, demo
 
     bars.build_bars(demo_con, demo.DEMO_SYMBOL)
     return demo_con
 
 
 def test_provenance_has_code_packages_python_and_the_bars(bars_con, quickstart):
-    from nqexp import pipeline
+    from nqexp.experiment import pipeline
 
     prov = pipeline.provenance(quickstart, bars_con)
     assert {"nqexp_version", "git_commit", "git_dirty", "python", "packages", "bars"} <= set(prov)
@@ -87,7 +87,7 @@ def test_provenance_has_code_packages_python_and_the_bars(bars_con, quickstart):
 
 
 def test_bars_fingerprint_changes_when_one_bar_changes(bars_con, quickstart):
-    from nqexp import pipeline
+    from nqexp.experiment import pipeline
 
     before = pipeline.provenance(quickstart, bars_con)["bars"]
     assert pipeline.provenance(quickstart, bars_con)["bars"] == before          # deterministic
@@ -102,7 +102,7 @@ def test_bars_fingerprint_changes_when_one_bar_changes(bars_con, quickstart):
 
 
 def test_provenance_never_fails_on_a_missing_database_or_bars(tmp_path, quickstart, con):
-    from nqexp import pipeline
+    from nqexp.experiment import pipeline
 
     assert pipeline.provenance(quickstart, tmp_path / "none.duckdb")["bars"] is None
     empty = pipeline.provenance(quickstart, con)["bars"]                           # migrated, no bars
@@ -110,7 +110,8 @@ def test_provenance_never_fails_on_a_missing_database_or_bars(tmp_path, quicksta
 
 
 def test_provenance_reads_a_database_file_by_path(tmp_path, demo_small, quickstart):
-    from nqexp import bars, db, ingest, pipeline
+    from nqexp.data import bars, db, ingest
+    from nqexp.experiment import pipeline
 
     path = tmp_path / "nq.duckdb"
     con = db.connect(path)
@@ -124,7 +125,7 @@ def test_provenance_reads_a_database_file_by_path(tmp_path, demo_small, quicksta
 @pytest.mark.skipif(shutil.which("git") is None, reason="no git binary")
 def test_git_state_is_the_checkouts_own_or_none(tmp_path):
     import nqexp
-    from nqexp.pipeline import _git_state
+    from nqexp.experiment.pipeline import _git_state
 
     assert _git_state(tmp_path) == (None, None)                                     # not a checkout
     repo = tmp_path / "repo"

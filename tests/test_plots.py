@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from nqexp import evaluate as E
-from nqexp import plots as P
+from nqexp.evaluation import evaluate as E
+from nqexp.evaluation import plots as P
+from tests.conftest import two_baselines
 
 TAUS = np.array(E.DEFAULT_TAUS)
 HM = (15, 30, 60, 120, 240)
@@ -35,7 +36,7 @@ def split():
     y = sigma * rng.normal(size=sigma.shape)
     y[:40, 2] = np.nan  # dropped targets must not break a plot
     q = sigma[:, :, None] * norm.ppf(TAUS)  # (N, H, Q)
-    bq = E.baseline_quantiles(E.fit_baselines(y, sigma, TAUS), sigma)
+    bq = two_baselines(y, sigma, sigma, TAUS)
     table = E.evaluate_split_table("test", y, q, TAUS, HM, ts, bq, n_boot=20)
     return ts, y, q, table
 
@@ -71,7 +72,7 @@ def test_fan_chart_outside_the_data_and_unknown_split_are_value_errors(tmp_path,
 
 def test_importing_plots_does_not_import_matplotlib_or_touch_pyplot(tmp_path):
     code = (
-        "import sys, numpy as np, nqexp.plots as P\n"
+        "import sys, numpy as np, nqexp.evaluation.plots as P\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported at module level'\n"
         "taus = np.array([0.1, 0.5, 0.9]); y = np.random.default_rng(0).normal(size=(200, 1))\n"
         "q = np.broadcast_to(np.array([-1.28, 0.0, 1.28]), (200, 1, 3))\n"

@@ -26,10 +26,11 @@ TINY = [o for o in QUALITY_TINY if not o.startswith(("train.time_budget_s", "tra
 
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
-    from nqexp.pipeline import prepare_data, score_trial, write_bundle
-    from nqexp.spec import load_spec
-    from nqexp.track import NullTracker
-    from nqexp.train import train
+    from nqexp.experiment.pipeline import prepare_data, score_trial
+    from nqexp.experiment.predict import write_bundle
+    from nqexp.experiment.spec import load_spec
+    from nqexp.experiment.track import NullTracker
+    from nqexp.model.train import train
 
     tmp = tmp_path_factory.mktemp("predict")
     tspec = load_spec(ROOT / "experiments" / "demo_quality.yaml", overrides=TINY).trials()[0].spec
@@ -86,7 +87,7 @@ def test_latest_bar_json_and_table(trial):
 
 
 def test_at_a_test_bar_matches_the_trained_model(trial):
-    from nqexp.train import load_checkpoint_model, predict
+    from nqexp.model.train import load_checkpoint_model, predict
 
     test = trial["data"].datasets["test"]
     k = len(test) // 2
@@ -104,7 +105,10 @@ def test_at_a_test_bar_matches_the_trained_model(trial):
 
 
 def test_tail_features_equal_the_full_build(trial):
-    from nqexp import db, features, predict as P, windows
+    from nqexp import features
+    from nqexp.data import db
+    from nqexp.experiment import predict as P
+    from nqexp.model import windows
 
     bundle = P.load_bundle(trial["dir"])
     fs = P.check_feature_set(bundle)
@@ -147,7 +151,9 @@ def _tail64(trial, bundle, fs, origin):
     """The float64 features of the tail read_tail computes, ending at origin."""
     import dataclasses
 
-    from nqexp import db, features, predict as P
+    from nqexp import features
+    from nqexp.data import db
+    from nqexp.experiment import predict as P
 
     con = db.connect(trial["db"], read_only=True)
     try:
@@ -185,7 +191,7 @@ def test_refusals_are_one_line(trial, tmp_path):
 
 
 def _first_bar(trial):
-    from nqexp import db
+    from nqexp.data import db
 
     con = db.connect(trial["db"], read_only=True)
     try:
@@ -195,7 +201,8 @@ def _first_bar(trial):
 
 
 def test_range_mode_scores_like_the_trial(trial):
-    from nqexp import evaluate, metrics
+    from nqexp import metrics
+    from nqexp.evaluation import evaluate
 
     spec = trial["spec"]
     out = trial["tmp"] / "range.parquet"

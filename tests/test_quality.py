@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nqexp import known_answer as ka  # the truth and oracles, shared with benchmarks/bench_quality.py
+from nqexp.evaluation import known_answer as ka  # the truth and oracles, shared with benchmarks/bench_quality.py
+from tests.conftest import two_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
 TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -45,11 +46,11 @@ TINY = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """150 demo days -> tiny model trained ~12 s -> test quantiles, truth and baselines."""
-    from nqexp import evaluate
-    from nqexp.pipeline import prepare_data
-    from nqexp.spec import load_spec
-    from nqexp.track import NullTracker
-    from nqexp.train import load_checkpoint_model, predict, train
+    from nqexp.evaluation import evaluate
+    from nqexp.experiment.pipeline import prepare_data
+    from nqexp.experiment.spec import load_spec
+    from nqexp.experiment.track import NullTracker
+    from nqexp.model.train import load_checkpoint_model, predict, train
 
     tmp = tmp_path_factory.mktemp("quality")
     tspec = load_spec(ROOT / "experiments" / "demo_quality.yaml", overrides=TINY).trials()[0].spec
@@ -61,8 +62,7 @@ def trained(tmp_path_factory):
                    tmp / "run", seed=0, horizon_minutes=data.horizon_minutes, device="cpu")
     model, _ = load_checkpoint_model(result.checkpoint)
     q = predict(model, ds["test"], 512, "cpu").q  # (n, H, Q)
-    base = evaluate.baseline_quantiles(evaluate.fit_baselines(ds["train"].y, ds["train"].scale, TAUS),
-                                       ds["test"].scale)
+    base = two_baselines(ds["train"].y, ds["train"].scale, ds["test"].scale, TAUS)
     table = evaluate.evaluate_split_table("test", ds["test"].y, q, TAUS, data.horizon_minutes, ds["test"].ts,
                                           base, n_boot=20)
     model_rows = table[(table["source"] == "model") & (table["horizon"] == "15m")]

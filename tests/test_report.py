@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from nqexp import backtest, evaluate, report
-from nqexp.track import RunStore
+from nqexp.evaluation import backtest, evaluate, report
+from nqexp.experiment.track import RunStore
 
 TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 HORIZONS = (15, 60)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nqexp import bars, db, demo, ingest
+from nqexp.data import bars, db, demo, ingest, readers
 from nqexp.errors import DataError
 
 TICK = 0.25
@@ -292,7 +292,7 @@ def test_continuous_symbols_are_not_contracts_and_bad_ids_fail_the_file(tmp_path
     with pytest.raises(DataError, match="instrument_id '1.5' on data row 1 is not an integer id"):
         ingest.import_file(con, bad)
     with pytest.raises(DataError, match="unknown fields"):
-        ingest.parse_columns("ts=a,open=b,high=c,low=d,close=e,volume=f,expiry=g")
+        readers.parse_columns("ts=a,open=b,high=c,low=d,close=e,volume=f,expiry=g")
 
 
 @pytest.mark.realdata

@@ -9,9 +9,9 @@ import math
 import duckdb
 import pytest
 
-from nqexp import db
+from nqexp.data import db
 from nqexp.errors import DataError
-from nqexp.track import RunStore
+from nqexp.experiment.track import RunStore
 
 
 def add_trial(store, exp, name, variant, seed, status="finished", metrics=None, flags=(), params=None):
@@ -56,7 +56,7 @@ def test_provenance_is_scrubbed_and_kept_when_a_resume_gives_none(tmp_path, monk
     store.start_experiment("e", "run", None, "name: e\n", provenance=prov)
     store.start_experiment("e", "run", None, "name: e\n")            # a resume without provenance
     got = store.experiment("e")["provenance"]
-    assert got == {"versions": {"torch": "2.13.0"}, "note": "key *** leaked"}
+    assert got == {"versions": {"torch": "2.13.0"}, "api_key": "***", "note": "key *** leaked"}
     assert store.experiment("nope") is None
 
 

@@ -16,10 +16,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nqexp.model import ModelConfig  # noqa: E402
-from nqexp.track import NullTracker  # noqa: E402
-from nqexp.train import TrainConfig, lr_factor, train  # noqa: E402
-from nqexp.windows import WindowDataset  # noqa: E402
+from nqexp.experiment.track import NullTracker  # noqa: E402
+from nqexp.model.net import ModelConfig  # noqa: E402
+from nqexp.model.train import TrainConfig, lr_factor, train  # noqa: E402
+from nqexp.model.windows import WindowDataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ RUNNER = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, {tests!r}); sys.path.insert(0, {root!r})
     from test_train import synthetic_dataset, tiny_model, tiny_train
-    from nqexp.train import train
+    from nqexp.model.train import train
     kill_at = int(sys.argv[2])
     class KillingTracker:
         def log(self, metrics, step):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from nqexp.errors import SpecError
-from nqexp.windows import (
+from nqexp.model.windows import (
     SplitConfig,
     WindowConfig,
     WindowDataset,
@@ -32,7 +32,7 @@ HORIZONS_5M = (3, 6, 12, 24, 48)
 
 @dataclasses.dataclass
 class Arrays:
-    """FeatureArrays-shaped test input (docs/features.md §11); nqexp.windows only reads these attributes."""
+    """FeatureArrays-shaped test input (docs/features.md §11); nqexp.model.windows only reads these attributes."""
 
     ts: np.ndarray
     X: np.ndarray
@@ -409,7 +409,7 @@ def test_window_config_rejects_bad_values_with_field_names():
 
 
 def firstrate_5m_arrays() -> Arrays:
-    from nqexp.ingest import read_bars
+    from nqexp.data.ingest import read_bars
 
     raw, _ = read_bars(DATA / "firstrate-nq-2023" / "NQ_1min_sample.csv", tz="America/New_York")
     ts = pd.DatetimeIndex(raw["ts"]).tz_localize("UTC")

@@ -19,7 +19,6 @@ import click
 from nqexp.cli import data, doctor, experiments, features, predict, report, runs, spec, sync
 from nqexp.errors import NqexpError
 
-
 MAX_MESSAGE = 500   # characters; a message quoting a whole input (1 MB of bytes) would flood the terminal
 
 

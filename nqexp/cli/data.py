@@ -39,8 +39,8 @@ def data_demo(ctx, days, seed, end):
     Example:
       nqexp data demo --days 30 --seed 0
     """
-    from nqexp import demo, ingest
     from nqexp.cli import render
+    from nqexp.data import demo, ingest
 
     console = render.console()
     with console.status(f"Generating {days} days of demo bars (seed {seed})..."):
@@ -81,8 +81,8 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns):
     Example:
       nqexp data import ../shared/data/firstrate-nq-2023/NQ_1min_sample.csv --tz America/New_York
     """
-    from nqexp import ingest
     from nqexp.cli import render
+    from nqexp.data import ingest
 
     console = render.console()
     con = open_db(ctx)
@@ -107,8 +107,8 @@ def data_rejects(ctx, limit):
     Example:
       nqexp data rejects --limit 50
     """
-    from nqexp import ingest
     from nqexp.cli import render
+    from nqexp.data import ingest
 
     rows = ingest.rejected_rows(open_db(ctx), limit)
     render.console().print(render.rejected_rows_table(rows, limit))
@@ -125,8 +125,8 @@ def data_info(ctx, as_json):
       nqexp data info
       nqexp data info --json
     """
-    from nqexp import bars, ingest
-    from nqexp import db as dbmod
+    from nqexp.data import bars, ingest
+    from nqexp.data import db as dbmod
 
     con = open_db(ctx)
     summary = bars.bars_summary(con)
@@ -176,9 +176,9 @@ def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days
     Example:
       nqexp data download --start 2010-06-06 --end 2025-12-03 --estimate
     """
-    from nqexp import db as dbmod
-    from nqexp import download
     from nqexp.cli import render
+    from nqexp.data import db as dbmod
+    from nqexp.data import download
 
     console = render.console()
     common = dict(dataset=dataset, symbol=symbol, schema=schema, stype_in=stype_in, credentials_path=credentials)
@@ -226,8 +226,8 @@ def data_bars(ctx, symbol, freqs, rolls_file, no_roll_detect):
       nqexp data bars --symbol NQ.demo --freq 5m
       nqexp data bars --symbol NQ --rolls my_rolls.csv
     """
-    from nqexp import bars
     from nqexp.cli import render
+    from nqexp.data import bars
 
     console = render.console()
     freq_minutes = sorted({int(f[:-1]) for f in freqs}) if freqs else [1, 5]
@@ -258,8 +258,8 @@ def data_rolls(ctx, symbol, as_json):
     Example:
       nqexp data rolls --symbol NQ
     """
-    from nqexp import bars
     from nqexp.cli import render
+    from nqexp.data import bars
 
     con = open_db(ctx)
     symbol = symbol or bars.default_symbol(con)

@@ -24,8 +24,9 @@ def doctor(ctx):
     import importlib.metadata as md
     import platform
 
-    from nqexp import db as dbmod
     from nqexp.cli import render
+    from nqexp.data import db as dbmod
+    from nqexp.experiment.track import wandb_mode
 
     rows = [("python", f"{platform.python_version()} ({sys.executable})")]
     for pkg in ("nqexp", "torch", "ray", "wandb", "duckdb", "databento", "pandas", "numpy", "pyarrow"):
@@ -46,8 +47,9 @@ def doctor(ctx):
         rows.append(("torch device", "[red]torch missing[/]"))
     rows.append(("ray mode", f"cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS")
                  else "local (ray.init sized to this machine)"))
-    wandb_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has("api.wandb.ai")
-    rows.append(("wandb mode", os.environ.get("WANDB_MODE") or ("online" if wandb_key else "offline (no WANDB_API_KEY)")))
+    mode = wandb_mode()
+    rows.append(("wandb mode", mode if mode != "offline" or os.environ.get("WANDB_MODE")
+                 else "offline (no WANDB_API_KEY or netrc login)"))
     rows.append(("databento key", "present" if os.environ.get("DATABENTO_API_KEY") else "not set (DATABENTO_API_KEY)"))
     path = dbmod.resolve_db_path(ctx.obj["db"])
     if path != ":memory:" and os.path.exists(path):
@@ -62,12 +64,3 @@ def doctor(ctx):
     else:
         rows.append(("database", f"{path} (not created yet)"))
     render.console().print(render.doctor_table(rows))
-
-
-def _netrc_has(host: str) -> bool:
-    try:
-        import netrc
-
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False

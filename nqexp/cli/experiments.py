@@ -42,7 +42,7 @@ def run(ctx, spec_path, sets, dry_run, smoke, address, resume_exp, print_spec):
 
 def _resume_spec_path(experiment, sets):
     from nqexp.errors import SpecError
-    from nqexp.spec import TrackConfig
+    from nqexp.experiment.spec import TrackConfig
 
     for store_root in {TrackConfig().store_path(), *(os.path.abspath(v.split("=", 1)[1]) for v in sets
                                                      if v.startswith("track.store="))}:
@@ -76,21 +76,22 @@ def sweep(ctx, spec_path, sets, num_samples, dry_run, smoke, address):
 
 
 def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spec, extra_sets=()):
-    from nqexp import spec as spec_mod
     from nqexp.cli import render
+    from nqexp.experiment import spec as spec_mod
+    from nqexp.secrets import redact
 
     console = render.console()
     spec = spec_mod.load_spec(spec_path, overrides=[*sets, *extra_sets], smoke=smoke)
     if print_spec:
         import yaml
 
-        click.echo(yaml.safe_dump(spec_mod.redact(spec.to_dict()), sort_keys=False), nl=False)
+        click.echo(yaml.safe_dump(redact(spec.to_dict()), sort_keys=False), nl=False)
         return
     if dry_run:
         console.print(render.trials_table(spec) if kind == "run" else render.search_space_table(spec))
         return
-    from nqexp import tune as tune_mod
-    from nqexp.track import wandb_mode
+    from nqexp.experiment import tune as tune_mod
+    from nqexp.experiment.track import wandb_mode
 
     if address and address.startswith(("ray://", "http://", "https://")):
         tune_mod.submit_job(spec, kind=kind, address=address, printer=console.print)
@@ -115,9 +116,9 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
 
 
 def _print_outcome(console, spec, outcome):
-    from nqexp import report as report_mod
     from nqexp.cli import render
-    from nqexp.track import RunStore
+    from nqexp.evaluation import report as report_mod
+    from nqexp.experiment.track import RunStore
 
     store = RunStore(spec.track.store_path())
     if outcome.finished and outcome.kind == "sweep":

@@ -51,8 +51,8 @@ def features_build(ctx, set_name, set_path, symbol, force):
       nqexp features build --set migt24 --symbol NQ.demo
     """
     from nqexp import features as feat
-    from nqexp.bars import ensure_bars
     from nqexp.cli import render
+    from nqexp.data.bars import ensure_bars
 
     console = render.console()
     fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
@@ -85,8 +85,8 @@ def features_check(ctx, set_name, set_path, symbol, cuts, seed):
       nqexp features check --set migt24 --symbol NQ.demo
     """
     from nqexp import features as feat
-    from nqexp.bars import ensure_bars
     from nqexp.cli import render
+    from nqexp.data.bars import ensure_bars
 
     console = render.console()
     fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built

@@ -14,14 +14,14 @@ json_option = click.option("--json", "as_json", is_flag=True,
 
 
 def open_db(ctx, *, read_only: bool = False):
-    from nqexp import db
+    from nqexp.data import db
 
     return db.connect(ctx.obj["db"], read_only=read_only)
 
 
 def db_label(ctx) -> str:
     """The database path, with its size once it exists."""
-    from nqexp import db
+    from nqexp.data import db
 
     path = db.resolve_db_path(ctx.obj["db"])
     if path == ":memory:" or not os.path.exists(path):
@@ -30,7 +30,7 @@ def db_label(ctx) -> str:
 
 
 def run_store(store_dir):
-    from nqexp.spec import TrackConfig
-    from nqexp.track import RunStore
+    from nqexp.experiment.spec import TrackConfig
+    from nqexp.experiment.track import RunStore
 
     return RunStore(store_dir or TrackConfig().store_path())

@@ -50,8 +50,8 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
       nqexp predict quickstart/full-s0 --at 2025-12-01T15:30 --plot fan.png
       nqexp predict quickstart/full-s0 --start 2025-12-01 --end 2025-12-03
     """
-    from nqexp import predict as P
     from nqexp.errors import DataError
+    from nqexp.experiment import predict as P
 
     trial_dir = _trial_dir(run_name, store_dir)
     if device == "auto":
@@ -98,7 +98,7 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
 
 
 def _plot(fc, path) -> None:
-    from nqexp import plots
+    from nqexp.evaluation import plots
 
     title = f"{fc.symbol} from {str(fc.ts[-1])[:16]} UTC, last close {fc.close[-1]:,.2f}"
     plots.price_fan(path, float(fc.close[-1]), fc.q[-1], fc.taus, fc.horizon_minutes, title=title,

@@ -16,8 +16,7 @@ from contextlib import contextmanager
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 
@@ -64,20 +63,20 @@ def rejected_rows_table(rows: list[dict], limit: int) -> Table:
     return table
 
 
-def print_data_info(con: Console, database: str, info: dict) -> None:
+def print_data_info(console: Console, database: str, info: dict) -> None:
     """`nqexp data info`: raw series, rejects, latest imports, continuous bars, rolls, flags, demo truth."""
-    con.print(f"Database: {database}")
+    console.print(f"Database: {database}")
     table = Table(title="raw_bars (1-minute, UTC, bar start)")
     for col in ("series", "rows", "first", "last", "contracts", "gaps >1m", "gaps >15m in session", "session opens"):
         table.add_column(col, justify="right" if col not in ("series", "first", "last") else "left")
     for s in info["series"]:
         table.add_row(s["symbol"], f"{s['rows']:,}", str(s["first"]), str(s["last"]), str(s["contracts"]),
                       f"{s['gaps_1m']:,}", f"{s['gaps_15m_in_session']:,}", f"{s['session_opens']:,}")
-    con.print(table if info["series"] else "[yellow]No bars yet.[/] Try: nqexp data demo --days 30")
+    console.print(table if info["series"] else "[yellow]No bars yet.[/] Try: nqexp data demo --days 30")
     if info["rejects"]:
-        con.print(_count_table("rejected_bars", info["rejects"]))
+        console.print(_count_table("rejected_bars", info["rejects"]))
     else:
-        con.print("Rejected rows: 0")
+        console.print("Rejected rows: 0")
     if info["imports"]:
         it = Table(title="latest imports")
         for col in ("at", "format", "file", "read", "new", "unchanged", "changed", "rejected"):
@@ -85,22 +84,22 @@ def print_data_info(con: Console, database: str, info: dict) -> None:
         for r in info["imports"]:
             nums = (r["rows_read"], r["new_rows"], r["unchanged"], r["changed"], r["rejected"])
             it.add_row(str(r["imported_at"])[:19], r["format"], os.path.basename(r["source"]), *(f"{x:,}" for x in nums))
-        con.print(it)
+        console.print(it)
     if not info["bars"].empty:
-        con.print(frame_table(info["bars"], "continuous bars (bars_1m / bars_5m)"))
+        console.print(frame_table(info["bars"], "continuous bars (bars_1m / bars_5m)"))
     if not info["rolls"].empty:
-        con.print(frame_table(info["rolls"], "rolls (ratio back-adjustment: adjusted = raw x adj_factor)"))
+        console.print(frame_table(info["rolls"], "rolls (ratio back-adjustment: adjusted = raw x adj_factor)"))
     if not info["flagged"].empty:
-        con.print(frame_table(info["flagged"].head(20), "flagged 5m bars (latest 20)"))
+        console.print(frame_table(info["flagged"].head(20), "flagged 5m bars (latest 20)"))
     if info["demo_rolls"]:
-        con.print(f"Demo ground truth: demo_truth (sigma per bar), demo_rolls ({info['demo_rolls']} rolls)")
+        console.print(f"Demo ground truth: demo_truth (sigma per bar), demo_rolls ({info['demo_rolls']} rolls)")
 
 
 @contextmanager
-def chunk_progress(con: Console):
+def chunk_progress(console: Console):
     """Progress of a chunked download; yields the callback `on_chunk(done, total, what)`."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=con) as progress:
+                  console=console) as progress:
         task = progress.add_task("chunks", total=None)
 
         def on_chunk(done, total, what):
@@ -126,10 +125,10 @@ def rolls_table(symbol: str, rolls) -> Table:
     return table
 
 
-def print_roll_warnings(con: Console, warnings) -> None:
+def print_roll_warnings(console: Console, warnings) -> None:
     """What the roll detection could not decide, one line each."""
     for message in warnings:
-        con.print(f"[yellow]warning:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+        console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, markup=True, highlight=False)
 
 
 # --------------------------------------------------------------------------------------- features
@@ -203,12 +202,12 @@ class TrialProgress:
     Called by the driver as `progress(event, trial_name, **info)`.
     """
 
-    def __init__(self, con: Console, total_epochs: int, trials):
+    def __init__(self, console: Console, total_epochs: int, trials):
         self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=con)
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
         self.total = total_epochs
-        self.console = con
-        self.lines = not con.is_terminal     # logs and pipes get one line per trial event instead
+        self.console = console
+        self.lines = not console.is_terminal     # logs and pipes get one line per trial event instead
         self.tasks = {}
         for name in trials:
             self.tasks[name] = self.progress.add_task(name, total=total_epochs, status="pending", start=False)
@@ -307,10 +306,10 @@ SHOWN_METRICS = ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp
                  "calib_err", "ic", "dir_acc", "crossing_rate")
 
 
-def print_trial(con: Console, name: str, trial: dict, metrics: dict[str, float], labels: list[str],
+def print_trial(console: Console, name: str, trial: dict, metrics: dict[str, float], labels: list[str],
                 flags: list[tuple[str, str]]) -> None:
     """`nqexp runs show`: the trial's line, val and test metrics per horizon, its gate flags."""
-    con.print(f"[bold]{name}[/]: variant {trial['variant']}, seed {trial['seed']}, {trial['status']}; "
+    console.print(f"[bold]{name}[/]: variant {trial['variant']}, seed {trial['seed']}, {trial['status']}; "
               f"best epoch {trial['best_epoch']} of {trial['epochs']} ({trial['stopped']}), "
               f"{trial['train_seconds'] or 0:.0f}s training; files in {trial['dir']}")
     for split in ("val", "test"):
@@ -322,9 +321,9 @@ def print_trial(con: Console, name: str, trial: dict, metrics: dict[str, float],
         for m in SHOWN_METRICS:
             vals = [metrics.get(f"{split}/{m}_{lab}") for lab in labels] + [metrics.get(f"{split}/{m}")]
             table.add_row(m, *("-" if v is None else f"{v:.4g}" for v in vals))
-        con.print(table)
+        console.print(table)
     for gate, reason in flags:
-        con.print(f"[red]gate[/] {gate}: {reason}")
+        console.print(f"[red]gate[/] {gate}: {reason}")
 
 
 def compare_table(experiment: str, split: str, frame) -> Table:
@@ -376,7 +375,7 @@ def echo_json(data) -> None:
     click.echo(json.dumps(_plain(data), indent=2, default=str))
 
 
-def print_forecast(con: Console, fc, rows: list[dict]) -> None:
+def print_forecast(console: Console, fc, rows: list[dict]) -> None:
     """`nqexp predict`: per horizon and source, each quantile's price level over its log-return."""
     from nqexp.metrics import quantile_label
 
@@ -396,16 +395,16 @@ def print_forecast(con: Console, fc, rows: list[dict]) -> None:
                 table.add_row(h if source == "model" else "", f"[bold]{source}[/bold]" if source == "model" else source,
                               *values, end_section=False)
         table.add_section()
-    con.print(table)
-    con.print("[dim]Each cell: price level (last close x exp(q)) over the log-return quantile q.[/dim]")
+    console.print(table)
+    console.print("[dim]Each cell: price level (last close x exp(q)) over the log-return quantile q.[/dim]")
 
 
-def print_predict_range(con: Console, fc, path, table) -> None:
+def print_predict_range(console: Console, fc, path, table) -> None:
     """`nqexp predict --start/--end`: where the predictions went and their CRPS vs the baselines."""
-    con.print(f"{len(fc.ts):,} forecasts of {fc.symbol} ({str(fc.ts[0])[:16]} .. {str(fc.ts[-1])[:16]} UTC): {path}")
+    console.print(f"{len(fc.ts):,} forecasts of {fc.symbol} ({str(fc.ts[0])[:16]} .. {str(fc.ts[-1])[:16]} UTC): {path}")
     if table is None:
-        con.print("No realized targets yet: nothing to score.")
+        console.print("No realized targets yet: nothing to score.")
         return
     crps = table[(table["metric"] == "crps")].pivot_table(index="horizon", columns="source", values="value",
                                                          sort=False)
-    con.print(frame_table(crps.reset_index(), "CRPS on the forecasts with realized targets (lower is better)"))
+    console.print(frame_table(crps.reset_index(), "CRPS on the forecasts with realized targets (lower is better)"))

@@ -23,8 +23,8 @@ def report(experiment, fmt, publish, store_dir):
     Example:
       nqexp report quickstart --format html
     """
-    from nqexp import report as report_mod
     from nqexp.cli import render
+    from nqexp.evaluation import report as report_mod
 
     store = run_store(store_dir)
     console = render.console()

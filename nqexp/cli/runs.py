@@ -52,7 +52,7 @@ def runs_show(run_name, store_dir, as_json):
     """
     from nqexp.cli import render
     from nqexp.errors import DataError
-    from nqexp.report import horizon_labels
+    from nqexp.evaluation.report import horizon_labels
 
     if "/" not in run_name:
         raise DataError(f"RUN must be EXPERIMENT/TRIAL, e.g. quickstart/full-s0, not {run_name!r}")
@@ -87,8 +87,8 @@ def runs_compare(experiment, split, store_dir, as_json):
       nqexp runs compare quickstart --split test
       nqexp runs compare quickstart --json
     """
-    from nqexp import report as report_mod
     from nqexp.cli import render
+    from nqexp.evaluation import report as report_mod
 
     data = report_mod.load(run_store(store_dir), experiment)
     frame = report_mod.summary_table(data, split=split)

@@ -30,7 +30,7 @@ def spec_schema():
     Example:
       nqexp spec schema > nqexp.schema.json
     """
-    from nqexp import spec as spec_mod
+    from nqexp.experiment import spec as spec_mod
 
     click.echo(json.dumps(spec_mod.json_schema(), indent=1))
 
@@ -48,8 +48,8 @@ def init(directory, force):
     Example:
       nqexp init my_experiments && nqexp run my_experiments/quickstart.yaml --dry-run
     """
-    from nqexp import spec as spec_mod
     from nqexp.errors import DataError
+    from nqexp.experiment import spec as spec_mod
 
     if directory.exists() and not directory.is_dir():
         raise DataError(f"{directory} exists and is not a folder")

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from nqexp import __version__
 from nqexp.errors import DatabaseError, SqlError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def sql_root() -> Path:
     for folder in (spec.submodule_search_locations or []) if spec else []:
         if (Path(folder) / "schema").is_dir():
             return Path(folder)
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 def resolve_db_path(db: str | os.PathLike | None = None) -> str:
@@ -159,8 +160,6 @@ def check_known_migrations(con, folder: str = "schema", done=None) -> None:
     known = {f.name for f in migration_files(folder)}
     unknown = sorted(set(done) - known)
     if unknown:
-        from nqexp import __version__
-
         raise DatabaseError(
             f"database {_db_file(con)} was written by a newer nqexp (migration {unknown[-1]} is unknown to "
             f"nqexp {__version__}); upgrade nqexp, or point --db / NQEXP_DB at another file")

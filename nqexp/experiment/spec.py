@@ -5,7 +5,7 @@
         ...trial.spec.model, trial.spec.train, trial.tracker_config()
 
 Each section is a frozen dataclass (SECTIONS): the glue ones live here, the stage ones in their modules,
-imported on first use so `import nqexp.spec` pulls in no torch or pandas. pydantic checks the fields
+imported on first use so `import nqexp.experiment.spec` pulls in no torch or pandas. pydantic checks the fields
 (unknown keys, types, finite floats, bounds declared as `Annotated[float, Field(gt=0)]`), then the
 dataclass's `__post_init__` the cross-field rules. `model.horizons`, `model.n_vars` and `model.groups`
 are derived from `features.set`. The format (extends, --set, variants, search, sweep, smoke, precedence)
@@ -35,19 +35,14 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from nqexp.errors import SpecError
+from nqexp.errors import SpecError, SqlError
+from nqexp.secrets import SECRET_ENV_HINT, is_secret_key, looks_like_secret, redact
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SET_KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
 BASE_VARIANT = "base"
 SMOKE_SUFFIX = "-smoke"  # a smoke run is its own experiment: it never collides with the full run's store entry
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "choice": None}  # name -> arg count
-SECRET_ENV_VARS = ("DATABENTO_API_KEY", "WANDB_API_KEY")
-SECRET_ENV_HINT = "set WANDB_API_KEY / DATABENTO_API_KEY in the environment instead"
-_SECRET_RE = re.compile(r"(^|_)(api_?key|apikey|key|token|secret|password|passwd)$", re.IGNORECASE)
-# Key shapes: Databento `db-` + alphanumerics, W&B 40 lowercase hex characters.
-_SECRET_VALUE_RE = re.compile(r"\bdb-[A-Za-z0-9]{20,}|(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])")
-REDACTED = "***"
 # Hostile input stays cheap: specs are small files, and YAML aliases must not expand without end.
 MAX_SPEC_BYTES = 1_000_000
 MAX_YAML_VALUES = 100_000
@@ -86,16 +81,10 @@ class TrackConfig:
 
     wandb_project: str = "nqexp"
     wandb_entity: str | None = None  # None: the API key's default
-    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: track.wandb_mode decides
     store: str = "runs"  # local run store, relative to the working directory (a shared FS on clusters)
     ray_storage: str | None = None  # Tune experiment state: None = inside the store; or s3://... / gs://...
     tags: tuple[str, ...] = ()  # W&B tags of every trial
-
-    def effective_wandb_mode(self, environ: Mapping[str, str] | None = None) -> str:
-        environ = os.environ if environ is None else environ
-        if self.wandb_mode != "auto":
-            return self.wandb_mode
-        return "online" if environ.get("WANDB_API_KEY") else "offline"
 
     def store_path(self, cwd: str | os.PathLike | None = None) -> Path:
         """Absolute, since Ray trials run in another working directory."""
@@ -135,11 +124,11 @@ class SweepConfig:
 SECTIONS: dict[str, type | str] = {
     "data": DataConfig,
     "features": FeaturesConfig,
-    "windows": "nqexp.windows:WindowConfig",
-    "splits": "nqexp.windows:SplitConfig",
-    "model": "nqexp.model:ModelConfig",
-    "train": "nqexp.train:TrainConfig",
-    "eval": "nqexp.evaluate:EvalConfig",
+    "windows": "nqexp.model.windows:WindowConfig",
+    "splits": "nqexp.model.windows:SplitConfig",
+    "model": "nqexp.model.net:ModelConfig",
+    "train": "nqexp.model.train:TrainConfig",
+    "eval": "nqexp.evaluation.evaluate:EvalConfig",
     "track": TrackConfig,
     "resources": ResourcesConfig,
 }
@@ -207,11 +196,11 @@ class ExperimentSpec:
     name: str
     data: DataConfig
     features: FeaturesConfig
-    windows: Any  # nqexp.windows.WindowConfig
-    splits: Any  # nqexp.windows.SplitConfig
-    model: Any  # nqexp.model.ModelConfig
-    train: Any  # nqexp.train.TrainConfig
-    eval: Any  # nqexp.evaluate.EvalConfig
+    windows: Any  # nqexp.model.windows.WindowConfig
+    splits: Any  # nqexp.model.windows.SplitConfig
+    model: Any  # nqexp.model.net.ModelConfig
+    train: Any  # nqexp.model.train.TrainConfig
+    eval: Any  # nqexp.evaluation.evaluate.EvalConfig
     track: TrackConfig
     resources: ResourcesConfig
     description: str = ""
@@ -325,14 +314,6 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
     return _build_spec(_merge({}, _flatten_containers(dict(data), registry), source, src), registry, src, source)
 
 
-def apply_overrides(spec_dict: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved spec dict with dotted-key values set; unchecked until `spec_from_dict` reads it."""
-    out = _plain(spec_dict)
-    for key, value in params.items():
-        _set_path(out, key.split("."), _plain(value))
-    return out
-
-
 def dump_resolved(spec: ExperimentSpec, path: str | os.PathLike) -> Path:
     """Write the resolved spec as YAML, atomically; `load_spec` reads it back to an equal spec."""
     path = Path(path)
@@ -351,15 +332,15 @@ def shipped_specs() -> dict[str, Path]:
     try:  # iterdir: a namespace package's files() is a MultiplexedPath, whose str() is no path
         files = [Path(str(p)) for p in resources.files("nqexp.experiments").iterdir()]
     except (ModuleNotFoundError, OSError):  # a source checkout: the repo's folder
-        files = list((Path(__file__).resolve().parent.parent / "experiments").iterdir())
+        files = list((Path(__file__).resolve().parents[2] / "experiments").iterdir())
     return {p.stem: p for p in sorted(files) if p.suffix == ".yaml"}
 
 
 def feature_facts(set_name: str, path: str | None = None) -> dict[str, Any]:
     """What a feature set fixes for the model: `horizons` (bars), `n_vars` and, for a grouped set,
     `groups` (sizes in column order). SpecError for an unknown or broken set."""
+    # lazy: keeps `import nqexp.experiment.spec` free of pandas and duckdb
     from nqexp import features
-    from nqexp.errors import SqlError
 
     try:
         known = features.list_sets(path)
@@ -395,28 +376,6 @@ def json_schema() -> dict[str, Any]:
         **{section: (cls, None) for section, cls in _registry(None).items()},
     }
     return create_model("ExperimentSpec", __config__=ConfigDict(extra="forbid"), **top).model_json_schema()
-
-
-def is_secret_key(key: str) -> bool:
-    """True for names that look like credentials: api_key, token, password, secret, key, *_key..."""
-    return bool(_SECRET_RE.search(str(key)))
-
-
-def looks_like_secret(value: Any) -> bool:
-    """True for text holding this environment's API keys or shaped like a Databento or W&B key."""
-    if not isinstance(value, str):
-        return False
-    keys = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
-    return any(len(k) >= 8 and k in value for k in keys) or bool(_SECRET_VALUE_RE.search(value))
-
-
-def redact(d: Any) -> Any:
-    """A copy of a nested dict/list with every secret-looking key's value masked."""
-    if isinstance(d, Mapping):
-        return {k: (REDACTED if is_secret_key(k) else redact(v)) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [redact(v) for v in d]
-    return d
 
 
 def flatten_dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

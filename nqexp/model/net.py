@@ -2,10 +2,10 @@
 
 Two architectures share one input encoder and one quantile head:
 
-- **MIGT-TVDT** (seed 001, the default): RevIN -> per-variable embedding -> composite positional
+- **MIGT-TVDT** (MIGT-TVDT design, the default): RevIN -> per-variable embedding -> composite positional
   encodings -> temporal attention per variable (masked) -> attention pooling over time ->
   variable attention with gated instance norm (Lite Gate Unit) -> flatten, project -> horizon heads.
-- **Grok-SL** (seed 000): RevIN -> feature *groups* projected into tokens -> composite positional
+- **Grok-SL** (Grok-SL design): RevIN -> feature *groups* projected into tokens -> composite positional
   encodings -> blocks of (temporal attention, group attention, each with a gated residual, FFN) ->
   last valid step, mean over groups -> autoregressive horizon heads with teacher forcing.
 
@@ -14,7 +14,7 @@ the two-stage time/variable attention of Crossformer (Zhang & Yan, 2023); GTrXL'
 (Parisotto et al., 2020) for the "GRU-lite" gate; non-crossing quantiles as a base plus cumulative
 softplus gaps (as in e.g. Park et al., 2022).
 
-Numerics (why the public attempt collapsed, and what this file does instead):
+Numerics (why an earlier implementation collapsed, and what this file does instead):
 - The model predicts quantiles z in the O(1) space y / scale, where `scale` (B, H) is a causal
   volatility estimate made by windows.py. Quantiles in the original return scale are
   q = scale[..., None] * z. The map z -> scale * z is strictly increasing because scale > 0, so the
@@ -27,18 +27,18 @@ Numerics (why the public attempt collapsed, and what this file does instead):
   close to N(0, 1) in z, not a point.
 - The head and the loss run in fp32 even under autocast.
 
-Deliberate deviations from the source specs:
-- All four positional encodings are per step (B, T, D) and broadcast over variables. The source spec (docs/model.md §9) has
+Deliberate deviations from the design documents (docs/model.md §10):
+- All four positional encodings are per step (B, T, D) and broadcast over variables. The MIGT-TVDT design (docs/model.md §9) has
   day-of-week as one vector per window; a 24-hour window spans two days, so per step is more exact.
 - Tokens are kept as (B, N, T, D) (N = variables or groups) rather than (B, T, V, D), so temporal
   attention reads (B*N, T, D) without a copy; the broadcast of the encodings is the same.
 - Attention-weight dropout defaults to 0 (`attn_dropout`): any dropout inside
   F.scaled_dot_product_attention makes PyTorch's CPU path fall back to its slow math kernel.
   Residual and FFN dropout (`dropout`) are kept.
-- MIGT's gate equation is unverified; `gate` chooses none | sigmoid (Lite Gate Unit, seed 001:
-  out = x + sigmoid(W x + b) * y) | gru (seed 000: z = sigmoid(W_z x + U_z y),
+- MIGT's gate equation is unverified; `gate` chooses none | sigmoid (Lite Gate Unit, MIGT-TVDT design:
+  out = x + sigmoid(W x + b) * y) | gru (Grok-SL design: z = sigmoid(W_z x + U_z y),
   h = tanh(W_h x + U_h (z * y)), out = (1 - z) x + z h). The default is sigmoid.
-- `patch_len` (an addition; default 1 = the source spec's one token per bar, docs/model.md §2) lets a token cover p bars, as
+- `patch_len` (an addition; default 1 = the designs' one token per bar, docs/model.md §2) lets a token cover p bars, as
   Crossformer's segments do. Per-bar temporal attention at T = 288, V = 24 costs ~52 GFLOP per sample
   (forward), far too much for a CPU quickstart; p = 12 (one hour) cuts the tokens 12-fold.
 - With one token per step (flat embedding, or attention="temporal"), there is no variable axis to
@@ -79,7 +79,7 @@ class ModelConfig:
     d_ff: int = 1024  # hidden width of each feed-forward block
     dropout: float = 0.1  # dropout on residual branches and FFNs
     attn_dropout: float = 0.0  # dropout on attention weights; > 0 forces SDPA's slow math kernel on CPU
-    n_temporal_layers: int = 4  # temporal blocks (MIGT) or full blocks (Grok-SL, seed 000 used 8)
+    n_temporal_layers: int = 4  # temporal blocks (MIGT) or full blocks (Grok-SL, the Grok-SL design used 8)
     n_variable_layers: int = 2  # variable-attention blocks after pooling (MIGT only)
     embedding: Literal["per_variable", "flat"] = "per_variable"  # one token per variable (group), or one per step
     attention: Literal["two_stage", "temporal"] = "two_stage"  # time then variable stage, or a vanilla temporal Transformer
@@ -600,7 +600,7 @@ class MigtTvdt(_Forecaster):
 
 
 class GrokSL(_Forecaster):
-    """Grok-SL (seed 000): group tokens, gated temporal + group attention blocks, last valid step."""
+    """Grok-SL (Grok-SL design): group tokens, gated temporal + group attention blocks, last valid step."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -30,7 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nqexp.errors import DataError
+from nqexp.errors import CredentialsError, DataError
+from nqexp.evaluation import plots
+from nqexp.evaluation.evaluate import load_predictions
+from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +134,6 @@ def _best_baseline(mv: pd.DataFrame, label: str) -> str:
 def baseline_differences(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant, horizon and baseline: the paired CRPS difference model − baseline on identical
     samples (averaged over seeds), with a moving-block bootstrap 95% CI (one-day blocks)."""
-    from nqexp.evaluate import load_predictions
-    from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
 
     trials = data.trials[data.trials["status"] == "finished"]
     rows = []
@@ -192,8 +193,6 @@ def _fmt(x: float) -> str:
 
 def paired_differences(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant and horizon: mean paired CRPS difference vs the reference, its block-bootstrap CI, relative %."""
-    from nqexp.evaluate import load_predictions
-    from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
 
     trials = data.trials[data.trials["status"] == "finished"]
     by_key = {(r.variant, int(r.seed)): Path(r.dir) / "predictions.parquet" for r in trials.itertuples()}
@@ -357,7 +356,6 @@ def _first_seed_dirs(data: ReportData) -> dict[str, tuple[int, Path]]:
 def equity_figure(data: ReportData, path: Path) -> Path | None:
     """Cumulative net P&L of the test backtest against trade exit time, a panel per horizon and a
     line per variant (its first seed's backtest_equity.parquet); None when no trial has one."""
-    from nqexp import plots
 
     curves = {}
     for variant, (seed, d) in _first_seed_dirs(data).items():
@@ -384,8 +382,6 @@ def learning_curve_figure(data: ReportData, path: Path) -> Path | None:
     """Train loss and val CRPS per epoch, a line per variant (mean over its seeds); None without
     epoch history in the store."""
     from matplotlib.ticker import MaxNLocator
-
-    from nqexp import plots
 
     e = data.epochs
     keys = ("train/loss_epoch", "val/crps")
@@ -459,8 +455,6 @@ def wandb_report(data: ReportData, *, project: str, entity: str | None, summary:
 def publish_wandb_report(store, experiment: str, *, project: str, entity: str | None) -> str:
     """Save the W&B Report online and return its URL. Needs WANDB_API_KEY (the Reports API is online-only)."""
     import os
-
-    from nqexp.errors import CredentialsError
 
     if not os.environ.get("WANDB_API_KEY"):
         raise CredentialsError("publishing a W&B Report needs WANDB_API_KEY in the environment "

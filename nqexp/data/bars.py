@@ -65,9 +65,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nqexp import db
+from nqexp.calendar import session_date, third_friday
+from nqexp.data import db
+from nqexp.data.sqlcheck import check_no_lookahead, parse_header, require_keys, strip_comments
 from nqexp.errors import DataError, SqlError
-from nqexp.sqlcheck import check_no_lookahead, parse_header, require_keys, strip_comments
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +206,6 @@ class RollWarning:
     message: str
 
 
-def detect_rolls(con, symbol: str, *, detect: bool = True) -> pd.DataFrame:
-    """Detect the rolls of a series without writing anything; returns ROLL_COLUMNS sorted by ts."""
-    return preview_rolls(con, symbol, detect=detect)[0]
-
-
 def preview_rolls(con, symbol: str, *, detect: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """The rolls a build of `symbol` would use (ROLL_COLUMNS) and its roll warnings; writes nothing."""
     mode = detect_mode(con, symbol)
@@ -255,12 +251,6 @@ def _has_contract_ids(con) -> bool:
     ).fetchall()[0][0])
 
 
-def _session_date(ts) -> dt.date:
-    """The Globex session date of a UTC bar start: the ET date of (ts + 6 h), as bars/_sessions.sql."""
-    et = pd.Timestamp(ts).tz_localize("UTC").tz_convert("America/New_York").tz_localize(None)
-    return (et + pd.Timedelta(hours=6)).date()
-
-
 def roll_windows(first_ts, last_ts) -> pd.DataFrame:
     """The quarterly roll windows that overlap a series spanning [first_ts, last_ts] (UTC bar starts).
 
@@ -269,9 +259,7 @@ def roll_windows(first_ts, last_ts) -> pd.DataFrame:
     for it, ROLL_SCAN_MARGIN_DAYS wider on each side) and `partial` (the data starts or ends
     inside the window).
     """
-    from nqexp.demo import third_friday  # the one place that knows the expiry calendar
-
-    first, last = _session_date(first_ts), _session_date(last_ts)
+    first, last = session_date(first_ts), session_date(last_ts)
     rows = []
     for year in range(first.year, last.year + 2):
         for month in ROLL_MONTHS:
@@ -315,8 +303,8 @@ def _detect_price_jumps(con, symbol: str) -> tuple[pd.DataFrame, list[RollWarnin
         c = cands[cands["expiry"] == w.expiry]
         where = f"the roll window before the {w.expiry} expiry (sessions {w.first_session}..{w.last_session})"
         if w.partial:
-            where += f"; the data covers only {max(_session_date(first_ts), w.first_session)}.." \
-                     f"{min(_session_date(last_ts), w.last_session)} of it"
+            where += f"; the data covers only {max(session_date(first_ts), w.first_session)}.." \
+                     f"{min(session_date(last_ts), w.last_session)} of it"
         if c.empty:
             empty.append(w.expiry)
             continue
@@ -428,7 +416,7 @@ def _merge_given(con, rolls: pd.DataFrame, warnings: list[RollWarning], given: p
     windows = roll_windows(first_ts, last_ts)
     rows, expiries = [], set()
     for g in given.itertuples():
-        day = _session_date(g.ts)
+        day = session_date(g.ts)
         hit = windows[(windows["first_session"] <= day) & (windows["last_session"] >= day)]
         expiry = hit["expiry"].iloc[0] if len(hit) else None
         expiries.add(expiry)

@@ -17,10 +17,10 @@ horizons, freq_minutes, targets, target_flags, session_date, minute_of_day_et. T
 lives in nqexp/features.py; this module only reads those attributes.
 
 Windows. A sample is named by its end index t (the window's last bar). Two kinds:
-  * wall-clock (seed 001, `migt24`): bars with ts in (ts_t - lookback_minutes, ts_t], at most t_max
+  * wall-clock (MIGT-TVDT design, `migt24`): bars with ts in (ts_t - lookback_minutes, ts_t], at most t_max
     of them. 24 hours of 5-minute bars gives T_max = 288; real days hold 273-276 bars, a short day
     (Thanksgiving) fewer, and the first bars after a weekend very few.
-  * bar-count (seed 000, `grok24`, lookback_minutes=None): the last t_max bars, whatever their
+  * bar-count (Grok-SL design, `grok24`, lookback_minutes=None): the last t_max bars, whatever their
     times. A trading week of 1-minute bars is 5 Globex sessions x 1380 minutes = 6900 bars. Counting
     bars rather than wall time keeps a Monday window a full week (a wall-clock 6900 minutes back from
     Monday morning would reach only Wednesday afternoon and hold ~3 sessions).
@@ -72,11 +72,12 @@ from typing import Any
 
 import numpy as np
 
+from nqexp.calendar import ET
 from nqexp.errors import DataError, SpecError
+from nqexp.model.volatility import MCGarch, log_returns
 
 log = logging.getLogger(__name__)
 
-ET = "America/New_York"
 FLAG_BREAK, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4  # target_flags bits (docs/features.md §5)
 SPLITS = ("train", "val", "test")
 _MAX_FIT_ROWS = 262_144  # percentiles are estimated on at most this many evenly spaced train bars
@@ -89,7 +90,7 @@ _MAX_FIT_ROWS = 262_144  # percentiles are estimated on at most this many evenly
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """How samples are cut from the bar arrays. Defaults are seed 001's `migt24` (24 h of 5-minute bars)."""
+    """How samples are cut from the bar arrays. Defaults are the MIGT-TVDT design's `migt24` (24 h of 5-minute bars)."""
 
     lookback_minutes: int | None = 1440   # wall-clock look-back: bars with ts in (ts_t - lookback, ts_t]; None = last t_max bars
     t_max: int = 288                      # padded window length T (1440 / 5; 6900 for a 1-minute trading week)
@@ -133,12 +134,12 @@ class WindowConfig:
 
     @classmethod
     def migt24(cls, **overrides) -> WindowConfig:
-        """Seed 001: the last 24 hours of 5-minute bars, padded to 288, every bar a sample."""
+        """The MIGT-TVDT design: the last 24 hours of 5-minute bars, padded to 288, every bar a sample."""
         return cls(**overrides)
 
     @classmethod
     def grok24(cls, **overrides) -> WindowConfig:
-        """Seed 000: a trading week of 1-minute bars (5 x 1380 = 6900 bars), a sample every 60 bars."""
+        """The Grok-SL design: a trading week of 1-minute bars (5 x 1380 = 6900 bars), a sample every 60 bars."""
         return cls(**{"lookback_minutes": None, "t_max": 5 * 1380, "stride": 60, "min_valid_bars": 1380, **overrides})
 
     def stride_for(self, split: str) -> int:
@@ -160,7 +161,7 @@ def _as_date(value, name: str) -> dt.date:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Split dates (inclusive, by the Globex session date of a sample's end bar). Defaults are seed 001's."""
+    """Split dates (inclusive, by the Globex session date of a sample's end bar). Defaults are the MIGT-TVDT design's."""
 
     train_start: dt.date = dt.date(2010, 6, 6)    # first train session date
     train_end: dt.date = dt.date(2021, 12, 31)    # last train session date
@@ -335,15 +336,6 @@ def _check_no_overlap(arrays, idx: dict[str, np.ndarray], window_cfg: WindowConf
 # ---------------------------------------------------------------------------------------------
 
 
-def log_returns(close: np.ndarray) -> np.ndarray:
-    """(N,) 1-bar log-returns of the adjusted close; NaN on the first bar."""
-    close = np.asarray(close, dtype=np.float64)
-    r = np.full(close.shape[0], np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r[1:] = np.diff(np.log(close))
-    return r
-
-
 def _slots(arrays) -> np.ndarray:
     """(N,) int64 time-of-day slot: minute of the ET day // freq_minutes."""
     return np.asarray(arrays.minute_of_day_et).astype(np.int64) // int(arrays.freq_minutes)
@@ -364,7 +356,7 @@ class Scalers:
     freq_minutes: int             # bar size the scalers were fitted on
     names: list[str] = field(default_factory=list)  # variable names, as in arrays.names
     fit_bars: tuple[int, int] = (0, 0)              # [first, last] bar index the fit read
-    garch: Any = None                               # baselines.MCGarch when windows.sigma is "mcgarch"
+    garch: Any = None                               # volatility.MCGarch when windows.sigma is "mcgarch"
 
     def transform_features(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, V) raw features -> (N, V) float32 standardized, clipped, non-finite -> 0."""
@@ -488,8 +480,6 @@ def fit_scalers(arrays, train_idx, window_cfg: WindowConfig) -> Scalers:
     floor = window_cfg.scale_floor * np.sqrt(var_per_bar * np.asarray(horizons, dtype=np.float64))  # (H,)
     garch = None
     if window_cfg.sigma == "mcgarch":
-        from nqexp.baselines import MCGarch
-
         garch = MCGarch().fit(arrays, lo, hi)  # the same train bars, nothing later
     return Scalers(center=center, spread=spread, clip=float(window_cfg.clip), tod_profile=prof,
                    var_per_bar=var_per_bar, garch=garch,

@@ -66,12 +66,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nqexp.calendar import MONTH_CODES, session_dates, session_table, third_friday
+
 log = logging.getLogger(__name__)
 
 DEMO_SYMBOL = "NQ.demo"
 TICK = 0.25
 DEFAULT_END = dt.date(2025, 12, 3)
-MONTH_CODES = {3: "H", 6: "M", 9: "U", 12: "Z"}
 DEMO_VERSION = 2             # bumped when the dynamics change; stored in the bars' source tag
 SLOW_HALFLIFE_SESSIONS = 3.0 # h_slow: AR(1) half-life in trading sessions
 SLOW_SD = 0.35               # h_slow: marginal sd of the slow log-volatility
@@ -97,56 +98,8 @@ class DemoData:
     seconds: float
 
 
-def third_friday(year: int, month: int) -> dt.date:
-    first = dt.date(year, month, 1)
-    return first + dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
-
-
 def contract_code(year: int, month: int) -> str:
     return f"NQ{MONTH_CODES[month]}{year % 10}"
-
-
-def _observed(day: dt.date) -> dt.date:
-    """A holiday on Saturday is observed on Friday, on Sunday on Monday."""
-    if day.weekday() == 5:
-        return day - dt.timedelta(days=1)
-    if day.weekday() == 6:
-        return day + dt.timedelta(days=1)
-    return day
-
-
-def _holidays(years: range) -> set[dt.date]:
-    out = set()
-    for y in years:
-        for m, d in ((1, 1), (7, 4), (12, 25)):
-            out.add(_observed(dt.date(y, m, d)))
-    return out
-
-
-def _thanksgiving(year: int) -> dt.date:
-    first = dt.date(year, 11, 1)
-    return first + dt.timedelta(days=(3 - first.weekday()) % 7 + 21)
-
-
-def session_table(start: dt.date, end: dt.date) -> pd.DataFrame:
-    """One row per Globex session with trading date in [start, end]: date, open/close in UTC, minutes."""
-    years = range(start.year - 1, end.year + 2)
-    closed = _holidays(years)
-    early = {}
-    for y in years:
-        tg = _thanksgiving(y)
-        early[tg] = dt.time(13, 0)
-        early[tg + dt.timedelta(days=1)] = dt.time(13, 15)
-    dates = [d.date() for d in pd.bdate_range(start, end)]
-    dates = [d for d in dates if d not in closed]
-    opens = pd.DatetimeIndex([pd.Timestamp(d - dt.timedelta(days=1)) + pd.Timedelta(hours=18) for d in dates])
-    closes = pd.DatetimeIndex(
-        [pd.Timestamp.combine(d, early.get(d, dt.time(17, 0))) for d in dates]
-    )
-    opens = opens.tz_localize("America/New_York").tz_convert("UTC").tz_localize(None)
-    closes = closes.tz_localize("America/New_York").tz_convert("UTC").tz_localize(None)
-    minutes = ((closes - opens) / pd.Timedelta(minutes=1)).astype(np.int64)
-    return pd.DataFrame({"date": dates, "open_utc": opens, "close_utc": closes, "minutes": minutes})
 
 
 def tod_profiles(minute_et: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +299,7 @@ def truth_minute_et(truth: pd.DataFrame) -> np.ndarray:
     date (a session's date is the ET date of ts + 6 h), and checked against the stored ts.
     """
     ts = pd.DatetimeIndex(truth["ts"].to_numpy())
-    dates = (ts.tz_localize("UTC").tz_convert("America/New_York") + pd.Timedelta(hours=6)).date
+    dates = pd.DatetimeIndex(session_dates(ts)).date
     grid_ts, minute_et, _ = minute_grid(session_table(dates[0], dates[-1]))
     k = truth["k"].to_numpy()
     if k.max() >= len(grid_ts) or not np.array_equal(grid_ts[k].astype("datetime64[us]"),

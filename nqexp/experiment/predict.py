@@ -38,7 +38,16 @@ from typing import Any
 
 import numpy as np
 
+import nqexp
+from nqexp import features
+from nqexp.data import bars, db
 from nqexp.errors import DataError
+from nqexp.evaluation import baselines, evaluate
+from nqexp.metrics import horizon_label
+from nqexp.model import windows
+from nqexp.model.train import load_checkpoint_model, predict
+from nqexp.model.windows import WindowConfig
+from nqexp.secrets import redact
 
 BUNDLE_DIR = "bundle"
 BUNDLE_VERSION = 1
@@ -79,10 +88,7 @@ class Bundle:
 
 def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
     """Write `<trial_dir>/bundle/` from the best checkpoint and the data's train-fitted state."""
-    import nqexp
     import torch
-
-    from nqexp import features
 
     if data.scalers is None:
         raise DataError("the prepared data holds no fitted scalers; prepare it with pipeline.prepare_data")
@@ -118,14 +124,13 @@ def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
         "windows": dataclasses.asdict(trial_spec.windows),
         "baselines": sorted(state),
         "notes": notes,
-        "spec": trial_spec.to_dict(),
+        "spec": redact(trial_spec.to_dict()),  # the one secret policy (nqexp/secrets.py)
     }
     (out / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
     return out
 
 
 def load_bundle(trial_dir) -> Bundle:
-    from nqexp.windows import WindowConfig
 
     path = Path(trial_dir) / BUNDLE_DIR
     if not (path / "bundle.json").exists():
@@ -140,7 +145,6 @@ def load_bundle(trial_dir) -> Bundle:
 
 def check_feature_set(bundle: Bundle):
     """The feature set as defined now; DataError when its SQL changed since training."""
-    from nqexp import features
 
     fs = features.resolve_set(bundle.meta["feature_set"], bundle.meta.get("feature_path"))
     if fs.sql_hash != bundle.meta["sql_hash"]:
@@ -217,8 +221,6 @@ def read_tail(con, bundle: Bundle, fs, symbol: str, first_origin, last_origin) -
     close/calendar range for sigma-hat, both ending max horizon bars after last_origin."""
     import time
 
-    from nqexp import features
-
     t0 = time.perf_counter()
     table = fs.bars_table
     max_h = max(bundle.horizons)
@@ -273,7 +275,6 @@ class Forecast:
 
 def usable_origins(bundle: Bundle, arrays, idx) -> np.ndarray:
     """(n,) bool: each origin's window holds >= min_valid_bars bars, all with finite features."""
-    from nqexp import windows
 
     idx = np.asarray(idx, dtype=np.int64)
     start = windows.window_starts(arrays.ts, bundle.window_cfg, idx)
@@ -284,9 +285,6 @@ def usable_origins(bundle: Bundle, arrays, idx) -> np.ndarray:
 def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -> Forecast:
     """Model and baseline quantiles at the tail's bars idx (all must be usable_origins)."""
     import time
-
-    from nqexp import baselines, windows
-    from nqexp.train import load_checkpoint_model, predict
 
     t0 = time.perf_counter()
     idx = np.asarray(idx, dtype=np.int64)
@@ -337,7 +335,6 @@ def _to_ts(value) -> np.datetime64:
 
 def _open(db_path, symbol: str, table: str, freq_minutes: int):
     """A read-only connection (the set's bars are built first when raw bars are ahead of them)."""
-    from nqexp import bars, db
 
     con = db.connect(db_path, read_only=True)
     if not db.table_exists(con, table) or not con.execute(
@@ -418,7 +415,6 @@ def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, 
 
 def save_and_score(fc: Forecast, path) -> tuple[Path, Any]:
     """Write range predictions in the trial's predictions schema; score the samples with targets."""
-    from nqexp import evaluate
 
     preds = {PREDICT_SPLIT: evaluate.SplitPredictions(ts=fc.ts, y=fc.y, q=fc.q, baselines=fc.baselines)}
     path = evaluate.save_predictions(path, preds, fc.taus, fc.horizon_minutes)
@@ -432,7 +428,6 @@ def save_and_score(fc: Forecast, path) -> tuple[Path, Any]:
 
 def long_rows(fc: Forecast, row: int = -1) -> list[dict[str, Any]]:
     """One origin's quantiles as rows: source, horizon, tau, log-return and price level."""
-    from nqexp.metrics import horizon_label
 
     close = float(fc.close[row])
     ts = str(np.datetime_as_string(fc.ts[row], unit="s")) + "Z"

@@ -2,13 +2,10 @@
 
 The pieces, in the order a run uses them:
 
-1. Baselines, fitted on the train split only and scored on exactly the samples the model is scored on:
-   - `ClimatologyBaseline`: unconditional train quantiles of y per horizon.
-   - `VolScaledBaseline`: train quantiles of z = y / σ̂, times the evaluated split's σ̂. σ̂ is the
-     causal `scale` (N, H) array that windows.py produces (time-of-day profile × recent realized
-     vol, known at the window's last bar), the same array the model de-normalizes with.
+1. Baselines (evaluation/baselines.py), fitted on the train split only and scored on exactly the
+   samples the model is scored on.
 2. `evaluate_split_table(...)` -> long DataFrame (split, horizon, metric, value, source), and
-   `evaluate_split(...)` -> flat dict of keys like `crps_15m`, `crpss_climatology_15m`,
+   `flatten_metrics(table)` -> flat dict of keys like `crps_15m`, `crpss_climatology_15m`,
    `picp80_60m`; the caller prefixes `split/`. Rows with horizon "all" (and keys without a
    horizon suffix) are plain means over horizons.
 3. `check_gates(table)` -> list[GateFlag]; `strict=True` raises GateError instead.
@@ -35,6 +32,7 @@ import pandas as pd
 
 from nqexp import metrics as M
 from nqexp.errors import DataError, NqexpError, SpecError
+from nqexp.evaluation.baselines import BASELINES
 
 log = logging.getLogger(__name__)
 
@@ -79,88 +77,6 @@ METRIC_DESCRIPTIONS = {
 
 # --------------------------------------------------------------------------------------------
 # Baselines
-# --------------------------------------------------------------------------------------------
-
-
-def _check_targets(y, name: str) -> np.ndarray:
-    y = np.asarray(y, dtype=np.float64)
-    if y.ndim != 2:
-        raise DataError(f"{name} must be (N, H), got shape {y.shape}; pass one column per horizon")
-    empty = [h for h in range(y.shape[1]) if not np.isfinite(y[:, h]).any()]
-    if empty:
-        raise DataError(f"{name} has no finite target at horizon index {empty}; "
-                        "check the train split dates and the target drop rules")
-    return y
-
-
-def _check_scale(scale, name: str, shape=None) -> np.ndarray:
-    scale = np.asarray(scale, dtype=np.float64)
-    if scale.ndim != 2 or (shape is not None and scale.shape != shape):
-        raise DataError(f"{name} must be (N, H) like y {shape}, got shape {scale.shape}")
-    bad = ~np.isfinite(scale) | (scale <= 0)
-    if bad.any():
-        i, h = np.argwhere(bad)[0]
-        raise DataError(f"{name} must be finite and > 0; {int(bad.sum())} entries are not "
-                        f"(first at sample {i}, horizon index {h}: {scale[i, h]!r})")
-    return scale
-
-
-@dataclass
-class ClimatologyBaseline:
-    """Unconditional train quantiles of y per horizon: the same forecast for every sample."""
-
-    taus: Sequence[float] = DEFAULT_TAUS
-    q_: np.ndarray | None = field(default=None, repr=False)  # (H, Q) fitted quantiles
-
-    def fit(self, y_train) -> ClimatologyBaseline:
-        """y_train: (N, H) train targets; NaN targets are ignored."""
-        y = _check_targets(y_train, "climatology y_train")
-        self.q_ = np.nanquantile(y, np.asarray(self.taus), axis=0).T  # (H, Q)
-        return self
-
-    def quantiles(self, scale_or_n) -> np.ndarray:
-        """(N, H, Q) forecast. Accepts the split's scale (N, H), used only for N, or N itself."""
-        assert self.q_ is not None, "fit() first"
-        n = int(scale_or_n) if np.ndim(scale_or_n) == 0 else np.shape(scale_or_n)[0]
-        return np.broadcast_to(self.q_, (n, *self.q_.shape)).copy()  # (N, H, Q)
-
-
-@dataclass
-class VolScaledBaseline:
-    """Train quantiles of z = y / σ̂, rescaled by the evaluated split's causal σ̂: q = σ̂ · z_τ."""
-
-    taus: Sequence[float] = DEFAULT_TAUS
-    z_: np.ndarray | None = field(default=None, repr=False)  # (H, Q) quantiles of y / scale
-
-    def fit(self, y_train, scale_train) -> VolScaledBaseline:
-        """y_train, scale_train: (N, H) train targets and their causal vol estimates (> 0)."""
-        y = _check_targets(y_train, "vol-scaled y_train")
-        scale = _check_scale(scale_train, "vol-scaled scale_train", y.shape)
-        self.z_ = np.nanquantile(y / scale, np.asarray(self.taus), axis=0).T  # (H, Q)
-        return self
-
-    def quantiles(self, scale) -> np.ndarray:
-        """scale: (N, H) causal vol of the evaluated split -> (N, H, Q)."""
-        assert self.z_ is not None, "fit() first"
-        scale = _check_scale(scale, "vol-scaled scale", None)
-        return scale[:, :, None] * self.z_[None, :, :]  # (N, H, Q)
-
-
-def fit_baselines(y_train, scale_train, taus=DEFAULT_TAUS) -> dict[str, ClimatologyBaseline | VolScaledBaseline]:
-    """Fit both baselines on train arrays only. Keys are the names used in metric keys."""
-    return {
-        "climatology": ClimatologyBaseline(tuple(taus)).fit(y_train),
-        "volscaled": VolScaledBaseline(tuple(taus)).fit(y_train, scale_train),
-    }
-
-
-def baseline_quantiles(fitted: Mapping[str, object], scale) -> dict[str, np.ndarray]:
-    """Score-ready baseline forecasts for one split: name -> (N, H, Q)."""
-    return {name: b.quantiles(scale) for name, b in fitted.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics table
 # --------------------------------------------------------------------------------------------
 
 
@@ -340,23 +256,6 @@ def flatten_metrics(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def evaluate_split(
-    split_name: str,
-    y,
-    q,
-    taus,
-    horizon_minutes: Sequence[int],  # the feature set's horizons in minutes (no default: they are its fact)
-    ts=None,
-    baselines: Mapping[str, np.ndarray] | None = None,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Flat metric dict of one split (see `flatten_metrics` for the keys); prefix `split/` yourself."""
-    return flatten_metrics(evaluate_split_table(split_name, y, q, taus, horizon_minutes, ts, baselines,
-                                                n_boot=n_boot, seed=seed))
-
-
 # --------------------------------------------------------------------------------------------
 # Sanity gates
 # --------------------------------------------------------------------------------------------
@@ -389,8 +288,6 @@ class EvalConfig:
     baselines: tuple[str, ...] = ("climatology", "volscaled", "mcgarch", "lgbm")
 
     def __post_init__(self):
-        from nqexp.baselines import BASELINES
-
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown or "climatology" not in self.baselines or len(set(self.baselines)) != len(self.baselines):
             raise SpecError(f"eval.baselines ({list(self.baselines)}) must be distinct names from "
@@ -615,12 +512,3 @@ def load_predictions(path: str | os.PathLike) -> PredictionSet:
             baselines={name: cube(f"{name}_") for name in names},
         )
     return PredictionSet(taus=taus, horizon_minutes=hm, splits=out)
-
-
-def evaluate_predictions(preds: PredictionSet, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Rescore every split of a loaded predictions file: the concatenated long metrics table."""
-    return pd.concat([
-        evaluate_split_table(split, p.y, p.q, preds.taus, preds.horizon_minutes, p.ts, p.baselines,
-                             n_boot=n_boot, seed=seed)
-        for split, p in preds.splits.items()
-    ], ignore_index=True)

@@ -23,7 +23,6 @@ databento is imported inside the functions (it is slow to import and the CLI mus
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -35,7 +34,9 @@ from typing import Callable
 
 import pandas as pd
 
+from nqexp.data import ingest, readers
 from nqexp.errors import CredentialsError, DataError
+from nqexp.secrets import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,6 @@ def resolve_api_key(credentials_path: str | os.PathLike | None = None) -> str:
     return key
 
 
-def _scrub(text: str, key: str) -> str:
-    import base64
-
-    for secret in {key, base64.b64encode(f"{key}:".encode()).decode()}:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 # ------------------------------------------------------------------------------------- chunks
 
 
@@ -168,7 +160,7 @@ def _call(fn, *, key: str, what: str, max_retries: int, backoff_s: float, sleep,
             return fn()
         except db.BentoClientError as exc:
             status = exc.http_status
-            message = _scrub(str(exc.message or exc), key)
+            message = redact_text(str(exc.message or exc), [key])
             if status == 429 and attempt < max_retries:
                 pass
             elif status in (401, 403):
@@ -177,11 +169,11 @@ def _call(fn, *, key: str, what: str, max_retries: int, backoff_s: float, sleep,
                 raise DataError(f"Databento refused {what} (HTTP {status}): {message}") from None
         except db.BentoServerError as exc:
             status = exc.http_status
-            message = _scrub(str(exc.message or exc), key)
+            message = redact_text(str(exc.message or exc), [key])
             if attempt >= max_retries:
                 raise DataError(f"Databento {what} still failing after {attempt + 1} tries (HTTP {status}): {message}") from None
         except (requests.ConnectionError, requests.Timeout, db.BentoError) as exc:
-            message = _scrub(str(exc), key)
+            message = redact_text(str(exc), [key])
             if attempt >= max_retries:
                 raise DataError(f"Databento {what} still failing after {attempt + 1} tries: {message}") from None
             status = "connection"
@@ -225,10 +217,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _read_chunk(path: Path):
     """A chunk file as a frame for ingest.import_frames (empty if it holds no records), or a DataError."""
-    from nqexp import ingest
-
     try:
-        return ingest.read_dbn_chunk(path)
+        return readers.read_dbn_chunk(path)
     except DataError as exc:
         raise DataError(f"{exc}; delete it to download the chunk again") from None
 
@@ -239,7 +229,6 @@ def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, s
              progress: Progress | None = None, max_retries: int = 5, backoff_s: float = 1.0,
              sleep=time.sleep) -> DownloadReport:
     """Download [start, end) in chunks into files and raw_bars; resumable. See the module docstring."""
-    from nqexp import ingest
 
     t0 = time.perf_counter()
     key = key or resolve_api_key(credentials_path)
@@ -324,11 +313,3 @@ def download(con, start, end, *, dataset: str = DATASET, symbol: str = SYMBOL, s
     report.seconds = time.perf_counter() - t0
     log.info("download %s %s: %s", dataset, symbol, report.summary())
     return report
-
-
-def parse_date(text: str) -> dt.date:
-    """CLI helper: 'YYYY-MM-DD' -> date, with a DataError naming the value."""
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise DataError(f"not a date: {text!r}; expected YYYY-MM-DD") from None

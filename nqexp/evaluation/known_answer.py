@@ -24,6 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nqexp import features
+from nqexp.data import bars, db, demo
+from nqexp.data.demo import tod_profiles
+from nqexp.errors import DataError
+from nqexp.metrics import crps_quantile
+
 NU_GRID = (3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 50.0, 200.0)  # Student-t oracle: candidate degrees of freedom
 
 
@@ -47,7 +53,6 @@ def load_truth_minutes(con, symbol: str):
     span = 1 + minutes missing just before the bar in its session: the bar's return spans them.
     tod2 = span x the generator's squared time-of-day vol multiplier of the bar's ET minute.
     """
-    from nqexp.demo import tod_profiles
 
     rows = con.execute(
         """
@@ -99,8 +104,6 @@ def horizon_truth(bar_ts, end_idx, horizons, minutes, freq_minutes: int = 5) -> 
 
 def truth_for_datasets(db_path, trial_spec, datasets) -> dict[str, HorizonTruth]:
     """HorizonTruth for every split of a PreparedData's datasets (reads the DB once)."""
-    from nqexp import bars, db, features
-    from nqexp.errors import DataError
 
     con = db.connect(db_path)
     try:
@@ -146,7 +149,6 @@ def oracle_quantiles(sigma, mean, taus, nu: float | np.ndarray | None = None) ->
 
 def fit_oracle_nu(sigma, mean, y, taus, grid=NU_GRID) -> np.ndarray:
     """Per-horizon nu of a Student-t oracle with the lowest CRPS on (train) samples: (H,)."""
-    from nqexp.metrics import crps_quantile
 
     y = np.asarray(y, dtype=np.float64)
     mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), np.shape(sigma))
@@ -156,19 +158,6 @@ def fit_oracle_nu(sigma, mean, y, taus, grid=NU_GRID) -> np.ndarray:
                                 taus).mean() for nu in grid]
         best[j] = grid[int(np.argmin(scores))]
     return best
-
-
-@dataclass
-class OracleNu:
-    """Student-t degrees of freedom per horizon, fitted on train: realized-sigma and causal oracles."""
-
-    realized: np.ndarray  # (H,)
-    causal: np.ndarray    # (H,)
-
-
-def fit_oracles(truth_train: HorizonTruth, y_train, taus) -> OracleNu:
-    return OracleNu(realized=fit_oracle_nu(truth_train.sigma, truth_train.drift, y_train, taus),
-                    causal=fit_oracle_nu(truth_train.sigma_causal, 0.0, y_train, taus))
 
 
 def width_spearman(q, taus, sigma, lo: float = 0.1, hi: float = 0.9) -> np.ndarray:
@@ -211,8 +200,6 @@ def mc_oracle(db_path, trial_spec, dataset, taus, n_origins: int = 1000, n_paths
     Origins are evenly spaced over the dataset's samples. Each target ln(C[i+h] / C[i]) spans the
     generated minutes after the last 1-minute bar of 5m bar i up to the last 1-minute bar of bar i+h.
     """
-    from nqexp import db, demo, features
-    from nqexp.errors import DataError
 
     con = db.connect(db_path)
     try:

@@ -21,16 +21,17 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from nqexp.data import db
+from nqexp.errors import DataError
+from nqexp.secrets import redact, redact_text
+
 log = logging.getLogger(__name__)
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-SECRET_ENV = ("DATABENTO_API_KEY", "WANDB_API_KEY")
 
 
 class Tracker(Protocol):
@@ -58,35 +59,26 @@ class BufferTracker:
         return rows
 
 
-def scrub(value: Any) -> Any:
-    """A copy with secret-looking keys removed and any secret env value masked, at any depth."""
-    secrets = [os.environ[k] for k in SECRET_ENV if os.environ.get(k)]
-    if isinstance(value, Mapping):
-        return {k: scrub(v) for k, v in value.items() if not SECRET_KEY.search(str(k))}
-    if isinstance(value, (list, tuple)):
-        return type(value)(scrub(v) for v in value)
-    if isinstance(value, str):
-        for s in secrets:
-            value = value.replace(s, "***")
-    return value
+def wandb_login_found() -> bool:
+    """True when W&B has a key: WANDB_API_KEY, or a `wandb login` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc  # lazy: stdlib, needed only here
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, OSError, netrc.NetrcParseError):
+        return False
 
 
 def wandb_mode(requested: str = "auto") -> str:
-    """'auto' -> online with a key (env or netrc), else offline. WANDB_MODE in the env wins."""
+    """The one W&B mode decision: WANDB_MODE in the env wins, then the spec's `track.wandb_mode`;
+    'auto' is online with a key (env or netrc), else offline."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if requested != "auto":
         return requested
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        import netrc
-
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
+    return "online" if wandb_login_found() else "offline"
 
 
 class WandbRun:
@@ -101,7 +93,7 @@ class WandbRun:
         self.resumed_step = -1      # steps up to this one were logged by an earlier driver (see resume_after)
         self.run = wandb.init(
             project=project, entity=entity, group=group, job_type=job_type, name=name,
-            id=run_id, resume="allow", config=scrub(dict(config)), dir=str(directory), mode=mode,
+            id=run_id, resume="allow", config=redact(dict(config)), dir=str(directory), mode=mode,
             tags=list(tags), reinit="create_new",
         )
 
@@ -168,11 +160,7 @@ class RunStore:
         return self.root / "store.duckdb"
 
     def connect(self, read_only: bool = False):
-        from nqexp import db
-
         if read_only and not self.path.exists():
-            from nqexp.errors import DataError
-
             raise DataError(f"no run store at {self.path}; run an experiment first (nqexp run SPEC)")
         con = db.connect(self.path, read_only=read_only, migrate=False)
         try:
@@ -220,14 +208,14 @@ class RunStore:
                          provenance: Mapping[str, Any] | None = None) -> None:
         """Record (or re-open, on resume) an experiment. `provenance`: where its results come from
         (git commit and dirty flag, package versions, bars fingerprint), stored as JSON, scrubbed."""
-        prov = json.dumps(scrub(dict(provenance)), sort_keys=True, default=str) if provenance is not None else None
+        prov = json.dumps(redact(dict(provenance)), sort_keys=True, default=str) if provenance is not None else None
         con = self.connect()
         con.execute(
             "insert into experiments (experiment, kind, spec_path, spec_yaml, status, provenance) "
             "values (?, ?, ?, ?, 'running', ?) "
             "on conflict (experiment) do update set spec_yaml = excluded.spec_yaml, status = 'running', "
             "finished_at = null, provenance = coalesce(excluded.provenance, experiments.provenance)",
-            [experiment, kind, spec_path, scrub_text(spec_yaml), prov],
+            [experiment, kind, spec_path, redact_text(spec_yaml), prov],
         )
         con.close()
 
@@ -383,16 +371,3 @@ class RunStore:
         for row in rows:
             row["params"] = json.loads(row.pop("params_json") or "{}")
         return rows
-
-
-def scrub_text(text: str) -> str:
-    for k in SECRET_ENV:
-        if os.environ.get(k):
-            text = text.replace(os.environ[k], "***")
-    return text
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)

@@ -24,6 +24,15 @@ from typing import Any
 
 import numpy as np
 
+import nqexp
+from nqexp import features
+from nqexp.data import bars, db, demo, ingest
+from nqexp.errors import DataError, SpecError
+from nqexp.evaluation import backtest, baselines, evaluate
+from nqexp.evaluation import plots as figures
+from nqexp.model import windows
+from nqexp.model.train import load_checkpoint_model, predict
+
 # Packages whose versions go into a run's provenance (None when not installed).
 PROVENANCE_PACKAGES = ("torch", "ray", "wandb", "duckdb", "numpy", "pandas", "pyarrow", "databento",
                        "optuna", "lightgbm", "arch")
@@ -69,9 +78,6 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     """DuckDB -> (demo data if needed) -> bars -> features -> splits -> scalers -> datasets."""
     import dataclasses
     import datetime as dt
-
-    from nqexp import bars, db, demo, features, ingest, windows
-    from nqexp.errors import DataError, SpecError
 
     notes = notes if notes is not None else []
     data_cfg = trial_spec.data
@@ -133,7 +139,6 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
 def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """eval.baselines fitted on the train samples (val only early-stops the tree baseline), forecast
     on every split's samples: split -> name -> (n, H, Q) float32 (docs/metrics.md §7-§8)."""
-    from nqexp import baselines
 
     idx = {s: ds.idx for s, ds in datasets.items()}
     out = baselines.fit_and_predict(
@@ -163,9 +168,6 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     """
     import pandas as pd
 
-    from nqexp import evaluate
-    from nqexp.train import load_checkpoint_model, predict
-
     model, _ = load_checkpoint_model(checkpoint, device=device)
     taus = tuple(model_cfg.quantiles)
     ds = data.datasets
@@ -189,8 +191,6 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     test = splits["test"]
     plot_paths = {}
     if plots:
-        from nqexp import plots as figures
-
         plot_paths = figures.plot_all(trial_dir / "plots", "test", test.ts, test.y, test.q, taus,
                                       data.horizon_minutes, table)
     flat = {}
@@ -207,8 +207,6 @@ def _backtest_test(test, data: PreparedData, taus, trial_dir: Path) -> dict[str,
     equity curves (trade times, cumulative net P&L per horizon) in backtest_equity.parquet."""
     import logging
 
-    from nqexp import backtest
-
     log = logging.getLogger(__name__)
     close = data.close.get("test")
     if close is None or len(close) != len(test.ts):
@@ -222,13 +220,6 @@ def _backtest_test(test, data: PreparedData, taus, trial_dir: Path) -> dict[str,
     return {f"test/{k}": v for k, v in backtest.backtest_metrics(results).items()}
 
 
-def write_bundle(trial_dir: Path, trial_spec, checkpoint, data: PreparedData) -> Path:
-    """The trial's self-contained model bundle (`<trial_dir>/bundle/`) that `nqexp predict` loads."""
-    from nqexp.predict import write_bundle as _write
-
-    return _write(Path(trial_dir), trial_spec, checkpoint, data)
-
-
 # ------------------------------------------------------------------------------------------
 # Provenance: what a run was made with
 
@@ -240,7 +231,6 @@ def provenance(spec, con_or_db=None) -> dict[str, Any]:
     Metadata never takes a run down: what cannot be found is None. No environment variables are
     read, so no secret can end up here.
     """
-    import nqexp
 
     commit, dirty = _git_state(Path(nqexp.__file__).resolve().parent.parent)
     return {
@@ -256,7 +246,6 @@ def provenance(spec, con_or_db=None) -> dict[str, Any]:
 
 def _freq_minutes(spec) -> int:
     """The bar size of the spec's feature set (the set owns it)."""
-    from nqexp import features
 
     return int(features.resolve_set(spec.features.set, spec.features.path).freq_minutes)
 
@@ -264,7 +253,6 @@ def _freq_minutes(spec) -> int:
 def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any] | None:
     """Fingerprint of the bars a run reads: row count, first/last ts, the exact sum of closes and
     the order-free hash of every field that features.bars_fingerprint (feature builds) records."""
-    from nqexp import db, features
 
     table = f"bars_{int(freq_minutes)}m"
     own = not hasattr(con_or_db, "execute")

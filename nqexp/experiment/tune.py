@@ -40,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from nqexp.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial, write_bundle
+from nqexp.data import db, demo, ingest
+from nqexp.errors import DataError, NqexpError, SpecError
+from nqexp.experiment import spec as spec_mod
+from nqexp.experiment.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
+from nqexp.experiment.predict import write_bundle
+from nqexp.experiment.track import BufferTracker, RunStore, WandbRun, finite_number, wandb_mode
+from nqexp.model.train import train
+from nqexp.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +83,6 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
     """
     import torch
     from ray import tune
-
-    from nqexp.track import BufferTracker
-    from nqexp.train import train
 
     if "trial" in config:                                   # `nqexp run`: a named (variant, seed)
         name = config["trial"]
@@ -145,8 +149,6 @@ class _Follower:
     """Driver-side Tune callback: run store + one W&B run per trial + progress events."""
 
     def __init__(self, *, store, experiment, trial_meta: Mapping[str, dict], track_cfg, on_event: Callable | None):
-        from nqexp.track import wandb_mode
-
         self.store, self.experiment, self.trial_meta = store, experiment, trial_meta
         self.track = track_cfg
         self.mode = wandb_mode(track_cfg.wandb_mode)
@@ -178,8 +180,6 @@ class _Follower:
         # A retried trial (FailureConfig) starts again: keep its open W&B run rather than
         # opening a second one under the same id, which W&B refuses ("run ID is in use").
         if self.mode != "disabled" and name not in self.runs:
-            from nqexp.track import WandbRun
-
             last_step = self.store.last_step(self.experiment, name)
             run = WandbRun(project=self.track.wandb_project, entity=self.track.wandb_entity, group=self.experiment,
                            job_type=meta["variant"], name=name, run_id=_wandb_id(self.experiment, name),
@@ -260,7 +260,6 @@ class _Follower:
         if name not in self.runs:          # already finalized (or never started here)
             return
         last = trial.last_result or {}
-        from nqexp.track import finite_number
 
         metrics = {k: v for k, v in last.items() if k.startswith("val/") and finite_number(v)}
         self.store.write_metrics(self.experiment, name, metrics)
@@ -312,7 +311,8 @@ def _make_callback(follower: _Follower):
             self.key = key
 
         def _call(self, method, *args, **kwargs):
-            from nqexp import tune as this
+            # lazy: this very module, looked up at call time (see above), not a copy in the pickle
+            from nqexp.experiment import tune as this
 
             try:
                 getattr(this._FOLLOWERS[self.key], method)(*args, **kwargs)
@@ -445,7 +445,6 @@ def check_resources(resources, address: str | None) -> list[str]:
     if address:
         return ([f"each trial needs {gpus:g} GPU(s): trials stay pending until the cluster at {address} has "
                  "a node with free GPUs"] if gpus else [])
-    from nqexp.errors import SpecError
 
     have_gpus = local_gpus() if gpus else 0
     if gpus > have_gpus:
@@ -460,8 +459,6 @@ def check_resources(resources, address: str | None) -> list[str]:
 
 def check_data(spec, db_path) -> None:
     """Refuse a spec whose bars are not in the database (the demo series is generated on first use)."""
-    from nqexp import db, demo, ingest
-    from nqexp.errors import DataError
 
     needed = sorted({t.spec.data.symbol for t in spec.trials()
                      if not (t.spec.data.symbol == demo.DEMO_SYMBOL and t.spec.data.demo_days)})
@@ -572,10 +569,6 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     """The whole driver: store, resolved spec, data once, Ray Tune trials, outcome from the store."""
     import yaml
 
-    from nqexp import spec as spec_mod
-    from nqexp.errors import SpecError
-    from nqexp.track import RunStore, scrub
-
     t0 = time.perf_counter()
     note = on_note or (lambda text: log.info(text))
     for text in check_resources(spec.resources, address):
@@ -612,7 +605,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         trial_specs = {t.trial_name: t.spec for t in todo}       # validated once, by spec.trials()
         trial_meta = {t.trial_name: {"variant": t.variant, "seed": t.seed,
                                      "params": dict(spec.variants[t.variant]), "spec": t.tracker_config(),
-                                     "spec_yaml": yaml.safe_dump(scrub(t.spec.to_dict()), sort_keys=False)}
+                                     "spec_yaml": yaml.safe_dump(redact(t.spec.to_dict()), sort_keys=False)}
                       for t in todo}
         for t in todo:
             d = store.trial_dir(experiment, t.trial_name)
@@ -713,10 +706,6 @@ def submit_job(spec, *, kind: str, address: str, follow: bool = True, printer=pr
     import tempfile
 
     from ray.job_submission import JobSubmissionClient
-
-    from nqexp import spec as spec_mod
-
-    from nqexp.errors import NqexpError, SpecError
 
     if not os.path.isabs(os.path.expanduser(spec.track.store)):
         # The job runs in a temporary working directory on the head, which Ray deletes.

@@ -36,12 +36,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nqexp.errors import SpecError
+from nqexp.metrics import crps_quantile, horizon_label
+from nqexp.model.windows import WindowLoader
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (docs/model.md §6). Defaults are seed 001's; YAML states only what differs."""
+    """Optimisation settings (docs/model.md §6). Defaults are the MIGT-TVDT design's; YAML states only what differs."""
 
     lr: float = 1e-4                       # AdamW peak learning rate
     weight_decay: float = 0.01             # AdamW decoupled weight decay
@@ -67,8 +71,6 @@ class TrainConfig:
     max_eval_samples: int | None = None    # score val on an evenly spaced subset during training (None: all)
 
     def __post_init__(self):
-        from nqexp.errors import SpecError
-
         checks = [
             (self.lr > 0, f"train.lr ({self.lr}) must be > 0"),
             (self.batch_size >= 1, f"train.batch_size ({self.batch_size}) must be >= 1"),
@@ -88,7 +90,6 @@ class TrainConfig:
 def batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, subset=None,
             pin_memory: bool = False):
     """(x, mask, temporal, y, scale) torch batches of a windows.WindowDataset; order depends only on (seed, epoch)."""
-    from nqexp.windows import WindowLoader
 
     if subset is not None:
         dataset = dataset.subset(subset)
@@ -195,7 +196,6 @@ def predict(model, data, batch_size: int, device, subset: np.ndarray | None = No
 
 def crps_by_horizon(scored: Scored, taus) -> np.ndarray:
     """Mean CRPS per horizon over samples with a finite target: (H,)."""
-    from nqexp.metrics import crps_quantile
 
     H = scored.y.shape[1]
     out = np.empty(H)
@@ -217,8 +217,8 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
     """
     import torch
 
-    from nqexp.metrics import horizon_label
-    from nqexp.model import build_model, model_loss
+    # lazy: imports torch
+    from nqexp.model.net import build_model, model_loss
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +338,8 @@ def load_checkpoint_model(path, device: str = "cpu"):
     """Rebuild the model stored in a checkpoint (best-*.pt or latest.pt)."""
     import torch
 
-    from nqexp.model import ModelConfig, build_model
+    # lazy: imports torch
+    from nqexp.model.net import ModelConfig, build_model
 
     ckpt = torch.load(path, map_location=device, weights_only=False)
     cfg_dict = dict(ckpt["model_cfg"])

@@ -1,0 +1,162 @@
+"""Validation of parsed bars: one reason for each row that cannot be a real minute bar.
+
+Validation (docs/data.md §3): a row is rejected, with the first reason that applies, for a
+nonexistent local time, a date before 1990 or after tomorrow, a timestamp not on a whole minute,
+a missing or NaN field, a non-positive price, a price outside [1e-6, 1e9], high < low, open or
+close outside [low, high], negative or fractional volume, a volume above 1e12, a price more than
+5x from the median close of the bars around it, or repeating a (symbol, ts) already seen earlier
+in the same file (the first is kept). Rejected rows go to `rejected_bars` with the file, the
+1-based row number and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nqexp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+
+
+# Plausibility bounds (docs/data.md §3). Bars before 1990 or after tomorrow are misparsed dates (an
+# epoch-seconds value in a milliseconds file lands in 1970); prices outside [MIN_PRICE, MAX_PRICE]
+# are wrong scaling or garbage; a volume above MAX_VOLUME cannot be a minute of any market and
+# would not survive the int64 column. Otherwise a price is judged against the file's own level:
+# the rolling median close of the PRICE_WINDOW bars around it, within a factor of PRICE_FACTOR.
+EARLIEST_TS = pd.Timestamp("1990-01-01")
+MIN_PRICE, MAX_PRICE = 1e-6, 1e9
+MAX_VOLUME = 1e12
+PRICE_FACTOR = 5.0
+PRICE_WINDOW = 101
+REASON_PRICE_LEVEL = f"price more than {PRICE_FACTOR:g}x from the median close of nearby bars"
+
+
+def _off_minute(ts: pd.Series) -> np.ndarray:
+    """Timestamps with seconds or fractions of a second (NaT is not off-minute)."""
+    us = ts.to_numpy().astype("datetime64[us]")
+    return ~np.isnat(us) & (us.astype(np.int64) % 60_000_000 != 0)
+
+
+def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
+    """Whole-file refusals that only the parsed rows can show: seconds bars are not minute bars."""
+    ts = df["ts"]
+    sub = _off_minute(ts)
+    if not sub.any():
+        return
+    spacing = df.assign(_t=ts).dropna(subset=["_t"]).sort_values(["symbol", "_t"]) \
+        .groupby("symbol")["_t"].diff().dropna()
+    mostly_close = len(spacing) > 0 and (spacing.dt.total_seconds() < 60).mean() > 0.5
+    if mostly_close or sub.mean() > 0.5:
+        i = int(np.flatnonzero(sub)[0])
+        raise DataError(
+            f"{path}: these are not 1-minute bars: {int(sub.sum())} of {len(df)} timestamps are not on a whole "
+            f"minute (first: data row {i + 1}, {ts.iloc[i]}); nqexp imports 1-minute bars (nothing was imported)")
+
+
+def validate(df: pd.DataFrame) -> pd.Series:
+    """The first reason each row is rejected, or None for good rows (vectorised)."""
+    o, h, lo, c, v = (df[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
+    ts = df["ts"]
+    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
+    checks = [
+        (ts.isna().to_numpy(), "nonexistent local time (DST gap)"),
+        (((ts < EARLIEST_TS) | (ts > latest)).to_numpy(), "timestamp before 1990 or in the future"),
+        (_off_minute(ts), "timestamp not on a whole minute"),
+    ]
+    for name in ("open", "high", "low", "close", "volume"):
+        checks.append((~np.isfinite(df[name].to_numpy()), f"missing or NaN {name}"))
+    with np.errstate(invalid="ignore"):
+        checks += [
+            ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
+            ((o < MIN_PRICE) | (o > MAX_PRICE) | (h < MIN_PRICE) | (h > MAX_PRICE)
+             | (lo < MIN_PRICE) | (lo > MAX_PRICE) | (c < MIN_PRICE) | (c > MAX_PRICE),
+             f"price outside {MIN_PRICE:g}..{MAX_PRICE:g}"),
+            (h < lo, "high < low"),
+            ((o < lo) | (o > h), "open outside [low, high]"),
+            ((c < lo) | (c > h), "close outside [low, high]"),
+            (v < 0, "negative volume"),
+            (v != np.floor(v), "fractional volume"),
+            (v > MAX_VOLUME, f"volume above {MAX_VOLUME:g}"),
+        ]
+    # One small code per row (0 = good) instead of an object array: 5M rows are compared often below.
+    code = np.zeros(len(df), dtype=np.int8)
+    for k, (bad, _) in reversed(list(enumerate(checks, 1))):  # reversed, so the first matching check wins
+        code[bad] = k
+    texts = [None, *(text for _, text in checks), REASON_PRICE_LEVEL]
+    symbols, _ = pd.factorize(df["symbol"])
+    far = _far_from_level(df, code == 0, symbols)
+    code[far] = len(texts) - 1
+    reason = np.array(texts, dtype=object)[code]
+    dup, first_row = _duplicates(symbols, ts, df["row_number"].to_numpy())
+    dup &= code == 0
+    if dup.any():
+        reason[dup] = [f"duplicate timestamp (row {r} kept)" for r in first_row[dup]]
+    return pd.Series(reason, index=df.index)
+
+
+def _duplicates(symbols: np.ndarray, ts: pd.Series, row_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows repeating an earlier row's (symbol, ts), and that first row's number (NaT equals NaT)."""
+    t = ts.to_numpy().astype("datetime64[us]").astype(np.int64)            # NaT: one value, as pandas treats it
+    dup = np.zeros(len(t), dtype=bool)
+    first = np.zeros(len(t), dtype=np.int64)
+    if len(t) < 2 or (np.all(symbols[1:] == symbols[:-1]) and np.all(t[1:] > t[:-1])):
+        return dup, first                    # the usual file: one series, strictly increasing
+    order = np.lexsort((t, symbols))         # stable: equal keys keep file order, the first stays first
+    same = (t[order][1:] == t[order][:-1]) & (symbols[order][1:] == symbols[order][:-1])
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    group_first = order[starts][np.cumsum(np.concatenate([[True], ~same])) - 1]   # (n,) in sorted order
+    dup[order[1:][same]] = True
+    first[order] = row_number[group_first]
+    return dup, first
+
+
+def _far_from_level(df: pd.DataFrame, ok: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """Rows (among `ok`) with a price more than PRICE_FACTOR x from the rolling median close around them.
+
+    The median of the PRICE_WINDOW bars around each one, in time order per series, so a 15-year file
+    whose level grew tenfold is judged against its own era, and one wild row cannot move its own reference.
+    """
+    far = np.zeros(len(df), dtype=bool)
+    pos = np.flatnonzero(ok)
+    if not len(pos):
+        return far
+    # Rows that passed the checks have low <= open, close <= high: their extremes are low and high.
+    every = len(pos) == len(df)
+    lo, hi, close = (df[k].to_numpy() if every else df[k].to_numpy()[pos] for k in ("low", "high", "close"))
+    # Every rolling median lies within [min close, max close], so a file whose whole range fits
+    # inside the factor needs no window (the usual case, and the fast one).
+    if hi.max() <= PRICE_FACTOR * close.min() and lo.min() * PRICE_FACTOR >= close.max():
+        return far
+    codes = symbols[pos]
+    ts = df["ts"].to_numpy()[pos].astype("datetime64[us]").astype(np.int64)
+    by_symbol = np.argsort(codes, kind="stable")
+    half = PRICE_WINDOW // 2
+    for rows in np.split(by_symbol, np.flatnonzero(np.diff(codes[by_symbol])) + 1):
+        if not np.all(np.diff(ts[rows]) >= 0):
+            rows = rows[np.argsort(ts[rows], kind="stable")]
+        cl = close[rows]
+        # The same bound per window: only a row beyond the factor from the min or max close around it can
+        # be beyond it from the median. Blocks of `half` rows: the window of row i lies inside its block
+        # and the two blocks either side, so their min/max bound its median (and cost one pass).
+        nb = -(-len(cl) // half)
+        padded = np.concatenate([cl, np.full(nb * half - len(cl), np.nan)]).reshape(nb, half)
+        bmin, bmax = np.nanmin(padded, axis=1), np.nanmax(padded, axis=1)
+        wmin = np.minimum.reduce([np.r_[bmin[:1], bmin[:-1]], bmin, np.r_[bmin[1:], bmin[-1:]]])
+        wmax = np.maximum.reduce([np.r_[bmax[:1], bmax[:-1]], bmax, np.r_[bmax[1:], bmax[-1:]]])
+        block = np.arange(len(cl)) // half
+        cand = np.flatnonzero((hi[rows] > wmin[block] * PRICE_FACTOR) | (lo[rows] < wmax[block] / PRICE_FACTOR))
+        if len(cand) > 10_000:
+            level = pd.Series(cl).rolling(PRICE_WINDOW, center=True, min_periods=1).median().to_numpy()[cand]
+        else:
+            level = np.array([np.median(cl[max(i - half, 0): i + half + 1]) for i in cand])
+        out = (hi[rows][cand] > level * PRICE_FACTOR) | (lo[rows][cand] < level / PRICE_FACTOR)
+        far[pos[rows[cand[out]]]] = True
+    return far
