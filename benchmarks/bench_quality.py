@@ -1,6 +1,6 @@
 """Quality on the demo data against the Bayes-optimal oracle and every baseline (issue 11).
 
-The demo generator (nqexp/demo.py) stores its latent state, so the causal Monte Carlo oracle
+The demo generator (nqexp/data/demo.py) stores its latent state, so the causal Monte Carlo oracle
 (`known_answer.mc_oracle`) can simulate each test origin's targets from the true state: its
 quantiles are the best any forecaster could issue. This benchmark trains the model on CPU within
 the spec's budget, predicts the test split, and prints per horizon:

@@ -1,4 +1,4 @@
-"""Tests for nqexp/bars.py: rolls, ratio back-adjustment, sessions and 1m -> 5m bars."""
+"""Tests for nqexp/data/bars.py: rolls, ratio back-adjustment, sessions and 1m -> 5m bars."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Strong baselines (nqexp/baselines.py): known parameters recovered, no look-ahead, no crossing."""
+"""Strong baselines (nqexp/evaluation/baselines.py): known parameters recovered, no look-ahead, no crossing."""
 
 from __future__ import annotations
 

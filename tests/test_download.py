@@ -1,4 +1,4 @@
-"""Tests for nqexp/download.py against a local HTTPS fake Databento gateway (tests/fake_gateway.py).
+"""Tests for nqexp/data/download.py against a local HTTPS fake Databento gateway (tests/fake_gateway.py).
 
 The real databento.Historical client is used, unpatched: it speaks HTTPS to 127.0.0.1 and
 trusts the gateway's self-signed certificate through REQUESTS_CA_BUNDLE.

@@ -1,6 +1,6 @@
 """Rolls of continuous files: contract ids kept by CSV/Parquet imports, rolls found from price jumps when
 a file has no ids, given rolls, and the warnings when a roll window has no clear splice
-(nqexp/bars.py, sql/bars/rolls_price_jump.sql; docs/rolls_and_sessions.md §1, §6)."""
+(nqexp/data/bars.py, sql/bars/rolls_price_jump.sql; docs/rolls_and_sessions.md §1, §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Experiment specs (nqexp/spec.py): the exact error texts users see, extends/--set/variants/smoke
+"""Experiment specs (nqexp/experiment/spec.py): the exact error texts users see, extends/--set/variants/smoke
 semantics, and the resolved round trip.
 
 Most tests register stand-in dataclasses for the torch/numpy stage sections through the documented
@@ -756,3 +756,30 @@ def test_a_feature_set_in_a_user_folder_drives_the_spec(tmp_path):
     assert spec.model.horizons == (1, 3, 6) and spec.features.path == str(mine)
     with pytest.raises(SpecError, match="mine24"):
         load_spec(ROOT / "experiments" / "quickstart.yaml", overrides=["features.set=mine24"])
+
+
+# ------------------------------------------------------------------------------------------
+# Validate once, compare as data
+
+
+def test_trials_are_built_once_per_spec(tmp_path, monkeypatch):
+    """Every caller (tune, the CLI, the renderer) asks for spec.trials(); the variants go through
+    validation once per spec object, and callers cannot mutate the kept list."""
+    spec = load(write(tmp_path, "name: once\nseeds: [0, 1]\nvariants:\n  a: {}\n  b: {model.d_model: 32}\n"))
+    calls = []
+    real = S.ExperimentSpec._rebuild
+    monkeypatch.setattr(S.ExperimentSpec, "_rebuild", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    first = spec.trials()
+    first.clear()
+    again = spec.trials()
+    assert len(calls) == 2                      # one rebuild per variant, on the first call only
+    assert [t.trial_name for t in again] == ["a-s0", "a-s1", "b-s0", "b-s1"]
+    assert again[2].spec.model.d_model == 32
+
+
+def test_resolved_dict_is_what_dump_resolved_writes(tmp_path):
+    spec = S.load_spec(FIXTURES / "child.yaml", ["model.gate=none"], sections=STANDINS)
+    path = S.dump_resolved(spec, tmp_path / "spec.resolved.yaml")
+    assert yaml.safe_load(path.read_text()) == S.resolved_dict(spec)
+    other = S.load_spec(FIXTURES / "child.yaml", ["model.gate=sigmoid"], sections=STANDINS)
+    assert S.resolved_dict(other) != S.resolved_dict(spec)

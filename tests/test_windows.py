@@ -1,4 +1,4 @@
-"""Tests for nqexp/windows.py: splits with a purge gap, train-only scalers, left-aligned masked windows."""
+"""Tests for nqexp/model/windows.py: splits with a purge gap, train-only scalers, left-aligned masked windows."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
         return
     # Refusals come before any progress is drawn: a trial that could never be scheduled (it would
     # wait forever) and bars that are not there. On a cluster run_experiment notes the GPU warning.
-    tune_mod.check_resources(spec.resources, address)
+    resource_notes = tune_mod.check_resources(spec.resources, address)
     tune_mod.check_data(spec, ctx.obj["db"])
     mode = wandb_mode(spec.track.wandb_mode)
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -111,7 +111,8 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
     names = [t.trial_name for t in spec.trials()] if kind == "run" else []
     with render.TrialProgress(console, epochs, names) as progress:
         outcome = tune_mod.run_experiment(spec, kind=kind, spec_path=spec_path, db_path=ctx.obj["db"],
-                                          address=address, on_event=progress, on_note=progress.note)
+                                          address=address, on_event=progress, on_note=progress.note,
+                                          resource_notes=resource_notes)
     _print_outcome(console, spec, outcome)
 
 

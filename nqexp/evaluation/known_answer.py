@@ -1,6 +1,6 @@
 """Known answer of the demo data: the true distribution of each sample's target, and oracle forecasts.
 
-The demo generator (nqexp/demo.py) records the true conditional sd and drift of every 1-minute
+The demo generator (nqexp/data/demo.py) records the true conditional sd and drift of every 1-minute
 return in `demo_truth`, so a forecast on demo data can be checked against the truth:
 `truth_for_datasets` gives the true sigma/drift of every sample's target over each horizon,
 `width_spearman` the known-answer statistic (does the 80% interval width rank with the true

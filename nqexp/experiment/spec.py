@@ -246,7 +246,15 @@ class ExperimentSpec:
         return self._rebuild(deltas, source, ())
 
     def trials(self) -> list[TrialSpec]:
-        """Variants x seeds, variant-major, in spec order, named f"{variant}-s{seed}"."""
+        """Variants x seeds, variant-major, in spec order, named f"{variant}-s{seed}".
+
+        Each variant is validated once per spec object: the list is built on the first call and kept
+        (the spec is frozen, so it cannot go stale); callers get a fresh list of the same TrialSpecs."""
+        if "_trials" not in self.__dict__:
+            object.__setattr__(self, "_trials", tuple(self._build_trials()))
+        return list(self.__dict__["_trials"])
+
+    def _build_trials(self) -> list[TrialSpec]:
         out = []
         for variant, delta in self.variants.items():
             vspec = self._rebuild(delta, self.source or "spec", ("variants", variant))
@@ -314,13 +322,19 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<dict>", *,
     return _build_spec(_merge({}, _flatten_containers(dict(data), registry), source, src), registry, src, source)
 
 
+def resolved_dict(spec: ExperimentSpec) -> dict[str, Any]:
+    """The resolved spec as plain data, exactly as `dump_resolved` writes it (secrets masked, YAML types):
+    two specs are the same experiment when these are equal."""
+    return yaml.safe_load(yaml.safe_dump(redact(spec.to_dict()), sort_keys=False, allow_unicode=True))
+
+
 def dump_resolved(spec: ExperimentSpec, path: str | os.PathLike) -> Path:
     """Write the resolved spec as YAML, atomically; `load_spec` reads it back to an equal spec."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = (f"# Resolved spec of experiment '{spec.name}' (extends, --set and --smoke applied).\n"
             f"# Reproduce with: nqexp run {path.name}\n"
-            + yaml.safe_dump(redact(spec.to_dict()), sort_keys=False, allow_unicode=True))
+            + yaml.safe_dump(resolved_dict(spec), sort_keys=False, allow_unicode=True))
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -1,6 +1,6 @@
 """Tune: experiments as Ray Tune trials. The only module that imports ray.
 
-The stages a trial runs (data preparation, scoring, provenance) are in nqexp/pipeline.py, which
+The stages a trial runs (data preparation, scoring, provenance) are in nqexp/experiment/pipeline.py, which
 works without Ray; this module schedules them. The driver (`run_experiment`):
 1. reads DuckDB once (`pipeline.prepare_data`: demo data if the spec asks for it, bars, features),
    builds the windowed numpy datasets for train/val/test, and hands them to Tune with
@@ -565,13 +565,17 @@ def run_trials(*, experiment: str, store, trial_specs: Mapping[str, Any], trial_
 
 def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_path=None,
                    address: str | None = None, on_event: Callable | None = None,
-                   on_note: Callable[[str], None] | None = None) -> ExperimentOutcome:
-    """The whole driver: store, resolved spec, data once, Ray Tune trials, outcome from the store."""
+                   on_note: Callable[[str], None] | None = None,
+                   resource_notes: list[str] | None = None) -> ExperimentOutcome:
+    """The whole driver: store, resolved spec, data once, Ray Tune trials, outcome from the store.
+
+    `resource_notes`: what `check_resources` already said, when the caller ran it first (the CLI does,
+    to refuse before drawing progress); None runs it here."""
     import yaml
 
     t0 = time.perf_counter()
     note = on_note or (lambda text: log.info(text))
-    for text in check_resources(spec.resources, address):
+    for text in check_resources(spec.resources, address) if resource_notes is None else resource_notes:
         note(text)
     store = RunStore(spec.track.store_path())
     store.connect().close()        # migrates the store, or refuses one a newer nqexp wrote, before we write files
@@ -580,12 +584,9 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     exp_dir.mkdir(parents=True, exist_ok=True)
     saved = exp_dir / "spec.resolved.yaml"
     if saved.exists():
-        # Compare the saved YAML with this spec's as written, without re-validating the old one:
+        # Compare the saved spec with this one as data, without re-validating the old one:
         # a spec saved by an older nqexp (with keys since removed) is simply a different spec.
-        fresh = spec_mod.dump_resolved(spec, exp_dir / ".spec.resolved.new.yaml")
-        same = yaml.safe_load(saved.read_text()) == yaml.safe_load(fresh.read_text())
-        fresh.unlink()
-        if not same:
+        if yaml.safe_load(saved.read_text()) != spec_mod.resolved_dict(spec):
             raise SpecError(
                 f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
                 f"different resolved spec; give this one a new name (--set name=...) or compare with "

@@ -14,7 +14,7 @@ The flow:
 
 `arrays` is anything with the FeatureArrays attributes (docs/features.md §11): ts, X, names, close,
 horizons, freq_minutes, targets, target_flags, session_date, minute_of_day_et. The class itself
-lives in nqexp/features.py; this module only reads those attributes.
+lives in nqexp/features/; this module only reads those attributes.
 
 Windows. A sample is named by its end index t (the window's last bar). Two kinds:
   * wall-clock (MIGT-TVDT design, `migt24`): bars with ts in (ts_t - lookback_minutes, ts_t], at most t_max
