@@ -61,6 +61,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -673,3 +674,52 @@ def bars_summary(con, symbol: str | None = None) -> dict:
         params,
     ).df()
     return {"bars": bars, "rolls": rolls, "flagged": flagged}
+
+
+def bars_fingerprint(con, bars_table: str, symbol: str) -> str:
+    """Row count, first/last ts and an order-free hash of every bar field the features read."""
+    row = con.execute(
+        """
+        select
+            count(*),
+            min(ts)::varchar,
+            max(ts)::varchar,
+            bit_xor(hash(ts, open, high, low, close, volume, session_date, minute_of_day_et, is_rth,
+                         minutes_since_prev, is_session_start, roll_flag)),
+        from query_table($bars_table::varchar)
+        where symbol = $symbol::varchar
+        """,
+        {"bars_table": bars_table, "symbol": symbol},
+    ).fetchall()[0]
+    return f"{row[0]}|{row[1]}|{row[2]}|{row[3]}"
+
+
+def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any] | None:
+    """Fingerprint of the bars a run reads: row count, first/last ts, the exact sum of closes and
+    the order-free hash of every field that bars_fingerprint (feature builds) records."""
+
+    table = f"bars_{int(freq_minutes)}m"
+    own = not hasattr(con_or_db, "execute")
+    try:
+        con = db.connect(con_or_db, read_only=True) if own else con_or_db
+    except Exception:
+        return None
+    try:
+        out = {"symbol": symbol, "table": table, "rows": 0, "first_ts": None, "last_ts": None,
+               "close_sum": None, "fingerprint": None}
+        if not db.table_exists(con, table):
+            return out
+        # decimal: an exact sum, the same whatever order DuckDB's threads add the rows in.
+        rows, first, last, close_sum = con.execute(
+            f"select count(*), min(ts)::varchar, max(ts)::varchar, sum(close::decimal(18, 6))::varchar "
+            f"from {table} where symbol = ?", [symbol]).fetchall()[0]
+        out.update(rows=int(rows), first_ts=first, last_ts=last, close_sum=close_sum)
+        if rows:
+            # The value feature_builds.bars_fingerprint holds: a run can be matched to its feature build.
+            out["fingerprint"] = bars_fingerprint(con, table, symbol)
+        return out
+    except Exception:
+        return None
+    finally:
+        if own:
+            con.close()

@@ -377,3 +377,24 @@ def demo_roll_count(con) -> int:
 def _dicts(cur) -> list[dict]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def demo_truth_minutes(con, symbol: str) -> dict:
+    """The demo's true sigma and drift per 1-minute bar, joined to the bars: columns ts, sigma, drift,
+    minute_of_day_et and span (1 + minutes missing just before the bar in its session), in time order."""
+    return con.execute(
+        """
+        select t.ts, t.sigma, t.drift, b.minute_of_day_et,
+               case when b.is_session_start or b.minutes_since_prev is null then 1.0
+                    else greatest(b.minutes_since_prev, 1.0) end as span
+        from demo_truth t join bars_1m b on b.symbol = t.symbol and b.ts = t.ts
+        where t.symbol = ? order by t.ts
+        """,
+        [symbol],
+    ).fetchnumpy()
+
+
+def demo_truth_state(con, symbol: str):
+    """The generator's latent state after every minute (demo_truth: ts, k, h_slow, h_fast, eps, mr), in time order."""
+    return con.execute("select ts, k, h_slow, h_fast, eps, mr from demo_truth where symbol = ? order by ts",
+                       [symbol]).df()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nqexp import features
-from nqexp.data import bars, db, demo
+from nqexp.data import bars, db, demo, ingest
 from nqexp.data.demo import tod_profiles
 from nqexp.errors import DataError
 from nqexp.metrics import crps_quantile
@@ -54,16 +54,7 @@ def load_truth_minutes(con, symbol: str):
     tod2 = span x the generator's squared time-of-day vol multiplier of the bar's ET minute.
     """
 
-    rows = con.execute(
-        """
-        select t.ts, t.sigma, t.drift, b.minute_of_day_et,
-               case when b.is_session_start or b.minutes_since_prev is null then 1.0
-                    else greatest(b.minutes_since_prev, 1.0) end as span
-        from demo_truth t join bars_1m b on b.symbol = t.symbol and b.ts = t.ts
-        where t.symbol = ? order by t.ts
-        """,
-        [symbol],
-    ).fetchnumpy()
+    rows = ingest.demo_truth_minutes(con, symbol)
     ts = np.asarray(rows["ts"]).astype("datetime64[us]")
     sigma = np.asarray(rows["sigma"], dtype=np.float64)
     span = np.asarray(rows["span"], dtype=np.float64)
@@ -204,8 +195,7 @@ def mc_oracle(db_path, trial_spec, dataset, taus, n_origins: int = 1000, n_paths
     con = db.connect(db_path)
     try:
         arrays = features.load_arrays(con, trial_spec.features.set, trial_spec.data.symbol, path=trial_spec.features.path)
-        truth = con.execute("select ts, k, h_slow, h_fast, eps, mr from demo_truth where symbol = ? order by ts",
-                            [trial_spec.data.symbol]).df()
+        truth = ingest.demo_truth_state(con, trial_spec.data.symbol)
     finally:
         con.close()
     if truth.empty or truth["k"].isna().any():

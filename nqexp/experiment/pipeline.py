@@ -240,7 +240,7 @@ def provenance(spec, con_or_db=None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _package_version(name) for name in PROVENANCE_PACKAGES},
-        "bars": bars_provenance(con_or_db, spec.data.symbol, _freq_minutes(spec)),
+        "bars": bars.bars_provenance(con_or_db, spec.data.symbol, _freq_minutes(spec)),
     }
 
 
@@ -248,37 +248,6 @@ def _freq_minutes(spec) -> int:
     """The bar size of the spec's feature set (the set owns it)."""
 
     return int(features.resolve_set(spec.features.set, spec.features.path).freq_minutes)
-
-
-def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any] | None:
-    """Fingerprint of the bars a run reads: row count, first/last ts, the exact sum of closes and
-    the order-free hash of every field that features.bars_fingerprint (feature builds) records."""
-
-    table = f"bars_{int(freq_minutes)}m"
-    own = not hasattr(con_or_db, "execute")
-    try:
-        con = db.connect(con_or_db, read_only=True) if own else con_or_db
-    except Exception:
-        return None
-    try:
-        out = {"symbol": symbol, "table": table, "rows": 0, "first_ts": None, "last_ts": None,
-               "close_sum": None, "fingerprint": None}
-        if not db.table_exists(con, table):
-            return out
-        # decimal: an exact sum, the same whatever order DuckDB's threads add the rows in.
-        rows, first, last, close_sum = con.execute(
-            f"select count(*), min(ts)::varchar, max(ts)::varchar, sum(close::decimal(18, 6))::varchar "
-            f"from {table} where symbol = ?", [symbol]).fetchall()[0]
-        out.update(rows=int(rows), first_ts=first, last_ts=last, close_sum=close_sum)
-        if rows:
-            # The value feature_builds.bars_fingerprint holds: a run can be matched to its feature build.
-            out["fingerprint"] = features.bars_fingerprint(con, table, symbol)
-        return out
-    except Exception:
-        return None
-    finally:
-        if own:
-            con.close()
 
 
 def _package_version(name: str) -> str | None:

@@ -18,8 +18,8 @@ from nqexp.features.catalog import (
 )
 from nqexp.features.check import check, leakage_check
 from nqexp.features.engine import Computed, compute, compute_chunks, recursive_filter, rolling
-from nqexp.features.store import BuildReport, FeatureArrays, bars_fingerprint, build, load_arrays
+from nqexp.features.store import BuildReport, FeatureArrays, build, load_arrays
 
 __all__ = ["FLAG_ROLL", "FLAG_SESSION", "FLAG_WEEKEND", "BuildReport", "Computed", "FeatureArrays", "FeatureSet",
-           "bars_fingerprint", "build", "check", "compute", "compute_chunks", "feature_set", "leakage_check",
+           "build", "check", "compute", "compute_chunks", "feature_set", "leakage_check",
            "list_sets", "load_arrays", "recursive_filter", "resolve_set", "rolling"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nqexp.data import bars
 from nqexp.data.db import table_exists
 from nqexp.errors import DataError, SqlError
 from nqexp.features.catalog import FeatureSet, as_set
@@ -43,24 +44,6 @@ class BuildReport:
     def summary(self) -> str:
         what = "built" if self.rebuilt else "cached"
         return f"{self.set_name} on {self.symbol}: {what} {self.table} ({self.rows:,} rows, {self.seconds:.2f}s; {self.reason})"
-
-
-def bars_fingerprint(con, bars_table: str, symbol: str) -> str:
-    """Row count, first/last ts and an order-free hash of every bar field the features read."""
-    row = con.execute(
-        """
-        select
-            count(*),
-            min(ts)::varchar,
-            max(ts)::varchar,
-            bit_xor(hash(ts, open, high, low, close, volume, session_date, minute_of_day_et, is_rth,
-                         minutes_since_prev, is_session_start, roll_flag)),
-        from query_table($bars_table::varchar)
-        where symbol = $symbol::varchar
-        """,
-        {"bars_table": bars_table, "symbol": symbol},
-    ).fetchall()[0]
-    return f"{row[0]}|{row[1]}|{row[2]}|{row[3]}"
 
 
 def _current_build(con, set_name: str, symbol: str):
@@ -114,7 +97,7 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
     fs = as_set(set_name, path)
     if not table_exists(con, fs.bars_table):
         raise DataError(f"table {fs.bars_table} does not exist; build bars first (nqexp.data.bars.build_bars)")
-    fingerprint = bars_fingerprint(con, fs.bars_table, symbol)
+    fingerprint = bars.bars_fingerprint(con, fs.bars_table, symbol)
     if fingerprint.startswith("0|"):
         raise DataError(f"no bars for symbol {symbol!r} in {fs.bars_table}; build them first (nqexp.data.bars.build_bars)")
     table = fs.table_name(symbol)
