@@ -159,10 +159,12 @@ def test_equity_frame_is_each_horizons_cumulative_net_pnl_in_trade_order():
     res = B.backtest(_ts(n), np.full(n, 1.8e4), y, q, TAUS, [15, 60])
     eq = B.equity_frame(res)
     for label, r in res.items():
-        part = eq[eq["horizon"] == label]
+        part = eq[(eq["horizon"] == label) & (eq["book"] == "signal")]
         assert len(part) == r.stats["trades"]
         assert part["equity"].iloc[-1] == pytest.approx(r.stats["net_pnl"])
         assert part["exit_ts"].is_monotonic_increasing
+        bench = eq[(eq["horizon"] == label) & (eq["book"] == "buy_and_hold")]
+        assert (bench["side"] == 1).all() and bench["equity"].iloc[-1] == pytest.approx(r.stats["benchmark_net_pnl"])
     assert list(B.equity_frame({}).columns) == list(B.EQUITY_COLUMNS)
 
 
@@ -198,7 +200,34 @@ def test_score_trial_backtests_the_test_split_by_default(tmp_path):
     assert not any(k.startswith("val/backtest") for k in flat)
     eq = pd.read_parquet(tmp_path / "trial" / "backtest_equity.parquet")
     assert set(eq["horizon"]) == {"15m", "30m"}
-    last = eq.groupby("horizon")["equity"].last()
+    last = eq[eq["book"] == "signal"].groupby("horizon")["equity"].last()
     assert last["15m"] == pytest.approx(flat["test/backtest_net_pnl_15m"])
     off, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "off", EvalConfig(backtest=False))
     assert not any("backtest" in k for k in off) and not (tmp_path / "off" / "backtest_equity.parquet").exists()
+
+
+def test_an_always_long_model_has_no_excess_over_buy_and_hold():
+    """In a market that drifts up, a median that is always positive earns the drift: its Sharpe is
+    the benchmark's, and the excess is 0, whatever the drift."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    ts = _ts(n)
+    y = rng.normal(2e-4, 1e-3, size=n)  # a strong upward drift
+    close = 1.8e4 * np.exp(np.cumsum(y))
+    r = B.backtest_horizon(ts, close, y, _q(np.full(n, 1e-4)), TAUS, 15)
+    assert r.stats["long_share"] == 1.0
+    assert r.stats["sharpe"] > 2                               # the drift looks like skill ...
+    assert r.stats["benchmark_sharpe"] == pytest.approx(r.stats["sharpe"])
+    assert r.stats["excess_sharpe"] == pytest.approx(0.0, abs=1e-9)   # ... and is not
+
+
+def test_a_sign_forecast_shows_its_excess_over_buy_and_hold():
+    rng = np.random.default_rng(5)
+    n = 3000
+    ts = _ts(n)
+    y = rng.normal(2e-4, 1e-3, size=n)
+    close = 1.8e4 * np.exp(np.cumsum(y))
+    r = B.backtest_horizon(ts, close, y, _q(np.sign(y) * 1e-4), TAUS, 15)
+    assert 0.3 < r.stats["long_share"] < 0.8
+    assert r.stats["excess_sharpe"] > 5 and r.stats["excess_sharpe"] == pytest.approx(
+        r.stats["sharpe"] - r.stats["benchmark_sharpe"])

@@ -111,7 +111,8 @@ def test_report_holds_the_backtest_table_equity_and_learning_curve_figures(store
     path = report.build_report(store, "abl", n_boot=50)
     text = path.read_text()
     assert "## Backtest of the test split" in text
-    assert "| variant | horizon | sharpe | sharpe_daily | max_dd | profit_factor | trades |" in text
+    assert ("| variant | horizon | sharpe | benchmark_sharpe | excess_sharpe | long_share | sharpe_daily | max_dd |"
+            in text)
     figs = path.parent / "report_figures"
     for name in ("learning_curves.png", "backtest_equity.png"):
         assert (figs / name).stat().st_size > 5000

@@ -25,6 +25,14 @@ Statistics (all in dollars of net P&L):
   evaluated origins, 0 on days without trades) × sqrt(252). A cross-check of `sharpe`.
 - max_dd: the largest fall of cumulative net P&L from its running peak (the peak starts at 0).
 - profit_factor: gross profits / gross losses of net trade P&L (inf with no losing trade).
+- long_share: the share of the signal's trades that are long.
+
+Buy-and-hold benchmark, per horizon (docs/metrics.md §10): in a drifting market "long when the
+median > 0" is mostly long, and its Sharpe is the drift's, not skill. So every horizon also runs the
+**always-long** book on the same samples, under the same non-overlap rule, horizon and costs, with 1
+contract per trade: `benchmark_sharpe` is its Sharpe (the same annualization), and `excess_sharpe` =
+sharpe − benchmark_sharpe is what the signal adds. A model that is always long with a constant size
+takes exactly the benchmark's trades, so its excess is 0.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from nqexp import calendar
 from nqexp import metrics as M
 
 YEAR_DAYS = 365.25
@@ -63,6 +72,7 @@ class BacktestResult:
     horizon: str
     trades: pd.DataFrame
     stats: dict[str, float] = field(default_factory=dict)
+    benchmark: pd.DataFrame | None = None  # the always-long book's trades, same columns
 
 
 def select_non_overlapping(entry_ts, exit_ts, eligible) -> np.ndarray:
@@ -140,9 +150,8 @@ def backtest_horizon(
 
     side = np.sign(q_h[:, med_i])  # (N,) +1 long, -1 short, 0 flat
     width = q_h[:, hi_i] - q_h[:, lo_i]  # (N,)
-    eligible = ((side != 0) & np.isfinite(y_h) & np.isfinite(q_h).all(axis=1)
-                & (width > 0) & np.isfinite(close) & (close > 0))
-    idx = select_non_overlapping(ts, exit_ts, eligible)
+    tradable = np.isfinite(y_h) & np.isfinite(q_h).all(axis=1) & (width > 0) & np.isfinite(close) & (close > 0)
+    idx = select_non_overlapping(ts, exit_ts, tradable & (side != 0))
 
     raw = 1.0 / width[idx]  # (n,)
     if ref_width is not None:
@@ -150,38 +159,57 @@ def backtest_horizon(
     else:
         contracts = raw / raw.mean() if len(raw) else raw
     contracts = np.minimum(contracts, max_contracts)
-    entry = close[idx]
-    exit_price = entry * np.exp(y_h[idx])
-    points = exit_price - entry
-    gross = side[idx] * contracts * points * costs.point_value
-    cost = contracts * costs.round_trip_cost
-    net = gross - cost
-    trades = pd.DataFrame({
-        "entry_ts": ts[idx], "exit_ts": exit_ts[idx], "side": side[idx].astype(np.int8),
-        "contracts": contracts, "entry_price": entry, "exit_price": exit_price, "points": points,
-        "gross": gross, "cost": cost, "net": net,
-    })
+    trades = _trades(ts, exit_ts, close, y_h, idx, side[idx], contracts, costs)
+    net = trades["net"].to_numpy()
+
+    # The always-long benchmark: every tradable sample, 1 contract, the same rule and costs.
+    bench_idx = select_non_overlapping(ts, exit_ts, tradable)
+    bench = _trades(ts, exit_ts, close, y_h, bench_idx, np.ones(len(bench_idx)), np.ones(len(bench_idx)), costs)
 
     label = M.horizon_label(minutes)
     span_years = (ts.max() - ts.min()) / np.timedelta64(1, "D") / YEAR_DAYS if len(ts) else float("nan")
-    days = np.unique(M.session_dates(ts)) if len(ts) else np.array([], "datetime64[ns]")
-    daily = (pd.Series(net, index=M.session_dates(ts[idx])).groupby(level=0).sum()
+    days = np.unique(calendar.session_dates(ts)) if len(ts) else np.array([], "datetime64[ns]")
+    daily = (pd.Series(net, index=calendar.session_dates(ts[idx])).groupby(level=0).sum()
              .reindex(days, fill_value=0.0)) if len(ts) else pd.Series(dtype=float)
     n = len(idx)
+
+    def per_year(k: int) -> float:
+        return k / span_years if span_years and span_years > 0 else float("nan")
+
+    sharpe = annualized_sharpe(net, per_year(n))
+    bench_sharpe = annualized_sharpe(bench["net"].to_numpy(), per_year(len(bench_idx)))
     stats = {
         "trades": float(n),
         "net_pnl": float(net.sum()),
-        "gross_pnl": float(gross.sum()),
-        "cost": float(cost.sum()),
+        "gross_pnl": float(trades["gross"].sum()),
+        "cost": float(trades["cost"].sum()),
         "mean_net": float(net.mean()) if n else float("nan"),
         "hit_rate": float((net > 0).mean()) if n else float("nan"),
         "avg_contracts": float(contracts.mean()) if n else float("nan"),
-        "sharpe": annualized_sharpe(net, n / span_years if span_years and span_years > 0 else float("nan")),
+        "sharpe": sharpe,
         "sharpe_daily": annualized_sharpe(daily.to_numpy(), SESSIONS_PER_YEAR),
         "max_dd": max_drawdown(net),
         "profit_factor": profit_factor(net),
+        "long_share": float((trades["side"] > 0).mean()) if n else float("nan"),
+        "benchmark_sharpe": bench_sharpe,
+        "excess_sharpe": sharpe - bench_sharpe,
+        "benchmark_net_pnl": float(bench["net"].sum()),
     }
-    return BacktestResult(label, trades, stats)
+    return BacktestResult(label, trades, stats, benchmark=bench)
+
+
+def _trades(ts, exit_ts, close, y_h, idx, side, contracts, costs: CostModel) -> pd.DataFrame:
+    """One row per taken trade: entry at the origin close P0, exit at P0 * exp(y), net of costs."""
+    entry = close[idx]
+    exit_price = entry * np.exp(y_h[idx])
+    points = exit_price - entry
+    gross = side * contracts * points * costs.point_value
+    cost = contracts * costs.round_trip_cost
+    return pd.DataFrame({
+        "entry_ts": ts[idx], "exit_ts": exit_ts[idx], "side": np.asarray(side).astype(np.int8),
+        "contracts": contracts, "entry_price": entry, "exit_price": exit_price, "points": points,
+        "gross": gross, "cost": cost, "net": gross - cost,
+    })
 
 
 def backtest(
@@ -210,19 +238,23 @@ def backtest_metrics(results: Mapping[str, BacktestResult]) -> dict[str, float]:
     return {f"backtest_{name}_{label}": value for label, r in results.items() for name, value in r.stats.items()}
 
 
-EQUITY_COLUMNS = ("horizon", "entry_ts", "exit_ts", "side", "contracts", "net", "equity")
+EQUITY_COLUMNS = ("horizon", "book", "entry_ts", "exit_ts", "side", "contracts", "net", "equity")
+BOOKS = ("signal", "buy_and_hold")
 
 
 def equity_frame(results: Mapping[str, BacktestResult]) -> pd.DataFrame:
-    """Every horizon's trades in time order with the cumulative net P&L after each (`equity`, $):
-    the equity curves a trial saves as backtest_equity.parquet and the report draws."""
+    """Every horizon's trades in time order with the cumulative net P&L after each (`equity`, $), for
+    the signal and for the buy-and-hold benchmark (`book`): the curves a trial saves as
+    backtest_equity.parquet and the report draws."""
     parts = []
     for label, r in results.items():
-        t = r.trades
-        parts.append(pd.DataFrame({
-            "horizon": label, "entry_ts": t["entry_ts"], "exit_ts": t["exit_ts"], "side": t["side"],
-            "contracts": t["contracts"], "net": t["net"], "equity": t["net"].cumsum(),
-        }))
+        for book, t in zip(BOOKS, (r.trades, r.benchmark)):
+            if t is None:
+                continue
+            parts.append(pd.DataFrame({
+                "horizon": label, "book": book, "entry_ts": t["entry_ts"], "exit_ts": t["exit_ts"],
+                "side": t["side"], "contracts": t["contracts"], "net": t["net"], "equity": t["net"].cumsum(),
+            }))
     if not parts:
         return pd.DataFrame({c: [] for c in EQUITY_COLUMNS})
     return pd.concat(parts, ignore_index=True)[list(EQUITY_COLUMNS)]

@@ -38,7 +38,9 @@ from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
 log = logging.getLogger(__name__)
 
 # Backtest statistics shown in the report, as `test/backtest_<stat>_<horizon>` keys (backtest.py).
-BACKTEST_METRICS = ("sharpe", "sharpe_daily", "max_dd", "profit_factor", "trades", "net_pnl", "hit_rate")
+# excess_sharpe = sharpe - benchmark_sharpe, the always-long book on the same samples and costs.
+BACKTEST_METRICS = ("sharpe", "benchmark_sharpe", "excess_sharpe", "long_share", "sharpe_daily", "max_dd",
+                    "profit_factor", "trades", "net_pnl", "hit_rate")
 SUMMARY_METRICS = ("crps", "crpss_best", "crpss_climatology", "crpss_volscaled", "crpss_mcgarch", "crpss_lgbm",
                    "picp80", "calib_err", "mpiw80", "ic")
 
@@ -298,7 +300,9 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
         "## Backtest of the test split (secondary)\n",
         "Long/short on the sign of the median, sized by the inverse 80% interval width, non-overlapping "
         "trades, net of costs (docs/metrics.md §10). Sharpe is annualized at the strategy's trade "
-        "frequency, sharpe_daily on session-day P&L; max_dd and net_pnl in $ per average contract.\n",
+        "frequency, sharpe_daily on session-day P&L; max_dd and net_pnl in $ per average contract. "
+        "benchmark_sharpe is the always-long book on the same samples and costs, excess_sharpe = sharpe - "
+        "benchmark_sharpe: a signal that is mostly long (long_share near 1) earns the drift, not skill.\n",
         _md_table(backtests),
         "## Sanity gates\n",
         _md_table(data.flags.merge(data.trials[["trial", "variant"]], on="trial")[["variant", "trial", "gate", "reason"]]
@@ -355,7 +359,8 @@ def _first_seed_dirs(data: ReportData) -> dict[str, tuple[int, Path]]:
 
 def equity_figure(data: ReportData, path: Path) -> Path | None:
     """Cumulative net P&L of the test backtest against trade exit time, a panel per horizon and a
-    line per variant (its first seed's backtest_equity.parquet); None when no trial has one."""
+    line per variant (its first seed's backtest_equity.parquet), with the buy-and-hold benchmark
+    dashed; None when no trial has one."""
 
     curves = {}
     for variant, (seed, d) in _first_seed_dirs(data).items():
@@ -367,10 +372,16 @@ def equity_figure(data: ReportData, path: Path) -> Path | None:
         return None
     fig, axes = plots._figure(len(labels), 1, figsize=(8.0, 2.6 * len(labels)))
     for ax, label in zip(axes[:, 0], labels):
+        bench = None
         for variant, eq in curves.items():
-            part = eq[eq["horizon"] == label]
+            book = eq["book"] if "book" in eq else "signal"   # stores written before the benchmark existed
+            part = eq[(eq["horizon"] == label) & (book == "signal")]
             if len(part):
                 ax.plot(part["exit_ts"], part["equity"], label=variant, lw=1.0)
+            if bench is None and "book" in eq:
+                bench = eq[(eq["horizon"] == label) & (eq["book"] == "buy_and_hold")]
+        if bench is not None and len(bench):   # the same test samples for every variant: draw it once
+            ax.plot(bench["exit_ts"], bench["equity"], color="black", ls="--", lw=1.0, label="buy and hold")
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_title(f"{label} horizon", fontsize=10)
         ax.set_ylabel("cumulative net P&L ($)")
