@@ -217,6 +217,50 @@ def icir(daily: pd.Series) -> float:
     return float(x.mean() / sd) if sd > 0 else float("nan")
 
 
+def block_bootstrap_replicates(
+    x,
+    stat: Callable[[np.ndarray], float],
+    block: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    segments=None,
+) -> np.ndarray:
+    """(n_boot,) moving-block bootstrap replicates of `stat(x)`; NaN replicates are dropped.
+
+    x: (N, ...) in time order; each replicate concatenates blocks of `block` consecutive rows with
+    uniform random starts, cut to N rows, so serial dependence shorter than a block (overlapping
+    targets, intraday clustering) survives resampling. `segments` (N,) labels contiguous runs
+    (rolling-origin folds): each segment is resampled on its own, to its own length, so no block
+    ever crosses a segment boundary.
+    """
+    x = np.asarray(x)
+    n = x.shape[0]
+    if n < 2 or n_boot < 1:
+        return np.empty(0)
+    if segments is None:
+        bounds = [(0, n)]
+    else:
+        seg = np.asarray(segments)
+        cut = np.flatnonzero(seg[1:] != seg[:-1]) + 1
+        edges = np.concatenate([[0], cut, [n]])
+        bounds = list(zip(edges[:-1], edges[1:]))
+    rng = np.random.default_rng(seed)
+    plans = []
+    for lo, hi in bounds:
+        m = int(hi - lo)
+        blk = int(min(max(block, 1), m))
+        plans.append((int(lo), m, blk, -(-m // blk), np.arange(blk)))
+    stats = np.empty(n_boot, dtype=np.float64)
+    for b in range(n_boot):
+        parts = []
+        for lo, m, blk, n_blocks, offsets in plans:
+            starts = rng.integers(0, m - blk + 1, size=n_blocks)
+            parts.append(lo + (starts[:, None] + offsets[None, :]).reshape(-1)[:m])  # (m,)
+        idx = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (N,)
+        stats[b] = stat(x[idx])
+    return stats[np.isfinite(stats)]
+
+
 def block_bootstrap_ci(
     x,
     stat: Callable[[np.ndarray], float],
@@ -224,33 +268,58 @@ def block_bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    segments=None,
 ) -> tuple[float, float]:
-    """Moving-block bootstrap percentile CI of `stat(x)`.
-
-    x: (N, ...) in time order; each replicate concatenates ceil(N/block) blocks of `block`
-    consecutive rows with uniform random starts, cut to N rows, so serial dependence shorter
-    than a block (overlapping targets, intraday clustering) survives resampling. Returns the
-    ((1−level)/2, (1+level)/2) percentiles; NaN replicates are ignored.
-    """
-    x = np.asarray(x)
-    n = x.shape[0]
-    if n < 2 or n_boot < 1:
-        return float("nan"), float("nan")
-    block = int(min(max(block, 1), n))
-    n_blocks = -(-n // block)  # ceil
-    rng = np.random.default_rng(seed)
-    offsets = np.arange(block)
-    stats = np.empty(n_boot, dtype=np.float64)
-    for b in range(n_boot):
-        starts = rng.integers(0, n - block + 1, size=n_blocks)
-        idx = (starts[:, None] + offsets[None, :]).reshape(-1)[:n]  # (N,)
-        stats[b] = stat(x[idx])
-    stats = stats[np.isfinite(stats)]
+    """Moving-block bootstrap percentile CI of `stat(x)`: the ((1−level)/2, (1+level)/2)
+    percentiles of `block_bootstrap_replicates` (see there for `block` and `segments`)."""
+    stats = block_bootstrap_replicates(x, stat, block, n_boot, seed, segments)
     if len(stats) == 0:
         return float("nan"), float("nan")
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_p_value(replicates) -> float:
+    """Two-sided p-value of "the statistic is 0" from its bootstrap replicates: twice the smaller tail
+    share on either side of 0, with the +1 correction so it is never 0. The percentile CI at level
+    1 − a excludes 0 exactly when p <= a (up to that correction)."""
+    r = np.asarray(replicates, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if len(r) == 0:
+        return float("nan")
+    tail = min((r <= 0).sum(), (r >= 0).sum())
+    return float(min(1.0, 2.0 * (tail + 1) / (len(r) + 1)))
+
+
+def holm(p) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values: family-wise error control. NaN stays NaN."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+        out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(p) -> np.ndarray:
+    """Benjamini–Hochberg (1995) adjusted p-values (q-values): false-discovery-rate control. NaN stays NaN."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        adj = p[order] * m / np.arange(1, m + 1)
+        adj = np.minimum.accumulate(adj[::-1])[::-1]
+        out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+ADJUSTMENTS = {"holm": holm, "bh": benjamini_hochberg}
 
 
 def block_bootstrap_corr_ci(

@@ -240,3 +240,39 @@ def test_fast_correlation_bootstrap_equals_generic_bootstrap_of_pearson(n, block
     slow = M.block_bootstrap_ci(np.column_stack([a, b]), lambda x: M.pearson(x[:, 0], x[:, 1]),
                                 block=block, n_boot=200, seed=11)
     _close(fast, slow, 1e-12, f"prefix-sum bootstrap vs generic (n={n}, block={block})")
+
+
+# ------------------------------------------------------------------------------------------
+# Many comparisons: bootstrap p-values, Holm and Benjamini–Hochberg
+
+
+def test_holm_and_bh_match_hand_computed_adjustments():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max.
+    np.testing.assert_allclose(M.holm(p), [0.03, 0.06, 0.06, 0.02, np.nan])
+    # BH: sorted p * 4 / rank = 0.02, 0.02, 0.04, 0.04 -> running min from the top.
+    np.testing.assert_allclose(M.benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02, np.nan])
+    assert (M.benjamini_hochberg(p[:4]) <= M.holm(p[:4])).all()        # BH is never stricter than Holm
+    assert (M.holm(p[:4]) >= p[:4]).all()
+
+
+def test_bootstrap_p_value_agrees_with_the_percentile_ci():
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.05, 0.1, 0.3):
+        x = rng.normal(shift, 1.0, 400)
+        reps = M.block_bootstrap_replicates(x, np.mean, block=5, n_boot=999, seed=1)
+        lo, hi = np.quantile(reps, [0.025, 0.975])
+        p = M.bootstrap_p_value(reps)
+        assert 0 < p <= 1
+        assert (p < 0.05) == (lo > 0 or hi < 0) or abs(p - 0.05) < 0.01   # equal up to the +1 correction
+
+
+def test_bootstrap_blocks_never_cross_a_segment_boundary():
+    """Rolling-origin folds: every replicate keeps each fold's rows inside that fold, at its length."""
+    seg = np.repeat([0, 1, 2], [50, 80, 30])
+    x = np.arange(len(seg), dtype=float)
+    seen = []
+    M.block_bootstrap_replicates(x, lambda r: seen.append(r.copy()) or 0.0, block=20, n_boot=50, seed=3, segments=seg)
+    for r in seen:
+        assert len(r) == len(seg)
+        np.testing.assert_array_equal(seg[r.astype(int)], seg)       # row i of a replicate comes from row i's fold

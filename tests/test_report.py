@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
+from nqexp import metrics as M
 from nqexp.evaluation import backtest, evaluate, report
 from nqexp.experiment.track import RunStore
 
@@ -166,3 +167,30 @@ def test_html_report_has_no_literal_backticks(store):
     path = report.build_report(store, "abl", fmt="html", n_boot=50)
     html = path.read_text()
     assert path.name == "report.html" and "<code>good</code>" in html and "`" not in html
+
+
+def test_verdicts_follow_p_values_adjusted_over_every_comparison(store):
+    """Both tables form one family: each p is adjusted over all rows (BH by default, or Holm), the
+    verdicts follow the adjusted p, and the report names the method and the count."""
+    data = report.load(store, "abl")
+    paired, vs = report.comparisons(data, n_boot=200)
+    n = len(paired) + len(vs)
+    assert paired.attrs["adjustment"]["comparisons"] == vs.attrs["adjustment"]["comparisons"] == n
+    for frame in (paired, vs):
+        assert (frame["p_adj"] >= frame["p"] - 1e-12).all()
+        clear = frame["verdict"] != "no clear difference"
+        assert (frame.loc[clear, "p_adj"] < report.ALPHA).all() and (frame.loc[~clear, "p_adj"] >= report.ALPHA).all()
+    np.testing.assert_allclose(np.concatenate([paired["p_adj"], vs["p_adj"]]),
+                               M.benjamini_hochberg(np.concatenate([paired["p"], vs["p"]])))
+    holm_paired, holm_vs = report.comparisons(data, n_boot=200, method="holm")
+    assert (holm_vs["p_adj"] >= vs["p_adj"] - 1e-12).all()        # Holm is never more lenient than BH
+    text = report.build_report(store, "abl", n_boot=100).read_text()
+    assert f"adjusted for the {n} comparisons of this report together" in text and "Benjamini–Hochberg" in text
+
+
+def test_a_raw_hit_among_many_nulls_is_no_clear_difference_after_adjustment():
+    """20 comparisons where one raw p is 0.01: BH and Holm both make it 'no clear difference'."""
+    p = np.array([0.01] + [0.5] * 19)
+    assert (M.benjamini_hochberg(p)[0] >= report.ALPHA) and (M.holm(p)[0] >= report.ALPHA)
+    assert report._verdict(-1.0, M.benjamini_hochberg(p)[0], ("better", "worse")) == "no clear difference"
+    assert report._verdict(-1.0, 0.01, ("better", "worse")) == "better"

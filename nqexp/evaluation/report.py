@@ -7,8 +7,11 @@ An ablation report holds:
 - **paired** differences against the reference variant (the spec's first variant) on identical
   test samples: for every seed both variants scored, the per-sample CRPS difference
   d = CRPS_variant − CRPS_reference is averaged over seeds, and a moving-block bootstrap gives a
-  95% CI of mean(d) (blocks of one trading day keep intraday dependence inside a block). A CI
-  entirely above 0 means the variant is worse than the reference, beyond sampling noise;
+  95% CI of mean(d) (blocks of one trading day keep intraday dependence inside a block) and a
+  bootstrap p-value;
+- every verdict (better / worse / no clear difference) follows the p-value adjusted over all the
+  report's comparisons together (Benjamini–Hochberg by default, or Holm: `comparisons(method=)`),
+  and the report says which method and how many comparisons;
 - the backtest of the test split (docs/metrics.md §10): Sharpe, drawdown, profit factor and
   trades per variant and horizon (mean ± std over seeds) and the equity curves (first seed);
 - learning curves: train loss and val CRPS per epoch, a line per variant (mean over seeds), from
@@ -33,7 +36,8 @@ import pandas as pd
 from nqexp.errors import CredentialsError, DataError
 from nqexp.evaluation import plots
 from nqexp.evaluation.evaluate import load_predictions
-from nqexp.metrics import block_bootstrap_ci, crps_quantile, horizon_label
+from nqexp.metrics import (ADJUSTMENTS, block_bootstrap_replicates, bootstrap_p_value, crps_quantile,
+                           horizon_label)
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +164,12 @@ def baseline_differences(data: ReportData, split: str = "test", n_boot: int = 10
                     b.append(cb)
                 d, b = np.nanmean(np.stack(d), axis=0), np.nanmean(np.stack(b), axis=0)  # (N,) over seeds
                 ok = np.isfinite(d)
-                lo, hi = block_bootstrap_ci(d[ok], np.mean, block=_day_block(ref.splits[split].ts[ok]),
-                                            n_boot=n_boot, seed=seed)
+                lo, hi, p = _mean_ci_p(d[ok], _day_block(ref.splits[split].ts[ok]), n_boot, seed)
                 mean = float(d[ok].mean())
                 rows.append({"variant": variant, "baseline": name, "horizon": horizon_label(minutes),
                              "seeds": len(preds), "rel_pct": 100 * mean / float(b[ok].mean()),
                              "ci_lo_pct": 100 * lo / float(b[ok].mean()), "ci_hi_pct": 100 * hi / float(b[ok].mean()),
-                             "verdict": "model better" if hi < 0 else "model worse" if lo > 0 else "no clear difference"})
+                             "p": p, "p_adj": p, "verdict": _verdict(mean, p, ("model better", "model worse"))})
     return pd.DataFrame(rows)
 
 
@@ -231,13 +234,58 @@ def paired_differences(data: ReportData, split: str = "test", n_boot: int = 1000
         block = _day_block(ts_all)
         for h, minutes in enumerate(horizons):
             ok = np.isfinite(d[:, h])
-            lo, hi = block_bootstrap_ci(d[ok, h], np.mean, block=block, n_boot=n_boot, seed=seed)
+            lo, hi, p = _mean_ci_p(d[ok, h], block, n_boot, seed)
             mean = float(d[ok, h].mean())
             rows.append({"variant": variant, "horizon": horizon_label(minutes), "seeds": len(diffs),
                          "n": int(ok.sum()), "mean_diff": mean, "ci_lo": lo, "ci_hi": hi,
                          "rel_pct": 100 * mean / float(r[ok, h].mean()),
-                         "verdict": "worse" if lo > 0 else "better" if hi < 0 else "no clear difference"})
+                         "p": p, "p_adj": p, "verdict": _verdict(mean, p, ("better", "worse"))})
     return pd.DataFrame(rows)
+
+
+ALPHA = 0.05            # the level of every verdict, after adjustment
+ADJUST_METHOD = "bh"    # Benjamini–Hochberg: the usual choice for exploratory ablations (docs/metrics.md §12)
+ADJUST_NAMES = {"bh": "Benjamini–Hochberg (false discovery rate)", "holm": "Holm (family-wise error)"}
+
+
+def _mean_ci_p(d: np.ndarray, block: int, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """95% block-bootstrap percentile CI of mean(d) and the bootstrap p-value of mean(d) = 0."""
+    reps = block_bootstrap_replicates(d, np.mean, block=block, n_boot=n_boot, seed=seed)
+    if len(reps) == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = np.quantile(reps, [ALPHA / 2, 1 - ALPHA / 2])
+    return float(lo), float(hi), bootstrap_p_value(reps)
+
+
+def _verdict(mean: float, p_adj: float, words: tuple[str, str]) -> str:
+    """(lower CRPS word, higher CRPS word) when the adjusted p is below ALPHA, else no clear difference."""
+    if not np.isfinite(p_adj) or p_adj >= ALPHA:
+        return "no clear difference"
+    return words[0] if mean < 0 else words[1]
+
+
+def comparisons(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0,
+                method: str = ADJUST_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every comparison the report makes, as one family: (paired vs the reference, vs every baseline).
+
+    Each row's bootstrap p-value is adjusted over ALL rows of both tables (`method`: "bh" or "holm"),
+    and its verdict follows the adjusted p, so a verdict survives the number of tests made. The raw
+    95% CIs are kept for the size of each effect; `attrs["adjustment"]` names the method and the count."""
+    paired = paired_differences(data, split, n_boot, seed)
+    vs_baselines = baseline_differences(data, split, n_boot, seed)
+    p = np.concatenate([paired["p"].to_numpy(float) if len(paired) else np.empty(0),
+                        vs_baselines["p"].to_numpy(float) if len(vs_baselines) else np.empty(0)])
+    adj = ADJUSTMENTS[method](p)
+    k = len(paired)
+    for frame, part, words in ((paired, adj[:k], ("better", "worse")),
+                               (vs_baselines, adj[k:], ("model better", "model worse"))):
+        if len(frame):
+            frame["p_adj"] = part
+            mean = frame["mean_diff"] if "mean_diff" in frame else frame["rel_pct"]
+            frame["verdict"] = [_verdict(m, q, words) for m, q in zip(mean, part)]
+        frame.attrs["adjustment"] = {"method": method, "name": ADJUST_NAMES[method],
+                                     "comparisons": int(np.isfinite(p).sum()), "alpha": ALPHA}
+    return paired, vs_baselines
 
 
 def _crps_any(y, q, taus, crps_quantile):
@@ -275,8 +323,12 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
     data = load(store, experiment)
     out_dir = store.experiment_dir(experiment)
     summary = summary_table(data)
-    paired = paired_differences(data, n_boot=n_boot)
-    vs_baselines = baseline_differences(data, n_boot=n_boot)
+    paired, vs_baselines = comparisons(data, n_boot=n_boot)
+    adjustment = vs_baselines.attrs["adjustment"]
+    adjust_note = (f"Verdicts (better / worse / no clear difference) follow p-values adjusted for the "
+                   f"{adjustment['comparisons']} comparisons of this report together (both tables) with "
+                   f"{adjustment['name']}, at {adjustment['alpha']:g}; `p` is the block-bootstrap p-value, "
+                   f"`p_adj` the adjusted one.\n")
     backtests = backtest_table(data)
     figures = _figures(data, out_dir / "report_figures")
     counts = data.trials["status"].value_counts().to_dict()
@@ -292,10 +344,12 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
         "rel_pct = mean over samples of CRPS(model) − CRPS(baseline), as % of the baseline's CRPS, averaged "
         "over seeds; CI = 95% moving-block bootstrap (one-day blocks). The model's claim is made against "
         "the best baseline (`best_baseline` above).\n",
+        adjust_note,
         _md_table(vs_baselines),
         f"## Paired CRPS differences vs `{data.reference}` (identical test samples)\n",
         "mean_diff = mean over samples of CRPS(variant) − CRPS(reference), averaged over seeds; "
         "CI = 95% moving-block bootstrap (one-day blocks). Positive = the variant is worse.\n",
+        adjust_note,
         _md_table(paired),
         "## Backtest of the test split (secondary)\n",
         "Long/short on the sign of the median, sized by the inverse 80% interval width, non-overlapping "
@@ -441,7 +495,7 @@ def wandb_report(data: ReportData, *, project: str, entity: str | None, summary:
     import wandb_workspaces.reports.v2 as wr
 
     summary = summary_table(data) if summary is None else summary
-    paired = paired_differences(data) if paired is None else paired
+    paired = comparisons(data)[0] if paired is None else paired
     runset = wr.Runset(project=project, entity=entity or "", name=data.experiment,
                        filters=f"Group = '{data.experiment}'", groupby=["job_type"])
     flags = data.flags if not data.flags.empty else pd.DataFrame(columns=["trial", "gate", "reason"])
