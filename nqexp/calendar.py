@@ -17,6 +17,19 @@ import pandas as pd
 ET = "America/New_York"
 SESSION_SHIFT = pd.Timedelta(hours=6)  # session date = ET date of ts + 6 h
 MONTH_CODES = {3: "H", 6: "M", 9: "U", 12: "Z"}  # the quarterly contract months and their letters
+# A hole in the data longer than this is not a weekend or a holiday (at most 4 days, e.g. Christmas on
+# a Monday): the series is split into segments there. No roll is measured across it, and no model
+# window or target spans it (docs/rolls_and_sessions.md §8).
+SEGMENT_GAP = pd.Timedelta(days=7)
+
+
+def segment_ids(ts) -> np.ndarray:
+    """(N,) int segment number of each timestamp (sorted): it grows by one after every gap > SEGMENT_GAP."""
+    t = np.asarray(ts, dtype="datetime64[ns]")
+    if len(t) == 0:
+        return np.zeros(0, dtype=np.int64)
+    gaps = np.diff(t) > SEGMENT_GAP.to_timedelta64()
+    return np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64)
 
 
 def session_dates(ts) -> np.ndarray:

@@ -348,7 +348,15 @@ def test_lean_es_spliced_without_ids_gives_no_false_roll(shared_data):
     for f in sorted(glob.glob(str(shared_data / "lean-es" / "minute" / "*.zip"))):
         ingest.import_file(con, f)
     per_contract = bars.build_bars(con, "ES", freq_minutes=(1,))
-    assert list(per_contract.rolls["method"]) == ["volume_crossover"] * 2 and per_contract.warnings == []
+    # ESH14 -> ESH20 lies across six missing years: it is not measured (ratio 1) and one warning names the gap.
+    assert list(per_contract.rolls["method"]) == ["volume_crossover", "volume_crossover+gap_break"]
+    assert per_contract.rolls["ratio"].iloc[1] == 1.0
+    assert len(per_contract.warnings) == 1 and "ESH14 -> ESH20" in per_contract.warnings[0]
+    assert "gap of" in per_contract.warnings[0] and "split into two segments" in per_contract.warnings[0]
+    # So ESZ13's closes keep their level: only the real ESZ13 -> ESH14 roll (-0.35%) scales them.
+    raw_adj = con.execute("select r.close, b.close from bars_1m b join raw_bars r on r.symbol = b.contract "
+                          "and r.ts = b.ts where b.symbol = 'ES' and b.contract = 'ESZ13' limit 1").fetchall()[0]
+    assert 0.99 < raw_adj[1] / raw_adj[0] < 1.0
     # The same spliced raw series as one continuous file without contract codes.
     spliced = con.execute("select b.ts, r.open, r.high, r.low, r.close, r.volume from bars_1m b "
                           "join raw_bars r on r.symbol = b.contract and r.ts = b.ts where b.symbol = 'ES'").df()

@@ -448,3 +448,28 @@ def test_thanksgiving_early_close_window_is_short_and_padded():
     tue = int(np.flatnonzero(et == pd.Timestamp("2023-11-28 13:10"))[0])
     full = tue - int(window_starts(a.ts, WCFG, [tue])[0]) + 1
     assert 273 <= full <= 276, full
+
+
+def test_no_window_or_target_crosses_a_hole_in_the_data():
+    """Three missing weeks split the series into two segments (calendar.SEGMENT_GAP): no sample's
+    window starts before the hole and ends after it, no target reaches across it, and the indicators
+    warm up again after it."""
+    from nqexp.calendar import segment_ids
+    from nqexp.model.windows import _valid_samples
+
+    before = globex_timeline("2023-01-02", "2023-02-28")
+    after = globex_timeline("2023-03-27", "2023-05-31")
+    a = arrays_from_et(before.append(after))
+    cfg = dataclasses.replace(WCFG, lookback_minutes=None, t_max=96, min_valid_bars=96)  # bar-count windows
+    valid, counts = _valid_samples(a, cfg)
+    seg = segment_ids(a.ts)
+    assert set(seg) == {0, 1}
+    first_after = int(np.flatnonzero(seg == 1)[0])
+    idx = np.flatnonzero(valid)
+    starts = window_starts(a.ts, cfg, idx)
+    assert (seg[starts] == seg[idx]).all()                           # windows stay in their segment
+    h_max = max(a.horizons)
+    assert not np.isin(np.arange(first_after - h_max, first_after), idx).any()   # targets would cross
+    assert counts["segment_boundary"] >= h_max
+    assert not np.isin(np.arange(first_after, first_after + 95), idx).any()      # a window needs 96 bars after it
+    assert np.isin(first_after + 200, idx)                                       # and later bars are samples again

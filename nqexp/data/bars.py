@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nqexp.calendar import session_date, third_friday
+from nqexp.calendar import SEGMENT_GAP, session_date, third_friday
 from nqexp.data import db
 from nqexp.data.sqlcheck import check_no_lookahead, parse_header, require_keys, strip_comments
 from nqexp.errors import DataError, SqlError
@@ -511,7 +511,8 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None, given_roll
             used, warnings = _merge_given(con, used, warnings, given_rolls, by_id)
         if ratios is not None:
             used = _apply_ratios(used, ratios)
-        warnings += _no_roll_warning(con, symbol, used, detect or by_id)
+        used, gap_warnings = _break_rolls_across_gaps(con, used)
+        warnings += gap_warnings + _no_roll_warning(con, symbol, used, detect or by_id)
     except Exception:
         _drop_temps(con)
         raise
@@ -554,6 +555,28 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None, given_roll
     for message in report.warnings:   # the report carries them to the caller, who shows them
         log.info("roll warning: %s", message)
     return report
+
+
+def _break_rolls_across_gaps(con, rolls: pd.DataFrame) -> tuple[pd.DataFrame, list[RollWarning]]:
+    """A roll whose previous source bar is more than calendar.SEGMENT_GAP earlier is not measured:
+    its two closes are years of price moves apart, not one contract's spread (Lean ES has ESH14 ->
+    ESH20 across six missing years, which a volume crossover would turn into a +58% "ratio"). Its
+    ratio becomes 1 (method `+gap_break`) and a warning names the gap; the series is two segments there."""
+    if rolls.empty:
+        return rolls, []
+    out, warnings = rolls.copy(), []
+    for i, row in enumerate(out.itertuples(index=False)):
+        prev = con.execute("select max(ts) from _src_1m where ts < ?", [row.ts]).fetchall()[0][0]
+        if prev is None or pd.Timestamp(row.ts) - pd.Timestamp(prev) <= SEGMENT_GAP:
+            continue
+        days = (pd.Timestamp(row.ts) - pd.Timestamp(prev)) / pd.Timedelta(days=1)
+        out.iloc[i, out.columns.get_loc("ratio")] = 1.0
+        out.iloc[i, out.columns.get_loc("method")] = f"{row.method}+gap_break"
+        warnings.append(RollWarning(row.expiry, (
+            f"roll {row.from_contract or row.from_instrument_id} -> {row.to_contract or row.to_instrument_id} at "
+            f"{row.ts} is not applied: the data has a gap of {days:.0f} days before it ({prev} .. {row.ts}); "
+            f"the series is split into two segments there, and no window or target crosses the gap")))
+    return out, warnings
 
 
 def _no_roll_warning(con, symbol: str, rolls: pd.DataFrame, detected: bool) -> list[RollWarning]:

@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from nqexp.calendar import ET
+from nqexp.calendar import ET, segment_ids
 from nqexp.errors import DataError, SpecError
 from nqexp.model.volatility import MCGarch, log_returns
 
@@ -272,12 +272,19 @@ def _valid_samples(arrays, window_cfg: WindowConfig) -> tuple[np.ndarray, dict[s
     finite_x = (bad_cum[np.arange(n) + 1] - bad_cum[start]) == 0
     finite_y = np.isfinite(targets).all(axis=1)
     flags_ok = (np.bitwise_or.reduce(np.asarray(arrays.target_flags), axis=1) & window_cfg.drop_target_flags) == 0
-    # FeatureArrays.warmup_bars: leading bars whose (finite) indicators are still warming up.
-    warm = start >= int(getattr(arrays, "warmup_bars", 0) or 0)
-    valid = enough & finite_x & finite_y & flags_ok & warm
+    # FeatureArrays.warmup_bars: leading bars whose (finite) indicators are still warming up. After a
+    # hole in the data longer than calendar.SEGMENT_GAP the indicators warm up again, and no window or
+    # target may reach across it (docs/rolls_and_sessions.md §8).
+    seg = segment_ids(arrays.ts)  # (N,)
+    seg_first = np.flatnonzero(np.concatenate([[True], seg[1:] != seg[:-1]]))[seg]  # (N,) first bar of each bar's segment
+    warm = start >= seg_first + int(getattr(arrays, "warmup_bars", 0) or 0)
+    h_max = int(max(arrays.horizons)) if len(arrays.horizons) else 0
+    same_segment = seg[np.minimum(np.arange(n) + h_max, n - 1)] == seg  # targets end inside the segment
+    valid = enough & finite_x & finite_y & flags_ok & warm & same_segment
     counts = {"short_window": int((~enough).sum()), "warmup": int((~warm).sum()),
               "nonfinite_features": int((~finite_x).sum()),
-              "nan_targets": int((~finite_y).sum()), "flagged_targets": int((~flags_ok).sum())}
+              "nan_targets": int((~finite_y).sum()), "flagged_targets": int((~flags_ok).sum()),
+              "segment_boundary": int((~same_segment).sum())}
     return valid, counts
 
 
