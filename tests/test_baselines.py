@@ -151,3 +151,18 @@ def test_lgbm_learns_a_known_conditional_quantile_structure():
     width = q[:, 0, 5] - q[:, 0, 1]
     assert np.corrcoef(width, np.abs(X[25_000:, 1]))[0, 1] > 0.7
     assert (np.diff(q, axis=2) >= 0).all()
+
+
+def test_lgbm_on_too_few_samples_shrinks_its_leaves_and_says_so():
+    """186 train samples cannot split at min_data_in_leaf 200: the booster would be a constant (the
+    MC-GARCH baseline again). It is fitted with smaller leaves instead, learns, and leaves a note."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 2))
+    z = (2.0 * X[:, 0] + 0.3 * rng.standard_normal(400))[:, None]
+    m = baselines.LGBMQuantiles(TAUS).fit(X[:186], z[:186], X[186:250], z[186:250])
+    assert m.note == "lgbm: 186 train samples < 800 (4 x min_data_in_leaf 200), fitted with min_data_in_leaf=18"
+    med = m.quantiles(X[250:], np.ones((150, 1)))[:, 0, 3]
+    assert np.corrcoef(med, X[250:, 0])[0, 1] > 0.8                     # it split: not a constant
+    Xb = rng.standard_normal((1000, 2))
+    big = baselines.LGBMQuantiles(TAUS, max_rounds=5).fit(Xb, Xb[:, :1], Xb[:50], Xb[:50, :1])
+    assert big.note == ""                                                 # 1000 rows: fitted as specified

@@ -148,10 +148,24 @@ class LGBMQuantiles:
     num_threads: int = 0              # 0: LightGBM's default
     boosters: list = field(default_factory=list, repr=False)  # [H][Q]
     names: list[str] = field(default_factory=list)
+    note: str = ""                    # what `fit` had to change to fit at all (shown with the metrics)
 
-    def _params(self, tau: float) -> dict:
+    # A tree needs two leaves of min_data_in_leaf rows to split at all: with fewer train rows every
+    # booster is one constant, which is the MC-GARCH baseline again (the target is y / sigma-hat).
+    # Then the leaf size shrinks to a tenth of the rows (at least MIN_LEAF), and `note` says so.
+    MIN_LEAF = 5
+
+    def _min_leaf(self, n_rows: int) -> int:
+        if n_rows >= 4 * self.min_data_in_leaf:
+            return self.min_data_in_leaf
+        leaf = max(self.MIN_LEAF, n_rows // 10)
+        self.note = (f"lgbm: {n_rows} train samples < {4 * self.min_data_in_leaf} (4 x min_data_in_leaf "
+                     f"{self.min_data_in_leaf}), fitted with min_data_in_leaf={leaf}")
+        return leaf
+
+    def _params(self, tau: float, min_leaf: int) -> dict:
         return {"objective": "quantile", "alpha": float(tau), "num_leaves": self.num_leaves,
-                "learning_rate": self.learning_rate, "min_data_in_leaf": self.min_data_in_leaf,
+                "learning_rate": self.learning_rate, "min_data_in_leaf": min_leaf,
                 "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
                 "seed": self.seed, "deterministic": True, "verbosity": -1, "num_threads": self.num_threads}
 
@@ -165,13 +179,14 @@ class LGBMQuantiles:
 
         tr = self._spaced(len(X_train), self.max_train_rows)
         va = self._spaced(len(X_val), self.max_val_rows)
+        min_leaf = self._min_leaf(len(tr))
         self.boosters = []
         for j in range(np.shape(z_train)[1]):
             dtrain = lgb.Dataset(X_train[tr], z_train[tr, j], free_raw_data=False)
             dval = lgb.Dataset(X_val[va], z_val[va, j], reference=dtrain)
             row = []
             for tau in self.taus:
-                row.append(lgb.train(self._params(tau), dtrain, num_boost_round=self.max_rounds, valid_sets=[dval],
+                row.append(lgb.train(self._params(tau, min_leaf), dtrain, num_boost_round=self.max_rounds, valid_sets=[dval],
                                      callbacks=[lgb.early_stopping(self.early_stopping, verbose=False)]))
             self.boosters.append(row)
         return self
@@ -190,7 +205,8 @@ class LGBMQuantiles:
 
 def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale: dict, ewma_scale: dict,
                     names=BASELINES, garch: MCGarch | None = None, lo: int | None = None,
-                    lgbm: dict | None = None, fitted: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+                    lgbm: dict | None = None, fitted: dict | None = None,
+                    notes: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fit the named baselines on train and forecast every split: split -> name -> (n, H, Q).
 
     split_idx: split -> (n,) sample end indices into arrays; targets: split -> (n, H) y;
@@ -199,7 +215,8 @@ def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale
     garch: an MCGarch already fitted on the train bars (else one is fitted here); lo: the first bar
     the train windows read (default: the first train end); lgbm: LGBMQuantiles settings;
     fitted: when given, receives each baseline's fitted state (name -> quantile table / models),
-    which is what `nqexp predict` needs to issue the same baselines on new bars.
+    which is what `nqexp predict` needs to issue the same baselines on new bars; notes: receives a
+    line for every baseline that could not be fitted as specified (never a silent copy of another).
     """
 
     state = {} if fitted is None else fitted
@@ -229,6 +246,8 @@ def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale
         m = LGBMQuantiles(taus, **(lgbm or {})).fit(feats["train"], targets["train"] / model_scale["train"],
                                                     feats["val"], targets["val"] / model_scale["val"])
         state["lgbm"] = m
+        if m.note and notes is not None:
+            notes.append(m.note)
         for s in split_idx:
             out[s]["lgbm"] = m.quantiles(feats[s], model_scale[s])
     return out

@@ -126,7 +126,7 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
-    fitted = fit_baselines(arrays, datasets, scalers, trial_spec, fitted=state)
+    fitted = fit_baselines(arrays, datasets, scalers, trial_spec, fitted=state, notes=notes)
     names = ", ".join(trial_spec.eval.baselines)
     notes.append(f"Baselines {names}: fitted on train in {time.perf_counter() - t0:.1f}s.")
     return PreparedData(key=data_key(trial_spec), datasets=datasets, horizon_minutes=horizon_minutes,
@@ -136,9 +136,11 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
                         close={s: np.asarray(arrays.close[datasets[s].idx], np.float64) for s in ("val", "test")})
 
 
-def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = None,
+                  notes: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """eval.baselines fitted on the train samples (val only early-stops the tree baseline), forecast
-    on every split's samples: split -> name -> (n, H, Q) float32 (docs/metrics.md §7-§8)."""
+    on every split's samples: split -> name -> (n, H, Q) float32 (docs/metrics.md §7-§8). A baseline
+    that could not be fitted as specified adds a line to `notes`."""
 
     idx = {s: ds.idx for s, ds in datasets.items()}
     out = baselines.fit_and_predict(
@@ -148,7 +150,7 @@ def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = N
         ewma_scale={s: ds.scale if scalers.garch is None else scalers.ewma_scale(arrays, ds.idx)
                     for s, ds in datasets.items()},
         names=tuple(trial_spec.eval.baselines), garch=scalers.garch, lo=scalers.fit_bars[0],
-        lgbm={"num_threads": max(1, int(trial_spec.resources.cpus_per_trial))}, fitted=fitted)
+        lgbm={"num_threads": max(1, int(trial_spec.resources.cpus_per_trial))}, fitted=fitted, notes=notes)
     return {s: {k: v.astype(np.float32) for k, v in d.items()} for s, d in out.items()}
 
 
