@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -150,3 +151,35 @@ def test_a_run_killed_mid_epoch_resumes_to_identical_results(tmp_path):
     wa = torch.load(tmp_path / "straight" / "latest.pt", weights_only=False)["model"]
     wb = torch.load(tmp_path / "killed" / "latest.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------
+# The training budget is optimizer steps
+
+
+def test_max_steps_is_the_budget_whatever_a_variant_costs_per_step(tmp_path, data):
+    """Two variants of different cost per step train for exactly the same number of optimizer steps,
+    stopping mid-epoch with a val scoring at that step; the result records steps and the best step."""
+    cheap = train(tiny_model(), tiny_train(max_steps=7, max_epochs=50), data, NullTracker(), tmp_path / "a",
+                  seed=0, horizon_minutes=(15, 30))
+    dear_cfg = dataclasses.replace(tiny_model(), d_model=32, n_temporal_layers=2)
+    dear = train(dear_cfg, tiny_train(max_steps=7, max_epochs=50), data, NullTracker(), tmp_path / "b",
+                 seed=0, horizon_minutes=(15, 30))
+    for r in (cheap, dear):
+        assert (r.steps, r.stopped, r.truncated) == (7, "max_steps", False)
+        assert r.epochs == 2                      # 4 steps per epoch: the budget ends inside epoch 2 ...
+        assert len(r.history) == 2                # ... which is scored at step 7
+        assert r.best_step in (4, 7) and r.best_epoch == r.best_step // 4 + (r.best_step % 4 > 0)
+
+
+def test_the_time_guard_marks_a_trial_truncated(tmp_path, data):
+    r = train(tiny_model(), tiny_train(max_steps=10_000, max_epochs=50, time_budget_s=1e-9), data, NullTracker(),
+              tmp_path, seed=0, horizon_minutes=(15, 30))
+    assert r.stopped == "time_budget" and r.truncated and r.steps < 10_000
+
+
+def test_same_seed_and_budget_give_the_same_result_twice(tmp_path, data):
+    """Equal budgets make a table reproducible: nothing depends on the machine's speed."""
+    runs = [train(tiny_model(), tiny_train(max_steps=6, max_epochs=50), data, NullTracker(), tmp_path / str(i),
+                  seed=3, horizon_minutes=(15, 30)) for i in range(2)]
+    assert runs[0].history == runs[1].history and runs[0].best_val_crps == runs[1].best_val_crps

@@ -128,6 +128,7 @@ def _print_outcome(console, spec, outcome):
         data = report_mod.load(store, outcome.experiment)
         console.print(render.summary_all_horizons_table(report_mod.summary_table(data),
                                                         title=f"{outcome.experiment}: test metrics, all horizons"))
+        console.print(report_mod.budget_note(report_mod.budget_table(data)), markup=True, highlight=False)
         path = report_mod.build_report(store, outcome.experiment)
         if not data.flags.empty:
             gated = sorted(data.flags["trial"].unique())

@@ -235,7 +235,9 @@ class TrialProgress:
             crps = info.get("test_crps")
             what = (f"finished, test CRPS {crps:.3e}" if crps is not None else "finished") if event == "done" \
                 else f"FAILED ({info.get('error')})"
-            self.console.print(f"trial {name}: {what}" + (" [gated]" if info.get("gated") else ""), markup=False)
+            steps = f", {info['steps']} steps" if info.get("steps") is not None else ""
+            self.console.print(f"trial {name}: {what}{steps}" + (" [truncated]" if info.get("truncated") else "")
+                               + (" [gated]" if info.get("gated") else ""), markup=False)
         if event == "start":
             self.progress.start_task(task)
             self.progress.update(task, status="running")
@@ -246,6 +248,8 @@ class TrialProgress:
         elif event == "done":
             crps = info.get("test_crps")
             gate = "[red]GATED[/]" if info.get("gated") else "[green]ok[/]"
+            if info.get("truncated"):
+                gate += " [yellow]truncated[/]"
             self.progress.update(task, completed=self.total,
                                  status=f"test CRPS {crps:.3e} {gate}" if crps is not None else gate)
         elif event == "retry":
@@ -310,7 +314,10 @@ def print_trial(console: Console, name: str, trial: dict, metrics: dict[str, flo
                 flags: list[tuple[str, str]]) -> None:
     """`nqexp runs show`: the trial's line, val and test metrics per horizon, its gate flags."""
     console.print(f"[bold]{name}[/]: variant {trial['variant']}, seed {trial['seed']}, {trial['status']}; "
-              f"best epoch {trial['best_epoch']} of {trial['epochs']} ({trial['stopped']}), "
+              f"{trial.get('steps') if trial.get('steps') is not None else '?'} steps, best at step "
+              f"{trial.get('best_step') if trial.get('best_step') is not None else '?'} (epoch {trial['best_epoch']} "
+              f"of {trial['epochs']}), stopped: {trial['stopped']}"
+              f"{' [yellow](truncated by train.time_budget_s)[/]' if trial['stopped'] == 'time_budget' else ''}, "
               f"{trial['train_seconds'] or 0:.0f}s training; files in {trial['dir']}")
     for split in ("val", "test"):
         table = Table(title=f"{split} metrics")

@@ -36,8 +36,8 @@ import pandas as pd
 from nqexp.errors import CredentialsError, DataError
 from nqexp.evaluation import plots
 from nqexp.evaluation.evaluate import load_predictions
-from nqexp.metrics import (ADJUSTMENTS, block_bootstrap_replicates, bootstrap_p_value, crps_quantile,
-                           horizon_label)
+from nqexp.metrics import ADJUSTMENTS, block_bootstrap_replicates, bootstrap_p_value, crps_quantile, horizon_label
+from nqexp.model.train import TRUNCATED
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,37 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
     out = pd.DataFrame(rows)
     # Columns of baselines an experiment did not run (eval.baselines) are dropped, not shown as n/a.
     return out[[c for c in out.columns if not (out[c] == "n/a").all()]]
+
+
+def budget_table(data: ReportData) -> pd.DataFrame:
+    """One row per trial: optimizer steps, epochs, why it stopped, best step, and `truncated` (the
+    wall-clock guard stopped it before its step budget). Stores older than the step budget lack
+    steps and best_step (NaN)."""
+    cols = ["trial", "variant", "seed", "steps", "epochs", "stopped", "best_step", "best_epoch"]
+    trials = data.trials.reindex(columns=cols)
+    out = trials.assign(truncated=trials["stopped"] == TRUNCATED)
+    order = {v: i for i, v in enumerate(variant_order(data))}
+    return out.sort_values(["variant", "seed"], key=lambda s: s.map(order) if s.name == "variant" else s,
+                           ignore_index=True)
+
+
+def budget_note(budget: pd.DataFrame) -> str:
+    """What a reader must know before comparing: did every finished trial train for the same number of
+    steps, and was any truncated by the wall-clock guard?"""
+    steps = budget["steps"].dropna()
+    truncated = budget.loc[budget["truncated"], "trial"].tolist()
+    parts = []
+    if steps.empty:
+        parts.append("The store does not record steps for these trials (trained before step budgets).")
+    elif steps.nunique() == 1:
+        parts.append(f"Every trial trained for the same {int(steps.iloc[0])} optimizer steps.")
+    else:
+        parts.append(f"The trials trained for different numbers of steps ({int(steps.min())} to "
+                     f"{int(steps.max())}): comparisons between them mix model and budget "
+                     "(early stopping, or truncation).")
+    if truncated:
+        parts.append(f"Truncated by train.time_budget_s (not comparable): {', '.join(truncated)}.")
+    return " ".join(parts)
 
 
 def backtest_table(data: ReportData, split: str = "test") -> pd.DataFrame:
@@ -330,12 +361,17 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
                    f"{adjustment['name']}, at {adjustment['alpha']:g}; `p` is the block-bootstrap p-value, "
                    f"`p_adj` the adjusted one.\n")
     backtests = backtest_table(data)
+    budget = budget_table(data)
     figures = _figures(data, out_dir / "report_figures")
     counts = data.trials["status"].value_counts().to_dict()
     parts = [
         f"# Experiment `{experiment}`\n",
         f"Trials: {len(data.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}). "
         f"Reference variant for paired comparisons: `{data.reference}`.\n",
+        "## Training budget\n",
+        budget_note(budget) + " Budgets are optimizer steps (`train.max_steps`), the same for every variant "
+        "and seed; `train.time_budget_s` is only a guard.\n",
+        _md_table(budget),
         "## Test metrics per variant (mean ± std over seeds)\n",
         "CRPS is in log-return units; `crpss_*` is the CRPS skill 1 − CRPS/CRPS_baseline against baselines "
         "fitted on train only (positive = better than the baseline).\n",

@@ -46,7 +46,7 @@ from nqexp.experiment import spec as spec_mod
 from nqexp.experiment.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
 from nqexp.experiment.predict import write_bundle
 from nqexp.experiment.track import BufferTracker, RunStore, WandbRun, finite_number, wandb_mode
-from nqexp.model.train import train
+from nqexp.model.train import TRUNCATED, train
 from nqexp.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
     objective = result.best_val_crps * (GATE_PENALTY if gated_final else 1.0)
     tune.report({
         **flat, "objective": objective, "trial_name": name, "final": 1, "best_epoch": result.best_epoch,
-        "epochs": result.epochs, "stopped": result.stopped, "train_seconds": result.train_seconds,
+        "epochs": result.epochs, "steps": result.steps, "best_step": result.best_step,
+        "stopped": result.stopped, "train_seconds": result.train_seconds,
         "trial_seconds": train_seconds, "gate_flags": json.dumps([[f.gate, f.reason] for f in flags]),
         "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": result.best_val_crps,
         "strict": bool(tspec.eval.strict), "history": json.dumps(result.history),
@@ -230,17 +231,21 @@ class _Follower:
         self.store.write_metrics(self.experiment, name, metrics, flags)
         self.store.upsert_trial(self.experiment, name, status="finished", best_epoch=int(result["best_epoch"]),
                                 epochs=int(result["epochs"]), train_seconds=float(result["train_seconds"]),
+                                steps=int(result.get("steps", -1)), best_step=int(result.get("best_step", -1)),
                                 stopped=str(result["stopped"]), gated=bool(flags), error=None)
         run = self.runs.pop(name, None)
         if run is not None:
             run.summary({**metrics, "best_epoch": result["best_epoch"], "gated": bool(flags),
-                         "gate_reasons": "; ".join(r for _, r in flags)})
+                         "gate_reasons": "; ".join(r for _, r in flags), "steps": result.get("steps"),
+                         "best_step": result.get("best_step"), "stopped": result["stopped"],
+                         "truncated": result["stopped"] == TRUNCATED})
             plots = {f"plots/{k}": Path(v) for k, v in json.loads(result.get("plots") or "{}").items()}
             if plots:                     # only the trials that drew figures (plot_trial_names)
                 run.log_images(plots, step=run.last_step)
             self._log_prediction_sample(run, name)
             run.finish()
-        self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"))
+        self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"),
+                      steps=result.get("steps"), truncated=result["stopped"] == TRUNCATED)
 
     def _log_prediction_sample(self, run, name):
         """500 evenly spaced test predictions as a W&B Table (the full file stays in the store)."""

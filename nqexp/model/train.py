@@ -10,8 +10,11 @@ What it does (docs/model.md §6):
 - AdamW, linear warmup, then cosine with warm restarts (`lr_factor`, a pure function of the
   optimizer step, so resuming needs only the step);
 - gradient clipping, gradient accumulation, bf16 autocast on CUDA and fp32 on CPU;
-- evaluation of val CRPS (original return scale) after every epoch, early stopping on it, and
-  the best `keep_checkpoints` checkpoints kept on disk;
+- a budget of `max_steps` optimizer steps, the same for every variant and seed of a run, so variants
+  are compared at equal training (docs/model.md §6); `time_budget_s` is only a guard, and a trial it
+  stops is `truncated`;
+- evaluation of val CRPS (original return scale) after every epoch and at the last step, early
+  stopping on it, and the best `keep_checkpoints` checkpoints kept on disk;
 - atomic checkpoints (write to a temporary file, then rename) holding model, optimizer, RNG
   states, epoch, step and early-stopping state, written at every epoch end and every
   `checkpoint_every` optimizer steps.
@@ -59,13 +62,14 @@ class TrainConfig:
     batch_size: int = 128                  # samples per micro-batch
     grad_accum: int = 2                    # micro-batches per optimizer step
     max_epochs: int = 100                  # hard cap on epochs
+    max_steps: int | None = None           # the training budget in optimizer steps, equal for every variant (None: epochs only)
     steps_per_epoch: int | None = None     # cap on optimizer steps per epoch (None: one pass over train)
     patience: int = 10                     # early stopping: epochs without a val CRPS improvement
     min_improvement: float = 1e-4          # relative val CRPS drop that counts as an improvement
     keep_checkpoints: int = 3              # best-k checkpoints kept on disk
     checkpoint_every: int = 0              # also checkpoint every N optimizer steps mid-epoch (0: epoch ends only)
     amp: str = "auto"                      # "auto": bf16 autocast on CUDA, fp32 on CPU; "off"
-    time_budget_s: float | None = None     # stop after this much training wall time (CPU budgets)
+    time_budget_s: float | None = None     # a guard, not a budget: a trial it stops is marked truncated
     num_threads: int | None = None         # torch intra-op threads (None: leave as the runner set it)
     eval_batch_size: int = 512             # samples per batch when scoring val/test
     max_eval_samples: int | None = None    # score val on an evenly spaced subset during training (None: all)
@@ -76,6 +80,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"train.batch_size ({self.batch_size}) must be >= 1"),
             (self.grad_accum >= 1, f"train.grad_accum ({self.grad_accum}) must be >= 1"),
             (self.max_epochs >= 1, f"train.max_epochs ({self.max_epochs}) must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, f"train.max_steps ({self.max_steps}) must be >= 1 or null"),
             (self.keep_checkpoints >= 1, f"train.keep_checkpoints ({self.keep_checkpoints}) must be >= 1"),
             (self.amp in ("auto", "off"), f"train.amp ({self.amp!r}) must be 'auto' or 'off'"),
             (self.lr_min < self.lr, f"train.lr_min ({self.lr_min}) must be below train.lr ({self.lr})"),
@@ -111,10 +116,21 @@ class TrainResult:
     best_val_crps: float
     epochs: int
     steps: int
-    stopped: str                            # "max_epochs" | "early_stopping" | "time_budget"
+    stopped: str                            # STOP_REASONS
     train_seconds: float                    # wall time inside the training loop (excl. final scoring)
     checkpoint: str                         # path of the best checkpoint
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+    best_step: int = -1                     # optimizer step of the best checkpoint
+
+    @property
+    def truncated(self) -> bool:
+        """Stopped by the wall-clock guard before its step budget: not comparable with its peers."""
+        return self.stopped == TRUNCATED
+
+
+# Why a trial stopped. Only the wall-clock guard truncates: the others end the same on any machine.
+TRUNCATED = "time_budget"
+STOP_REASONS = ("max_steps", "max_epochs", "early_stopping", "nonfinite", TRUNCATED)
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -244,8 +260,8 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
     taus = tuple(model_cfg.quantiles) if model_cfg.head == "quantile" else (0.5,)
     labels = [horizon_label(m) for m in horizon_minutes]
 
-    state = {"epoch": 0, "micro": 0, "step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
-             "best_ckpts": [], "history": [], "train_seconds": 0.0, "stopped": None}
+    state = {"epoch": 0, "micro": 0, "step": 0, "best": math.inf, "best_epoch": -1, "best_step": -1,
+             "bad_epochs": 0, "best_ckpts": [], "history": [], "train_seconds": 0.0, "stopped": None}
     latest = run_dir / "latest.pt"
     if resume and latest.exists():
         ckpt = torch.load(latest, map_location=device, weights_only=False)
@@ -292,8 +308,11 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
                 if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                     state["train_seconds"] = time.perf_counter() - t_start
                     save_latest()
+                if cfg.max_steps and state["step"] >= cfg.max_steps:   # the budget: scored right below
+                    state["stopped"] = "max_steps"
+                    break
             if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
-                state["stopped"] = "time_budget"
+                state["stopped"] = TRUNCATED
                 break
 
         # Epoch end: score val in the original scale, early stopping, best-k checkpoints.
@@ -310,6 +329,7 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
             state["stopped"] = "nonfinite"
         elif val_crps < state["best"] * (1 - cfg.min_improvement):
             state["best"], state["best_epoch"], state["bad_epochs"] = val_crps, epoch + 1, 0
+            state["best_step"] = state["step"]
             path = run_dir / f"best-epoch{epoch + 1:04d}.pt"
             atomic_save({"model": model.state_dict(), "model_cfg": asdict(model_cfg), "epoch": epoch + 1,
                          "val_crps": val_crps}, path)
@@ -319,7 +339,7 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
             state["best_ckpts"] = state["best_ckpts"][: cfg.keep_checkpoints]
         else:
             state["bad_epochs"] += 1
-            if state["bad_epochs"] >= cfg.patience:
+            if state["bad_epochs"] >= cfg.patience and state["stopped"] is None:
                 state["stopped"] = "early_stopping"
         if state["stopped"] is None and state["epoch"] >= cfg.max_epochs:
             state["stopped"] = "max_epochs"
@@ -331,7 +351,8 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
     best_path = state["best_ckpts"][0][1] if state["best_ckpts"] else str(latest)
     return TrainResult(best_epoch=state["best_epoch"], best_val_crps=state["best"], epochs=state["epoch"],
                        steps=state["step"], stopped=state["stopped"] or "max_epochs",
-                       train_seconds=state["train_seconds"], checkpoint=best_path, history=state["history"])
+                       train_seconds=state["train_seconds"], checkpoint=best_path, history=state["history"],
+                       best_step=int(state.get("best_step", -1)))
 
 
 def load_checkpoint_model(path, device: str = "cpu"):
