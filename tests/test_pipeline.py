@@ -146,3 +146,21 @@ def test_git_state_is_the_checkouts_own_or_none(tmp_path):
     # This checkout: the commit git reports, or None when nqexp is installed from a wheel.
     commit, dirty = _git_state(Path(nqexp.__file__).resolve().parent.parent)
     assert (commit is None) == (dirty is None) and dirty in (True, False, None)
+
+
+def test_folds_are_trials_with_their_own_dates_and_data():
+    """splits.folds: K makes K trials per (variant, seed), named -f0..-f{K-1}, each with its fold's split
+    dates; trials of one fold share prepared data (one set of scalers and baselines per fold), folds don't."""
+    from nqexp.experiment.pipeline import data_key
+    from nqexp.experiment.spec import load_spec
+
+    spec = load_spec(QUICKSTART, ["splits.folds=3"])
+    trials = spec.trials()
+    assert len(trials) == 5 * 2 * 3
+    assert [t.trial_name for t in trials[:3]] == ["full-s0-f0", "full-s0-f1", "full-s0-f2"]
+    assert [t.fold for t in trials[:3]] == [0, 1, 2] and all(t.spec.splits.folds == 1 for t in trials)
+    assert trials[2].spec.splits == spec.splits.fold_splits()[2]
+    keys = {(t.fold, data_key(t.spec)) for t in trials}
+    assert len({k for _, k in keys}) == 3 and len(keys) == 3          # one prepared dataset per fold
+    starts = [t.spec.splits.test_start for t in trials[:3]]
+    assert starts == sorted(starts) and len(set(starts)) == 3

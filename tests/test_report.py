@@ -194,3 +194,51 @@ def test_a_raw_hit_among_many_nulls_is_no_clear_difference_after_adjustment():
     assert (M.benjamini_hochberg(p)[0] >= report.ALPHA) and (M.holm(p)[0] >= report.ALPHA)
     assert report._verdict(-1.0, M.benjamini_hochberg(p)[0], ("better", "worse")) == "no clear difference"
     assert report._verdict(-1.0, 0.01, ("better", "worse")) == "better"
+
+
+@pytest.fixture
+def fold_store(tmp_path):
+    """`ref` vs `alt`, two seeds, two rolling-origin folds with their own test samples. `alt` is worse
+    than `ref` in fold 0 (too wide) and better in fold 1 (`ref` too wide there): the effect flips."""
+    rng = np.random.default_rng(1)
+    st = RunStore(tmp_path / "runs")
+    spec = {"name": "f", "variants": {"ref": {}, "alt": {}}, "track": {"wandb_project": "p"}}
+    st.start_experiment("f", "run", None, yaml.safe_dump(spec))
+    for fold, n in ((0, 900), (1, 1100)):
+        ts = np.datetime64("2025-01-06T14:30", "us") + (fold * 30 * 288 + np.arange(n)) * np.timedelta64(5, "m")
+        sigma = np.exp(rng.normal(0, 0.3, size=(n, 1))) * np.array([[1e-3, 2e-3]])
+        y = sigma * rng.standard_normal((n, 2))
+        mults = {"ref": 1.0, "alt": 1.6} if fold == 0 else {"ref": 1.6, "alt": 1.0}
+        for variant, mult in mults.items():
+            for seed in (0, 1):
+                name = f"{variant}-s{seed}-f{fold}"
+                d = st.trial_dir("f", name)
+                d.mkdir(parents=True)
+                q = gaussian_quantiles(sigma * mult)
+                base = {"volscaled": gaussian_quantiles(sigma)}
+                evaluate.save_predictions(d / "predictions.parquet",
+                                          {"test": evaluate.SplitPredictions(ts=ts, y=y, q=q, baselines=base)},
+                                          TAUS, HORIZONS)
+                table = evaluate.evaluate_split_table("test", y, q, TAUS, HORIZONS, ts, base, n_boot=20)
+                st.upsert_trial("f", name, variant=variant, seed=seed, fold=fold, status="finished",
+                                params_json="{}", spec_yaml="", dir=str(d))
+                st.write_metrics("f", name, {f"test/{k}": v for k, v in evaluate.flatten_metrics(table).items()})
+    return st
+
+
+def test_differences_pool_every_fold_and_say_where_the_sign_holds(fold_store):
+    data = report.load(fold_store, "f")
+    paired, vs = report.comparisons(data, n_boot=200)
+    assert (paired["folds"] == 2).all() and (paired["n"] == 2000).all()       # both folds' samples, pooled
+    assert (paired["same_sign_folds"] == "1/2").all()                          # the effect flips between folds
+    assert (vs["folds"] == 2).all() and set(vs["same_sign_folds"]) <= {"1/2", "2/2"}
+    folds = report.fold_table(data)
+    assert list(folds.columns) == ["variant", "fold 0", "fold 1", "mean over folds"]
+    crps = folds.set_index("variant")
+    assert crps.loc["alt", "fold 0"] > crps.loc["ref", "fold 0"] and crps.loc["alt", "fold 1"] < crps.loc["ref", "fold 1"]
+    text = report.build_report(fold_store, "f", n_boot=50).read_text()
+    assert "## Test CRPS per rolling-origin fold" in text and "same_sign_folds" in text
+
+
+def test_one_fold_reports_have_no_fold_table(store):
+    assert report.fold_table(report.load(store, "abl")).empty

@@ -246,3 +246,46 @@ def test_sweep_smoke_samples_with_optuna_and_ranks_gated_trials_last(smoke, tmp_
     for _, params in rows:
         p = json.loads(params)
         assert 1e-4 <= p["train.lr"] <= 3e-3 and p["model.d_model"] in (16, 32)
+
+
+@pytest.mark.slow
+def test_rolling_origin_folds_run_as_trials_and_a_sweep_scores_every_fold(smoke):
+    """splits.folds: 2 makes every (variant, seed) two trials with their own split dates, data,
+    scalers and baselines; the report pools both folds. A sweep trial trains both folds and is
+    judged by their mean val CRPS."""
+    cwd, _, _ = smoke
+    spec = cwd / "folds.yaml"
+    quick = yaml.safe_load((ROOT / "experiments" / "quickstart.yaml").read_text())
+    spec.write_text(yaml.safe_dump({
+        "name": "folds", "extends": str(ROOT / "experiments" / "base.yaml"), "seeds": [0],
+        "data": quick["data"], "windows": quick["windows"], "model": quick["model"],
+        "splits": {**quick["splits"], "folds": 2},
+        "variants": {"full": {}, "no_tsa": {"model.attention": "temporal"}},
+        "search": {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+    }))
+    result = nqexp("run", str(spec), "--smoke", cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    import duckdb
+
+    con = duckdb.connect(str(cwd / "runs" / "store.duckdb"), read_only=True)
+    rows = con.execute("select trial, fold, status, spec_yaml from trials where experiment = 'folds-smoke' "
+                       "order by trial").fetchall()
+    con.close()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("full-s0-f0", 0, "finished"), ("full-s0-f1", 1, "finished"),
+                                                 ("no_tsa-s0-f0", 0, "finished"), ("no_tsa-s0-f1", 1, "finished")]
+    tests = [yaml.safe_load(r[3])["splits"]["test_start"] for r in rows[:2]]
+    assert tests[0] < tests[1]                                     # fold 0 tests the block before fold 1
+    text = (cwd / "runs" / "folds-smoke" / "report.md").read_text()
+    assert "## Test CRPS per rolling-origin fold" in text and "| 2 |" in text     # folds column of the tables
+    sweep = nqexp("sweep", str(spec), "--smoke", "--set", "name=folds_sweep", cwd=cwd)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-2000:]
+    con = duckdb.connect(str(cwd / "runs" / "store.duckdb"), read_only=True)
+    srows = con.execute("select trial, status, experiment from trials where experiment like 'folds_sweep%'").fetchall()
+    con.close()
+    assert len(srows) == 2
+    for name, status, exp in srows:
+        trial_dir = cwd / "runs" / exp / "trials" / name
+        if status == "finished":                                   # not stopped early by the scheduler
+            assert (trial_dir / "fold0" / "predictions.parquet").exists()
+            assert (trial_dir / "fold1" / "predictions.parquet").exists()
+            assert (trial_dir / "bundle").is_dir()

@@ -21,7 +21,6 @@ from nqexp.model.windows import (
     min_purge_bars,
     target_scale,
     temporal_features,
-    walk_forward_folds,
     window_starts,
 )
 from tests.conftest import SHARED_DATA
@@ -181,15 +180,24 @@ def test_stride_keeps_every_stride_th_bar_for_train_and_eval_stride_for_val(arra
     assert (out["train"] % 12 == 0).all() and (out["val"] % 6 == 0).all() and (out["test"] % 6 == 0).all()
 
 
-def test_walk_forward_folds_tile_the_end_without_overlap():
-    folds = list(walk_forward_folds("2020-01-01", "2020-12-31", n_folds=3, val_days=30, test_days=60))
-    assert [f.test_end for f in folds] == [dt.date(2020, 9, 2), dt.date(2020, 11, 1), dt.date(2020, 12, 31)]
+def test_rolling_origin_folds_tile_the_end_without_overlap():
+    last = SplitConfig(train_start="2020-01-01", train_end="2020-09-30", val_start="2020-10-01",
+                       val_end="2020-10-31", test_start="2020-11-01", test_end="2020-12-31", folds=3)
+    folds = last.fold_splits()
+    assert [f.test_end for f in folds] == [dt.date(2020, 8, 31), dt.date(2020, 10, 31), dt.date(2020, 12, 31)]
+    assert folds[-1] == dataclasses.replace(last, folds=1)           # the configured dates are the last fold
     for f, g in zip(folds, folds[1:]):
-        assert g.test_start == f.test_end + dt.timedelta(days=1)
+        assert g.test_start == f.test_end + dt.timedelta(days=1)      # contiguous, no overlap
     for f in folds:
-        assert f.train_start == dt.date(2020, 1, 1) and f.train_end < f.val_start <= f.val_end < f.test_start
-    with pytest.raises(SpecError):
-        list(walk_forward_folds("2020-01-01", "2020-03-01", n_folds=5, val_days=30, test_days=30))
+        assert f.folds == 1 and f.train_start == dt.date(2020, 1, 1)  # expanding
+        assert f.train_end < f.val_start <= f.val_end < f.test_start
+    sliding = dataclasses.replace(last, fold_scheme="sliding").fold_splits()
+    assert [f.train_start for f in sliding] == [dt.date(2019, 9, 1), dt.date(2019, 11, 1), dt.date(2020, 1, 1)]
+    assert len({(f.train_end - f.train_start).days for f in sliding}) == 1   # the same train length
+    with pytest.raises(SpecError, match="fold 0 has no train days left"):
+        dataclasses.replace(last, folds=6)
+    with pytest.raises(SpecError, match="fold_scheme"):
+        dataclasses.replace(last, fold_scheme="rolling")
 
 
 # --------------------------------------------------------------------------------------------- scalers

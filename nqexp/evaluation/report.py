@@ -106,11 +106,25 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
     return out[[c for c in out.columns if not (out[c] == "n/a").all()]]
 
 
+def fold_table(data: ReportData, split: str = "test", metric: str = "crps") -> pd.DataFrame:
+    """Rows: variant; columns: `metric` (horizon mean) in each rolling-origin fold, averaged over seeds,
+    then the mean over folds. Empty with a single fold."""
+    trials = data.trials.assign(fold=[_fold_of(r) for r in data.trials.itertuples()])
+    if trials["fold"].nunique() < 2:
+        return pd.DataFrame()
+    m = data.metrics[data.metrics["key"] == f"{split}/{metric}"].merge(trials[["trial", "variant", "fold"]], on="trial")
+    wide = m.groupby(["variant", "fold"])["value"].mean().unstack("fold")
+    wide.columns = [f"fold {int(f)}" for f in wide.columns]
+    wide["mean over folds"] = wide.mean(axis=1)
+    order = [v for v in variant_order(data) if v in wide.index]
+    return wide.loc[order].reset_index()
+
+
 def budget_table(data: ReportData) -> pd.DataFrame:
     """One row per trial: optimizer steps, epochs, why it stopped, best step, and `truncated` (the
     wall-clock guard stopped it before its step budget). Stores older than the step budget lack
     steps and best_step (NaN)."""
-    cols = ["trial", "variant", "seed", "steps", "epochs", "stopped", "best_step", "best_epoch"]
+    cols = ["trial", "variant", "seed", "fold", "steps", "epochs", "stopped", "best_step", "best_epoch"]
     trials = data.trials.reindex(columns=cols)
     out = trials.assign(truncated=trials["stopped"] == TRUNCATED)
     order = {v: i for i, v in enumerate(variant_order(data))}
@@ -170,38 +184,80 @@ def _best_baseline(mv: pd.DataFrame, label: str) -> str:
 
 def baseline_differences(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant, horizon and baseline: the paired CRPS difference model − baseline on identical
-    samples (averaged over seeds), with a moving-block bootstrap 95% CI (one-day blocks)."""
-
-    trials = data.trials[data.trials["status"] == "finished"]
+    samples (averaged over seeds, pooled over folds), with a block-bootstrap 95% CI (one-day blocks
+    that never cross a fold), its p-value, and in how many folds the difference has the pooled sign."""
     rows = []
     for variant in variant_order(data):
-        preds = [load_predictions(p) for p in (Path(d) / "predictions.parquet" for d in
-                                               trials.loc[trials["variant"] == variant, "dir"]) if p.exists()]
-        preds = [p for p in preds if split in p.splits]
-        if not preds or any(p.splits[split].ts.shape != preds[0].splits[split].ts.shape for p in preds):
+        by_fold = {}
+        for fold, paths in _fold_paths(data, variant).items():
+            preds = [p for p in (load_predictions(x) for x in paths) if split in p.splits]
+            if preds and all(p.splits[split].ts.shape == preds[0].splits[split].ts.shape for p in preds):
+                by_fold[fold] = preds
+        if not by_fold:
             continue
-        ref = preds[0]
+        ref = next(iter(by_fold.values()))[0]
         for name in sorted(ref.splits[split].baselines):
             for h, minutes in enumerate(ref.horizon_minutes):
-                d, b = [], []
-                for p in preds:
-                    sp = p.splits[split]
-                    ok = np.isfinite(sp.y[:, h])
-                    cm = np.full(sp.y.shape[0], np.nan)
-                    cb = np.full(sp.y.shape[0], np.nan)
-                    cm[ok] = _crps_any(sp.y[ok, h], sp.q[ok, h], p.taus, crps_quantile)
-                    cb[ok] = crps_quantile(sp.y[ok, h], sp.baselines[name][ok, h], p.taus)
-                    d.append(cm - cb)
-                    b.append(cb)
-                d, b = np.nanmean(np.stack(d), axis=0), np.nanmean(np.stack(b), axis=0)  # (N,) over seeds
-                ok = np.isfinite(d)
-                lo, hi, p = _mean_ci_p(d[ok], _day_block(ref.splits[split].ts[ok]), n_boot, seed)
-                mean = float(d[ok].mean())
+                parts = []
+                for fold, preds in by_fold.items():
+                    d, b = [], []
+                    for p in preds:
+                        sp = p.splits[split]
+                        ok = np.isfinite(sp.y[:, h])
+                        cm = np.full(sp.y.shape[0], np.nan)
+                        cb = np.full(sp.y.shape[0], np.nan)
+                        cm[ok] = _crps_any(sp.y[ok, h], sp.q[ok, h], p.taus, crps_quantile)
+                        cb[ok] = crps_quantile(sp.y[ok, h], sp.baselines[name][ok, h], p.taus)
+                        d.append(cm - cb)
+                        b.append(cb)
+                    parts.append((fold, np.nanmean(np.stack(d), axis=0), np.nanmean(np.stack(b), axis=0),
+                                  preds[0].splits[split].ts))                  # (N_f,) averaged over seeds
+                d, b, seg, ts = _pool(parts)
+                lo, hi, p = _mean_ci_p(d, _day_block(ts), n_boot, seed, seg)
+                mean = float(d.mean())
                 rows.append({"variant": variant, "baseline": name, "horizon": horizon_label(minutes),
-                             "seeds": len(preds), "rel_pct": 100 * mean / float(b[ok].mean()),
-                             "ci_lo_pct": 100 * lo / float(b[ok].mean()), "ci_hi_pct": 100 * hi / float(b[ok].mean()),
+                             "seeds": len(next(iter(by_fold.values()))), "folds": len(by_fold),
+                             "rel_pct": 100 * mean / float(b.mean()),
+                             "ci_lo_pct": 100 * lo / float(b.mean()), "ci_hi_pct": 100 * hi / float(b.mean()),
+                             "same_sign_folds": _same_sign(d, seg, mean),
                              "p": p, "p_adj": p, "verdict": _verdict(mean, p, ("model better", "model worse"))})
     return pd.DataFrame(rows)
+
+
+def _fold_paths(data: ReportData, variant: str) -> dict[int, list[Path]]:
+    """fold -> the predictions files of the variant's finished trials in that fold (one per seed)."""
+    trials = data.trials[(data.trials["status"] == "finished") & (data.trials["variant"] == variant)]
+    out: dict[int, list[Path]] = {}
+    for r in trials.itertuples():
+        path = Path(r.dir) / "predictions.parquet"
+        if path.exists():
+            out.setdefault(_fold_of(r), []).append(path)
+    return dict(sorted(out.items()))
+
+
+def _fold_of(row) -> int:
+    fold = getattr(row, "fold", 0)
+    return 0 if fold is None or fold != fold else int(fold)       # stores before folds: one fold
+
+
+def _pool(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """[(fold, d (N_f,), ref (N_f,), ts (N_f,))] -> the finite samples of every fold, concatenated in fold
+    order, and their fold labels (the bootstrap's segments)."""
+    d, r, seg, ts = [], [], [], []
+    for fold, df, rf, tf in parts:
+        ok = np.isfinite(df)
+        d.append(df[ok])
+        r.append(rf[ok])
+        ts.append(np.asarray(tf)[ok])
+        seg.append(np.full(int(ok.sum()), fold))
+    return np.concatenate(d), np.concatenate(r), np.concatenate(seg), np.concatenate(ts)
+
+
+def _same_sign(d: np.ndarray, seg: np.ndarray, pooled_mean: float) -> str:
+    """'k/K': in how many of the K folds the mean difference has the sign of the pooled one."""
+    folds = np.unique(seg)
+    same = sum(np.sign(d[seg == f].mean()) == np.sign(pooled_mean) for f in folds)
+    return f"{int(same)}/{len(folds)}"
 
 
 def horizon_labels(keys) -> list[str]:
@@ -228,48 +284,51 @@ def _fmt(x: float) -> str:
 
 
 def paired_differences(data: ReportData, split: str = "test", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per variant and horizon: mean paired CRPS difference vs the reference, its block-bootstrap CI, relative %."""
+    """Per variant and horizon: the mean paired CRPS difference vs the reference on identical samples
+    (same seed and fold; averaged over seeds, pooled over folds), its block-bootstrap CI (blocks never
+    cross a fold), p-value, relative %, and in how many folds it has the pooled sign."""
 
     trials = data.trials[data.trials["status"] == "finished"]
-    by_key = {(r.variant, int(r.seed)): Path(r.dir) / "predictions.parquet" for r in trials.itertuples()}
+    by_key = {(r.variant, int(r.seed), _fold_of(r)): Path(r.dir) / "predictions.parquet" for r in trials.itertuples()}
     rows = []
     for variant in variant_order(data)[1:]:
-        diffs, refs, ts_all = [], [], None
-        for (v, s), path in by_key.items():
-            if v != variant or (data.reference, s) not in by_key:
+        per_fold: dict[int, tuple[list, list, np.ndarray]] = {}
+        horizons = None
+        for (v, s, f), path in sorted(by_key.items()):
+            if v != variant or (data.reference, s, f) not in by_key:
                 continue
-            ref_path = by_key[(data.reference, s)]
+            ref_path = by_key[(data.reference, s, f)]
             if not path.exists() or not ref_path.exists():
                 continue
             a, b = load_predictions(path), load_predictions(ref_path)
             pa, pb = a.splits.get(split), b.splits.get(split)
             if pa is None or pb is None or pa.y.shape != pb.y.shape or not np.array_equal(pa.ts, pb.ts):
-                log.warning("%s seed %d: test samples differ from the reference's; not paired", variant, s)
+                log.warning("%s seed %d fold %d: test samples differ from the reference's; not paired", variant, s, f)
                 continue
-            H = pa.y.shape[1]
             d = np.full(pa.y.shape, np.nan)
             r = np.full(pa.y.shape, np.nan)
-            for h in range(H):
+            for h in range(pa.y.shape[1]):
                 ok = np.isfinite(pa.y[:, h]) & np.isfinite(pa.q[:, h]).all(1) & np.isfinite(pb.q[:, h]).all(1)
                 # A point-head variant has one "quantile": score it as a degenerate forecast (CRPS = |y - m|).
                 ca = _crps_any(pa.y[ok, h], pa.q[ok, h], a.taus, crps_quantile)
                 cb = _crps_any(pb.y[ok, h], pb.q[ok, h], b.taus, crps_quantile)
                 d[ok, h], r[ok, h] = ca - cb, cb
+            diffs, refs, _ = per_fold.setdefault(f, ([], [], pa.ts))
             diffs.append(d)
             refs.append(r)
-            ts_all, horizons = pa.ts, a.horizon_minutes
-        if not diffs:
+            horizons = a.horizon_minutes
+        if not per_fold:
             continue
-        d = np.nanmean(np.stack(diffs), axis=0)          # (N, H), averaged over seeds
-        r = np.nanmean(np.stack(refs), axis=0)
-        block = _day_block(ts_all)
+        seeds = max(len(v[0]) for v in per_fold.values())
         for h, minutes in enumerate(horizons):
-            ok = np.isfinite(d[:, h])
-            lo, hi, p = _mean_ci_p(d[ok, h], block, n_boot, seed)
-            mean = float(d[ok, h].mean())
-            rows.append({"variant": variant, "horizon": horizon_label(minutes), "seeds": len(diffs),
-                         "n": int(ok.sum()), "mean_diff": mean, "ci_lo": lo, "ci_hi": hi,
-                         "rel_pct": 100 * mean / float(r[ok, h].mean()),
+            parts = [(f, np.nanmean(np.stack(dl), axis=0)[:, h], np.nanmean(np.stack(rl), axis=0)[:, h], ts)
+                     for f, (dl, rl, ts) in per_fold.items()]                   # (N_f,) averaged over seeds
+            d, r, seg, ts = _pool(parts)
+            lo, hi, p = _mean_ci_p(d, _day_block(ts), n_boot, seed, seg)
+            mean = float(d.mean())
+            rows.append({"variant": variant, "horizon": horizon_label(minutes), "seeds": seeds,
+                         "folds": len(per_fold), "n": int(len(d)), "mean_diff": mean, "ci_lo": lo, "ci_hi": hi,
+                         "rel_pct": 100 * mean / float(r.mean()), "same_sign_folds": _same_sign(d, seg, mean),
                          "p": p, "p_adj": p, "verdict": _verdict(mean, p, ("better", "worse"))})
     return pd.DataFrame(rows)
 
@@ -279,9 +338,10 @@ ADJUST_METHOD = "bh"    # Benjamini–Hochberg: the usual choice for exploratory
 ADJUST_NAMES = {"bh": "Benjamini–Hochberg (false discovery rate)", "holm": "Holm (family-wise error)"}
 
 
-def _mean_ci_p(d: np.ndarray, block: int, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """95% block-bootstrap percentile CI of mean(d) and the bootstrap p-value of mean(d) = 0."""
-    reps = block_bootstrap_replicates(d, np.mean, block=block, n_boot=n_boot, seed=seed)
+def _mean_ci_p(d: np.ndarray, block: int, n_boot: int, seed: int, segments=None) -> tuple[float, float, float]:
+    """95% block-bootstrap percentile CI of mean(d) and the bootstrap p-value of mean(d) = 0; blocks
+    stay inside their segment (fold)."""
+    reps = block_bootstrap_replicates(d, np.mean, block=block, n_boot=n_boot, seed=seed, segments=segments)
     if len(reps) == 0:
         return float("nan"), float("nan"), float("nan")
     lo, hi = np.quantile(reps, [ALPHA / 2, 1 - ALPHA / 2])
@@ -362,6 +422,7 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
                    f"`p_adj` the adjusted one.\n")
     backtests = backtest_table(data)
     budget = budget_table(data)
+    folds = fold_table(data)
     figures = _figures(data, out_dir / "report_figures")
     counts = data.trials["status"].value_counts().to_dict()
     parts = [
@@ -372,10 +433,16 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
         budget_note(budget) + " Budgets are optimizer steps (`train.max_steps`), the same for every variant "
         "and seed; `train.time_budget_s` is only a guard.\n",
         _md_table(budget),
-        "## Test metrics per variant (mean ± std over seeds)\n",
+        "## Test metrics per variant (mean ± std over seeds and folds)\n",
         "CRPS is in log-return units; `crpss_*` is the CRPS skill 1 − CRPS/CRPS_baseline against baselines "
         "fitted on train only (positive = better than the baseline).\n",
         _md_table(summary),
+        *(["## Test CRPS per rolling-origin fold (mean over seeds)\n",
+           "Each fold has its own train, purge, val and test; its scalers and baselines are fitted on its own "
+           "train. The difference tables below pool every fold's test samples (bootstrap blocks never cross a "
+           "fold) and say in how many folds each difference has the pooled sign (`same_sign_folds`): an "
+           "effect that flips between folds is not a finding.\n",
+           _md_table(folds)] if len(folds) else []),
         "## Every variant against every baseline (identical test samples)\n",
         "rel_pct = mean over samples of CRPS(model) − CRPS(baseline), as % of the baseline's CRPS, averaged "
         "over seeds; CI = 95% moving-block bootstrap (one-day blocks). The model's claim is made against "

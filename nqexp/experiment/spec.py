@@ -258,11 +258,15 @@ class ExperimentSpec:
         out = []
         for variant, delta in self.variants.items():
             vspec = self._rebuild(delta, self.source or "spec", ("variants", variant))
+            # Rolling-origin folds (splits.folds): each is its own trial with its own split dates.
+            folds = getattr(vspec.splits, "fold_splits", lambda: [vspec.splits])()
             for seed in self.seeds:
-                tspec = dataclasses.replace(vspec, seeds=(seed,), search=FrozenDict(),
-                                            variants=FrozenDict({BASE_VARIANT: FrozenDict()}))
-                out.append(TrialSpec(self.name, variant, seed, f"{variant}-s{seed}", tspec,
-                                     is_reference=variant == self.reference_variant))
+                for k, split in enumerate(folds):
+                    tspec = dataclasses.replace(vspec, seeds=(seed,), search=FrozenDict(), splits=split,
+                                                variants=FrozenDict({BASE_VARIANT: FrozenDict()}))
+                    name = f"{variant}-s{seed}" + (f"-f{k}" if len(folds) > 1 else "")
+                    out.append(TrialSpec(self.name, variant, seed, name, tspec,
+                                         is_reference=variant == self.reference_variant, fold=k))
         return out
 
     def _rebuild(self, deltas: Mapping[str, Any], source: str, prefix: tuple) -> ExperimentSpec:
@@ -279,18 +283,20 @@ class TrialSpec:
     experiment: str
     variant: str
     seed: int
-    trial_name: str  # f"{variant}-s{seed}"
+    trial_name: str  # f"{variant}-s{seed}", and f"-f{fold}" with several folds
     spec: ExperimentSpec
     is_reference: bool = False  # the first variant: paired comparisons are against it
+    fold: int = 0               # rolling-origin fold (0 = the oldest); spec.splits holds its dates
 
     def to_dict(self) -> dict[str, Any]:
-        return {"experiment": self.experiment, "variant": self.variant, "seed": self.seed,
+        return {"experiment": self.experiment, "variant": self.variant, "seed": self.seed, "fold": self.fold,
                 "trial_name": self.trial_name, "spec": self.spec.to_dict()}
 
     def tracker_config(self) -> dict[str, Any]:
         """Flat dotted-key config for W&B (`model.d_model`, ...), secrets removed."""
         flat = flatten_dotted(self.spec.to_dict())
-        flat.update(experiment=self.experiment, variant=self.variant, seed=self.seed, trial_name=self.trial_name)
+        flat.update(experiment=self.experiment, variant=self.variant, seed=self.seed, fold=self.fold,
+                    trial_name=self.trial_name)
         return redact(flat)
 
 

@@ -25,6 +25,7 @@ resumed under the same id, and steps already logged are not logged again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -90,7 +91,6 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
     else:                                                    # `nqexp sweep`: searched dotted keys
         name = sweep_trial_name(tune.get_context().get_trial_id())
         tspec = base_spec.apply(config, source=f"sweep trial {name}")   # the sweep's one validation
-    data = datasets[data_key(tspec)]
     cpus = max(1, int(tspec.resources.cpus_per_trial))
     torch.set_num_threads(cpus)
     device = "cuda" if tspec.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
@@ -103,24 +103,38 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
         objective = metrics["val/crps"] * (GATE_PENALTY if gated else 1.0)
         tune.report({**metrics, "objective": objective, "trial_name": name, "_steps": tracker.drain()})
 
+    # A run's trial is one fold already (spec.trials() expands splits.folds); a sweep trial trains every
+    # fold of its sampled config in turn and is judged by the mean of their val CRPS (docs/experiments.md §13).
+    fold_specs = [dataclasses.replace(tspec, splits=s) for s in tspec.splits.fold_splits()]
     t0 = time.perf_counter()
-    result = train(tspec.model, tspec.train, {"train": data.datasets["train"], "val": data.datasets["val"]},
-                   tracker, trial_dir / "checkpoints", seed=tspec.seed, horizon_minutes=data.horizon_minutes,
-                   device=device, on_epoch=on_epoch)
+    results, flats, flags, plot_paths = [], [], [], {}
+    for k, fspec in enumerate(fold_specs):
+        data = datasets[data_key(fspec)]
+        fold_dir = trial_dir if len(fold_specs) == 1 else trial_dir / f"fold{k}"
+        result = train(fspec.model, fspec.train, {"train": data.datasets["train"], "val": data.datasets["val"]},
+                       tracker, fold_dir / "checkpoints", seed=fspec.seed, horizon_minutes=data.horizon_minutes,
+                       device=device, on_epoch=on_epoch)
+        draw = (plot_trials is None or name in plot_trials) and k == len(fold_specs) - 1
+        flat, fold_flags, paths = score_trial(fspec.model, result.checkpoint, data, fold_dir, fspec.eval, device,
+                                              plots=draw)
+        results.append(result)
+        flats.append(flat)
+        flags += fold_flags
+        plot_paths.update(paths)
     train_seconds = time.perf_counter() - t0
-    draw = plot_trials is None or name in plot_trials
-    flat, flags, plot_paths = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval, device,
-                                          plots=draw)
-    write_bundle(trial_dir, tspec, result.checkpoint, data)   # what `nqexp predict` loads
-    gated_final = bool(flags)
-    objective = result.best_val_crps * (GATE_PENALTY if gated_final else 1.0)
+    last = results[-1]
+    write_bundle(trial_dir, fold_specs[-1], last.checkpoint, datasets[data_key(fold_specs[-1])])  # `nqexp predict`
+    flat = {k: float(np.mean([f[k] for f in flats])) for k in flats[0] if all(k in f for f in flats)}
+    best_val = float(np.mean([r.best_val_crps for r in results]))
+    objective = best_val * (GATE_PENALTY if flags else 1.0)
     tune.report({
-        **flat, "objective": objective, "trial_name": name, "final": 1, "best_epoch": result.best_epoch,
-        "epochs": result.epochs, "steps": result.steps, "best_step": result.best_step,
-        "stopped": result.stopped, "train_seconds": result.train_seconds,
+        **flat, "objective": objective, "trial_name": name, "final": 1, "best_epoch": last.best_epoch,
+        "epochs": sum(r.epochs for r in results), "steps": sum(r.steps for r in results),
+        "best_step": last.best_step, "stopped": TRUNCATED if any(r.truncated for r in results) else last.stopped,
+        "train_seconds": sum(r.train_seconds for r in results), "folds": len(results),
         "trial_seconds": train_seconds, "gate_flags": json.dumps([[f.gate, f.reason] for f in flags]),
-        "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": result.best_val_crps,
-        "strict": bool(tspec.eval.strict), "history": json.dumps(result.history),
+        "plots": json.dumps(plot_paths), "_steps": tracker.drain(), "val/crps": best_val,
+        "strict": bool(tspec.eval.strict), "history": json.dumps([h for r in results for h in r.history]),
     })
 
 
@@ -174,7 +188,8 @@ class _Follower:
         name = self._name(trial)
         meta = self._meta(name, trial)
         self.store.upsert_trial(
-            self.experiment, name, variant=meta["variant"], seed=int(meta["seed"]), status="running",
+            self.experiment, name, variant=meta["variant"], seed=int(meta["seed"]), fold=int(meta.get("fold", 0)),
+            status="running",
             params_json=json.dumps(meta["params"], default=str), spec_yaml=meta.get("spec_yaml", ""),
             dir=str(self.store.trial_dir(self.experiment, name)),
         )
@@ -609,7 +624,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
             note(f"Resuming '{experiment}': {len(finished)} of {len(trials)} trials already finished; "
                  f"running {len(todo)}.")
         trial_specs = {t.trial_name: t.spec for t in todo}       # validated once, by spec.trials()
-        trial_meta = {t.trial_name: {"variant": t.variant, "seed": t.seed,
+        trial_meta = {t.trial_name: {"variant": t.variant, "seed": t.seed, "fold": t.fold,
                                      "params": dict(spec.variants[t.variant]), "spec": t.tracker_config(),
                                      "spec_yaml": yaml.safe_dump(redact(t.spec.to_dict()), sort_keys=False)}
                       for t in todo}
@@ -629,8 +644,10 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                  f"sampling {max(remaining, 0)} more (the search restarts from the prior).")
         todo, trial_specs = ([None] if remaining > 0 else []), {}
         trial_meta = {"_sweep_seed": spec.seeds[0]}
-        base = spec.trials()[0].spec
-        reps = {data_key(base.to_dict()): base}
+        # The sampled configs apply to this base; it keeps every fold (a sweep trial trains them all).
+        base = dataclasses.replace(spec.trials()[0].spec, splits=spec.splits)
+        fold_specs = [dataclasses.replace(base, splits=s) for s in spec.splits.fold_splits()]
+        reps = {data_key(f): f for f in fold_specs}
 
     outcome_notes: list[str] = []
     if not todo:
@@ -661,8 +678,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
             else:
                 max_epochs = spec.sweep.max_epochs or spec.train.max_epochs
                 base_spec = base.apply({"train.max_epochs": max_epochs}, source="sweep.max_epochs")
-                import dataclasses
-
+                max_epochs *= spec.splits.folds     # the scheduler sees every fold's epochs in turn
                 run_trials(experiment=experiment, store=store, trial_specs={}, trial_meta=trial_meta,
                            datasets=datasets, resources=spec.resources, track_cfg=spec.track, on_event=on_event,
                            search=spec.search_space(), base_spec=base_spec,

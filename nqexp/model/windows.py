@@ -66,7 +66,6 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -80,6 +79,7 @@ log = logging.getLogger(__name__)
 
 FLAG_BREAK, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4  # target_flags bits (docs/features.md §5)
 SPLITS = ("train", "val", "test")
+FOLD_SCHEMES = ("expanding", "sliding")
 _MAX_FIT_ROWS = 262_144  # percentiles are estimated on at most this many evenly spaced train bars
 
 
@@ -171,6 +171,8 @@ class SplitConfig:
     test_end: dt.date = dt.date(2025, 12, 3)      # last test session date
     purge_bars: int | None = None                 # gap between splits in bars; None = the minimum allowed
     feature_lookback_bars: int = 0                # longest feature look-back in bars, added to the minimum purge
+    folds: int = 1                                # rolling-origin folds; the dates above are the last one
+    fold_scheme: str = "expanding"                # expanding: every fold trains from train_start; sliding: train shifts too
 
     def __post_init__(self):
         for f in fields(self):
@@ -186,6 +188,35 @@ class SplitConfig:
             raise SpecError(f"splits.purge_bars ({self.purge_bars}) must be >= 0 or None")
         if self.feature_lookback_bars < 0:
             raise SpecError(f"splits.feature_lookback_bars ({self.feature_lookback_bars}) must be >= 0")
+        if self.folds < 1:
+            raise SpecError(f"splits.folds ({self.folds}) must be >= 1")
+        if self.fold_scheme not in FOLD_SCHEMES:
+            raise SpecError(f"splits.fold_scheme ({self.fold_scheme!r}) must be one of {list(FOLD_SCHEMES)}")
+        if self.folds > 1:
+            self.fold_splits()   # every fold must have train days left
+
+    def fold_splits(self) -> list[SplitConfig]:
+        """The rolling-origin folds, oldest first, each a one-fold SplitConfig (docs/features.md §8).
+
+        The configured dates are the last fold. Fold k of K moves every date back by (K-1-k) test
+        blocks (test_end - test_start + 1 days), so the test blocks tile the end of the data without
+        overlap; `expanding` keeps train_start, `sliding` moves it too. Each fold keeps its own purge
+        gaps, and everything fitted (scalers, baselines) is refitted on its own train."""
+        if self.folds == 1:
+            return [self]
+        block = (self.test_end - self.test_start).days + 1
+        out = []
+        for k in range(self.folds):
+            shift = dt.timedelta(days=(self.folds - 1 - k) * block)
+            dates = {f"{s}_{e}": getattr(self, f"{s}_{e}") - shift for s in SPLITS for e in ("start", "end")}
+            if self.fold_scheme == "expanding":
+                dates["train_start"] = self.train_start
+            if dates["train_start"] > dates["train_end"]:
+                raise SpecError(f"splits.folds ({self.folds}): fold {k} has no train days left (its train would end "
+                                f"{dates['train_end']}, before splits.train_start {self.train_start}); use fewer folds "
+                                f"or a shorter test block")
+            out.append(replace(self, **dates, folds=1))
+        return out
 
     def ranges(self) -> dict[str, tuple[dt.date, dt.date]]:
         return {s: (getattr(self, f"{s}_start"), getattr(self, f"{s}_end")) for s in SPLITS}
@@ -207,34 +238,6 @@ def resolve_purge(horizons, window_cfg: WindowConfig, split_cfg: SplitConfig) ->
             f"{max(horizons)} + {window_cfg.t_max} + feature_lookback_bars {split_cfg.feature_lookback_bars} "
             f"= {need} bars; raise splits.purge_bars to {need} or leave it unset")
     return int(split_cfg.purge_bars)
-
-
-def walk_forward_folds(first: dt.date | str, last: dt.date | str, *, n_folds: int, val_days: int, test_days: int,
-                       train_days: int | None = None, purge_bars: int | None = None,
-                       feature_lookback_bars: int = 0) -> Iterator[SplitConfig]:
-    """Walk-forward folds ending at `last`: fold k tests the k-th of n_folds consecutive test_days blocks.
-
-    Each fold's val block is the val_days just before its test block, and train runs from `first`
-    (expanding window) or covers the train_days before val (rolling window). Purging is applied by
-    make_splits like for any SplitConfig.
-    """
-    first, last = _as_date(first, "first"), _as_date(last, "last")
-    if n_folds < 1 or val_days < 1 or test_days < 1 or (train_days is not None and train_days < 1):
-        raise SpecError(f"walk-forward n_folds ({n_folds}), val_days ({val_days}), test_days ({test_days}) "
-                        f"and train_days ({train_days}) must be >= 1")
-    day = dt.timedelta(days=1)
-    for k in range(n_folds):
-        test_end = last - (n_folds - 1 - k) * test_days * day
-        test_start = test_end - (test_days - 1) * day
-        val_end = test_start - day
-        val_start = val_end - (val_days - 1) * day
-        train_end = val_start - day
-        train_start = first if train_days is None else max(first, train_end - (train_days - 1) * day)
-        if train_start > train_end:
-            raise SpecError(f"walk-forward fold {k}: no train days left between {first} and {train_end}; "
-                            f"use fewer folds or shorter val_days/test_days")
-        yield SplitConfig(train_start, train_end, val_start, val_end, test_start, test_end,
-                          purge_bars=purge_bars, feature_lookback_bars=feature_lookback_bars)
 
 
 # ---------------------------------------------------------------------------------------------
