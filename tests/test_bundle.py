@@ -278,8 +278,9 @@ def _reverse(key):
     (lambda m: m.update(baselines=["climatology"]), ["bundle.json: baselines =", "state.json"]),
     (lambda m: m.update(bundle_version=1), ["bundle.json: bundle version 1", "--set name=NEW_NAME"]),
     (lambda m: m.pop("taus"), ["bundle.json: 'taus' is missing"]),
+    (lambda m: m["taus"].__setitem__(0, "low"), ["bundle.json: 'taus' must hold int or float values"]),
 ], ids=["horizon_minutes-reversed", "horizons-reversed", "taus", "t_max", "head", "n_vars", "names", "freq_minutes",
-        "baselines", "version", "no-taus"])
+        "baselines", "version", "no-taus", "taus-text"])
 def test_an_edited_fact_in_bundle_json_is_refused(trial, tmp_path, edit, needles):
     t = copy_trial(trial, tmp_path)
     edit_meta(t, edit)
@@ -389,7 +390,8 @@ def test_predict_never_writes_into_the_runs_files(trial, tmp_path):
     assert own.read_bytes() == b"the trial's own predictions"
     assert (d / "bundle" / "bundle.json").read_text().startswith("{")
     # The trial's predict/ folder (range mode's default) is allowed.
-    res = invoke(trial, "predict", trial["name"], "--store", store, "--format", "json", "--out", d / "predict" / "p.json")
+    res = invoke(trial, "predict", trial["name"], "--store", store, "--format", "json",
+                 "--out", d / "predict" / "p.json")
     assert res.exit_code == 0, res.output
     assert json.loads((d / "predict" / "p.json").read_text())
 

@@ -60,6 +60,8 @@ FIX = "copy the trial's bundle again, or retrain the trial"
 _META_TYPES = {"bundle_version": int, "symbol": str, "feature_set": str, "sql_hash": str, "bars_table": str,
                "freq_minutes": int, "horizons": list, "horizon_minutes": list, "taus": list, "head": str,
                "names": list, "windows": dict, "baselines": list, "files": dict}
+_META_ITEMS = {"horizons": (int,), "horizon_minutes": (int,), "taus": (int, float), "names": (str,),
+               "baselines": (str,)}
 
 
 @dataclass
@@ -220,6 +222,9 @@ def load_bundle(trial_dir) -> Bundle:
     for key, kind in _META_TYPES.items():
         if not isinstance(meta.get(key), kind):
             raise DataError(f"{path / META}: {key!r} is missing or not a JSON {kind.__name__}; {FIX}")
+    for key, kinds in _META_ITEMS.items():
+        if not all(isinstance(v, kinds) and not isinstance(v, bool) for v in meta[key]):
+            raise DataError(f"{path / META}: {key!r} must hold {' or '.join(k.__name__ for k in kinds)} values; {FIX}")
     _check_manifest(path, meta["files"])
 
     info = _read_json(path / MODEL_JSON)

@@ -305,14 +305,6 @@ def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, 
     return out
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 def check_output_path(path, option: str, *, trial_dir, store_root=None) -> Path:
     """Where `nqexp predict` may write `path` (its --out or --plot), checked before any work: DataError
     (one line) when it lies inside the trial's folder or any trial folder of the run store, whose
@@ -323,12 +315,12 @@ def check_output_path(path, option: str, *, trial_dir, store_root=None) -> Path:
     protected = [Path(trial_dir).resolve()]
     if store_root is not None:
         root = Path(store_root).expanduser().resolve()
-        parts = full.relative_to(root).parts if _inside(full, root) else ()
+        parts = full.relative_to(root).parts if full.is_relative_to(root) else ()
         if len(parts) >= 3 and parts[1] == "trials":
             protected.append(root.joinpath(*parts[:3]))
     for folder in protected:
         own = folder / PREDICT_DIR
-        if _inside(full, folder) and not (_inside(full, own) and full != own):
+        if full.is_relative_to(folder) and not (full.is_relative_to(own) and full != own):
             raise DataError(f"{option} {path} is inside the trial folder {folder}, whose files are the run's own "
                             f"(predictions.parquet, checkpoints, bundle); write elsewhere, or under {own}/")
     existing = next(p for p in (full, *full.parents) if p.exists())
