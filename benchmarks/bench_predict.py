@@ -52,7 +52,8 @@ def main():
         con.close()
         print(f"demo database: {len(generated.bars):,} bars in {time.perf_counter() - t0:.0f}s")
     if not (trial_dir / "bundle" / "bundle.json").exists():
-        from nqexp.experiment.pipeline import prepare_data, score_trial, write_bundle
+        from nqexp.experiment.bundle import write_bundle
+        from nqexp.experiment.pipeline import prepare_data, score_trial
         from nqexp.experiment.spec import load_spec
         from nqexp.experiment.track import NullTracker
         from nqexp.model.train import train
@@ -75,16 +76,16 @@ def main():
     import torch
 
     from nqexp.experiment import predict as P
-    from nqexp.model.train import load_checkpoint_model, predict
+    from nqexp.model.train import predict
 
     torch.set_num_threads(2)
     bundle = P.load_bundle(trial_dir)
     fs = P.check_feature_set(bundle)
-    con = P._open(str(db_path), bundle.meta["symbol"], fs.bars_table)
+    con = P._open(str(db_path), bundle.meta["symbol"], fs.bars_table, fs.freq_minutes)
     last = con.execute(f"select max(ts) from {fs.bars_table} where symbol = ?", [bundle.meta["symbol"]]).fetchall()[0][0]
     tail = P.read_tail(con, bundle, fs, bundle.meta["symbol"], last, last)
     con.close()
-    model, _ = load_checkpoint_model(bundle.model_path)
+    model = bundle.model
     fc = P.forecast(bundle, tail, [len(tail.arrays.ts) - 1], model=model)
     fwd = []
     import dataclasses

@@ -97,5 +97,5 @@ def test_quickstart_smoke_trials_train_on_the_gpu(tmp_path):
     locations = set()
     for path in ckpts:
         # map_location sees where each tensor was saved from: a trial that trained on the GPU saved cuda tensors.
-        torch.load(path, weights_only=False, map_location=lambda storage, loc: locations.add(loc) or storage)
+        torch.load(path, weights_only=True, map_location=lambda storage, loc: locations.add(loc) or storage)
     assert locations and all(loc.startswith("cuda") for loc in locations), f"checkpoint tensors came from {locations}"

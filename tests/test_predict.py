@@ -27,7 +27,7 @@ TINY = [o for o in QUALITY_TINY if not o.startswith(("train.time_budget_s", "tra
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
     from nqexp.experiment.pipeline import prepare_data, score_trial
-    from nqexp.experiment.predict import write_bundle
+    from nqexp.experiment.bundle import write_bundle
     from nqexp.experiment.spec import load_spec
     from nqexp.experiment.track import NullTracker
     from nqexp.model.train import train

@@ -29,6 +29,15 @@ def db_label(ctx) -> str:
     return f"{path} ({os.path.getsize(path) / 1e6:.1f} MB)"
 
 
+def store_root(store_dir):
+    """The run store's folder (--store, else the default), without creating it."""
+    from pathlib import Path
+
+    from nqexp.experiment.spec import TrackConfig
+
+    return Path(store_dir or TrackConfig().store_path())
+
+
 def run_store(store_dir):
     from nqexp.experiment.spec import TrackConfig
     from nqexp.experiment.track import RunStore

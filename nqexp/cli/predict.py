@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from nqexp.cli.options import run_store, store_option
+from nqexp.cli.options import run_store, store_option, store_root
 
 
 def _trial_dir(run_name: str, store_dir) -> Path:
@@ -31,7 +31,8 @@ def _trial_dir(run_name: str, store_dir) -> Path:
 @click.option("--end", default=None, help="Range mode: last session date (default: --start).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write the output here (range mode: the Parquet; default <trial>/predict/START_END.parquet).")
+              help="Write the output here (range mode: the Parquet; default <trial>/predict/START_END.parquet); "
+                   "never inside a trial folder except its predict/.")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None, help="Fan chart PNG of the price paths ahead.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @store_option
@@ -54,17 +55,22 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
     from nqexp.experiment import predict as P
 
     trial_dir = _trial_dir(run_name, store_dir)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if start is None and end is not None:
         raise DataError("--end needs --start")
     if start is not None and at is not None:
         raise DataError("--at and --start/--end are two modes; give one")
+    # Output paths first: a refusal must not come after minutes of work, nor overwrite the run's files.
+    targets = {option: P.check_output_path(value, option, trial_dir=trial_dir, store_root=store_root(store_dir))
+               for option, value in (("--out", out), ("--plot", plot)) if value}
+    if len(targets) == 2 and targets["--out"] == targets["--plot"]:
+        raise DataError(f"--out and --plot name the same file ({out}); give two")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if start is not None:
         fc = P.predict_range(ctx.obj["db"], trial_dir, start, end or start, symbol=symbol, device=device)
-        path = Path(out) if out else trial_dir / "predict" / f"{start}_{end or start}.parquet"
+        path = Path(out) if out else trial_dir / P.PREDICT_DIR / f"{start}_{end or start}.parquet"
         path, table = P.save_and_score(fc, path)
         from nqexp.cli import render
 
@@ -74,11 +80,16 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
         return
     fc = P.predict_at(ctx.obj["db"], trial_dir, symbol=symbol, at=at, device=device)
     rows = P.long_rows(fc)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     if fmt == "table":
         from nqexp.cli import render
 
-        con = render.console(file=open(out, "w") if out else None)
-        render.print_forecast(con, fc, rows)
+        if out:
+            with open(out, "w") as f:
+                render.print_forecast(render.console(file=f), fc, rows)
+        else:
+            render.print_forecast(render.console(), fc, rows)
     elif fmt == "json":
         import json
 

@@ -16,6 +16,11 @@ never cross, scored on exactly the samples the model is scored on.
   feature set's features at the origin bar, the recent 30- and 60-minute returns and log sigma-hat,
   with target y / sigma-hat; early-stopped on val; outputs sorted per row (the rearrangement of
   Chernozhukov, Fernandez-Val and Galichon 2010) so they never cross.
+
+Each fitted baseline goes into a trial's bundle as data, never as a pickle: `to_state()` gives JSON
+values and numpy arrays (the boosters as LightGBM's text model) and `from_state()` rebuilds it;
+`fitted_to_state` / `fitted_from_state` do that for the name -> state dict `fit_and_predict` fills
+(docs/experiments.md §13).
 """
 
 from __future__ import annotations
@@ -83,6 +88,14 @@ class ClimatologyBaseline:
         n = int(scale_or_n) if np.ndim(scale_or_n) == 0 else np.shape(scale_or_n)[0]
         return np.broadcast_to(self.q_, (n, *self.q_.shape)).copy()  # (N, H, Q)
 
+    def to_state(self) -> dict:
+        assert self.q_ is not None, "fit() first"
+        return {"taus": [float(t) for t in self.taus], "q": np.asarray(self.q_, dtype=np.float64)}
+
+    @classmethod
+    def from_state(cls, state) -> ClimatologyBaseline:
+        return cls(taus=_state_taus(state), q_=_state_table(state, "q", "climatology"))
+
 
 @dataclass
 class VolScaledBaseline:
@@ -103,6 +116,27 @@ class VolScaledBaseline:
         assert self.z_ is not None, "fit() first"
         scale = _check_scale(scale, "vol-scaled scale", None)
         return scale[:, :, None] * self.z_[None, :, :]  # (N, H, Q)
+
+    def to_state(self) -> dict:
+        assert self.z_ is not None, "fit() first"
+        return {"taus": [float(t) for t in self.taus], "z": np.asarray(self.z_, dtype=np.float64)}
+
+    @classmethod
+    def from_state(cls, state) -> VolScaledBaseline:
+        return cls(taus=_state_taus(state), z_=_state_table(state, "z", "vol-scaled"))
+
+
+def _state_taus(state) -> tuple[float, ...]:
+    return tuple(float(t) for t in state["taus"])
+
+
+def _state_table(state, key: str, name: str) -> np.ndarray:
+    """A fitted (H, Q) quantile table, checked against the state's levels."""
+    table = np.asarray(state[key], dtype=np.float64)
+    if table.ndim != 2 or table.shape[1] != len(state["taus"]) or not np.isfinite(table).all():
+        raise DataError(f"{name} state: the quantile table has shape {table.shape} (finite values for "
+                        f"{len(state['taus'])} levels expected)")
+    return table
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,6 +232,33 @@ class LGBMQuantiles:
         z.sort(axis=2)  # rearrangement: the sorted curve is never a worse quantile estimate, and can't cross
         return np.asarray(scale, dtype=np.float64)[:, :, None] * z
 
+    def to_state(self) -> dict:
+        """Settings and each booster as LightGBM's text model (`model_to_string`, up to its best iteration)."""
+        settings = {f: getattr(self, f) for f in ("max_train_rows", "max_val_rows", "num_leaves", "learning_rate",
+                                                  "max_rounds", "early_stopping", "min_data_in_leaf", "seed",
+                                                  "num_threads")}
+        return {"taus": [float(t) for t in self.taus], **settings, "names": [str(n) for n in self.names],
+                "boosters": [[b.model_to_string() for b in row] for row in self.boosters],
+                "best_iteration": [[int(b.best_iteration) for b in row] for row in self.boosters]}
+
+    @classmethod
+    def from_state(cls, state) -> LGBMQuantiles:
+        import lightgbm as lgb
+
+        settings = {k: v for k, v in state.items() if k not in ("taus", "names", "boosters", "best_iteration")}
+        m = cls(taus=_state_taus(state), names=[str(n) for n in state["names"]], **settings)
+        if [len(row) for row in state["boosters"]] != [len(m.taus)] * len(state["boosters"]):
+            raise DataError(f"lgbm state: {[len(row) for row in state['boosters']]} boosters per horizon, "
+                            f"expected {len(m.taus)} (one per level)")
+        try:
+            m.boosters = [[lgb.Booster(model_str=text) for text in row] for row in state["boosters"]]
+        except lgb.basic.LightGBMError as exc:
+            raise DataError(f"lgbm state: a booster's text model does not parse ({str(exc)[:120]})") from None
+        for row, its in zip(m.boosters, state["best_iteration"]):
+            for b, it in zip(row, its):
+                b.best_iteration = int(it)
+        return m
+
 
 # ------------------------------------------------------------------------------------------
 # All baselines of one data configuration
@@ -250,4 +311,36 @@ def fit_and_predict(arrays, split_idx: dict, targets: dict, taus, *, model_scale
             notes.append(m.note)
         for s in split_idx:
             out[s]["lgbm"] = m.quantiles(feats[s], model_scale[s])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Fitted state as data (a trial's bundle)
+
+
+def fitted_to_state(fitted: dict) -> dict:
+    """`fit_and_predict`'s fitted state (name -> baseline) as JSON values and numpy arrays."""
+    out = {}
+    for name, obj in fitted.items():
+        if name == "mcgarch":
+            out[name] = {"garch": obj["garch"].to_state(), "quantiles": obj["quantiles"].to_state()}
+        elif name in ("climatology", "volscaled", "lgbm"):
+            out[name] = obj.to_state()
+        else:
+            raise AssertionError(f"no state format for baseline {name!r}")
+    return out
+
+
+def fitted_from_state(state: dict) -> dict:
+    """The fitted baselines `fitted_to_state` described (name -> baseline, as `fit_and_predict` fills)."""
+    classes = {"climatology": ClimatologyBaseline, "volscaled": VolScaledBaseline, "lgbm": LGBMQuantiles}
+    out = {}
+    for name, part in state.items():
+        if name == "mcgarch":
+            out[name] = {"garch": MCGarch.from_state(part["garch"]),
+                         "quantiles": VolScaledBaseline.from_state(part["quantiles"])}
+        elif name in classes:
+            out[name] = classes[name].from_state(part)
+        else:
+            raise DataError(f"unknown baseline {name!r} (known: {', '.join(BASELINES)})")
     return out

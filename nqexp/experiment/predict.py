@@ -1,14 +1,8 @@
-"""Forecasts for new bars from a trained trial: the model bundle and `nqexp predict`.
+"""Forecasts for new bars from a trained trial's model bundle: `nqexp predict`.
 
-A trial's **bundle** (`<trial_dir>/bundle/`, written by `write_bundle` at the end of each trial) is
-everything a fresh process needs, without Ray, W&B or the training data:
-
-  * `model.pt`: the best checkpoint's weights and model config (no optimizer state);
-  * `state.pkl`: what was fitted on train: the `windows.Scalers` (feature standardization, sigma-hat
-    with its MC-GARCH) and the baselines' state (climatology table, vol-scaled and MC-GARCH
-    quantile tables, the LightGBM boosters when they are small);
-  * `bundle.json`: feature set name and SQL hash, symbol, horizons, quantile levels, the window
-    config, the resolved spec and the nqexp version.
+The bundle (`<trial_dir>/bundle/`: weights, model config, the state fitted on train, the facts and a
+manifest, all data and no pickle) is written and checked by bundle.py (docs/experiments.md §13);
+this module reads the bars a forecast needs and issues the model's and the baselines' quantiles.
 
 **Only the tail of the bars is read.** Features at bar t use bars <= t only, so a forecast needs the
 bars of its window plus a warm-up. Window functions are exact after the set's declared look-back;
@@ -28,129 +22,27 @@ bar each missing bar counts as the mean slot.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import math
-import pickle
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import nqexp
 from nqexp import features
 from nqexp.data import bars, db
 from nqexp.errors import DataError
 from nqexp.evaluation import baselines, evaluate
+from nqexp.experiment.bundle import Bundle, check_feature_set, load_bundle
 from nqexp.metrics import horizon_label
 from nqexp.model import windows
-from nqexp.model.train import load_checkpoint_model, predict
-from nqexp.model.windows import WindowConfig
-from nqexp.secrets import redact
+from nqexp.model.train import predict
 
-BUNDLE_DIR = "bundle"
-BUNDLE_VERSION = 1
 FEATURE_TOL = 1e-12          # filter seed weight left at the first window bar
 SIGMA_HALFLIVES = 30         # 2^-30 ~ 1e-9 of sigma-hat's start state left at the forecast bar
-MAX_LGBM_BYTES = 8_000_000   # the boosters go into the bundle only below this size
 PREDICT_SPLIT = "predict"    # the split name of range-mode predictions
-
-
-# ------------------------------------------------------------------------------------------
-# Bundle
-
-
-@dataclass
-class Bundle:
-    path: Path
-    meta: dict[str, Any]
-    scalers: Any                                   # windows.Scalers
-    baselines: dict[str, Any]                      # name -> fitted state (baselines.fit_and_predict)
-    window_cfg: Any                                # windows.WindowConfig
-
-    @property
-    def taus(self) -> tuple[float, ...]:
-        return tuple(self.meta["taus"])
-
-    @property
-    def horizons(self) -> tuple[int, ...]:
-        return tuple(self.meta["horizons"])
-
-    @property
-    def horizon_minutes(self) -> tuple[int, ...]:
-        return tuple(self.meta["horizon_minutes"])
-
-    @property
-    def model_path(self) -> Path:
-        return self.path / "model.pt"
-
-
-def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
-    """Write `<trial_dir>/bundle/` from the best checkpoint and the data's train-fitted state."""
-    import torch
-
-    if data.scalers is None:
-        raise DataError("the prepared data holds no fitted scalers; prepare it with pipeline.prepare_data")
-    out = Path(trial_dir) / BUNDLE_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    torch.save({"model": ckpt["model"], "model_cfg": ckpt["model_cfg"]}, out / "model.pt")
-    state = dict(data.baseline_state)
-    notes = []
-    if "lgbm" in state:
-        size = len(pickle.dumps(state["lgbm"]))
-        if size > MAX_LGBM_BYTES:
-            state.pop("lgbm")
-            notes.append(f"lgbm boosters left out ({size / 1e6:.1f} MB > {MAX_LGBM_BYTES / 1e6:.0f} MB)")
-    with open(out / "state.pkl", "wb") as f:
-        pickle.dump({"scalers": data.scalers, "baselines": state}, f, protocol=pickle.HIGHEST_PROTOCOL)
-    path = getattr(trial_spec.features, "path", None)
-    fs = features.resolve_set(trial_spec.features.set, path)
-    meta = {
-        "bundle_version": BUNDLE_VERSION,
-        "nqexp_version": nqexp.__version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "symbol": trial_spec.data.symbol,
-        "feature_set": fs.name,
-        "feature_path": None if path is None else str(path),
-        "sql_hash": fs.sql_hash,
-        "bars_table": fs.bars_table,
-        "freq_minutes": int(fs.freq_minutes),
-        "horizons": [int(h) for h in fs.horizons],
-        "horizon_minutes": [int(m) for m in data.horizon_minutes],
-        "taus": [float(t) for t in trial_spec.model.quantiles],
-        "names": list(data.names),
-        "windows": dataclasses.asdict(trial_spec.windows),
-        "baselines": sorted(state),
-        "notes": notes,
-        "spec": redact(trial_spec.to_dict()),  # the one secret policy (nqexp/secrets.py)
-    }
-    (out / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
-    return out
-
-
-def load_bundle(trial_dir) -> Bundle:
-
-    path = Path(trial_dir) / BUNDLE_DIR
-    if not (path / "bundle.json").exists():
-        raise DataError(f"trial {trial_dir} has no model bundle ({path}); it was trained before bundles "
-                        f"existed or did not finish: rerun it (nqexp run SPEC --resume EXP)")
-    meta = json.loads((path / "bundle.json").read_text())
-    with open(path / "state.pkl", "rb") as f:
-        state = pickle.load(f)
-    return Bundle(path=path, meta=meta, scalers=state["scalers"], baselines=state["baselines"],
-                  window_cfg=WindowConfig(**meta["windows"]))
-
-
-def check_feature_set(bundle: Bundle):
-    """The feature set as defined now; DataError when its SQL changed since training."""
-
-    fs = features.resolve_set(bundle.meta["feature_set"], bundle.meta.get("feature_path"))
-    if fs.sql_hash != bundle.meta["sql_hash"]:
-        raise DataError(f"feature set {fs.name} changed since training: SQL hash now {fs.sql_hash[:12]}, "
-                        f"trained on {bundle.meta['sql_hash'][:12]}; retrain the trial on the current SQL")
-    return fs
+PREDICT_DIR = "predict"      # range mode's default output folder inside the trial folder
 
 
 # ------------------------------------------------------------------------------------------
@@ -297,7 +189,7 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
     ds = windows.dataset_arrays(shim, idx, s, bundle.window_cfg)
     ds = dataclasses.replace(ds, y=arrays.targets[idx].astype(np.float32), scale=scale)
     if model is None:
-        model, _ = load_checkpoint_model(bundle.model_path, device=device)
+        model = bundle.model.to(device)
     t1 = time.perf_counter()
     q = predict(model, ds, 512, device).q                   # (n, H, Q) or (n, H, 1)
     t2 = time.perf_counter()
@@ -411,6 +303,35 @@ def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, 
     out = forecast(bundle, tail, idx, device=device)
     out.seconds["read"] = tail.seconds
     return out
+
+
+def check_output_path(path, option: str, *, trial_dir, store_root=None) -> Path:
+    """Where `nqexp predict` may write `path` (its --out or --plot), checked before any work: DataError
+    (one line) when it lies inside the trial's folder or any trial folder of the run store, whose
+    files are the run's own (predictions.parquet, checkpoints, the bundle; the trial's predict/
+    folder, range mode's default, is the exception), when it names a folder, or when a folder on
+    its way is a file or not writable. Returns the path, resolved."""
+    full = Path(path).expanduser().resolve()
+    protected = [Path(trial_dir).resolve()]
+    if store_root is not None:
+        root = Path(store_root).expanduser().resolve()
+        parts = full.relative_to(root).parts if full.is_relative_to(root) else ()
+        if len(parts) >= 3 and parts[1] == "trials":
+            protected.append(root.joinpath(*parts[:3]))
+    for folder in protected:
+        own = folder / PREDICT_DIR
+        if full.is_relative_to(folder) and not (full.is_relative_to(own) and full != own):
+            raise DataError(f"{option} {path} is inside the trial folder {folder}, whose files are the run's own "
+                            f"(predictions.parquet, checkpoints, bundle); write elsewhere, or under {own}/")
+    existing = next(p for p in (full, *full.parents) if p.exists())
+    if existing == full and full.is_dir():
+        raise DataError(f"{option} {path} is a folder; give a file name")
+    folder = existing if existing != full else full.parent
+    if not folder.is_dir():
+        raise DataError(f"{option} {path}: {folder} is a file, not a folder; give a path in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{option} {path}: the folder {folder} is not writable")
+    return full
 
 
 def save_and_score(fc: Forecast, path) -> tuple[Path, Any]:

@@ -44,10 +44,10 @@ import numpy as np
 from nqexp.data import db, demo, ingest
 from nqexp.errors import DataError, NqexpError, SpecError
 from nqexp.experiment import spec as spec_mod
+from nqexp.experiment.bundle import write_bundle
 from nqexp.experiment.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
-from nqexp.experiment.predict import write_bundle
 from nqexp.experiment.track import BufferTracker, RunStore, WandbRun, finite_number, wandb_mode
-from nqexp.model.train import TRUNCATED, train
+from nqexp.model.train import LATEST_KEYS, TRUNCATED, load_checkpoint, train
 from nqexp.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -612,6 +612,8 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
                 f"different resolved spec; give this one a new name (--set name=...) or compare with "
                 f"`diff {saved} <(nqexp run {spec_path or 'SPEC'} --dry-run --print-spec)`"
             )
+    if kind == "run":
+        check_resume_checkpoints(store, experiment, spec)
     spec_mod.dump_resolved(spec, saved)
     spec_yaml = saved.read_text()
     store.start_experiment(experiment, kind, spec_path, spec_yaml)
@@ -701,6 +703,17 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     wall = time.perf_counter() - t0
     store.finish_experiment(experiment, exp_status, wall)
     return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes, kind)
+
+
+def check_resume_checkpoints(store, experiment: str, spec) -> None:
+    """Every unfinished trial's latest.pt loads (weights-only) before any trial starts: a truncated,
+    garbled or pickled checkpoint is one line here (DataError naming the file), not a failed trial
+    with a traceback in Ray's error file."""
+    finished = store.finished_trials(experiment)
+    for t in spec.trials():
+        latest = store.trial_dir(experiment, t.trial_name) / "checkpoints" / "latest.pt"
+        if t.trial_name not in finished and latest.exists():
+            load_checkpoint(latest, "cpu", LATEST_KEYS)
 
 
 def _note_cluster_gpus(resources, note) -> None:

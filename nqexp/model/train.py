@@ -17,7 +17,9 @@ What it does (docs/model.md §6):
   stopping on it, and the best `keep_checkpoints` checkpoints kept on disk;
 - atomic checkpoints (write to a temporary file, then rename) holding model, optimizer, RNG
   states, epoch, step and early-stopping state, written at every epoch end and every
-  `checkpoint_every` optimizer steps.
+  `checkpoint_every` optimizer steps. A checkpoint holds only tensors and plain values (dicts,
+  lists, tuples, numbers, strings), so it loads with `torch.load(weights_only=True)`, which runs no
+  code from the file; `load_checkpoint` refuses anything else with one line (docs/model.md §6).
 
 Exact resume: batches come in an order that depends only on (seed, epoch), and the checkpoint
 holds the torch/numpy RNG states and the micro-batch position inside the epoch. A resumed run
@@ -30,7 +32,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import random
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +43,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nqexp.errors import SpecError
+from nqexp.errors import DataError, SpecError
 from nqexp.metrics import crps_quantile, horizon_label
 from nqexp.model.windows import WindowLoader
 
@@ -155,9 +159,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The RNG states as tensors and plain values: numpy's key array becomes a list of ints, so the
+    checkpoint loads with weights_only=True (a numpy array would need pickle)."""
     import torch
 
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -166,11 +174,58 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     import torch
 
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    # .cpu(): the checkpoint is loaded with map_location=device, and RNG states must be CPU byte tensors.
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+LATEST_KEYS = ("model", "optimizer", "state", "rng", "model_cfg", "train_cfg")   # what latest.pt holds
+BEST_KEYS = ("model", "model_cfg")                                                # ... and best-epochNNNN.pt
+# How torch's weights-only unpickler names a Python object it refuses to build (a class, os.system, ...)
+_UNSAFE_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)")
+
+
+def load_checkpoint(path, device="cpu", keys: Sequence[str] = BEST_KEYS) -> dict[str, Any]:
+    """A checkpoint train() wrote, loaded with `torch.load(weights_only=True)`: tensors and plain
+    values only, so no code in the file runs. DataError (one line, naming the file) when it is
+    missing, truncated or garbled, holds pickled objects (a crafted file, or one an nqexp before
+    weights-only checkpoints wrote), or lacks one of `keys`."""
+    import torch
+
+    path = Path(path)
+    fix = "delete the trial's checkpoints to train it from the start"
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist; was the trial trained?")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = " ".join(str(exc).split())
+        found = _UNSAFE_GLOBAL.search(text)
+        if found is None:
+            reason = _UNPICKLER_ERROR.search(text)
+            raise DataError(f"checkpoint {path} cannot be read (truncated or garbled: "
+                            f"{reason.group(1) if reason else _first_sentence(exc)}); {fix}") from None
+        raise DataError(f"checkpoint {path} holds pickled Python objects ({found.group(1)}), which nqexp never "
+                        f"loads (loading a pickle can run arbitrary code); an nqexp before weights-only checkpoints "
+                        f"wrote it, or it was crafted: {fix}") from None
+    except Exception as exc:  # torch reports a torn or garbled file as RuntimeError, EOFError, KeyError, ...
+        raise DataError(f"checkpoint {path} cannot be read (truncated or garbled: "
+                        f"{type(exc).__name__}: {_first_sentence(exc)}); {fix}") from None
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DataError(f"checkpoint {path} is not a checkpoint nqexp wrote (it lacks {', '.join(missing)}); {fix}")
+    return ckpt
+
+
+def _first_sentence(exc: BaseException, limit: int = 120) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -264,11 +319,15 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
              "bad_epochs": 0, "best_ckpts": [], "history": [], "train_seconds": 0.0, "stopped": None}
     latest = run_dir / "latest.pt"
     if resume and latest.exists():
-        ckpt = torch.load(latest, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        _set_rng_state(ckpt["rng"])
+        ckpt = load_checkpoint(latest, device, LATEST_KEYS)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            state = dict(ckpt["state"])
+            _set_rng_state(ckpt["rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"checkpoint {latest} does not fit this trial ({_first_sentence(exc, 200)}); "
+                            f"delete the trial's checkpoints to train it from the start") from None
         log.info("resumed from %s at epoch %d, micro-batch %d, step %d", latest, state["epoch"],
                  state["micro"], state["step"])
 
@@ -357,15 +416,16 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
 
 def load_checkpoint_model(path, device: str = "cpu"):
     """Rebuild the model stored in a checkpoint (best-*.pt or latest.pt)."""
-    import torch
-
     # lazy: imports torch
     from nqexp.model.net import ModelConfig, build_model
 
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    cfg_dict = dict(ckpt["model_cfg"])
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
-    model = build_model(cfg).to(device)
-    model.load_state_dict(ckpt["model"])
+    ckpt = load_checkpoint(path, device, BEST_KEYS)
+    try:
+        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(ckpt["model_cfg"]).items()})
+        model = build_model(cfg).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError, SpecError) as exc:
+        raise DataError(f"checkpoint {path}: its weights do not fit its model config ({_first_sentence(exc, 200)}); "
+                        f"delete the trial's checkpoints to train it from the start") from None
     model.eval()
     return model, cfg

@@ -79,6 +79,32 @@ class MCGarch:
     nu: float = field(default=0.0, init=False)            # Student-t degrees of freedom of e
     fit_bars: tuple[int, int] = field(default=(0, 0), init=False)
 
+    # -- state: plain values and arrays, no pickle (docs/experiments.md §13) ---------------------
+    def to_state(self) -> dict:
+        """The fitted filter as JSON values and numpy arrays; `from_state` rebuilds it exactly."""
+        assert self.profile is not None, "fit() first"
+        return {"halflife_grid": [float(h) for h in self.halflife_grid], "max_fit_bars": int(self.max_fit_bars),
+                "z_clip": float(self.z_clip), "halflife": float(self.halflife), "level0": float(self.level0),
+                "profile": np.asarray(self.profile, dtype=np.float64), "omega": float(self.omega),
+                "alpha": float(self.alpha), "beta": float(self.beta), "nu": float(self.nu),
+                "fit_bars": [int(b) for b in self.fit_bars]}
+
+    @classmethod
+    def from_state(cls, state) -> MCGarch:
+        """The filter `to_state` described; DataError when the state is not one."""
+        g = cls(halflife_grid=tuple(float(h) for h in state["halflife_grid"]), max_fit_bars=int(state["max_fit_bars"]),
+                z_clip=float(state["z_clip"]))
+        for name in ("halflife", "level0", "omega", "alpha", "beta", "nu"):
+            setattr(g, name, float(state[name]))
+        g.profile = np.asarray(state["profile"], dtype=np.float64)
+        g.fit_bars = (int(state["fit_bars"][0]), int(state["fit_bars"][1]))
+        if g.profile.ndim != 1 or not g.profile.size or not np.isfinite(g.profile).all() or (g.profile <= 0).any():
+            raise DataError(f"mcgarch state: the diurnal profile must be positive numbers, got shape {g.profile.shape}")
+        if not (g.alpha >= 0 and g.beta >= 0 and g.alpha + g.beta < 1 and g.omega > 0 and g.halflife > 0):
+            raise DataError(f"mcgarch state: not a stationary fitted filter (omega {g.omega:.3g}, alpha {g.alpha:.3g}, "
+                            f"beta {g.beta:.3g}, half-life {g.halflife:g})")
+        return g
+
     # -- the three components, each causal -------------------------------------------------------
     def _slots(self, arrays) -> np.ndarray:
         return np.asarray(arrays.minute_of_day_et).astype(np.int64) // int(arrays.freq_minutes)

@@ -368,6 +368,43 @@ class Scalers:
     fit_bars: tuple[int, int] = (0, 0)              # [first, last] bar index the fit read
     garch: Any = None                               # volatility.MCGarch when windows.sigma is "mcgarch"
 
+    def to_state(self) -> dict:
+        """Everything fitted, as JSON values and numpy arrays (no pickle; docs/experiments.md §13)."""
+        return {"center": np.asarray(self.center, dtype=np.float64),
+                "spread": np.asarray(self.spread, dtype=np.float64), "clip": float(self.clip),
+                "tod_profile": np.asarray(self.tod_profile, dtype=np.float64),
+                "var_per_bar": float(self.var_per_bar), "halflife_bars": float(self.halflife_bars),
+                "scale_floor": np.asarray(self.scale_floor, dtype=np.float64),
+                "horizons": [int(h) for h in self.horizons], "freq_minutes": int(self.freq_minutes),
+                "names": [str(n) for n in self.names], "fit_bars": [int(b) for b in self.fit_bars],
+                "garch": None if self.garch is None else self.garch.to_state()}
+
+    @classmethod
+    def from_state(cls, state) -> Scalers:
+        """The scalers `to_state` described; DataError when the arrays disagree with each other."""
+        s = cls(center=np.asarray(state["center"], dtype=np.float64),
+                spread=np.asarray(state["spread"], dtype=np.float64),
+                clip=float(state["clip"]), tod_profile=np.asarray(state["tod_profile"], dtype=np.float64),
+                var_per_bar=float(state["var_per_bar"]), halflife_bars=float(state["halflife_bars"]),
+                scale_floor=np.asarray(state["scale_floor"], dtype=np.float64),
+                horizons=tuple(int(h) for h in state["horizons"]), freq_minutes=int(state["freq_minutes"]),
+                names=[str(n) for n in state["names"]],
+                fit_bars=(int(state["fit_bars"][0]), int(state["fit_bars"][1])),
+                garch=None if state["garch"] is None else MCGarch.from_state(state["garch"]))
+        V, H = len(s.names), len(s.horizons)
+        slots = 1440 // s.freq_minutes if s.freq_minutes > 0 else -1
+        problems = [f"{name} has shape {arr.shape}, expected ({n},)" for name, arr, n in [
+            ("center", s.center, V), ("spread", s.spread, V), ("scale_floor", s.scale_floor, H),
+            ("tod_profile", s.tod_profile, slots)] if arr.shape != (n,)]
+        if s.garch is not None and s.garch.profile.shape != (slots,):
+            problems.append(f"the MC-GARCH profile has shape {s.garch.profile.shape}, expected ({slots},)")
+        if not problems and not ((s.spread > 0).all() and (s.scale_floor > 0).all() and (s.tod_profile > 0).all()):
+            problems.append("spread, scale_floor and tod_profile must be > 0")
+        if problems:
+            raise DataError(f"scalers state: {'; '.join(problems)} (for {V} variables, {H} horizons, "
+                            f"{s.freq_minutes}-minute bars)")
+        return s
+
     def transform_features(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, V) raw features -> (N, V) float32 standardized, clipped, non-finite -> 0."""
         X = np.asarray(X)
