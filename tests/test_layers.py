@@ -82,3 +82,18 @@ def test_help_loads_no_heavy_library():
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_sql_lives_in_the_data_stage_the_features_store_and_the_run_store():
+    """Each store has one owner (docs/contributing.md §9): outside data/, features/ and the run store
+    (experiment/track.py), no module runs SQL."""
+    owners = {PACKAGE / "experiment" / "track.py"}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name in ("data", "features") or path in owners:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("execute", "executemany", "sql", "fetchall", "fetchnumpy"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.func.attr}(")
+    assert not offenders, "SQL outside its owners:\n" + "\n".join(offenders)

@@ -152,13 +152,14 @@ def _tail64(trial, bundle, fs, origin):
     import dataclasses
 
     from nqexp import features
-    from nqexp.data import db
+    from nqexp.data import bars, db
     from nqexp.experiment import predict as P
 
     con = db.connect(trial["db"], read_only=True)
     try:
         n_back = bundle.window_cfg.t_max + P.feature_warmup_bars(fs)
-        start = P._first_ts(con, fs.bars_table, bundle.meta["symbol"], origin.item(), n_back)
+        start = bars.ts_before(con, fs.bars_table, bundle.meta["symbol"], origin.item(), n_back) \
+            or bars.ts_span(con, fs.bars_table, bundle.meta["symbol"])[0]
         con.execute(f"create temp table t64 as select * from {fs.bars_table} where symbol = ? and ts between ? and ?",
                     [bundle.meta["symbol"], start, origin.item()])
         return features.compute(con, dataclasses.replace(fs, bars_table="t64"), bundle.meta["symbol"]).X

@@ -54,6 +54,7 @@ Conventions (also in sql/schema/002_bars.sql):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -746,3 +747,57 @@ def bars_provenance(con_or_db, symbol: str, freq_minutes: int) -> dict[str, Any]
     finally:
         if own:
             con.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Reads of the built bars (for `nqexp predict`, which forecasts from the tail of a series)
+
+
+def bar_count(con, table: str, symbol: str) -> int:
+    """Bars of `symbol` in `table` (0 when the table does not exist)."""
+    if not db.table_exists(con, table):
+        return 0
+    return int(con.execute(f"select count(*) from {table} where symbol = ?", [symbol]).fetchall()[0][0])
+
+
+def ts_span(con, table: str, symbol: str, session_dates=None) -> tuple:
+    """(first ts, last ts) of the symbol's bars, or of those whose session date is in the given
+    inclusive (first, last) range; (None, None) when there are none."""
+    if session_dates is None:
+        return tuple(con.execute(f"select min(ts), max(ts) from {table} where symbol = ?", [symbol]).fetchall()[0])
+    d0, d1 = session_dates
+    return tuple(con.execute(f"select min(ts), max(ts) from {table} where symbol = ? and session_date between ? and ?",
+                             [symbol, d0, d1]).fetchall()[0])
+
+
+def ts_before(con, table: str, symbol: str, ts, back: int = 0):
+    """ts of the bar `back` bars before the last bar at or before `ts` (0: that bar); None if none."""
+    rows = con.execute(f"select ts from {table} where symbol = ? and ts <= ? order by ts desc limit 1 offset ?",
+                       [symbol, ts, int(back)]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def ts_after(con, table: str, symbol: str, ts, ahead: int):
+    """ts of the `ahead`-th bar after `ts` (1: the next bar); None when the series ends sooner."""
+    rows = con.execute(f"select ts from {table} where symbol = ? and ts > ? order by ts limit 1 offset ?",
+                       [symbol, ts, int(ahead) - 1]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def calendar_columns(con, table: str, symbol: str, start, end) -> dict:
+    """ts, close, session_date and minute_of_day_et of the bars in [start, end], in time order (numpy)."""
+    return con.execute(f"select ts, close, session_date, minute_of_day_et from {table} "
+                       f"where symbol = ? and ts between ? and ? order by ts", [symbol, start, end]).fetchnumpy()
+
+
+@contextlib.contextmanager
+def range_copy(con, table: str, symbol: str, start, end, name: str = "_nqexp_bars_range"):
+    """A temporary table holding the symbol's bars in [start, end] (dropped on exit): a feature set's own
+    SQL can run over it exactly as over the full table."""
+    con.execute(f"create or replace temp table {name} as select * from {table} "
+                f"where symbol = ? and ts between ? and ?", [symbol, start, end])
+    try:
+        yield name
+    finally:
+        con.execute(f"drop table if exists {name}")
+

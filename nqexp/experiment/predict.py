@@ -94,20 +94,6 @@ class Tail:
     seconds: float = 0.0
 
 
-def _bar_ts(con, table: str, symbol: str, where: str, order: str, offset: int, params: list):
-    rows = con.execute(f"select ts from {table} where symbol = ? and {where} order by ts {order} limit 1 offset ?",
-                       [symbol, *params, int(offset)]).fetchall()
-    return rows[0][0] if rows else None
-
-
-def _first_ts(con, table, symbol, last_ts, n_back: int):
-    """ts of the bar n_back bars before last_ts (or the first bar)."""
-    got = _bar_ts(con, table, symbol, "ts <= ?", "desc", n_back, [last_ts])
-    if got is None:
-        got = con.execute(f"select min(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
-    return got
-
-
 def read_tail(con, bundle: Bundle, fs, symbol: str, first_origin, last_origin) -> Tail:
     """Features for the bars the windows of origins first..last need (plus warm-up), and the longer
     close/calendar range for sigma-hat, both ending max horizon bars after last_origin."""
@@ -115,28 +101,24 @@ def read_tail(con, bundle: Bundle, fs, symbol: str, first_origin, last_origin) -
 
     t0 = time.perf_counter()
     table = fs.bars_table
-    max_h = max(bundle.horizons)
-    after = _bar_ts(con, table, symbol, "ts > ?", "asc", max_h - 1, [last_origin])
-    end = after if after is not None else con.execute(
-        f"select max(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
-    t_max = bundle.window_cfg.t_max
-    feat_start = _first_ts(con, table, symbol, first_origin, t_max + feature_warmup_bars(fs))
-    sig_start = _first_ts(con, table, symbol, first_origin, max(sigma_warmup_bars(bundle), t_max + feature_warmup_bars(fs)))
-    cal = con.execute(f"select ts, close, session_date, minute_of_day_et from {table} "
-                      f"where symbol = ? and ts between ? and ? order by ts", [symbol, sig_start, end]).fetchnumpy()
+    after = bars.ts_after(con, table, symbol, last_origin, max(bundle.horizons))
+    end = after if after is not None else bars.ts_span(con, table, symbol)[1]
+    need = bundle.window_cfg.t_max + feature_warmup_bars(fs)
+
+    def start_back(n_back):   # the bar n_back bars before first_origin, or the series' first bar
+        got = bars.ts_before(con, table, symbol, first_origin, n_back)
+        return got if got is not None else bars.ts_span(con, table, symbol)[0]
+
+    feat_start = start_back(need)
+    cal = bars.calendar_columns(con, table, symbol, start_back(max(sigma_warmup_bars(bundle), need)), end)
     calendar = _Calendar(ts=np.asarray(cal["ts"]).astype("datetime64[us]"),
                          close=np.asarray(cal["close"], dtype=np.float64),
                          session_date=np.asarray(cal["session_date"]).astype("datetime64[D]"),
                          minute_of_day_et=np.asarray(cal["minute_of_day_et"]).astype(np.int16),
                          horizons=bundle.horizons, freq_minutes=int(fs.freq_minutes))
     # The set's own SQL over a temporary copy of the tail: the same code as the full build.
-    tmp = "_nqexp_predict_tail"
-    con.execute(f"create or replace temp table {tmp} as select * from {table} "
-                f"where symbol = ? and ts between ? and ?", [symbol, feat_start, end])
-    try:
+    with bars.range_copy(con, table, symbol, feat_start, end) as tmp:
         res = features.compute(con, dataclasses.replace(fs, bars_table=tmp), symbol)
-    finally:
-        con.execute(f"drop table if exists {tmp}")
     arrays = features.FeatureArrays(
         ts=res.ts, X=np.ascontiguousarray(res.X, dtype=np.float32), names=list(res.names), close=res.close,
         horizons=fs.horizons, freq_minutes=fs.freq_minutes, targets=np.ascontiguousarray(res.targets),
@@ -229,8 +211,7 @@ def _open(db_path, symbol: str, table: str, freq_minutes: int):
     """A read-only connection (the set's bars are built first when raw bars are ahead of them)."""
 
     con = db.connect(db_path, read_only=True)
-    if not db.table_exists(con, table) or not con.execute(
-            f"select count(*) from {table} where symbol = ?", [symbol]).fetchall()[0][0]:
+    if not bars.bar_count(con, table, symbol):
         con.close()
         raise DataError(f"no {table} bars for {symbol!r} in {db.resolve_db_path(db_path)}; "
                         f"import them (nqexp data import) and build bars (nqexp data bars --symbol {symbol})")
@@ -251,7 +232,7 @@ def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device
     con = _open(db_path, symbol, fs.bars_table, fs.freq_minutes)
     try:
         table = fs.bars_table
-        last = con.execute(f"select max(ts) from {table} where symbol = ?", [symbol]).fetchall()[0][0]
+        last = bars.ts_span(con, table, symbol)[1]
         if at is None:
             origin = last
         else:
@@ -259,7 +240,7 @@ def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device
             if np.datetime64(last, "us") < at_ts:
                 raise DataError(f"the {table} bars of {symbol} end at {last}, before --at {at}; "
                                 f"import newer bars or pick an earlier time")
-            origin = _bar_ts(con, table, symbol, "ts <= ?", "desc", 0, [at_ts.item()])
+            origin = bars.ts_before(con, table, symbol, at_ts.item())
             if origin is None:
                 raise DataError(f"no {table} bars of {symbol} at or before --at {at}")
         tail = read_tail(con, bundle, fs, symbol, origin, origin)
@@ -285,8 +266,7 @@ def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, 
     d0, d1 = _to_ts(start).astype("datetime64[D]"), _to_ts(end).astype("datetime64[D]")
     con = _open(db_path, symbol, fs.bars_table, fs.freq_minutes)
     try:
-        span = con.execute(f"select min(ts), max(ts) from {fs.bars_table} where symbol = ? "
-                           f"and session_date between ? and ?", [symbol, d0.item(), d1.item()]).fetchall()[0]
+        span = bars.ts_span(con, fs.bars_table, symbol, (d0.item(), d1.item()))
         if span[0] is None:
             raise DataError(f"no {fs.bars_table} bars of {symbol} with session dates {d0}..{d1}")
         tail = read_tail(con, bundle, fs, symbol, span[0], span[1])
