@@ -181,7 +181,8 @@ def point_in_time_tables(report) -> list[Table]:
         changed = r.note or ", ".join(r.offending)
         cuts.add_row(str(r.cut_ts), str(r.raw_until), str(r.rolls_removed), f"{r.rows_compared:,}", changed,
                      "yes" if r.ok else "NO", style=None if r.ok else "red")
-    columns = Table(title=f"point in time per column, worst over the cuts (tolerance {report.point_in_time_rtol:g} relative)")
+    columns = Table(title="point in time per column, worst over the cuts "
+                          f"(tolerance {report.point_in_time_rtol:g} relative)")
     for col in ("column", "values", "max |diff|", "max rel diff", "mismatches", "ok"):
         columns.add_column(col, justify="left" if col == "column" else "right")
     for c in report.point_in_time_columns():

@@ -225,7 +225,8 @@ def _default_cuts(con, fs: FeatureSet, symbol: str, n_cuts: int, seed: int) -> l
     if len(ts) < 2 or n_cuts < 1:
         return []
     rolls, _ = bars.stored_rolls(con, symbol)
-    roll_ts = np.sort(np.asarray(rolls["ts"].to_numpy(), dtype="datetime64[us]")) if len(rolls) else np.array([], "datetime64[us]")
+    roll_ts = np.sort(np.asarray(rolls["ts"].to_numpy(), dtype="datetime64[us]")) if len(rolls) \
+        else np.array([], "datetime64[us]")
     cuts, lo = [], min(fs.warmup_bars, len(ts) - 2)
     freq = np.timedelta64(int(fs.freq_minutes), "m")
     usable = []
