@@ -159,6 +159,12 @@ def leakage_check(con, fs: FeatureSet | str, symbol: str, cuts, full: Computed |
 POINT_IN_TIME_RTOL = 1e-9     # below float32 storage (6e-8 relative), 100x the rebuild round-off (~1e-11)
 TAIL_WARMUPS = 4              # the scratch copy starts this many warm-ups (and a session) before the first cut
 _RAW_COLUMNS = "symbol, ts, open, high, low, close, volume, instrument_id, contract, source"
+REBUILT_TABLES = tuple(f"bars_{f}m" for f in bars.SUPPORTED_FREQS)
+
+
+def _table_minutes(fs: FeatureSet) -> int:
+    """The bar size of the set's bars table (bars_5m -> 5)."""
+    return int(fs.bars_table.removeprefix("bars_").removesuffix("m"))
 
 
 def merge_columns(results: list[PointInTimeResult]) -> list[ColumnDiff]:
@@ -228,7 +234,7 @@ def _default_cuts(con, fs: FeatureSet, symbol: str, n_cuts: int, seed: int) -> l
     roll_ts = np.sort(np.asarray(rolls["ts"].to_numpy(), dtype="datetime64[us]")) if len(rolls) \
         else np.array([], "datetime64[us]")
     cuts, lo = [], min(fs.warmup_bars, len(ts) - 2)
-    freq = np.timedelta64(int(fs.freq_minutes), "m")
+    freq = np.timedelta64(_table_minutes(fs), "m")
     usable = []
     for r in roll_ts:
         # The bar of the set that holds the roll starts at the roll's bucket; the cut is the bar before it.
@@ -265,13 +271,16 @@ def point_in_time_check(con, fs: FeatureSet | str, symbol: str, cuts=None, n_cut
     when raw_bars holds no bars for `symbol`.
     """
     fs = as_set(fs, path)
+    if fs.bars_table not in REBUILT_TABLES:
+        raise DataError(f"feature set {fs.name} reads {fs.bars_table}, which a bars build does not write; "
+                        f"the raw truncation check rebuilds only {', '.join(REBUILT_TABLES)}")
     where, params = _raw_filter(con, symbol)
     if cuts is None:
         cuts = _default_cuts(con, fs, symbol, n_cuts, seed)
     cuts = sorted(np.datetime64(c, "us") for c in cuts)
     if not cuts:
         return []
-    freq = np.timedelta64(int(fs.freq_minutes), "m")
+    freq = np.timedelta64(_table_minutes(fs), "m")
     # The scratch copy starts at the session of the bar TAIL_WARMUPS warm-ups before the first cut.
     back = TAIL_WARMUPS * max(fs.warmup_bars, 1)
     row = con.execute(
@@ -299,7 +308,7 @@ def point_in_time_check(con, fs: FeatureSet | str, symbol: str, cuts=None, n_cut
             if given is not None and first is not None:
                 g = given[(given["ts"] > np.datetime64(first, "us")) & (given["ts"] <= np.datetime64(last, "us"))]
                 g = g.reset_index(drop=True) if len(g) else None
-            rep = bars.build_bars(scratch, symbol, [fs.freq_minutes], given_rolls=g, detect=detect)
+            rep = bars.build_bars(scratch, symbol, [_table_minutes(fs)], given_rolls=g, detect=detect)
             return compute(scratch, fs, symbol), np.asarray(rep.rolls["ts"].to_numpy(), dtype="datetime64[us]")
 
         full, full_rolls = rebuild(None)
@@ -371,6 +380,8 @@ def check(con, set_name: FeatureSet | str, symbol: str, n_cuts: int = 5, seed: i
         note = "skipped (no raw cuts asked for)"
     elif not has_raw_bars(con, symbol):
         note = f"skipped: raw_bars holds no bars of {symbol!r} to rebuild from"
+    elif fs.bars_table not in REBUILT_TABLES:
+        note = f"skipped: {fs.bars_table} is not a table the bars build writes"
     else:
         pit = point_in_time_check(con, fs, symbol, n_cuts=raw_cuts, seed=seed)
         if not pit:
