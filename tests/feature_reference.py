@@ -6,7 +6,10 @@ feature against it. Conventions both sides must share are stated once, here:
   * EMA / Wilder averages are pandas ewm(span=n | alpha=1/n, adjust=False, ignore_na=True);
   * Bollinger sd is the population sd (ddof=0); realized_vol uses the sample sd (ddof=1);
   * the grok24 VWAP resets at the first RTH bar of each session_date and accumulates from the
-    first bar before the first reset.
+    first bar before the first reset;
+  * point in time (§13): a price in points is the raw contract close (`raw_close`), and a comparison
+    of two prices (DM up- vs down-move, a typical price's rise or fall, sd or MAD = 0) treats a
+    difference within TIE = 1e-9 of the close (of the window mean for sd and MAD) as a tie.
 
 Also holds `build_test_bars`, a crude stand-in for nqexp.data.bars.build_bars (used only while that
 module does not exist): it fills bars_1m / bars_5m from raw_bars with the contract schema.
@@ -19,6 +22,7 @@ import pandas as pd
 
 FLAG_SESSION, FLAG_WEEKEND, FLAG_ROLL = 1, 2, 4
 ANNUALIZE_1M = np.sqrt(252 * 390)
+TIE = 1e-9            # relative: price differences this small are ties (docs/features.md §13)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,28 +166,30 @@ def migt24(df: pd.DataFrame) -> pd.DataFrame:
     o, h, l, c = df["open"], df["high"], df["low"], df["close"]
     v = df["volume"].astype(float)
     r = np.log(c).diff()
+    pc = c.shift(1)
     e = {n: ema(c, n) for n in (9, 12, 21, 26, 50)}
     out = {
-        "migt_bar_open": o, "migt_bar_high": h, "migt_bar_low": l, "migt_bar_close": c,
+        "migt_bar_open": np.log(o / pc), "migt_bar_high": np.log(h / pc), "migt_bar_low": np.log(l / pc),
+        "migt_bar_close": np.log(c / c.rolling(144, min_periods=144).mean()),
         "migt_bar_log_volume": np.log(v + 1),
         "migt_bar_log_return": r,
         "migt_vol_gk_volatility": 0.5 * (np.log(h) - np.log(l)) ** 2 - (2 * np.log(2) - 1) * (np.log(c) - np.log(o)) ** 2,
         "migt_vol_rv_12": np.sqrt((r**2).rolling(12, min_periods=12).sum()),
         "migt_vol_rv_36": np.sqrt((r**2).rolling(36, min_periods=36).sum()),
         "migt_vol_rv_72": np.sqrt((r**2).rolling(72, min_periods=72).sum()),
-        "migt_liq_amihud_illiq": r.abs() / (c * v),
+        "migt_liq_amihud_illiq": r.abs() / (df["raw_close"] * v),
         "migt_mom_rsi_14": rsi(c),
-        "migt_trend_macd": e[12] - e[26],
+        "migt_trend_macd": (e[12] - e[26]) / c,
         "migt_mom_roc_5": c.pct_change(5, fill_method=None),
         "migt_mom_roc_10": c.pct_change(10, fill_method=None),
         "migt_mom_roc_20": c.pct_change(20, fill_method=None),
-        "migt_trend_ema_slope_9": e[9].diff(),
-        "migt_trend_ema_slope_21": e[21].diff(),
-        "migt_trend_ema_slope_50": e[50].diff(),
+        "migt_trend_ema_slope_9": e[9].diff() / c,
+        "migt_trend_ema_slope_21": e[21].diff() / c,
+        "migt_trend_ema_slope_50": e[50].diff() / c,
         "migt_trend_ema_dev_9": c / e[9] - 1,
         "migt_trend_ema_dev_21": c / e[21] - 1,
         "migt_trend_ema_dev_50": c / e[50] - 1,
-        "migt_vol_atr_14": true_range(df).rolling(14, min_periods=14).mean(),
+        "migt_vol_atr_14": true_range(df).rolling(14, min_periods=14).mean() / c,
         "migt_liq_volume_ma_ratio": v / v.rolling(20, min_periods=20).mean(),
     }
     return pd.DataFrame(out)
@@ -226,10 +232,11 @@ def grok24(df: pd.DataFrame) -> pd.DataFrame:
     macd = ema(c, 12) - ema(c, 26)
     sma = {n: c.rolling(n, min_periods=n).mean() for n in (20, 50, 200)}
 
-    # DMI / ADX (Wilder, 14).
+    # DMI / ADX (Wilder, 14); moves within TIE x close of each other (or of 0) are ties.
     up, down = h.diff(), -l.diff()
-    plus_dm = pd.Series(np.where((up > down) & (up > 0), up, 0.0), index=df.index).where(up.notna())
-    minus_dm = pd.Series(np.where((down > up) & (down > 0), down, 0.0), index=df.index).where(down.notna())
+    tie = TIE * c
+    plus_dm = pd.Series(np.where((up - down > tie) & (up > tie), up, 0.0), index=df.index).where(up.notna())
+    minus_dm = pd.Series(np.where((down - up > tie) & (down > tie), down, 0.0), index=df.index).where(down.notna())
     atr = wilder(true_range(df), 14)
     plus_di = 100 * wilder(plus_dm, 14) / atr
     minus_di = 100 * wilder(minus_dm, 14) / atr
@@ -237,17 +244,18 @@ def grok24(df: pd.DataFrame) -> pd.DataFrame:
     adx = wilder(dx, 14)
 
     tp_sma = tp.rolling(20, min_periods=20).mean()
-    cci = (tp - tp_sma) / (0.015 * _mean_abs_dev(tp.to_numpy(), 20))
+    mad = pd.Series(_mean_abs_dev(tp.to_numpy(), 20), index=df.index)
+    cci = ((tp - tp_sma) / (0.015 * mad)).where(mad > TIE * tp_sma)
 
     mid = c.rolling(20, min_periods=20).mean()
     sd = pd.Series(_rolling_std(c.to_numpy(float), 20, ddof=0), index=df.index)
     upper, lower = mid + 2 * sd, mid - 2 * sd
-    pct_b = ((c - lower) / (upper - lower)).where(sd > 0)
+    pct_b = ((c - lower) / (upper - lower)).where(sd > TIE * mid)
 
     flow = tp * v
     d_tp = tp.diff()
-    pos = flow.where(d_tp > 0, 0.0).where(d_tp.notna())
-    neg = flow.where(d_tp < 0, 0.0).where(d_tp.notna())
+    pos = flow.where(d_tp > tie, 0.0).where(d_tp.notna())
+    neg = flow.where(d_tp < -tie, 0.0).where(d_tp.notna())
     pos14, neg14 = pos.rolling(14, min_periods=14).sum(), neg.rolling(14, min_periods=14).sum()
     mfi = 100 * pos14 / (pos14 + neg14)
 
@@ -259,7 +267,7 @@ def grok24(df: pd.DataFrame) -> pd.DataFrame:
         "grok_price_open_return": np.log(c / o),
         "grok_volume_log_volume": np.log1p(v),
         "grok_volume_log_volume_diff": np.log1p(v).diff(),
-        "grok_volume_dollar_volume": np.log1p(c * v),
+        "grok_volume_dollar_volume": np.log1p(df["raw_close"] * v),
         "grok_trend_vwap_deviation": (c - vwap) / c,
         "grok_trend_macd_histogram": (macd - ema(macd, 9)) / c,
         "grok_trend_sma_20_dev": np.log(c / sma[20]),

@@ -175,8 +175,8 @@ def test_leakage_check_catches_a_feature_that_peeks(tmp_path, monkeypatch, demo_
     sql_dir = _copy_sql(tmp_path)
     path = sql_dir / "features" / "migt_liq.sql"
     text = path.read_text().replace(
-        "abs(ln(close / prev_close)) / (close * volume) as migt_liq_amihud_illiq",
-        "abs(ln(close / prev_close)) / (close * (select avg(volume) from feature_input)) as migt_liq_amihud_illiq")
+        "abs(ln(close / prev_close)) / (raw_close * volume) as migt_liq_amihud_illiq",
+        "abs(ln(close / prev_close)) / (raw_close * (select avg(volume) from feature_input)) as migt_liq_amihud_illiq")
     path.write_text(text)
     monkeypatch.setattr(features.catalog, "sql_root", lambda: sql_dir)
     fs = features.feature_set("migt24")
@@ -294,17 +294,20 @@ def test_check_reports_stats_collinear_pairs_and_passes_leakage(demo_con):
     rep = features.check(demo_con, "migt24", SYMBOL, n_cuts=2, seed=1)
     assert [s.name for s in rep.stats] == list(features.feature_set("migt24").columns)
     assert all(s.n_nan == 0 and s.n_inf == 0 for s in rep.stats)
-    close = next(s for s in rep.stats if s.name == "migt_bar_close")
-    bars = ref.load_bars(demo_con, "bars_5m", SYMBOL)["close"].to_numpy()[rep.warmup_bars:]
-    assert close.min == bars.min() and close.max == bars.max()
-    assert close.mean == pytest.approx(bars.mean(), rel=1e-12)
+    ret = next(s for s in rep.stats if s.name == "migt_bar_log_return")
+    close = ref.load_bars(demo_con, "bars_5m", SYMBOL)["close"].to_numpy()
+    want = np.log(close[1:] / close[:-1])[rep.warmup_bars - 1:]
+    assert ret.min == pytest.approx(want.min(), rel=1e-12) and ret.max == pytest.approx(want.max(), rel=1e-12)
+    assert ret.mean == pytest.approx(want.mean(), rel=1e-9, abs=1e-15)
     pairs = {(a, b) for a, b, _ in rep.correlated}
-    assert ("migt_bar_open", "migt_bar_close") in pairs                  # price levels are ~1.0 correlated
+    # The seed's EMA slope is alpha/(1-alpha) (C - EMA): in units of the close it is the deviation again.
+    assert ("migt_trend_ema_slope_9", "migt_trend_ema_dev_9") in pairs
     assert all(abs(c) > 0.95 for _, _, c in rep.correlated)
     assert len(rep.leakage) == 2 and rep.ok
+    assert rep.point_in_time and all(r.ok for r in rep.point_in_time) and not rep.point_in_time_note
     from nqexp.cli import render  # the CLI renders the report; features.py returns data
 
-    assert len(render.feature_check_tables(rep)) == 3
+    assert len(render.feature_check_tables(rep)) == 5
 
 
 # --------------------------------------------------------------------------------------------

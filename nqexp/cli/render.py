@@ -167,7 +167,47 @@ def feature_check_tables(report) -> list[Table]:
         leak.add_row(str(r.cut_index), str(r.cut_ts), f"{r.rows_compared:,}", str(r.n_mismatch),
                      f"{r.max_abs_diff:.3g}", r.worst_feature or "", "yes" if r.ok else "NO",
                      style=None if r.ok else "red")
-    return [stats, corr, leak]
+    return [stats, corr, leak, *point_in_time_tables(report)]
+
+
+def point_in_time_tables(report) -> list[Table]:
+    """The raw truncation check of `nqexp features check`: its cut points, then each column's worst difference."""
+    title = ("point in time: raw bars after the cut removed, rolls, adjustment, bars and features rebuilt; "
+             "columns at bars <= cut must not change")
+    cuts = Table(title=title + (f" ({report.point_in_time_note})" if report.point_in_time_note else ""))
+    for col in ("cut bar (UTC)", "raw kept before", "rolls removed", "rows", "changed columns", "ok"):
+        cuts.add_column(col, overflow="fold")
+    for r in report.point_in_time:
+        changed = r.note or ", ".join(r.offending)
+        cuts.add_row(str(r.cut_ts), str(r.raw_until), str(r.rolls_removed), f"{r.rows_compared:,}", changed,
+                     "yes" if r.ok else "NO", style=None if r.ok else "red")
+    columns = Table(title="point in time per column, worst over the cuts "
+                          f"(tolerance {report.point_in_time_rtol:g} relative)")
+    for col in ("column", "values", "max |diff|", "max rel diff", "mismatches", "ok"):
+        columns.add_column(col, justify="left" if col == "column" else "right")
+    for c in report.point_in_time_columns():
+        columns.add_row(c.name, f"{c.rows:,}", f"{c.max_abs_diff:.3g}", f"{c.max_rel_diff:.3g}", str(c.n_mismatch),
+                        "yes" if c.ok else "NO", style=None if c.ok else "red")
+    return [cuts, columns]
+
+
+def point_in_time_failure(report) -> str:
+    """The one-line error of a failed raw truncation check: which columns moved, or why nothing compared."""
+    bad = report.point_in_time_offending()
+    notes = sorted({r.note for r in report.point_in_time if r.note})
+    what = f"columns {', '.join(bad)} change at bars before the cut" if bad else "; ".join(notes)
+    return (f"point-in-time check failed at {sum(not r.ok for r in report.point_in_time)} raw cut point(s): {what} "
+            "when the raw bars after it are removed and everything is rebuilt (a value in back-adjusted price units "
+            "moves whenever a later roll is added; docs/features.md §13); see the tables above")
+
+
+def point_in_time_summary(report) -> str:
+    """The closing line of a passed raw truncation check (or why it did not run)."""
+    if not report.point_in_time:
+        return f"[yellow]Raw truncation check {report.point_in_time_note or 'skipped'}.[/]"
+    removed = max(r.rolls_removed for r in report.point_in_time)
+    return (f"[green]Point in time: every feature and target unchanged at {len(report.point_in_time)} raw cut "
+            f"point(s) (up to {removed} later roll(s) removed), to {report.point_in_time_rtol:g} relative.[/]")
 
 
 # --------------------------------------------------------------------------------------- experiments

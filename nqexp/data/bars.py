@@ -701,7 +701,11 @@ def bars_summary(con, symbol: str | None = None) -> dict:
 
 
 def bars_fingerprint(con, bars_table: str, symbol: str) -> str:
-    """Row count, first/last ts and an order-free hash of every bar field the features read."""
+    """Row count, first/last ts and an order-free hash of every bar field the features read.
+
+    `raw_close` (read by the shipped sets since docs/features.md §13) is left out so existing
+    fingerprints stay valid: close = raw_close x adj_factor, so it cannot change without close.
+    """
     row = con.execute(
         """
         select

@@ -28,13 +28,16 @@
 --            here costs a second sort). feature_input holds one symbol, so every feature
 --            window orders by ts without `partition by symbol` (partitioning on the constant
 --            costs ~20% per window query).
--- columns:   ts, bar_index, open, high, low, close, volume, prev_close, prev_high,
+-- columns:   ts, bar_index, open, high, low, close, volume, raw_close, prev_close, prev_high,
 --            prev_low, session_date, minute_of_day_et, is_rth, minutes_since_prev,
 --            is_session_start, roll_flag, is_long_break, session_no, long_break_no, roll_no,
 --            rth_date
 --            (rth_date: the session_date of the latest RTH bar at or before this one, i.e. the
 --            RTH day a bar belongs to from its 09:30 ET open until the next one, as days since
 --            1970-01-01 (a partition key); NULL before the first RTH bar.)
+--            (raw_close: the unadjusted close of the contract traded at this bar, the price the
+--            market quoted at ts; unlike the back-adjusted prices it never changes when a later
+--            roll is added, so features that need a price in points use it (docs/features.md §13).)
 --            The counters and rth_date are `running` columns: features.py evaluates them in
 --            one pass over the ordered rows (a running window aggregate here costs ~0.2 s per
 --            million rows each).
@@ -52,6 +55,7 @@ with bars as (
         low,
         close,
         volume::double as volume,
+        raw_close,
         session_date,
         minute_of_day_et,
         is_rth,
@@ -72,6 +76,7 @@ select
     low,
     close,
     volume,
+    raw_close,
     lag(close) over w_prev as prev_close,
     lag(high) over w_prev as prev_high,
     lag(low) over w_prev as prev_low,

@@ -4,8 +4,13 @@
 --              rsi_norm = (RSI_14 - 50) / 50, RSI_14 = 100 G / (G + L) with Wilder averages of
 --                         gains and losses
 --              cci      = CCI_20 / 100, CCI_20 = (TP - SMA_20(TP)) / (0.015 MAD_20(TP)), TP the
---                         typical price, MAD the mean absolute deviation from the window's mean
---              plus_di, minus_di = DI+_14 / 100, DI-_14 / 100 (Wilder: W(+DM) / W(TR))
+--                         typical price, MAD the mean absolute deviation from the window's mean;
+--                         NULL when the 20 typical prices are equal (MAD below 1e-9 of the mean)
+--              plus_di, minus_di = DI+_14 / 100, DI-_14 / 100 (Wilder: W(+DM) / W(TR)); +DM is
+--                         the up-move H_t - H_{t-1} when it beats the down-move L_{t-1} - L_t
+--                         and 0, -DM the other way round; moves within 1e-9 of the close of each
+--                         other (or of 0) are ties, so equal moves stay equal when a later roll
+--                         rescales the prices (docs/features.md §13)
 --              adx      = ADX_14 / 100, ADX = W(DX), DX = 100 |DI+ - DI-| / (DI+ + DI-)
 --              roc_norm = C_t / C_{t-10} - 1
 --            Wilder averages W have alpha = 1/14 and are seeded with the first value (pandas
@@ -23,8 +28,8 @@
 -- filter wilder_gain_14 = wilder(case when prev_close is not null then greatest(close - prev_close, 0.0) end, 14)
 -- filter wilder_loss_14 = wilder(case when prev_close is not null then greatest(prev_close - close, 0.0) end, 14)
 -- filter wilder_tr_14 = wilder(case when prev_close is not null then greatest(high - low, abs(high - prev_close), abs(low - prev_close)) end, 14)
--- filter wilder_plus_dm_14 = wilder(case when high - prev_high > prev_low - low and high - prev_high > 0 then high - prev_high when prev_high is not null then 0.0 end, 14)
--- filter wilder_minus_dm_14 = wilder(case when prev_low - low > high - prev_high and prev_low - low > 0 then prev_low - low when prev_low is not null then 0.0 end, 14)
+-- filter wilder_plus_dm_14 = wilder(case when (high - prev_high) - (prev_low - low) > 1e-9 * close and high - prev_high > 1e-9 * close then high - prev_high when prev_high is not null then 0.0 end, 14)
+-- filter wilder_minus_dm_14 = wilder(case when (prev_low - low) - (high - prev_high) > 1e-9 * close and prev_low - low > 1e-9 * close then prev_low - low when prev_low is not null then 0.0 end, 14)
 -- filter wilder_dx_14 = wilder(100 * abs(wilder_plus_dm_14 - wilder_minus_dm_14) / (wilder_plus_dm_14 + wilder_minus_dm_14), 14)
 -- rolling mean_typical_20 = mean((high + low + close) / 3, 20)
 
@@ -81,7 +86,8 @@ select
     bar_index,
     (100 * wilder_gain_14 / (wilder_gain_14 + wilder_loss_14) - 50) / 50 as grok_momentum_rsi_norm,
     case
-        when bar_index >= 19 then (typical_price - typical_sma_20) / (0.015 * typical_mad_20) / 100
+        when bar_index >= 19 and typical_mad_20 > 1e-9 * typical_sma_20
+            then (typical_price - typical_sma_20) / (0.015 * typical_mad_20) / 100
     end as grok_momentum_cci,
     wilder_plus_dm_14 / wilder_tr_14 as grok_momentum_plus_di,
     wilder_minus_dm_14 / wilder_tr_14 as grok_momentum_minus_di,

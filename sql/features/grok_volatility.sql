@@ -6,7 +6,8 @@
 --                             mid +- 2 sd with sd the population sd of the last 20 closes
 --              bb_bandwidth = (upper - lower) / mid
 --              realized_vol = sample sd of the last 20 log-returns x sqrt(252 x 390)
---            %B is NULL when the 20 closes are all equal (sd = 0).
+--            %B is NULL when the 20 closes are all equal (sd below 1e-9 of the mean: 0 up to
+--            round-off, which a later roll's rescaling could otherwise turn into a value).
 -- grain:     one row per (symbol, ts) of feature_input (1-minute bars for grok24).
 -- inputs:    feature_input (sql/features/_input.sql) with the filter and the rolling
 --            columns (means and two-pass sds, exact over the last n rows, by features.py)
@@ -27,7 +28,7 @@ select
     bar_index,
     wilder_tr_14 / close as grok_volatility_atr_norm,
     case
-        when bar_index >= 19 and std_pop_close_20 > 0
+        when bar_index >= 19 and std_pop_close_20 > 1e-9 * mean_close_20
             then (close - (mean_close_20 - 2 * std_pop_close_20)) / (4 * std_pop_close_20)
     end as grok_volatility_bb_pct_b,
     case when bar_index >= 19 then 4 * std_pop_close_20 / mean_close_20 end as grok_volatility_bb_bandwidth,

@@ -1,8 +1,10 @@
 -- migt_trend: EMA trend features of migt24 (docs/features.md §2).
 --
--- purpose:   MACD line and the slope and relative deviation of the 9/21/50-bar EMAs of close.
---              macd        = EMA_12 - EMA_26 (the signal line was dropped: 0.955 collinear)
---              ema_slope_n = EMA_n(t) - EMA_n(t-1), computed as alpha/(1-alpha) (C_t - EMA_n(t)):
+-- purpose:   MACD line and the slope and relative deviation of the 9/21/50-bar EMAs of close,
+--            in units of the current close, so a roll added later (which scales every earlier
+--            back-adjusted price) changes none of them (docs/features.md §13).
+--              macd        = (EMA_12 - EMA_26) / C (the signal line was dropped: 0.955 collinear)
+--              ema_slope_n = (EMA_n(t) - EMA_n(t-1)) / C_t, computed as alpha/(1-alpha) (C_t - EMA_n(t)) / C_t:
 --                            the same number (EMA_t - EMA_{t-1} = alpha (C_t - EMA_{t-1}) and
 --                            EMA_{t-1} = (EMA_t - alpha C_t)/(1-alpha)) without a lag window, which
 --                            would cost this file a sort; NULL on the first bar
@@ -26,10 +28,10 @@
 
 select
     bar_index,
-    ema_close_12 - ema_close_26 as migt_trend_macd,
-    case when bar_index >= 1 then (close - ema_close_9) * 2 / (9 - 1) end as migt_trend_ema_slope_9,
-    case when bar_index >= 1 then (close - ema_close_21) * 2 / (21 - 1) end as migt_trend_ema_slope_21,
-    case when bar_index >= 1 then (close - ema_close_50) * 2 / (50 - 1) end as migt_trend_ema_slope_50,
+    (ema_close_12 - ema_close_26) / close as migt_trend_macd,
+    case when bar_index >= 1 then (close - ema_close_9) * 2 / (9 - 1) / close end as migt_trend_ema_slope_9,
+    case when bar_index >= 1 then (close - ema_close_21) * 2 / (21 - 1) / close end as migt_trend_ema_slope_21,
+    case when bar_index >= 1 then (close - ema_close_50) * 2 / (50 - 1) / close end as migt_trend_ema_slope_50,
     (close - ema_close_9) / ema_close_9 as migt_trend_ema_dev_9,
     (close - ema_close_21) / ema_close_21 as migt_trend_ema_dev_21,
     (close - ema_close_50) / ema_close_50 as migt_trend_ema_dev_50,
