@@ -37,11 +37,6 @@ from nqexp.model.volatility import MCGarch
 log = logging.getLogger(__name__)
 
 BASELINES = ("climatology", "volscaled", "mcgarch", "lgbm")  # every name eval.baselines accepts
-# Raw price levels identify the date (the trend), not the state: trees would split on them and
-# learn the calendar. The tree baseline leaves them out; returns and ratios carry the state.
-_LEVEL_FEATURES = {"open", "high", "low", "close"}
-
-
 # ------------------------------------------------------------------------------------------
 # Climatology and vol-scaled
 
@@ -144,12 +139,13 @@ def _state_table(state, key: str, name: str) -> np.ndarray:
 
 
 def lgbm_inputs(arrays, idx, scale) -> tuple[np.ndarray, list[str]]:
-    """(n, F) inputs at each origin: the set's non-level features, the last 30/60 minutes' returns
+    """(n, F) inputs at each origin: the set's features, the last 30/60 minutes' returns
     in units of the 1-bar sigma-hat, and log sigma-hat per horizon. Everything is known at the origin."""
     idx = np.asarray(idx, dtype=np.int64)
     names = list(arrays.names)
-    keep = [j for j, nm in enumerate(names) if nm not in _LEVEL_FEATURES]
-    X = np.asarray(arrays.X)[idx][:, keep].astype(np.float64)  # (n, V')
+    # Every feature is scale-free and point-in-time (docs/features.md §13), so the trees may read them
+    # all: none is a price level that identifies the date.
+    X = np.asarray(arrays.X)[idx].astype(np.float64)  # (n, V)
     logc = np.log(np.asarray(arrays.close, dtype=np.float64))
     per_bar = np.asarray(scale, dtype=np.float64)[:, 0] / np.sqrt(float(arrays.horizons[0]))  # (n,) 1-bar sigma
     extra, extra_names = [], []
@@ -161,7 +157,7 @@ def lgbm_inputs(arrays, idx, scale) -> tuple[np.ndarray, list[str]]:
     extra.append(np.log(np.asarray(scale, dtype=np.float64)))
     extra_names += [f"log_sigma_h{h}" for h in arrays.horizons]
     cols = np.column_stack([X, *extra[:2], extra[2]])
-    return cols, [names[j] for j in keep] + extra_names
+    return cols, names + extra_names
 
 
 @dataclass
