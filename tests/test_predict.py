@@ -236,3 +236,19 @@ def test_predict_needs_neither_ray_nor_wandb(trial):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("symbol,ts,last_close,horizon")
+
+
+def test_forecasts_inside_the_train_or_val_period_are_marked_in_sample(trial):
+    """A test-period forecast is out of sample; one in val is in-sample: stderr warns once, and every
+    JSON row says which."""
+    import json
+
+    spec = trial["spec"]
+    test = run(trial, trial["dir"], "--at", f"{spec.splits.test_end} 15:00", "--format", "json")
+    assert test.exit_code == 0, test.output
+    assert "in-sample" not in test.stderr
+    assert {r["in_sample"] for r in json.loads(test.stdout)} == {False}
+    val = run(trial, trial["dir"], "--at", f"{spec.splits.val_end} 15:00", "--format", "json")
+    assert val.exit_code == 0, val.output
+    assert val.stderr.count("in-sample") == 1 and f"{spec.splits.train_start}..{spec.splits.val_end}" in val.stderr
+    assert {r["in_sample"] for r in json.loads(val.stdout)} == {True}

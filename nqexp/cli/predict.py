@@ -70,6 +70,7 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if start is not None:
         fc = P.predict_range(ctx.obj["db"], trial_dir, start, end or start, symbol=symbol, device=device)
+        _warn_in_sample(fc, trial_dir)
         path = Path(out) if out else trial_dir / P.PREDICT_DIR / f"{start}_{end or start}.parquet"
         path, table = P.save_and_score(fc, path)
         from nqexp.cli import render
@@ -79,6 +80,7 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
             _plot(fc, plot)
         return
     fc = P.predict_at(ctx.obj["db"], trial_dir, symbol=symbol, at=at, device=device)
+    _warn_in_sample(fc, trial_dir)
     rows = P.long_rows(fc)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,15 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
         Path(out).write_text(buf.getvalue()) if out else click.echo(buf.getvalue(), nl=False)
     if plot:
         _plot(fc, plot)
+
+
+def _warn_in_sample(fc, trial_dir) -> None:
+    """Forecasts at origins the model was fitted or selected on are not a test: say so on stderr."""
+    from nqexp.experiment.bundle import load_bundle
+
+    note = fc.in_sample_note(load_bundle(trial_dir).fitted_sessions)
+    if note:
+        click.echo(note, err=True)
 
 
 def _plot(fc, path) -> None:

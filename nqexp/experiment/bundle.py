@@ -83,6 +83,15 @@ class Bundle:
         return tuple(self.meta["horizons"])
 
     @property
+    def fitted_sessions(self) -> tuple[np.datetime64, np.datetime64] | None:
+        """(first, last) session date the model and its scalers were fitted or selected on: train
+        through val. A forecast there is in-sample. None for a bundle that does not record it."""
+        fitted = self.meta.get("fitted_sessions")
+        if not (isinstance(fitted, list) and len(fitted) == 2):
+            return None
+        return np.datetime64(fitted[0], "D"), np.datetime64(fitted[1], "D")
+
+    @property
     def horizon_minutes(self) -> tuple[int, ...]:
         return tuple(self.meta["horizon_minutes"])
 
@@ -137,6 +146,8 @@ def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
         "names": list(data.names),
         "windows": dataclasses.asdict(trial_spec.windows),
         "baselines": sorted(state),
+        # Train through val (its early stopping chose the checkpoint): forecasts there are in-sample.
+        "fitted_sessions": [str(trial_spec.splits.train_start), str(trial_spec.splits.val_end)],
         "notes": notes,
         "spec": redact(trial_spec.to_dict()),  # the one secret policy (nqexp/secrets.py)
         "files": manifest(tmp),

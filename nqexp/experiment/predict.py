@@ -145,6 +145,15 @@ class Forecast:
     taus: tuple[float, ...]
     horizon_minutes: tuple[int, ...]
     seconds: dict[str, float] = field(default_factory=dict)
+    in_sample: np.ndarray | None = None  # (n,) bool: the origin's session lies in the bundle's train..val
+
+    def in_sample_note(self, fitted) -> str | None:
+        """One warning line when any origin is in-sample, else None."""
+        if self.in_sample is None or not self.in_sample.any():
+            return None
+        return (f"warning: {int(self.in_sample.sum())} of {len(self.in_sample)} forecast origins fall in the "
+                f"trial's train/val period ({fitted[0]}..{fitted[1]}): they are in-sample, not a test of the "
+                f"model (marked in_sample)")
 
 
 def usable_origins(bundle: Bundle, arrays, idx) -> np.ndarray:
@@ -188,10 +197,14 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
     if "lgbm" in st:
         base["lgbm"] = st["lgbm"].quantiles(baselines.lgbm_inputs(arrays, idx, scale)[0], scale)
     base = {k: v.astype(np.float32) for k, v in base.items()}
+    fitted = bundle.fitted_sessions
+    sess = arrays.session_date[idx].astype("datetime64[D]")
+    in_sample = np.zeros(idx.size, bool) if fitted is None else (sess >= fitted[0]) & (sess <= fitted[1])
     return Forecast(symbol=arrays.symbol, ts=arrays.ts[idx], close=arrays.close[idx],
                     y=arrays.targets[idx].astype(np.float32), q=q, baselines=base, taus=bundle.taus,
                     horizon_minutes=bundle.horizon_minutes,
-                    seconds={"inputs": t1 - t0, "model": t2 - t1, "baselines": time.perf_counter() - t2})
+                    seconds={"inputs": t1 - t0, "model": t2 - t1, "baselines": time.perf_counter() - t2},
+                    in_sample=in_sample)
 
 
 def _to_ts(value) -> np.datetime64:
@@ -339,5 +352,6 @@ def long_rows(fc: Forecast, row: int = -1) -> list[dict[str, Any]]:
                 r = float(cube[row, j, k])
                 out.append({"symbol": fc.symbol, "ts": ts, "last_close": close, "horizon": horizon_label(m),
                             "horizon_minutes": int(m), "source": source, "tau": float(tau),
-                            "log_return": r, "price": close * math.exp(r)})
+                            "log_return": r, "price": close * math.exp(r),
+                            "in_sample": bool(fc.in_sample[row]) if fc.in_sample is not None else False})
     return out
