@@ -185,7 +185,9 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="bench_quality_")
     db_path = args.db or str(Path(tmp.name) / "demo.duckdb")
     work_dir = Path(args.work_dir or tmp.name)
-    spec = spec_mod.load_spec(args.spec, overrides=list(args.overrides) + [f"seeds=[{args.seeds[0]}]"])
+    # The oracle comparisons are per split: the spec's own dates (its last fold), unless --set says otherwise.
+    one_fold = [] if any(o.startswith("splits.folds") for o in args.overrides) else ["splits.folds=1"]
+    spec = spec_mod.load_spec(args.spec, overrides=list(args.overrides) + one_fold + [f"seeds=[{args.seeds[0]}]"])
     tspec = spec.trials()[0].spec
     taus = tuple(float(t) for t in tspec.model.quantiles)
     t0 = time.perf_counter()
@@ -206,7 +208,8 @@ def main(argv=None) -> int:
         print(markdown(rows, verdicts, with_model=False), flush=True)
         results.append({"rows": rows, "prep_seconds": prep_s, "oracle_seconds": oracle_s})
     for seed in ([] if args.no_train else args.seeds):
-        sspec = spec_mod.load_spec(args.spec, overrides=list(args.overrides) + [f"seeds=[{seed}]"]).trials()[0].spec
+        sspec = spec_mod.load_spec(args.spec, overrides=list(args.overrides) + one_fold
+                                   + [f"seeds=[{seed}]"]).trials()[0].spec
         cpu0, t1 = time.process_time(), time.perf_counter()
         result = train(sspec.model, sspec.train, {"train": data.datasets["train"], "val": data.datasets["val"]},
                        NullTracker(), work_dir / f"seed{seed}", seed=seed, horizon_minutes=data.horizon_minutes,

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 # The predict tests' tiny trial on 60 demo days, 5 optimizer steps.
 TINY = [o for o in PREDICT_TINY if not o.startswith(("data.demo_days", "splits.", "windows.eval_stride"))] + [
-    "data.demo_days=60", "splits.train_start=2025-10-20", "splits.train_end=2025-11-15",
+    "data.demo_days=60", "splits.folds=1", "splits.train_start=2025-10-20", "splits.train_end=2025-11-15",
     "splits.val_start=2025-11-18", "splits.val_end=2025-11-24", "splits.test_start=2025-11-26",
     "splits.test_end=2025-12-03", "windows.eval_stride=6", "train.steps_per_epoch=5", "resources.cpus_per_trial=1"]
 BUNDLE_FILES = {"bundle.json", "model.json", "model.safetensors", "state.json", "state.npz"}

@@ -31,7 +31,7 @@ MIN_CRPSS_CLIMATOLOGY_15M = 0.0
 PICP80_RANGE = (0.65, 0.92)
 
 TINY = [
-    "data.demo_days=150",
+    "data.demo_days=150", "splits.folds=1",
     "splits.train_start=2025-07-10", "splits.train_end=2025-10-20",
     "splits.val_start=2025-10-21", "splits.val_end=2025-11-09",
     "splits.test_start=2025-11-10", "splits.test_end=2025-12-03",
