@@ -104,7 +104,7 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
         tune.report({**metrics, "objective": objective, "trial_name": name, "_steps": tracker.drain()})
 
     # A run's trial is one fold already (spec.trials() expands splits.folds); a sweep trial trains every
-    # fold of its sampled config in turn and is judged by the mean of their val CRPS (docs/experiments.md §13).
+    # fold of its sampled config in turn and is judged by the mean of their val CRPS (docs/experiments.md §14).
     fold_specs = [dataclasses.replace(tspec, splits=s) for s in tspec.splits.fold_splits()]
     t0 = time.perf_counter()
     results, flats, flags, plot_paths = [], [], [], {}
