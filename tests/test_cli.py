@@ -253,3 +253,28 @@ def test_runs_compare_json_is_the_summary_table(invoke, store):
 def test_runs_read_from_a_missing_store_is_one_line(invoke, tmp_path):
     result = invoke("runs", "ls", "--store", tmp_path / "nothing", "--json")
     assert result.exit_code == 1 and "no run store at" in result.stderr and result.stdout == ""
+
+
+def test_piped_runs_print_one_plain_line_per_trial_and_epoch():
+    """With stdout not a terminal: no progress bars, and every trial start, epoch and end is one
+    grep-able line with step, val CRPS, elapsed and ETA (from the step budget)."""
+    import io
+
+    from rich.console import Console
+
+    from nqexp.cli import render
+
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=False, width=render.PIPE_WIDTH)
+    with render.TrialProgress(con, total_epochs=6, trials=["full-s0", "no_tsa-s0"], max_steps=200) as progress:
+        progress("start", "full-s0")
+        progress("epoch", "full-s0", epoch=1, step=100, val_crps=1.2345e-3)
+        progress("done", "full-s0", test_crps=1.15e-3, gated=False, steps=200, truncated=False)
+        progress("done", "no_tsa-s0", test_crps=1.16e-3, gated=True, steps=200, truncated=True)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "trial full-s0: started"
+    assert lines[1].startswith("trial full-s0: epoch 1, step 100, val CRPS 1.2345e-03, elapsed ")
+    assert ", ETA " in lines[1]
+    assert lines[2] == "trial full-s0: finished, test CRPS 1.150e-03, 200 steps"
+    assert lines[3] == "trial no_tsa-s0: finished, test CRPS 1.160e-03, 200 steps [truncated] [gated]"
+    assert len(lines) == 4 and not any("━" in line for line in lines)      # no bars in a pipe

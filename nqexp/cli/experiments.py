@@ -109,7 +109,7 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
                   + f", store {spec.track.store_path()}")
     epochs = spec.train.max_epochs if kind == "run" else (spec.sweep.max_epochs or spec.train.max_epochs)
     names = [t.trial_name for t in spec.trials()] if kind == "run" else []
-    with render.TrialProgress(console, epochs, names) as progress:
+    with render.TrialProgress(console, epochs, names, max_steps=spec.train.max_steps) as progress:
         outcome = tune_mod.run_experiment(spec, kind=kind, spec_path=spec_path, db_path=ctx.obj["db"],
                                           address=address, on_event=progress, on_note=progress.note,
                                           resource_notes=resource_notes)

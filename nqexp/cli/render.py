@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from contextlib import contextmanager
 
 import click
@@ -20,11 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
+PIPE_WIDTH = 240   # piped output (CI logs, `| grep`) is not squeezed into 80 columns, nor wrapped
+
+
 def console(file=None) -> Console:
-    # Piped output (CI logs, `| less`) would otherwise be squeezed into 80 columns.
     if file is not None:
-        return Console(file=file, highlight=False, width=160)
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+        return Console(file=file, highlight=False, width=PIPE_WIDTH)
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 0) or PIPE_WIDTH
+    return Console(highlight=False, width=width, soft_wrap=not sys.stdout.isatty())
 
 
 def frame_table(frame, title: str) -> Table:
@@ -242,12 +246,15 @@ class TrialProgress:
     Called by the driver as `progress(event, trial_name, **info)`.
     """
 
-    def __init__(self, console: Console, total_epochs: int, trials):
+    def __init__(self, console: Console, total_epochs: int, trials, max_steps: int | None = None):
+        self.lines = not console.is_terminal     # logs and pipes get one plain line per trial event instead
         self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                                 disable=self.lines)
         self.total = total_epochs
+        self.max_steps = max_steps
         self.console = console
-        self.lines = not console.is_terminal     # logs and pipes get one line per trial event instead
+        self.started: dict[str, float] = {}
         self.tasks = {}
         for name in trials:
             self.tasks[name] = self.progress.add_task(name, total=total_epochs, status="pending", start=False)
@@ -278,7 +285,10 @@ class TrialProgress:
             steps = f", {info['steps']} steps" if info.get("steps") is not None else ""
             self.console.print(f"trial {name}: {what}{steps}" + (" [truncated]" if info.get("truncated") else "")
                                + (" [gated]" if info.get("gated") else ""), markup=False)
+        if self.lines and event in ("start", "epoch"):
+            self.console.print(self._line(event, name, info), markup=False, highlight=False, soft_wrap=True)
         if event == "start":
+            self.started.setdefault(name, time.monotonic())
             self.progress.start_task(task)
             self.progress.update(task, status="running")
         elif event == "epoch":
@@ -296,6 +306,25 @@ class TrialProgress:
             self.progress.update(task, status="[yellow]failed, retrying[/]")
         elif event == "error":
             self.progress.update(task, status="[red]failed[/]")
+
+
+    def _line(self, event: str, name: str, info: dict) -> str:
+        """trial, epoch, step, val CRPS, elapsed, ETA: one grep-able line per event."""
+        if event == "start":
+            return f"trial {name}: started"
+        elapsed = time.monotonic() - self.started.get(name, time.monotonic())
+        epoch, step, crps = info.get("epoch"), info.get("step"), info.get("val_crps")
+        # ETA from the step budget when there is one (every trial trains max_steps), else from the epochs.
+        if self.max_steps and step:
+            eta = elapsed / step * max(self.max_steps - step, 0)
+        elif epoch:
+            eta = elapsed / epoch * max(self.total - epoch, 0)
+        else:
+            eta = float("nan")
+        parts = [f"trial {name}: epoch {epoch}", f"step {step}" if step is not None else None,
+                 f"val CRPS {crps:.4e}" if crps is not None else None, f"elapsed {elapsed:.0f}s",
+                 f"ETA {eta:.0f}s" if eta == eta else None]
+        return ", ".join(p for p in parts if p)
 
 
 def sweep_table(experiment: str, rows: list[dict], top: int = 10) -> Table:

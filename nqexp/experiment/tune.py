@@ -232,7 +232,8 @@ class _Follower:
             if last is not None:
                 # After everything at this step went to W&B: a resumed driver skips steps up to it.
                 self.store.set_last_step(self.experiment, name, last)
-            self.on_event("epoch", name, epoch=int(result.get("epoch", 0)), val_crps=result.get("val/crps"))
+            self.on_event("epoch", name, epoch=int(result.get("epoch", 0)), val_crps=result.get("val/crps"),
+                          step=step)
 
     def _finalize(self, name, result):
         # Every epoch again, from the trial's own history (kept in its checkpoint): an epoch whose
