@@ -21,14 +21,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
-PIPE_WIDTH = 240   # piped output (CI logs, `| grep`) is not squeezed into 80 columns, nor wrapped
+# Piped output (CI logs, `| grep`) is neither squeezed into 80 columns nor wrapped (a pipe has no width;
+# COLUMNS is not trusted there, test runners and CI set it small).
+PIPE_WIDTH = 240
 
 
 def console(file=None) -> Console:
     if file is not None:
         return Console(file=file, highlight=False, width=PIPE_WIDTH)
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 0) or PIPE_WIDTH
-    return Console(highlight=False, width=width, soft_wrap=not sys.stdout.isatty())
+    piped = not sys.stdout.isatty()
+    return Console(highlight=False, width=PIPE_WIDTH if piped else None, soft_wrap=piped)
 
 
 def frame_table(frame, title: str) -> Table:
