@@ -252,7 +252,8 @@ REIMPORT_CASES = [
     imp("reimport-same-file", text(*GOOD), "--tz", "UTC", delta={"imports": 1}, out="0 new, 3 unchanged",
         prep=_import_first(text(*GOOD))),
     imp("reimport-vendor-correction", text(*GOOD[:2], "2024-03-04 09:32:00,18001.75,18003.25,18001.50,18003.00,9"),
-        "--tz", "UTC", delta={"imports": 1}, changes_rows=True, out="1 changed", prep=_import_first(text(*GOOD))),
+        "--tz", "UTC", "--replace", delta={"imports": 1}, changes_rows=True, out="1 changed",
+        prep=_import_first(text(*GOOD))),
     imp("reimport-rejects-replaced", text(*GOOD, "2024-03-04 09:33:00,0,1,1,1,1"), "--tz", "UTC",
         delta={"imports": 1}, out="1 rejected", prep=_import_first(text(*GOOD, "2024-03-04 09:33:00,0,1,1,1,1"))),
 ]

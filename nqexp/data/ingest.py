@@ -94,8 +94,12 @@ def _sql_list(lookup: pd.DataFrame) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in lookup["value"]) + "]::varchar[]"
 
 
-def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | None, t0: float) -> ImportReport:
-    """Validate and upsert a parsed frame in one transaction; rejects and the import record included."""
+def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | None, t0: float,
+               replace: bool = False) -> ImportReport:
+    """Validate and upsert a parsed frame in one transaction; rejects and the import record included.
+
+    Rows already stored with other values are updated only with `replace`; otherwise the import is
+    refused (DataError, nothing written) saying how many it would change (docs/data.md §4)."""
     reason = validate(df)
     is_bad = reason.notna().to_numpy()
     good = np.flatnonzero(~is_bad)
@@ -177,6 +181,8 @@ def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | No
                 """, params
             ).fetchall()[0]
             report.new, report.unchanged, report.changed = (int(x) for x in counts)
+        if report.changed and not replace:
+            raise DataError(_would_change(con, df, good, report, source, same, span, params))
         if report.changed:
             con.execute(
                 f"""
@@ -221,9 +227,30 @@ def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | No
     return report
 
 
+def _would_change(con, df: pd.DataFrame, good: np.ndarray, report: ImportReport, source: str, same: str,
+                  span: str, params: list) -> str:
+    """The refusal of an import that would overwrite stored bars: how many, one example, and a hint
+    when the file's bars are coarser than the 1-minute bars raw_bars holds."""
+    ts, r_close, r_vol, s_close, s_vol = con.execute(
+        f"""
+        select s.ts, r.close, r.volume, s.close, s.volume from _s s join (select * from raw_bars r where {span}) r
+            on r.symbol = s.symbol and r.ts = s.ts
+        where not ({same}) order by s.ts limit 1
+        """, params).fetchall()[0]
+    t = np.unique(df["ts"].to_numpy()[good].astype("datetime64[m]").astype(np.int64))
+    step = int(np.median(np.diff(t))) if len(t) > 1 else 1
+    coarse = (f"; this file's bars are {step} minutes apart, coarser than the stored 1-minute bars"
+              if step > 1 else "")
+    return (f"{source}: this import would change {report.changed:,} stored bar(s) of "
+            f"{', '.join(report.symbols)} (first: {pd.Timestamp(ts)} UTC, stored close {r_close:g} volume {r_vol}, "
+            f"this file's close {s_close:g} volume {s_vol}){coarse}; nothing was written. Import it with --replace to replace them, "
+            "or under another --symbol")
+
+
 def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_is: str = "start",
-                symbol: str | None = None, columns=None) -> ImportReport:
-    """Read, validate and upsert one bar file into raw_bars. Idempotent: a second import changes nothing."""
+                symbol: str | None = None, columns=None, replace: bool = False) -> ImportReport:
+    """Read, validate and upsert one bar file into raw_bars. Idempotent: a second import changes nothing.
+    Bars already stored with other values are replaced only with `replace` (else DataError, nothing written)."""
     t0 = time.perf_counter()
     path = Path(path).expanduser().absolute()
     _check_path(path)
@@ -240,7 +267,7 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     refuse_unusable(df, path)
     sha = _sha256(path)
-    report = write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0)
+    report = write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0, replace=replace)
     report.warnings = notes
     for text in notes:
         log.info("%s: %s", path, text)     # the CLI shows report.warnings; logging them too would repeat them
@@ -257,7 +284,8 @@ def import_frames(con, frames: list[pd.DataFrame], *, source: str) -> ImportRepo
     df = pd.concat([f for f in frames if len(f)], ignore_index=True)
     for col in ("symbol", "source"):        # concat turns differing categoricals into objects
         df[col] = df[col].astype("category")
-    return write_bars(con, df, fmt="dbn", source=source, sha256=None, t0=t0)
+    # A download replaces what it bought before: a changed bar is the vendor's correction (docs/data.md §5).
+    return write_bars(con, df, fmt="dbn", source=source, sha256=None, t0=t0, replace=True)
 
 
 def _check_path(path: Path) -> None:
