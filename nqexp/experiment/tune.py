@@ -457,6 +457,16 @@ def check_resources(resources, address: str | None) -> list[str]:
     return []
 
 
+def check_store(spec) -> None:
+    """Refuse, before anything starts, a run store that cannot be written: `track.store` naming a file
+    (SpecError), or a read-only folder (DataError). Reading such a store still works (docs/experiments.md §13)."""
+    store = RunStore(spec.track.store_path())
+    if store.root.exists() and not store.root.is_dir():
+        raise SpecError(f"track.store ({spec.track.store!r}) is {store.root}, a file, not a folder; the run store is a "
+                        "folder: give another one, e.g. --set track.store=runs")
+    store.ensure_writable()
+
+
 def check_data(spec, db_path) -> None:
     """Refuse a spec whose bars are not in the database (the demo series is generated on first use)."""
 
