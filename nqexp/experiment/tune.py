@@ -316,6 +316,9 @@ def _make_callback(follower: _Follower):
 
             try:
                 getattr(this._FOLLOWERS[self.key], method)(*args, **kwargs)
+            except this.NqexpError as exc:
+                # A user-fixable failure (a full disk under the run store): its one line, no traceback.
+                this.log.error("nqexp callback %s failed: %s", method, exc)
             except Exception:
                 # Bookkeeping (store, W&B, progress) must never take the experiment down with it;
                 # the trial's own results stay in Tune's storage and the store says what is missing.
