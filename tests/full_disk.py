@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+from types import SimpleNamespace
 
 import duckdb
 
@@ -25,9 +26,8 @@ DUCKDB_DISK_FULL = 'IO Error: Could not write all bytes to file "{path}.wal": wa
 
 
 class FullDiskConnection:
-    def __init__(self, real, when: str, path: str):
-        self._real, self._when, self._path = real, when.lower(), path
-        self.failures = 0
+    def __init__(self, real, when: str, path: str, stats: SimpleNamespace):
+        self._real, self._when, self._path, self._stats = real, when.lower(), path, stats
 
     def _fails(self, sql) -> bool:
         text = " ".join(str(sql).split()).lower()
@@ -35,7 +35,7 @@ class FullDiskConnection:
 
     def execute(self, sql, *args, **kwargs):
         if self._fails(sql):
-            self.failures += 1
+            self._stats.failures += 1
             if self._when == "commit":
                 self._real.execute("rollback")              # what DuckDB does when its log write fails
                 raise duckdb.IOException(DUCKDB_DISK_FULL.format(path=self._path))
@@ -45,7 +45,7 @@ class FullDiskConnection:
 
     def executemany(self, sql, *args, **kwargs):
         if self._fails(sql):
-            self.failures += 1
+            self._stats.failures += 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path)
         self._real.executemany(sql, *args, **kwargs)
         return self
@@ -54,22 +54,22 @@ class FullDiskConnection:
         return getattr(self._real, name)
 
 
-def full_disk(monkeypatch, when: str = "commit", only: str | None = None) -> list[FullDiskConnection]:
-    """Make every connection db.connect opens (only those whose path contains `only`, if given) a
-    FullDiskConnection; returns the list of them, so a test can check the failure was reached."""
+def full_disk(monkeypatch, when: str = "commit", only: str | None = None) -> SimpleNamespace:
+    """Make every write connection db.connect opens (only those whose path contains `only`, if given) a
+    FullDiskConnection; returns their counts (`connections`, `failures`), so a test can check the failure
+    was reached. Nothing here holds a connection: a command's connection closes when it is dropped."""
     from nqexp.data import db
 
     real_connect = db.connect
-    opened: list[FullDiskConnection] = []
+    stats = SimpleNamespace(connections=0, failures=0)
 
     def connect(path=None, *args, **kwargs):
         con = real_connect(path, *args, **kwargs)
         resolved = db.resolve_db_path(path)
         if kwargs.get("read_only") or (only is not None and only not in resolved):
             return con
-        wrapped = FullDiskConnection(con, when, resolved)
-        opened.append(wrapped)
-        return wrapped
+        stats.connections += 1
+        return FullDiskConnection(con, when, resolved, stats)
 
     monkeypatch.setattr(db, "connect", connect)
-    return opened
+    return stats

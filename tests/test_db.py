@@ -106,13 +106,13 @@ def test_a_write_the_full_disk_refuses_leaves_the_database_as_it_was_and_says_so
     con.execute("create table t (x int)")
     con.execute("insert into t values (1)")
     con.close()
-    opened = full_disk(monkeypatch, when=when)
+    stats = full_disk(monkeypatch, when=when)
     con = db.connect(path)
     with pytest.raises(DatabaseError) as info:
         with db.transaction(con, "writing t"):
             con.execute("delete from t")
             con.execute("insert into t values (2), (3)")
-    assert opened[0].failures == 1
+    assert (stats.connections, stats.failures) == (1, 1)
     message = str(info.value)
     assert message.startswith(f"writing t: the disk holding {path} is full (") and "\n" not in message
     assert message.endswith("nothing was written and the database is as it was; free some space and run it again")

@@ -235,3 +235,24 @@ def test_predict_needs_neither_ray_nor_wandb(trial):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("symbol,ts,last_close,horizon")
+
+
+def test_predict_to_stdout_reads_a_read_only_store(trial, tmp_path):
+    """A store this user may only read (a colleague's, a synced copy) still serves forecasts to stdout."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.read_only import read_only, reader_prefix
+
+    prefix = reader_prefix()
+    store = tmp_path / "shared" / "runs"
+    shutil.copytree(trial["dir"], store / "tiny" / "trials" / "full-s0")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    with read_only(store):
+        res = subprocess.run([*prefix, sys.executable, "-m", "nqexp.cli", "--db", trial["db"], "predict", "tiny/full-s0",
+                              "--store", str(store), "--format", "json"], capture_output=True, text=True, timeout=300,
+                             env=env, cwd=tmp_path)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    rows = json.loads(res.stdout)
+    assert {r["source"] for r in rows} >= {"model", "climatology"}

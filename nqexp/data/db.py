@@ -148,7 +148,9 @@ def apply_migrations(con, folder: str = "schema") -> list[str]:
             con.execute("insert into _migrations (name, sha256) values (?, ?)", [path.name, sha])
             con.execute("commit")
         except duckdb.Error as exc:
-            con.execute("rollback")
+            with contextlib.suppress(duckdb.Error):     # a failed commit has already ended the transaction
+                con.execute("rollback")
+            raise_if_disk_full(exc, f"schema migration {path.name}", con)
             raise SqlError(f"schema migration {path.name} failed: {exc}") from None
         applied.append(path.name)
         log.info("applied migration %s", path.name)

@@ -251,7 +251,7 @@ class RunStore:
     def _resolve_dir(self, experiment: str, trial: str, stored: str | None) -> str | None:
         """A recorded trial folder as an absolute path under this root. An absolute one (stores written
         before paths were relative) that names this trial's place in the layout is read under this root too."""
-        if stored is None or stored != stored:          # None or NaN (a frame's missing value)
+        if not isinstance(stored, str):                 # None, or NaN (a frame's missing value)
             return stored
         path = Path(stored)
         if not path.is_absolute():

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -460,13 +461,41 @@ def check_resources(resources, address: str | None) -> list[str]:
     return []
 
 
+def _record_experiment(store, spec, kind: str, spec_path: str | None, exp_dir: Path) -> str:
+    """Save the resolved spec in the experiment's folder (refusing a different one under the same name)
+    and record the experiment; returns the saved YAML."""
+    import yaml
+
+    experiment = spec.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    saved = exp_dir / "spec.resolved.yaml"
+    if saved.exists():
+        # Compare the saved YAML with this spec's as written, without re-validating the old one:
+        # a spec saved by an older nqexp (with keys since removed) is simply a different spec.
+        fresh = spec_mod.dump_resolved(spec, exp_dir / ".spec.resolved.new.yaml")
+        same = yaml.safe_load(saved.read_text()) == yaml.safe_load(fresh.read_text())
+        fresh.unlink()
+        if not same:
+            raise SpecError(
+                f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
+                f"different resolved spec; give this one a new name (--set name=...) or compare with "
+                f"`diff {saved} <(nqexp run {spec_path or 'SPEC'} --dry-run --print-spec)`"
+            )
+    spec_mod.dump_resolved(spec, saved)
+    spec_yaml = saved.read_text()
+    store.start_experiment(experiment, kind, spec_path, spec_yaml)
+    return spec_yaml
+
+
 def check_store(spec) -> None:
     """Refuse, before anything starts, a run store that cannot be written: `track.store` naming a file
     (SpecError), or a read-only folder (DataError). Reading such a store still works (docs/experiments.md §13)."""
     store = RunStore(spec.track.store_path())
-    if store.root.exists() and not store.root.is_dir():
-        raise SpecError(f"track.store ({spec.track.store!r}) is {store.root}, a file, not a folder; the run store is a "
-                        "folder: give another one, e.g. --set track.store=runs")
+    blocker = next((p for p in (store.root, *store.root.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        what = f"is {store.root}, a file" if blocker == store.root else f"is {store.root}, under {blocker}, a file"
+        raise SpecError(f"track.store ({spec.track.store!r}) {what}, not a folder; the run store is a folder: "
+                        "give another one, e.g. --set track.store=runs")
     store.ensure_writable()
 
 
@@ -590,23 +619,14 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     store.connect().close()        # migrates the store, or refuses one a newer nqexp wrote, before we write files
     experiment = spec.name
     exp_dir = store.experiment_dir(experiment)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    saved = exp_dir / "spec.resolved.yaml"
-    if saved.exists():
-        # Compare the saved YAML with this spec's as written, without re-validating the old one:
-        # a spec saved by an older nqexp (with keys since removed) is simply a different spec.
-        fresh = spec_mod.dump_resolved(spec, exp_dir / ".spec.resolved.new.yaml")
-        same = yaml.safe_load(saved.read_text()) == yaml.safe_load(fresh.read_text())
-        fresh.unlink()
-        if not same:
-            raise SpecError(
-                f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
-                f"different resolved spec; give this one a new name (--set name=...) or compare with "
-                f"`diff {saved} <(nqexp run {spec_path or 'SPEC'} --dry-run --print-spec)`"
-            )
-    spec_mod.dump_resolved(spec, saved)
-    spec_yaml = saved.read_text()
-    store.start_experiment(experiment, kind, spec_path, spec_yaml)
+    created = not exp_dir.exists()
+    try:
+        spec_yaml = _record_experiment(store, spec, kind, spec_path, exp_dir)
+    except BaseException:
+        # Nothing of a new experiment stays behind when its first records fail (a full disk, say).
+        if created:
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        raise
     finished = store.finished_trials(experiment)
 
     if kind == "run":
