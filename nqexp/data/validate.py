@@ -29,14 +29,15 @@ log = logging.getLogger(__name__)
 
 # Plausibility bounds (docs/data.md §3). Bars before 1990 are misparsed dates (an epoch-seconds value
 # in a milliseconds file lands in 1970). A bar starts at its ts, so one starting later than now has not
-# traded yet: beyond a small allowance for clocks that disagree, it is a wrong zone or unit; prices outside [MIN_PRICE, MAX_PRICE]
-# are wrong scaling or garbage; a volume above MAX_VOLUME cannot be a minute of any market and
+# traded yet: beyond FUTURE_TOLERANCE (clocks that disagree) it is a wrong zone or unit. Prices outside
+# [MIN_PRICE, MAX_PRICE] are wrong scaling or garbage; a volume above MAX_VOLUME cannot be a minute of any market and
 # would not survive the int64 column. Otherwise a price is judged against the file's own level:
 # the rolling median close of the PRICE_WINDOW bars around it, within a factor of PRICE_FACTOR.
 EARLIEST_TS = pd.Timestamp("1990-01-01")
 FUTURE_TOLERANCE = pd.Timedelta(minutes=15)
 REASON_EARLY = "timestamp before 1990"
-REASON_FUTURE = f"timestamp in the future (starts more than {FUTURE_TOLERANCE.seconds // 60} minutes after the import)"
+REASON_FUTURE = (f"timestamp in the future (starts more than {FUTURE_TOLERANCE.seconds // 60} minutes "
+                 "after the import)")
 # A reader's own reason for a row (a Lean millisecond count outside the day): the first check of all.
 READER_REASON = "_reason"
 # Rows whose local time fell in a repeated fall-back hour the file's order could not resolve (readers
@@ -162,7 +163,8 @@ def _clock_steps(df: pd.DataFrame, ok: np.ndarray, dup: np.ndarray, first_at: np
             for name in ("open", "high", "low", "close", "volume"):
                 col = df[name].to_numpy()
                 same &= col[run] == col[first_at[run]]
-            if not (dup[run] & ~same).any() or zone[run].all():
+            # A clash: a time already read (from a row that passed), with other prices.
+            if not (dup[run] & ~same & ok[first_at[run]]).any() or zone[run].all():
                 continue
             i, prev = rows[a], rows[a - 1]
             back = pd.Timedelta(int(latest[a - 1] - tr[a]), unit="us")
