@@ -11,8 +11,10 @@ template database, with fake DATABENTO_API_KEY / WANDB_API_KEY values in the env
 * neither API key appears in anything printed.
 
 Classes: files (CSV, Parquet, DBN, Lean zips, and paths that are not files), CLI options, specs,
-databases and secrets. Cases known to fail carry `xfail=` with the reason; they run as strict xfails,
-so a fix shows up as XPASS.
+databases and secrets; at the end (reliability, round 3) full disks, run stores that move or cannot be
+written, time (the future tolerance, clocks that step back), imports that would change stored bars, and
+spec ranges. Cases known to fail carry `xfail=` with the reason; they run as strict xfails, so a fix
+shows up as XPASS.
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ def environment_error(exc: BaseException) -> str | None:
                     "(imports, bar and feature builds and run-store records are all-or-nothing)")
         if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
             where = f"{exc.filename}: " if exc.filename else ""
-            return (f"{where}{exc.strerror or exc} (a read-only file or folder?); point the command at one "
-                    "this user may write, or read without writing")
+            return (f"{where}{exc.strerror or exc}: this user may not use it so (a read-only folder or file?); "
+                    "check its permissions, or point the command at a place this user may write")
         duckdb = sys.modules.get("duckdb")         # loaded by any command that opened a database
         if duckdb is not None and isinstance(exc, duckdb.Error) and (
                 "no space left on device" in str(exc).lower() or "could not write all bytes" in str(exc).lower()):
