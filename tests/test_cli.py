@@ -278,3 +278,29 @@ def test_piped_runs_print_one_plain_line_per_trial_and_epoch():
     assert lines[2] == "trial full-s0: finished, test CRPS 1.150e-03, 200 steps"
     assert lines[3] == "trial no_tsa-s0: finished, test CRPS 1.160e-03, 200 steps [truncated] [gated]"
     assert len(lines) == 4 and not any("━" in line for line in lines)      # no bars in a pipe
+
+
+def test_what_the_machine_causes_is_one_line_and_anything_else_keeps_its_traceback():
+    import errno
+
+    import duckdb
+
+    from nqexp.cli import environment_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/runs/exp/predictions.parquet")
+    assert environment_error(full).startswith(
+        "the disk is full writing /data/runs/exp/predictions.parquet (No space left on device); free some space")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("wrapped by a library") from exc
+    except RuntimeError as wrapped:
+        assert environment_error(wrapped).startswith("the disk is full")
+    denied = PermissionError(errno.EACCES, "Permission denied", "/shared/runs/exp/trials/t/predict")
+    assert environment_error(denied).startswith("/shared/runs/exp/trials/t/predict: Permission denied: this user")
+    assert environment_error(OSError(errno.EROFS, "Read-only file system", "/mnt/x")).startswith("/mnt/x: Read-only")
+    assert environment_error(duckdb.IOException('IO Error: Could not write all bytes to file "x.wal"')) is not None
+    for bug in (ValueError("x"), KeyError("k"), FileNotFoundError(errno.ENOENT, "No such file", "/x"),
+                duckdb.CatalogException("Table with name nope does not exist")):
+        assert environment_error(bug) is None

@@ -94,3 +94,41 @@ def test_a_db_path_under_a_regular_file_is_one_clear_error(tmp_path):
     (tmp_path / "plain").write_text("x")
     with pytest.raises(DatabaseError, match="plain is a file, not a folder"):
         db.connect(tmp_path / "plain" / "sub" / "x.duckdb")
+
+
+@pytest.mark.parametrize("when", ["commit", "insert into"])
+def test_a_write_the_full_disk_refuses_leaves_the_database_as_it_was_and_says_so_in_one_line(tmp_path, monkeypatch,
+                                                                                              when):
+    from tests.full_disk import full_disk
+
+    path = tmp_path / "t.duckdb"
+    con = db.connect(path)
+    con.execute("create table t (x int)")
+    con.execute("insert into t values (1)")
+    con.close()
+    stats = full_disk(monkeypatch, when=when)
+    con = db.connect(path)
+    with pytest.raises(DatabaseError) as info:
+        with db.transaction(con, "writing t"):
+            con.execute("delete from t")
+            con.execute("insert into t values (2), (3)")
+    assert (stats.connections, stats.failures) == (1, 1)
+    message = str(info.value)
+    assert message.startswith(f"writing t: the disk holding {path} is full (") and "\n" not in message
+    assert message.endswith("nothing was written and the database is as it was; free some space and run it again")
+    # The connection still works and holds what it held; so does the file, reopened.
+    assert con.execute("select x from t").fetchall() == [(1,)]
+    con.close()
+    monkeypatch.undo()
+    con = db.connect(path, read_only=True)
+    assert con.execute("select x from t").fetchall() == [(1,)]
+    con.close()
+
+
+def test_other_errors_in_a_transaction_roll_it_back_and_keep_their_type(con):
+    con.execute("create table t (x int)")
+    with pytest.raises(ZeroDivisionError):
+        with db.transaction(con, "writing t"):
+            con.execute("insert into t values (1)")
+            1 / 0
+    assert con.execute("select count(*) from t").fetchall() == [(0,)]

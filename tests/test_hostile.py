@@ -11,8 +11,10 @@ template database, with fake DATABENTO_API_KEY / WANDB_API_KEY values in the env
 * neither API key appears in anything printed.
 
 Classes: files (CSV, Parquet, DBN, Lean zips, and paths that are not files), CLI options, specs,
-databases and secrets. Cases known to fail carry `xfail=` with the reason; they run as strict xfails,
-so a fix shows up as XPASS.
+databases and secrets; at the end (reliability, round 3) full disks, run stores that move or cannot be
+written, time (the future tolerance, clocks that step back), imports that would change stored bars, and
+spec ranges. Cases known to fail carry `xfail=` with the reason; they run as strict xfails, so a fix
+shows up as XPASS.
 """
 
 from __future__ import annotations
@@ -252,7 +254,8 @@ REIMPORT_CASES = [
     imp("reimport-same-file", text(*GOOD), "--tz", "UTC", delta={"imports": 1}, out="0 new, 3 unchanged",
         prep=_import_first(text(*GOOD))),
     imp("reimport-vendor-correction", text(*GOOD[:2], "2024-03-04 09:32:00,18001.75,18003.25,18001.50,18003.00,9"),
-        "--tz", "UTC", delta={"imports": 1}, changes_rows=True, out="1 changed", prep=_import_first(text(*GOOD))),
+        "--tz", "UTC", "--replace", delta={"imports": 1}, changes_rows=True, out="1 changed",
+        prep=_import_first(text(*GOOD))),
     imp("reimport-rejects-replaced", text(*GOOD, "2024-03-04 09:33:00,0,1,1,1,1"), "--tz", "UTC",
         delta={"imports": 1}, out="1 rejected", prep=_import_first(text(*GOOD, "2024-03-04 09:33:00,0,1,1,1,1"))),
 ]
@@ -879,3 +882,337 @@ def test_files_an_experiment_writes_hold_no_api_key(tmp_path, monkeypatch):
     for path in written:
         data = path.read_bytes()
         assert DATABENTO_KEY.encode() not in data and WANDB_KEY.encode() not in data, path
+
+
+# ------------------------------------------------------------------------------------------
+# Reliability, round 3: full disks, stores that move or cannot be written, time, imports that
+# would change stored bars, and spec ranges.
+#
+# In-process cases go through test_hostile itself (one line, exit code, no traceback, the database
+# unchanged or changed by exactly the expected rows); `patch` applies after the case's prep (a full
+# disk from tests/full_disk.py, say), and the run store under the case's folder must be unchanged
+# too unless `store_changes`. Read-only stores need a process that cannot write what its
+# permissions forbid, even as root: those cases run `nqexp` in a child process (setpriv drops the
+# capabilities that let root ignore permissions).
+
+import dataclasses
+import errno
+import subprocess
+import sys
+
+from tests.full_disk import full_disk
+from tests.read_only import read_only, reader_prefix
+
+
+@dataclass
+class Reliab:
+    case: Case
+    patch: Callable | None = None          # (monkeypatch, tmp) -> None, after the case's prep
+    store_changes: bool = False            # the command may write the run store (./runs)
+
+
+def store_state(root: Path):
+    """The run store as a reader sees it: its tables' rows (read without nqexp) and its files."""
+    if not root.exists():
+        return None
+    files = sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*")
+                   if p.is_file() and p.name != "store.duckdb")
+    dirs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir())
+    rows = None
+    if (root / "store.duckdb").exists():
+        con = duckdb.connect(str(root / "store.duckdb"), read_only=True)
+        try:
+            tables = [r[0] for r in con.execute("select table_name from information_schema.tables "
+                                                "where table_schema = 'main' order by 1").fetchall()]
+            rows = {t: sorted(map(repr, con.execute(f'select * exclude (updated_at) from "{t}"' if t == "trials"
+                                                    else f'select * from "{t}"').fetchall())) for t in tables}
+        finally:
+            con.close()
+    return files, dirs, rows
+
+
+def build_store(root: Path) -> None:
+    """A small finished experiment 'exp' (variants a and b, one seed): predictions, metrics, epochs, plots."""
+    from nqexp.evaluation import evaluate
+    from nqexp.experiment.track import RunStore
+
+    rng = np.random.default_rng(0)
+    n, taus, horizons = 400, (0.1, 0.5, 0.9), (15, 60)
+    ts = np.datetime64("2025-01-06T14:30", "us") + np.arange(n) * np.timedelta64(5, "m")
+    y = 1e-3 * rng.standard_normal((n, 2))
+    z = np.array([-1.2816, 0.0, 1.2816])
+    store = RunStore(root)
+    store.start_experiment("exp", "run", None, "name: exp\nvariants: {a: {}, b: {model.init_width: 2.0}}\n")
+    for variant, width in (("a", 1e-3), ("b", 2e-3)):
+        trial = f"{variant}-s0"
+        d = store.trial_dir("exp", trial)
+        (d / "plots").mkdir(parents=True)
+        (d / "plots" / "test_reliability.png").write_bytes(b"\x89PNG not really " + trial.encode())
+        q = np.broadcast_to(width * z, (n, 2, 3)).copy()
+        base = {"climatology": np.broadcast_to(1e-3 * z, (n, 2, 3)).copy()}
+        evaluate.save_predictions(d / "predictions.parquet",
+                                  {"test": evaluate.SplitPredictions(ts=ts, y=y, q=q, baselines=base)}, taus, horizons)
+        table = evaluate.evaluate_split_table("test", y, q, taus, horizons, ts, base, n_boot=20)
+        store.upsert_trial("exp", trial, variant=variant, seed=0, status="finished", params_json="{}", spec_yaml="",
+                           dir=str(d))
+        store.write_metrics("exp", trial, {f"test/{k}": v for k, v in evaluate.flatten_metrics(table).items()})
+        store.write_epoch("exp", trial, 1, {"train/loss_epoch": 1.0, "val/crps": 2.0})
+    store.finish_experiment("exp", "finished", 1.0)
+
+
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile_store") / "runs"
+    build_store(root)
+    return root
+
+
+_TEMPLATE_STORE: list[Path] = []       # set by test_reliability from the fixture, for the preps below
+
+
+def with_store(moved_from_absolute: bool = False):
+    """prep: ./runs is a copy of the template store (made elsewhere and moved here when asked, with the
+    absolute trial paths an older nqexp recorded)."""
+    def prep(tmp, db_path):
+        src = _TEMPLATE_STORE[0]
+        if not moved_from_absolute:
+            shutil.copytree(src, tmp / "runs")
+            return
+        shutil.copytree(src, tmp / "was_here")
+        con = duckdb.connect(str(tmp / "was_here" / "store.duckdb"))
+        con.execute("update trials set dir = ? || '/' || dir", [str(tmp / "was_here")])
+        con.close()
+        shutil.move(tmp / "was_here", tmp / "runs")
+
+    return prep
+
+
+def then(*preps):
+    def prep(tmp, db_path):
+        for p in preps:
+            p(tmp, db_path)
+
+    return prep
+
+
+def imported(lines, symbol=None):
+    """prep: these CSV lines imported (UTC) before the case runs."""
+    def prep(tmp, db_path):
+        from nqexp.data import db, ingest
+
+        (tmp / "first.csv").write_bytes(text(*lines))
+        con = db.connect(db_path)
+        ingest.import_file(con, tmp / "first.csv", tz="UTC", symbol=symbol)
+        con.close()
+
+    return prep
+
+
+def bars_built(symbol="BASE"):
+    def prep(tmp, db_path):
+        from nqexp.data import bars, db
+
+        con = db.connect(db_path)
+        bars.build_bars(con, symbol, [1, 5])
+        con.close()
+
+    return prep
+
+
+def disk_full_at(when="commit", only=None):
+    return lambda monkeypatch, tmp: full_disk(monkeypatch, when=when, only=only)
+
+
+def no_space_in(module_attr: str):
+    """patch: `module:function` raises OSError(ENOSPC), as a write that found the disk full does."""
+    import importlib
+
+    module, name = module_attr.split(":")
+
+    def patch(monkeypatch, tmp):
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "runs" / "exp" / "spec.resolved.yaml"))
+
+        monkeypatch.setattr(importlib.import_module(module), name, full)
+
+    return patch
+
+
+def minutes(start, n, price=18000.0, step=0.25, volume=5):
+    return [f"{t:%Y-%m-%d %H:%M:%S},{price + i * step},{price + i * step + 1},{price + i * step - 1},"
+            f"{price + i * step},{volume}" for i, t in enumerate(pd.date_range(start, periods=n, freq="min"))]
+
+
+NOW = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("min")
+ONE_MINUTE = minutes("2024-03-04 09:30", 30, price=18000.0, step=0.0)
+FIVE_MINUTE = [f"{t:%Y-%m-%d %H:%M:%S},18000,18002,17998,18001,25"
+               for t in pd.date_range("2024-03-04 09:30", periods=6, freq="5min")]
+CORRECTED = [*GOOD[:2], "2024-03-04 09:32:00,18001.75,18003.25,18001.50,18003.00,9"]
+STEP_BACK = minutes("2024-03-04 09:00", 120) + minutes("2024-03-04 10:00", 120, price=18040.0)
+FALL_BACK_NY = minutes("2024-11-03 00:30", 90) + minutes("2024-11-03 01:00", 90, price=18030.0)
+LEAN_DAY_END = LEAN_GOOD + "86400000,18000,18001,17999,18000.5,5\n"
+LEAN_NEGATIVE = LEAN_GOOD + "-60000,18000,18001,17999,18000.5,5\n"
+FULL = "is full"
+NOT_WRITABLE = "is not writable"
+
+RELIABILITY = [
+    # A full disk during an import, the demo, bars, features or a run: one line, nothing written.
+    Reliab(imp("full-disk-import-commit", text(*GOOD), "--tz", "UTC", code=1, err=FULL), disk_full_at("commit")),
+    Reliab(imp("full-disk-import-insert", text(*GOOD), "--tz", "UTC", code=1, err=FULL),
+           disk_full_at("insert into raw_bars")),
+    Reliab(imp("full-disk-import-rejects", text(*GOOD, "2024-03-04 09:33:00,0,1,1,1,1"), "--tz", "UTC", code=1,
+               err=FULL), disk_full_at("insert into rejected_bars")),
+    Reliab(imp("full-disk-reimport-replace", text(*CORRECTED), "--tz", "UTC", "--replace", code=1, err=FULL,
+               prep=imported(GOOD)), disk_full_at("commit")),
+    Reliab(cmd("full-disk-demo", "data", "demo", "--days", "3", code=1, err=FULL), disk_full_at("commit")),
+    Reliab(cmd("full-disk-bars", "data", "bars", "--symbol", "BASE", code=1, err="building bars for BASE: the disk"),
+           disk_full_at("commit")),
+    Reliab(cmd("full-disk-features-staging", "features", "build", "--set", "migt24", "--symbol", "BASE", code=1,
+               err="building features migt24 for BASE: the disk", prep=bars_built(), slow_ok=True),
+           disk_full_at("create table")),
+    Reliab(cmd("full-disk-features-commit", "features", "build", "--set", "migt24", "--symbol", "BASE", code=1,
+               err="building features migt24 for BASE: the disk", prep=bars_built(), slow_ok=True),
+           disk_full_at("commit")),
+    Reliab(cmd("full-disk-run-store", "run", QUICKSTART, "--smoke", code=1, err="recording experiment quickstart-smoke",
+               prep=with_store(), slow_ok=True), disk_full_at("commit", only="runs")),
+    Reliab(cmd("full-disk-run-spec-file", "run", QUICKSTART, "--smoke", code=1, err="the disk is full writing",
+               prep=with_store(), slow_ok=True), no_space_in("nqexp.experiment.spec:dump_resolved")),
+    # Stores that move: a copied store, and one whose older records hold absolute paths, report from themselves.
+    Reliab(cmd("store-copied-report", "report", "exp", out="Report:", prep=with_store(), slow_ok=True),
+           store_changes=True),
+    Reliab(cmd("store-moved-absolute-paths-report", "report", "exp", out="Report:",
+               prep=with_store(moved_from_absolute=True), slow_ok=True), store_changes=True),
+    Reliab(cmd("store-moved-runs-show", "runs", "show", "exp/a-s0", "--json", out='"dir": ',
+               prep=with_store(moved_from_absolute=True))),
+    Reliab(cmd("store-report-out-elsewhere", "report", "exp", "--out", lambda tmp: tmp / "elsewhere" / "r.md",
+               out="elsewhere/r.md", prep=with_store(), slow_ok=True)),
+    # A file where the store goes: refused before anything runs (stdout stays empty).
+    Reliab(cmd("store-track-store-is-file", "run", QUICKSTART, "--smoke", "--set",
+               lambda tmp: f"track.store={a_file(b'x', 'plain')(tmp)}", code=2, err="a file, not a folder", out="",
+               slow_ok=True)),
+    Reliab(cmd("store-track-store-under-file", "run", QUICKSTART, "--smoke", "--set",
+               lambda tmp: f"track.store={a_file(b'x', 'plain')(tmp) / 'runs'}", code=2, err="a file, not a folder",
+               out="", slow_ok=True)),
+    Reliab(cmd("store-runs-ls-store-is-file", "runs", "ls", "--store", a_file(b"x", "plain"), code=2,
+               err="is a file")),
+    Reliab(cmd("store-report-out-is-folder", "report", "exp", "--out", lambda tmp: tmp, code=2, err="is a directory",
+               prep=with_store())),
+    Reliab(cmd("store-runs-ls-missing-creates-nothing", "runs", "ls", "--store", lambda tmp: tmp / "no" / "runs",
+               code=1, err="no run store")),
+    # Time: one future tolerance, clocks that step back, Lean millisecond counts outside the day.
+    Reliab(row_case("row-future-20-hours", minutes(NOW + pd.Timedelta(hours=20), 1, price=18002)[0],
+                    "timestamp in the future (starts more than 15 minutes after the import)")),
+    Reliab(imp("row-future-10-minutes-is-fine", text(*GOOD, minutes(NOW + pd.Timedelta(minutes=10), 1,
+                                                                    price=18002)[0]), "--tz", "UTC",
+               delta={"raw_bars": 4, "imports": 1})),
+    Reliab(imp("clock-steps-back-an-hour", text(*STEP_BACK), "--tz", "UTC",
+               delta={"raw_bars": 120, "rejected_bars": 120, "imports": 1},
+               reject="timestamps go backwards: data row 121 (2024-03-04 10:00:00) is 59 minutes earlier")),
+    Reliab(imp("clock-fall-back-explained-by-tz", text(*FALL_BACK_NY), "--tz", "America/New_York",
+               delta={"raw_bars": 180, "imports": 1})),
+    Reliab(imp("clock-fall-back-with-wrong-tz", text(*FALL_BACK_NY), "--tz", "UTC",
+               delta={"raw_bars": 90, "rejected_bars": 90, "imports": 1}, reject="timestamps go backwards")),
+    Reliab(imp("clock-newest-first-is-fine", text(*reversed(GOOD)), "--tz", "UTC")),
+    Reliab(imp("lean-ms-end-of-day", lean_zip({LEAN_MEMBER: LEAN_DAY_END}), name="20240304_trade.zip",
+               delta=NEW3_REJ1, reject="Lean millisecond field outside 0..86,399,999")),
+    Reliab(imp("lean-ms-negative", lean_zip({LEAN_MEMBER: LEAN_NEGATIVE}), name="20240304_trade.zip",
+               delta=NEW3_REJ1, reject="Lean millisecond field outside 0..86,399,999")),
+    # Imports never silently replace stored bars: how many, and --replace.
+    Reliab(imp("reimport-coarser-bars-refused", text(*FIVE_MINUTE), "--tz", "UTC", code=1,
+               err="would change 6 stored bar(s) of NQ", prep=imported(ONE_MINUTE))),
+    Reliab(imp("reimport-coarser-bars-say-so", text(*FIVE_MINUTE), "--tz", "UTC", code=1,
+               err="5 minutes apart, coarser than the stored 1-minute bars", prep=imported(ONE_MINUTE))),
+    Reliab(imp("reimport-correction-needs-replace", text(*CORRECTED), "--tz", "UTC", code=1,
+               err="Import it with --replace", prep=imported(GOOD))),
+    Reliab(imp("reimport-coarser-bars-replace", text(*FIVE_MINUTE), "--tz", "UTC", "--replace", delta={"imports": 1},
+               changes_rows=True, out="0 new, 0 unchanged, 6 changed", prep=imported(ONE_MINUTE))),
+    Reliab(imp("reimport-other-symbol-is-new", text(*FIVE_MINUTE), "--tz", "UTC", "--symbol", "NQ5",
+               delta={"raw_bars": 6, "imports": 1}, prep=imported(ONE_MINUTE))),
+    # Spec ranges (tests/test_spec.py crosses every declared bound; these are the ones users hit).
+    Reliab(dry("spec-set-steps-per-epoch-zero", QS, "train.steps_per_epoch=0", err="train.steps_per_epoch: 0 is not >= 1")),
+    Reliab(dry("spec-set-patience-negative", QS, "train.patience=-1", err="train.patience: -1 is not >= 1")),
+    Reliab(dry("spec-set-warmup-negative", QS, "train.warmup_steps=-5", err="train.warmup_steps: -5 is not >= 0")),
+    Reliab(dry("spec-set-grad-clip-negative", QS, "train.grad_clip=-1", err="train.grad_clip: -1 is not > 0")),
+    Reliab(dry("spec-set-beta1-above-one", QS, "train.beta1=1.5", err="train.beta1: 1.5 is not in [0, 1)")),
+    Reliab(dry("spec-set-quantile-above-one", QS, "model.quantiles=[0.1, 0.5, 1.5]",
+               err="model.quantiles: item 2: 1.5 is not in (0, 1)")),
+    Reliab(dry("spec-set-gate-rate-above-one", QS, "eval.gates.max_crossing_rate=2",
+               err="eval.gates.max_crossing_rate: 2 is not in [0, 1]")),
+]
+
+
+def test_reliability_case_ids_are_unique_and_new():
+    ids = [r.case.id for r in RELIABILITY]
+    assert len(ids) == len(set(ids)) and not set(ids) & {c.id for c in CASES}
+
+
+@pytest.mark.parametrize("r", [pytest.param(r, id=r.case.id) for r in RELIABILITY])
+def test_reliability(r: Reliab, template_db, template_store, tmp_path, monkeypatch):
+    _TEMPLATE_STORE[:] = [template_store]
+    state = {}
+
+    def prep(tmp, db_path):
+        if r.case.prep:
+            r.case.prep(tmp, db_path)
+        state["store"] = store_state(tmp / "runs")
+        if r.patch:
+            r.patch(monkeypatch, tmp)
+
+    test_hostile(dataclasses.replace(r.case, prep=prep), template_db, tmp_path, monkeypatch)
+    monkeypatch.undo()
+    if not r.store_changes:
+        assert store_state(tmp_path / "runs") == state["store"], "the run store changed"
+    assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
+    if r.case.id.startswith("store-") and r.case.out == "Report:":
+        report = (tmp_path / "runs" / "exp" / "report.md").read_text()
+        for link in ("report_figures/learning_curves.png", "trials/a-s0/plots/test_reliability.png"):
+            assert f"]({link})" in report and (tmp_path / "runs" / "exp" / link).exists(), link
+    if r.case.id == "store-report-out-elsewhere":
+        assert (tmp_path / "elsewhere" / "r_figures" / "b_test_reliability.png").exists()
+
+
+# Read-only stores: a child process that may not write them (as root too).
+
+
+READ_ONLY_CASES = [
+    # (id, argv after --store-less command, exit code, stdout must hold, the one stderr line must hold)
+    ("runs-ls", ["runs", "ls", "--store", "{store}", "--json"], 0, '"experiment": "exp"', None),
+    ("runs-show", ["runs", "show", "exp/b-s0", "--store", "{store}"], 0, "b-s0", None),
+    ("runs-compare", ["runs", "compare", "exp", "--store", "{store}", "--json"], 0, '"variant"', None),
+    ("report-out", ["report", "exp", "--store", "{store}", "--out", "{tmp}/reports/exp.md"], 0, "Report:", None),
+    ("report-into-store", ["report", "exp", "--store", "{store}"], 1, "",
+     "is not writable (Permission denied); reading it still works"),
+    ("run-into-store", ["run", str(QUICKSTART), "--smoke", "--set", "track.store={store}"], 1, "", NOT_WRITABLE),
+]
+
+
+@pytest.mark.parametrize("id_, argv, code, out, err", READ_ONLY_CASES, ids=[c[0] for c in READ_ONLY_CASES])
+def test_a_read_only_store_serves_reads_and_refuses_writes_in_one_line(id_, argv, code, out, err, template_store,
+                                                                        tmp_path):
+    prefix = reader_prefix()
+    store = tmp_path / "ro" / "runs"
+    shutil.copytree(template_store, store)
+    argv = [a.format(store=store, tmp=tmp_path) for a in argv]
+    env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "NQEXP_DB": str(tmp_path / "t.duckdb"),
+           "COLUMNS": "200"}
+    with read_only(store):
+        before = store_state(store)
+        result = subprocess.run([*prefix, sys.executable, "-m", "nqexp.cli", *argv], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        after = store_state(store)
+    shown = f"$ nqexp {' '.join(argv)}\nexit {result.returncode}\nstdout: {result.stdout[-800:]}\nstderr: {result.stderr[-800:]}"
+    assert result.returncode == code, shown
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if err is None:
+        assert lines == [], shown
+        assert out in result.stdout, shown
+    else:
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and err in lines[0], shown
+        assert result.stdout.strip() == "", shown
+    assert after == before, "the read-only store changed"
+    for key in (DATABENTO_KEY, WANDB_KEY):
+        assert key not in result.stdout + result.stderr
+    if id_ == "report-out":
+        report = (tmp_path / "reports" / "exp.md").read_text()
+        assert "](exp_figures/a_test_reliability.png)" in report and str(store) not in report

@@ -50,12 +50,42 @@ def test_reimporting_the_same_file_changes_nothing(con, tmp_path):
     assert before == after  # including ingested_at: unchanged rows are not rewritten
 
 
-def test_a_vendor_correction_updates_the_row_and_is_counted(con, tmp_path):
+def test_a_vendor_correction_updates_the_row_and_is_counted_with_replace(con, tmp_path):
     ingest.import_file(con, write(tmp_path, "a.csv", GOOD_ROWS), tz="UTC")
     fixed = GOOD_ROWS[:2] + ["2024-03-04 09:32:00,18001.75,18003.25,18001.50,18003.00,9"]
-    report = ingest.import_file(con, write(tmp_path, "a.csv", fixed), tz="UTC")
+    report = ingest.import_file(con, write(tmp_path, "a.csv", fixed), tz="UTC", replace=True)
     assert (report.new, report.unchanged, report.changed) == (0, 2, 1)
     assert con.execute("select close, volume from raw_bars where ts = '2024-03-04 09:32:00'").fetchall() == [(18003.0, 9)]
+
+
+def test_an_import_that_would_change_stored_bars_is_refused_without_replace(con, tmp_path):
+    ingest.import_file(con, write(tmp_path, "a.csv", GOOD_ROWS), tz="UTC")
+    before = con.execute("select * from raw_bars order by ts").fetchall(), table_counts(con)
+    fixed = GOOD_ROWS[:2] + ["2024-03-04 09:32:00,18001.75,18003.25,18001.50,18003.00,9",
+                             "2024-03-04 09:33:00,18003,18004,18002,18003,4"]
+    with pytest.raises(DataError) as info:
+        ingest.import_file(con, write(tmp_path, "b.csv", fixed + ["2024-03-04 09:34:00,0,1,1,1,1"]), tz="UTC")
+    assert str(info.value) == (
+        f"{tmp_path / 'b.csv'}: this import would change 1 stored bar(s) of NQ (first: 2024-03-04 09:32:00 UTC, "
+        "stored close 18002 volume 7, this file's close 18003 volume 9); nothing was written. Import it with "
+        "--replace to replace them, or under another --symbol")
+    # Nothing at all: no new bar, no reject, no import record.
+    assert (con.execute("select * from raw_bars order by ts").fetchall(), table_counts(con)) == before
+
+
+def test_five_minute_bars_never_silently_replace_one_minute_bars(con, tmp_path):
+    minutes = pd.date_range("2024-03-04 09:30", periods=30, freq="min")
+    one = [f"{t:%Y-%m-%d %H:%M:%S},100,101,99,100.5,2" for t in minutes]
+    ingest.import_file(con, write(tmp_path, "1m.csv", one), tz="UTC")
+    five = [f"{t:%Y-%m-%d %H:%M:%S},100,102,98,101,10" for t in minutes[::5]]
+    with pytest.raises(DataError, match=r"would change 6 stored bar.*5 minutes apart, coarser than the stored "
+                                        r"1-minute bars; nothing was written"):
+        ingest.import_file(con, write(tmp_path, "5m.csv", five), tz="UTC")
+    assert con.execute("select count(*), sum(volume) from raw_bars").fetchall() == [(30, 60)]
+    report = ingest.import_file(con, tmp_path / "5m.csv", tz="UTC", replace=True)
+    assert (report.changed, report.unchanged, report.new) == (6, 0, 0)
+    again = ingest.import_file(con, tmp_path / "5m.csv", tz="UTC")      # now the same values: nothing to refuse
+    assert (again.changed, again.unchanged) == (0, 6)
 
 
 @pytest.mark.parametrize(
@@ -296,9 +326,9 @@ def test_volumes_beyond_int64_are_rejected_not_wrapped(con, tmp_path, value):
     ("2024-03-04 09:33:00,1e-300,1e-300,1e-300,1e-300,5", "price outside 1e-06..1e+09"),
     ("2024-03-04 09:33:00,18002,1e308,18001,18002,5", "price outside 1e-06..1e+09"),
     ("2024-03-04 09:33:00,18002,180030,18001,180020,5", validate.REASON_PRICE_LEVEL),
-    ("1970-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
-    ("1600-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
-    ("2100-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990 or in the future"),
+    ("1970-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990"),
+    ("1600-01-01 00:00:00,18002,18003,18001,18002,5", "timestamp before 1990"),
+    ("2100-01-01 00:00:00,18002,18003,18001,18002,5", validate.REASON_FUTURE),
     ("2024-03-04 09:33:17,18002,18003,18001,18002,5", "timestamp not on a whole minute"),
 ])
 def test_implausible_rows_are_rejected_with_a_reason(con, tmp_path, row, reason):
@@ -323,7 +353,7 @@ def test_one_epoch_seconds_row_in_a_milliseconds_file_is_rejected(con, tmp_path)
     t0 = int(pd.Timestamp("2024-03-04 14:30").timestamp())
     rows = [f"{(t0 + 60 * i) * 1000},1,1,1,1,1" for i in range(3)] + [f"{t0 + 180},1,1,1,1,1"]
     report = ingest.import_file(con, write(tmp_path, "ms.csv", rows))
-    assert (report.new, report.reasons) == (3, {"timestamp before 1990 or in the future": 1})
+    assert (report.new, report.reasons) == (3, {"timestamp before 1990": 1})
     assert con.execute("select min(ts) from raw_bars").fetchall()[0][0] == dt.datetime(2024, 3, 4, 14, 30)
 
 
@@ -480,3 +510,87 @@ def test_the_fast_path_matches_the_pandas_path(tmp_path, monkeypatch, lines, kw)
 def test_odd_files_take_the_pandas_path(tmp_path, monkeypatch, lines):
     took_fast, fast, careful = _import_both(tmp_path, monkeypatch, lines, tz="UTC")
     assert not took_fast and fast == careful
+
+
+# ------------------------------------------------------------------------------------------
+# Time: the future tolerance, clocks that step back, Lean millisecond counts (docs/data.md §3, §9)
+
+
+def _minutes(start, n, price=100.0, volume=5):
+    return [f"{t:%Y-%m-%d %H:%M:%S},{price},{price + 1},{price - 1},{price},{volume}"
+            for t in pd.date_range(start, periods=n, freq="min")]
+
+
+def test_a_bar_more_than_the_tolerance_after_now_is_rejected_and_one_within_it_is_stored():
+    now = pd.Timestamp("2025-06-02 14:00")
+    tol = validate.FUTURE_TOLERANCE
+    assert tol == pd.Timedelta(minutes=15)
+    df = pd.DataFrame({"ts": [now, now + tol, now + tol + pd.Timedelta(minutes=1), now + pd.Timedelta(hours=20)],
+                       "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0,
+                       "symbol": "X", "source": "f", "row_number": [1, 2, 3, 4]})
+    got = validate.validate(df, now=now)
+    assert [r if isinstance(r, str) else None for r in got] == [None, None, validate.REASON_FUTURE, validate.REASON_FUTURE]
+    assert validate.REASON_FUTURE == "timestamp in the future (starts more than 15 minutes after the import)"
+
+
+def test_bars_stamped_twenty_hours_ahead_are_rejected_not_stored(con, tmp_path):
+    ahead = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("min") + pd.Timedelta(hours=20)
+    report = ingest.import_file(con, write(tmp_path, "ahead.csv", GOOD_ROWS + _minutes(ahead, 3, price=18002)),
+                                tz="UTC")
+    assert (report.new, report.reasons) == (3, {validate.REASON_FUTURE: 3})
+    assert table_counts(con)["rejected_bars"] == 3
+
+
+def test_a_clock_that_steps_back_an_hour_mid_file_stores_nothing_after_the_step(con, tmp_path):
+    # 09:00-10:59, then the file's clock goes back an hour: 10:00-11:59 hold the bars of 11:00-12:59.
+    rows = _minutes("2024-03-04 09:00", 120, price=100) + _minutes("2024-03-04 10:00", 120, price=107)
+    report = ingest.import_file(con, write(tmp_path, "step.csv", rows), tz="UTC")
+    (reason, n), = report.reasons.items()
+    assert (report.new, report.rejected, report.duplicates, n) == (120, 120, 0, 120)
+    assert reason.startswith("timestamps go backwards: data row 121 (2024-03-04 10:00:00) is 59 minutes earlier than "
+                             "row 120 and replays times already read with other prices")
+    assert con.execute("select min(ts), max(ts), max(close) from raw_bars").fetchall() == [
+        (dt.datetime(2024, 3, 4, 9), dt.datetime(2024, 3, 4, 10, 59), 100.0)]       # nothing an hour early
+    rows_rejected = [r[0] for r in con.execute("select row_number from rejected_bars order by 1").fetchall()]
+    assert rows_rejected == list(range(121, 241))
+
+
+def test_rows_out_of_order_newest_first_files_and_verbatim_overlaps_are_no_clock_step(con, tmp_path):
+    rows = _minutes("2024-03-04 09:00", 120)
+    swapped = rows[:50] + [rows[51], rows[50]] + rows[52:]
+    assert ingest.import_file(con, write(tmp_path, "swap.csv", swapped), tz="UTC", symbol="A").reasons == {}
+    newest_first = ingest.import_file(con, write(tmp_path, "desc.csv", rows[::-1]), tz="UTC", symbol="B")
+    assert (newest_first.new, newest_first.rejected) == (120, 0)
+    # Two overlapping downloads concatenated: the overlap repeats rows verbatim; the rows after it are right.
+    overlap = rows + rows[60:] + _minutes("2024-03-04 11:00", 30)
+    report = ingest.import_file(con, write(tmp_path, "cat.csv", overlap), tz="UTC", symbol="C")
+    assert (report.new, report.reasons) == (150, {"duplicate timestamp": 60})
+
+
+def test_a_fall_back_hour_the_zone_explains_is_no_clock_step_but_the_same_file_in_utc_is(con, tmp_path):
+    # New York wall clock through the November fall-back: 01:00-01:59 twice.
+    rows = (_minutes("2024-11-03 00:30", 90, price=100) + _minutes("2024-11-03 01:00", 90, price=101))
+    path = write(tmp_path, "fallback.csv", rows)
+    local = ingest.import_file(con, path, tz="America/New_York", symbol="NY")
+    assert (local.new, local.rejected) == (180, 0)
+    wrong = ingest.import_file(con, path, tz="UTC", symbol="U")
+    assert wrong.new == 90 and wrong.rejected == 90
+    assert next(iter(wrong.reasons)).startswith("timestamps go backwards: data row 91 (2024-11-03 01:00:00) is "
+                                                "59 minutes earlier than row 90")
+
+
+def test_lean_millisecond_counts_outside_the_day_are_rejected_rows(con, tmp_path):
+    import zipfile
+
+    day = [(14 * 60 + 30 + i) * 60_000 for i in range(3)]
+    body = "".join(f"{ms},18000,18001,17999,18000.5,5\n" for ms in [*day, 86_400_000, -60_000, 90_000_000])
+    path = tmp_path / "20240304_trade.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("20240304_nq_minute_trade_202403.csv", body)
+    report = ingest.import_file(con, path)
+    reason = "Lean millisecond field outside 0..86,399,999 (milliseconds since midnight of the file's day)"
+    assert (report.new, report.reasons) == (3, {reason: 3})
+    assert con.execute("select min(ts)::date, max(ts)::date from raw_bars").fetchall() == [
+        (dt.date(2024, 3, 4), dt.date(2024, 3, 4))]                           # nothing landed on another day
+    raws = [json.loads(r[0])["ms"] for r in con.execute("select raw from rejected_bars order by row_number").fetchall()]
+    assert raws == ["86400000", "-60000", "90000000"]

@@ -252,3 +252,24 @@ def test_forecasts_inside_the_train_or_val_period_are_marked_in_sample(trial):
     assert val.exit_code == 0, val.output
     assert val.stderr.count("in-sample") == 1 and f"{spec.splits.train_start}..{spec.splits.val_end}" in val.stderr
     assert {r["in_sample"] for r in json.loads(val.stdout)} == {True}
+
+
+def test_predict_to_stdout_reads_a_read_only_store(trial, tmp_path):
+    """A store this user may only read (a colleague's, a synced copy) still serves forecasts to stdout."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.read_only import read_only, reader_prefix
+
+    prefix = reader_prefix()
+    store = tmp_path / "shared" / "runs"
+    shutil.copytree(trial["dir"], store / "tiny" / "trials" / "full-s0")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    with read_only(store):
+        res = subprocess.run([*prefix, sys.executable, "-m", "nqexp.cli", "--db", trial["db"], "predict", "tiny/full-s0",
+                              "--store", str(store), "--format", "json"], capture_output=True, text=True, timeout=300,
+                             env=env, cwd=tmp_path, check=False)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    rows = json.loads(res.stdout)
+    assert {r["source"] for r in rows} >= {"model", "climatology"}

@@ -242,3 +242,45 @@ def test_differences_pool_every_fold_and_say_where_the_sign_holds(fold_store):
 
 def test_one_fold_reports_have_no_fold_table(store):
     assert report.fold_table(report.load(store, "abl")).empty
+
+
+def _with_trial_plots(store):
+    for trial in ("good-s0", "wide-s0"):
+        plots = store.trial_dir("abl", trial) / "plots"
+        plots.mkdir(parents=True)
+        (plots / "test_reliability.png").write_bytes(b"\x89PNG fake " + trial.encode())
+
+
+def test_a_copied_store_reports_from_its_own_trials(store, tmp_path):
+    import shutil
+
+    _with_trial_plots(store)
+    shutil.copytree(store.root, tmp_path / "copy")
+    shutil.rmtree(store.root)                                   # moved, not just copied
+    path = report.build_report(RunStore(tmp_path / "copy"), "abl", n_boot=20)
+    text = path.read_text()
+    assert path == tmp_path / "copy" / "abl" / "report.md"
+    assert "](trials/good-s0/plots/test_reliability.png)" in text
+    assert "| wide | climatology | 15m |" in text                  # the predictions were found where they are now
+
+
+def test_a_report_elsewhere_copies_the_trial_figures_beside_it(store, tmp_path):
+    _with_trial_plots(store)
+    out = tmp_path / "reports" / "abl.html"
+    path = report.build_report(store, "abl", fmt="html", n_boot=20, out=out)
+    assert path == out and (tmp_path / "reports" / "abl_figures" / "learning_curves.png").exists()
+    assert (tmp_path / "reports" / "abl_figures" / "good_test_reliability.png").read_bytes().endswith(b"good-s0")
+    assert "data:image/png;base64," in out.read_text() and not (store.experiment_dir("abl") / "report.html").exists()
+    md = report.build_report(store, "abl", n_boot=20, out=tmp_path / "reports" / "abl.md").read_text()
+    assert "](abl_figures/wide_test_reliability.png)" in md and str(store.root) not in md
+
+
+def test_a_report_that_cannot_be_written_is_one_line(store, tmp_path):
+    from nqexp.errors import DataError
+
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(DataError) as info:
+        report.build_report(store, "abl", n_boot=20, out=tmp_path / "plain" / "r.md")
+    assert str(info.value).startswith(f"cannot write the report {tmp_path / 'plain' / 'r.md'}: ")
+    with pytest.raises(DataError, match="is a folder; give the report's file name"):
+        report.build_report(store, "abl", n_boot=20, out=tmp_path)

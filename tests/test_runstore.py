@@ -121,3 +121,52 @@ def test_a_store_from_before_the_epochs_migration_reads_an_empty_history(tmp_pat
     con.close()
     frame = RunStore(root).epochs_frame("old")                 # read-only: no migration runs
     assert frame.empty and list(frame.columns) == ["trial", "epoch", "key", "value"]
+
+
+# ------------------------------------------------------------------------------------------
+# Stores that move and stores that cannot be written (docs/experiments.md §15)
+
+
+def test_trial_folders_are_recorded_relative_so_a_copied_store_reads_its_own(tmp_path):
+    import shutil
+
+    store = RunStore(tmp_path / "runs")
+    store.start_experiment("e", "run", None, "name: e\n")
+    add_trial(store, "e", "a-s0", "a", 0)
+    con = duckdb.connect(str(store.path), read_only=True)
+    assert con.execute("select dir from trials").fetchall() == [("e/trials/a-s0",)]
+    con.close()
+    shutil.copytree(tmp_path / "runs", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "runs")
+    moved = RunStore(tmp_path / "elsewhere")
+    assert moved.trial("e", "a-s0")["dir"] == str(tmp_path / "elsewhere" / "e" / "trials" / "a-s0")
+    assert list(moved.trials_frame("e")["dir"]) == [str(tmp_path / "elsewhere" / "e" / "trials" / "a-s0")]
+
+
+def test_a_store_that_recorded_absolute_trial_folders_is_read_under_its_new_root(tmp_path):
+    import shutil
+
+    store = RunStore(tmp_path / "runs")
+    store.start_experiment("e", "run", None, "name: e\n")
+    add_trial(store, "e", "a-s0", "a", 0)
+    add_trial(store, "e", "b-s0", "b", 0)
+    con = duckdb.connect(str(store.path))             # as stores written before paths were relative
+    con.execute("update trials set dir = ? where trial = 'a-s0'", [str(tmp_path / "runs" / "e" / "trials" / "a-s0")])
+    con.execute("update trials set dir = '/data/other/place' where trial = 'b-s0'")   # not the layout: kept
+    con.close()
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    moved = RunStore(tmp_path / "moved")
+    assert moved.trial("e", "a-s0")["dir"] == str(tmp_path / "moved" / "e" / "trials" / "a-s0")
+    assert moved.trial("e", "b-s0")["dir"] == "/data/other/place"
+
+
+def test_reading_creates_nothing_and_a_file_as_the_store_is_one_line(tmp_path):
+    missing = RunStore(tmp_path / "nope" / "runs")
+    with pytest.raises(DataError, match="no run store at"):
+        missing.experiments()
+    assert missing.finished_trials("e") == set() and not (tmp_path / "nope").exists()
+    (tmp_path / "plain").write_text("x")
+    for root, where in ((tmp_path / "plain", "is a file"), (tmp_path / "plain" / "runs", "is under")):
+        with pytest.raises(DataError) as info:
+            RunStore(root).start_experiment("e", "run", None, "name: e\n")
+        assert str(info.value).startswith(f"run store {root} {where}") and "--set track.store=DIR" in str(info.value)

@@ -560,10 +560,10 @@ def test_window_length_and_time_budget_are_bounded(tmp_path):
     p = write(tmp_path, "name: exp\nwindows: {t_max: 1.0e+12}\n")
     with pytest.raises(SpecError) as info:
         S.load_spec(p)
-    assert str(info.value) == f"{p}: windows.t_max (1000000000000) must be in 1..100000"
+    assert str(info.value) == f"{p}: windows.t_max: 1000000000000.0 is not in [1, 100000]"
     with pytest.raises(SpecError) as info:
         S.load_spec(write(tmp_path, "name: exp\n", "ok.yaml"), ["train.time_budget_s=-5"])
-    assert str(info.value) == "--set: train.time_budget_s (-5.0) must be > 0 or null (no budget)"
+    assert str(info.value) == "--set: train.time_budget_s: -5 is not > 0"
 
 
 # ------------------------------------------------------------------------------------------
@@ -783,3 +783,86 @@ def test_resolved_dict_is_what_dump_resolved_writes(tmp_path):
     assert yaml.safe_load(path.read_text()) == S.resolved_dict(spec)
     other = S.load_spec(FIXTURES / "child.yaml", ["model.gate=sigmoid"], sections=STANDINS)
     assert S.resolved_dict(other) != S.resolved_dict(spec)
+
+
+# Declared ranges: every numeric field has one, the schema shows it, and --set enforces it
+
+
+_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _numeric_fields(schema) -> dict[str, dict]:
+    """Dotted spec key -> {'type', 'array', bounds} of every integer/number field (list items too)."""
+    defs = schema["$defs"]
+
+    def resolve(node):
+        return defs[node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+
+    out = {}
+
+    def walk(node, path):
+        for arm in map(resolve, resolve(node).get("anyOf", [resolve(node)])):
+            if "properties" in arm:
+                for key, sub in arm["properties"].items():
+                    walk(sub, path + (key,))
+                continue
+            array = arm.get("type") == "array" and isinstance(arm.get("items"), dict)
+            target = resolve(arm["items"]) if array else arm
+            if target.get("type") in ("integer", "number"):
+                out[".".join(path)] = {"type": target["type"], "array": array,
+                                       **{k: target[k] for k in _BOUND_KEYS if k in target}}
+
+    walk(schema, ())
+    return out
+
+
+def _just_outside(field_: dict) -> list:
+    """Values just beyond each declared bound (the integer next to it; a hair past it for numbers)."""
+    step = 1 if field_["type"] == "integer" else 1e-6
+    values = []
+    if "minimum" in field_:
+        values.append(field_["minimum"] - step)
+    if "exclusiveMinimum" in field_:
+        values.append(field_["exclusiveMinimum"])
+    if "maximum" in field_:
+        values.append(field_["maximum"] + step)
+    if "exclusiveMaximum" in field_:
+        values.append(field_["exclusiveMaximum"])
+    return [[v] if field_["array"] else v for v in values]
+
+
+def test_every_numeric_spec_field_declares_its_range_in_the_schema():
+    _require_real_stage_modules()
+    fields_ = _numeric_fields(S.json_schema())
+    assert len(fields_) > 50 and {"train.beta1", "train.patience", "model.quantiles", "eval.gates.min_picp80"} <= set(fields_)
+    unbounded = sorted(k for k, f in fields_.items() if not set(f) & set(_BOUND_KEYS))
+    assert not unbounded, f"numeric spec fields without a declared range: {unbounded}"
+    assert _numeric_fields(S.json_schema())["train.beta1"] == {"type": "number", "array": False, "minimum": 0,
+                                                               "exclusiveMaximum": 1}
+
+
+def test_a_value_just_outside_any_declared_range_is_one_line_naming_the_field(tmp_path):
+    """Walks the schema: each bound of each numeric field, crossed by a hair via --set, is refused with
+    exit 2 and one line `--set: <dotted.key>: ...`; the value on the bound itself is accepted."""
+    _require_real_stage_modules()
+    from click.testing import CliRunner
+
+    from nqexp.cli import cli
+
+    quickstart = str(ROOT / "experiments" / "quickstart.yaml")
+    fields_ = _numeric_fields(S.json_schema())
+    checked = []
+    for key, field_ in fields_.items():
+        for value in _just_outside(field_):
+            override = f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            result = CliRunner().invoke(cli, ["run", quickstart, "--dry-run", "--set", override], prog_name="nqexp")
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            shown = f"--set {override}: exit {result.exit_code}, stderr {result.stderr!r}"
+            assert result.exit_code == 2 and len(lines) == 1, shown
+            assert lines[0].startswith(f"Error: --set: {key}: "), shown
+            assert "Traceback" not in result.output, shown
+            checked.append(override)
+    assert len(checked) >= len(fields_)
+    # The shipped defaults sit inside every range (a bound of 0 or 1 is allowed where declared so).
+    assert S.load_spec(quickstart, ["train.warmup_steps=0", "train.beta1=0", "model.dropout=0",
+                                    "eval.gates.min_picp80=1"]).train.warmup_steps == 0

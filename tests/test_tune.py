@@ -121,8 +121,10 @@ def test_run_store_holds_every_trial_with_metrics_gates_and_files(smoke):
     n_epochs = dict(con.execute("select trial, epochs from trials").fetchall())
     for trial, n in n_epochs.items():
         assert {e[1] for e in epochs if e[0] == trial} == set(range(1, n + 1)), trial
-    for _, _, _, d in trials:
-        d = Path(d)
+    for trial, _, _, d in trials:
+        # Recorded relative to the store's root, so a copied store finds its trials (docs/experiments.md §15).
+        assert d == f"{EXP}/trials/{trial}", d
+        d = cwd / "runs" / d
         assert (d / "predictions.parquet").exists() and (d / "spec.yaml").exists()
         assert (d / "plots" / "test_reliability.png").stat().st_size > 5000
         assert (d / "backtest_equity.parquet").exists()

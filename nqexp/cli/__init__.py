@@ -11,6 +11,7 @@ errors (nqexp.errors); this package alone turns them into one readable line and 
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -30,6 +31,35 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
         return text
     head, tail = (limit - 40) * 2 // 3, (limit - 40) // 3
     return f"{text[:head]} ... [{len(text) - head - tail:,} characters cut] ... {text[-tail:]}"
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """The one line for an error the machine, not nqexp, caused: a full disk, or a file or folder this
+    process may not write (a read-only store, say); None for anything else (a bug keeps its traceback).
+    The library turns these into typed errors where it writes (imports, bars, features, the run store,
+    reports); this catches what is left, so no command ends in a traceback for them."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return (f"the disk is full{where} ({exc.strerror or exc}); free some space and run the command again "
+                    "(imports, bar and feature builds and run-store records are all-or-nothing)")
+        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return (f"{where}{exc.strerror or exc}: this user may not use it so (a read-only folder or file?); "
+                    "check its permissions, or point the command at a place this user may write")
+        duckdb = sys.modules.get("duckdb")         # loaded by any command that opened a database
+        if duckdb is not None and isinstance(exc, duckdb.Error) and (
+                "no space left on device" in str(exc).lower() or "could not write all bytes" in str(exc).lower()):
+            return (f"the disk is full ({str(exc).splitlines()[0][:200]}); free some space and run the command "
+                    "again (imports, bar and feature builds and run-store records are all-or-nothing)")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class _OneLineUsageError(click.UsageError):
@@ -71,6 +101,12 @@ class NqexpGroup(click.Group):
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="yellow", err=True)
             ctx.exit(130)
+        except Exception as exc:
+            text = environment_error(exc)
+            if text is None:
+                raise
+            click.secho(f"Error: {one_line(text)}", fg="red", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=NqexpGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -70,12 +70,16 @@ def data_demo(ctx, days, seed, end):
 @click.option("--columns", default=None,
               help="Column order for headerless files ('ts,open,high,low,close,volume') or a mapping "
                    "('ts=Datetime,volume=Vol').")
+@click.option("--replace", is_flag=True,
+              help="Replace stored bars whose values differ (without it such an import is refused, nothing written).")
 @click.pass_context
-def data_import(ctx, path, fmt, tz, ts_is, symbol, columns):
+def data_import(ctx, path, fmt, tz, ts_is, symbol, columns, replace):
     """Import 1-minute bars from CSV, Parquet, Databento DBN(.zst) or a Lean minute zip.
 
     Idempotent: importing the same file again changes nothing. Bad rows are kept in
-    rejected_bars with their reason; a file that cannot be read writes nothing.
+    rejected_bars with their reason; a file that cannot be read writes nothing. An import that
+    would change stored bars (a vendor correction, or 5-minute bars over 1-minute ones) says
+    how many and writes nothing unless --replace is given.
 
     \b
     Example:
@@ -87,7 +91,8 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns):
     console = render.console()
     con = open_db(ctx)
     with console.status(f"Importing {path}..."):
-        report = ingest.import_file(con, path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns)
+        report = ingest.import_file(con, path, fmt=fmt, tz=tz, ts_is=ts_is, symbol=symbol, columns=columns,
+                                    replace=replace)
     console.print(f"[green]{report.format}[/] {path}: {report.summary()} in {report.seconds:.2f}s")
     for text in report.warnings:
         click.secho(f"Warning: {text}", fg="yellow", err=True)

@@ -96,8 +96,10 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
     if address and address.startswith(("ray://", "http://", "https://")):
         tune_mod.submit_job(spec, kind=kind, address=address, printer=console.print)
         return
-    # Refusals come before any progress is drawn: a trial that could never be scheduled (it would
-    # wait forever) and bars that are not there. On a cluster run_experiment notes the GPU warning.
+    # Refusals come before any progress is drawn: a run store that cannot be written, a trial that
+    # could never be scheduled (it would wait forever) and bars that are not there. On a cluster
+    # run_experiment notes the GPU warning.
+    tune_mod.check_store(spec)
     resource_notes = tune_mod.check_resources(spec.resources, address)
     tune_mod.check_data(spec, ctx.obj["db"])
     mode = wandb_mode(spec.track.wandb_mode)

@@ -64,6 +64,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -519,29 +520,26 @@ def build_bars(con, symbol: str, freq_minutes=(1, 5), *, ratios=None, given_roll
         raise
     report = BarsReport(symbol=symbol, mode=mode, source_rows=n_src, rolls=used,
                         warnings=[w.message for w in warnings])
-    con.execute("begin transaction")
     try:
-        _store_rolls(con, symbol, used, warnings)
-        db.run_sql(con, "bars/segments", symbol=symbol)
-        for freq in freqs:
-            table = f"bars_{freq}m"
-            con.execute(f"delete from {table} where symbol = ?", [symbol])
-            _insert_bars(con, table, symbol)
-            covered = con.execute(
-                f"select coalesce(sum({'n_bars' if freq > 1 else '1'}), 0) from {table} where symbol = ?", [symbol]
-            ).fetchall()[0][0]
-            if covered != n_src:
-                # A bar whose contract matches no segment would otherwise vanish silently.
-                raise DataError(
-                    f"{table} for {symbol} covers {covered:,} of {n_src:,} source bars: some bars' contract "
-                    "matches no roll segment (instrument_id/contract missing on some rows?)"
-                )
-        con.execute("commit")
-    except Exception:
-        con.execute("rollback")
-        raise
+        with db.transaction(con, f"building bars for {symbol}"):
+            _store_rolls(con, symbol, used, warnings)
+            db.run_sql(con, "bars/segments", symbol=symbol)
+            for freq in freqs:
+                table = f"bars_{freq}m"
+                con.execute(f"delete from {table} where symbol = ?", [symbol])
+                _insert_bars(con, table, symbol)
+                covered = con.execute(
+                    f"select coalesce(sum({'n_bars' if freq > 1 else '1'}), 0) from {table} where symbol = ?", [symbol]
+                ).fetchall()[0][0]
+                if covered != n_src:
+                    # A bar whose contract matches no segment would otherwise vanish silently.
+                    raise DataError(
+                        f"{table} for {symbol} covers {covered:,} of {n_src:,} source bars: some bars' contract "
+                        "matches no roll segment (instrument_id/contract missing on some rows?)"
+                    )
     finally:
-        _drop_temps(con)
+        with contextlib.suppress(duckdb.Error):     # a fatal write error may leave nothing to drop
+            _drop_temps(con)
     for freq in freqs:
         row = con.execute(
             f"select count(*), count(*) filter (where gap_flag), count(*) filter (where outlier_flag), "

@@ -16,6 +16,8 @@ edited; changes go into a new file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib.util
 import logging
@@ -146,7 +148,9 @@ def apply_migrations(con, folder: str = "schema") -> list[str]:
             con.execute("insert into _migrations (name, sha256) values (?, ?)", [path.name, sha])
             con.execute("commit")
         except duckdb.Error as exc:
-            con.execute("rollback")
+            with contextlib.suppress(duckdb.Error):     # a failed commit has already ended the transaction
+                con.execute("rollback")
+            raise_if_disk_full(exc, f"schema migration {path.name}", con)
             raise SqlError(f"schema migration {path.name} failed: {exc}") from None
         applied.append(path.name)
         log.info("applied migration %s", path.name)
@@ -204,3 +208,54 @@ def table_counts(con) -> list[tuple[str, int]]:
         "select table_name from information_schema.tables where table_schema = 'main' order by 1").fetchall()]
     # Table names come from the catalog itself, quoted, so formatting them into SQL is safe.
     return [(name, con.execute(f'select count(*) from "{name}"').fetchall()[0][0]) for name in names]
+
+
+# ------------------------------------------------------------------------------------------
+# Transactions that survive a full disk
+
+
+# What a write that found no room raises: OSError(ENOSPC/EDQUOT) from Python, or DuckDB's IO error.
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "could not write all bytes")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a write that found the disk full."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        # DuckDB's IO error, or a typed error quoting it (run_sql's SqlError)
+        if any(t in str(exc).lower() for t in _DISK_FULL_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def raise_if_disk_full(exc: BaseException, what: str, con=None) -> None:
+    """Turn a full disk into one DatabaseError line (the caller has undone its writes); else return."""
+    if disk_full(exc):
+        where = f"the disk holding {_db_file(con)}" if con is not None else "the disk"
+        raise DatabaseError(f"{what}: {where} is full ({_first_line(exc)}); nothing was written and the database "
+                            "is as it was; free some space and run it again") from None
+
+
+@contextlib.contextmanager
+def transaction(con, what: str):
+    """`begin` ... `commit`, rolled back on any error. A failed commit (DuckDB could not write its log:
+    a full disk) has already ended the transaction, so the rollback's own "no transaction is active"
+    never hides the real error; a full disk becomes one DatabaseError line saying nothing was written."""
+    con.execute("begin transaction")
+    try:
+        yield con
+        con.execute("commit")
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("rollback")
+        raise_if_disk_full(exc, what, con)
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

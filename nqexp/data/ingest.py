@@ -13,6 +13,7 @@ rows whose values changed at the vendor are updated and counted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -94,8 +96,12 @@ def _sql_list(lookup: pd.DataFrame) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in lookup["value"]) + "]::varchar[]"
 
 
-def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | None, t0: float) -> ImportReport:
-    """Validate and upsert a parsed frame in one transaction; rejects and the import record included."""
+def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | None, t0: float,
+               replace: bool = False) -> ImportReport:
+    """Validate and upsert a parsed frame in one transaction; rejects and the import record included.
+
+    Rows already stored with other values are updated only with `replace`; otherwise the import is
+    refused (DataError, nothing written) saying how many it would change (docs/data.md §4)."""
     reason = validate(df)
     is_bad = reason.notna().to_numpy()
     good = np.flatnonzero(~is_bad)
@@ -161,69 +167,90 @@ def write_bars(con, df: pd.DataFrame, *, fmt: str, source: str, sha256: str | No
     span = "r.ts between ? and ?"
     params = [] if lo_ts is None else [lo_ts.astype(object), hi_ts.astype(object)]
     con.register("_rejects", rejects)
-    con.execute("begin transaction")
     try:
-        same = ("r.open = s.open and r.high = s.high and r.low = s.low and r.close = s.close "
-                "and r.volume = s.volume and r.instrument_id is not distinct from s.instrument_id "
-                "and r.contract is not distinct from s.contract")
-        if len(good):
-            counts = con.execute(
-                f"""
-                select
-                    count(*) filter (where r.ts is null),
-                    count(*) filter (where r.ts is not null and {same}),
-                    count(*) filter (where r.ts is not null and not ({same}))
-                from _s s left join (select * from raw_bars r where {span}) r on r.symbol = s.symbol and r.ts = s.ts
-                """, params
-            ).fetchall()[0]
-            report.new, report.unchanged, report.changed = (int(x) for x in counts)
-        if report.changed:
+        with db.transaction(con, f"importing {source}"):
+            same = ("r.open = s.open and r.high = s.high and r.low = s.low and r.close = s.close "
+                    "and r.volume = s.volume and r.instrument_id is not distinct from s.instrument_id "
+                    "and r.contract is not distinct from s.contract")
+            if len(good):
+                counts = con.execute(
+                    f"""
+                    select
+                        count(*) filter (where r.ts is null),
+                        count(*) filter (where r.ts is not null and {same}),
+                        count(*) filter (where r.ts is not null and not ({same}))
+                    from _s s left join (select * from raw_bars r where {span}) r on r.symbol = s.symbol and r.ts = s.ts
+                    """, params
+                ).fetchall()[0]
+                report.new, report.unchanged, report.changed = (int(x) for x in counts)
+            if report.changed and not replace:
+                raise DataError(_would_change(con, df, good, report, source, same, span, params))
+            if report.changed:
+                con.execute(
+                    f"""
+                    update raw_bars r set open = s.open, high = s.high, low = s.low, close = s.close,
+                        volume = s.volume, instrument_id = s.instrument_id, contract = s.contract,
+                        source = s.source, ingested_at = now()
+                    from _s s where r.symbol = s.symbol and r.ts = s.ts and not ({same}) and {span}
+                    """, params
+                )
+            if report.new == len(good) and len(good):
+                # Nothing of this file is stored yet (counted above, in this transaction): a plain append.
+                con.execute("insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, "
+                            "source) select * from _s")
+            elif report.new:
+                con.execute(
+                    f"""
+                    insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, source)
+                    select s.symbol, s.ts, s.open, s.high, s.low, s.close, s.volume, s.instrument_id, s.contract, s.source
+                    from _s s anti join (select symbol, ts from raw_bars r where {span}) r
+                        on r.symbol = s.symbol and r.ts = s.ts
+                    """, params
+                )
+            # Re-importing a source replaces its rejects, so a second import adds no duplicates there.
+            con.execute("delete from rejected_bars where list_contains(?::varchar[], source)", [src_lookup["value"].tolist()])
+            con.execute("insert into rejected_bars (source, row_number, reason, raw) select source, row_number, reason, raw from _rejects")
+            report.seconds = time.perf_counter() - t0
             con.execute(
-                f"""
-                update raw_bars r set open = s.open, high = s.high, low = s.low, close = s.close,
-                    volume = s.volume, instrument_id = s.instrument_id, contract = s.contract,
-                    source = s.source, ingested_at = now()
-                from _s s where r.symbol = s.symbol and r.ts = s.ts and not ({same}) and {span}
-                """, params
+                "insert into imports (source, sha256, format, symbol, rows_read, new_rows, unchanged, changed,"
+                " duplicates, rejected, seconds) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [source, sha256, fmt, ",".join(report.symbols), report.rows_read, report.new, report.unchanged,
+                 report.changed, report.duplicates, report.rejected, report.seconds],
             )
-        if report.new == len(good) and len(good):
-            # Nothing of this file is stored yet (counted above, in this transaction): a plain append.
-            con.execute("insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, "
-                        "source) select * from _s")
-        elif report.new:
-            con.execute(
-                f"""
-                insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, source)
-                select s.symbol, s.ts, s.open, s.high, s.low, s.close, s.volume, s.instrument_id, s.contract, s.source
-                from _s s anti join (select symbol, ts from raw_bars r where {span}) r
-                    on r.symbol = s.symbol and r.ts = s.ts
-                """, params
-            )
-        # Re-importing a source replaces its rejects, so a second import adds no duplicates there.
-        con.execute("delete from rejected_bars where list_contains(?::varchar[], source)", [src_lookup["value"].tolist()])
-        con.execute("insert into rejected_bars (source, row_number, reason, raw) select source, row_number, reason, raw from _rejects")
-        report.seconds = time.perf_counter() - t0
-        con.execute(
-            "insert into imports (source, sha256, format, symbol, rows_read, new_rows, unchanged, changed,"
-            " duplicates, rejected, seconds) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [source, sha256, fmt, ",".join(report.symbols), report.rows_read, report.new, report.unchanged,
-             report.changed, report.duplicates, report.rejected, report.seconds],
-        )
-        con.execute("commit")
-    except Exception:
-        con.execute("rollback")
-        raise
     finally:
-        con.unregister("_rejects")
-        con.execute("drop view if exists _s")
-        con.unregister("_stage")
+        # After a fatal write error DuckDB may refuse even these; the error that got us here matters more.
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("_rejects")
+            con.execute("drop view if exists _s")
+            con.unregister("_stage")
     log.info("imported %s: %s", source, report.summary())
     return report
 
 
+def _would_change(con, df: pd.DataFrame, good: np.ndarray, report: ImportReport, source: str, same: str,
+                  span: str, params: list) -> str:
+    """The refusal of an import that would overwrite stored bars: how many, one example, and a hint
+    when the file's bars are coarser than the 1-minute bars raw_bars holds."""
+    ts, r_close, r_vol, s_close, s_vol = con.execute(
+        f"""
+        select s.ts, r.close, r.volume, s.close, s.volume from _s s join (select * from raw_bars r where {span}) r
+            on r.symbol = s.symbol and r.ts = s.ts
+        where not ({same}) order by s.ts limit 1
+        """, params).fetchall()[0]
+    t = np.unique(df["ts"].to_numpy()[good].astype("datetime64[m]").astype(np.int64))
+    step = int(np.median(np.diff(t))) if len(t) > 1 else 1
+    coarse = (f"; this file's bars are {step} minutes apart, coarser than the stored 1-minute bars"
+              if step > 1 else "")
+    return (f"{source}: this import would change {report.changed:,} stored bar(s) of "
+            f"{', '.join(report.symbols)} (first: {pd.Timestamp(ts)} UTC, stored close {r_close:g} volume {r_vol}, "
+            f"this file's close {s_close:g} volume {s_vol}){coarse}; nothing was written. Import it with --replace to replace them, "
+            "or under another --symbol")
+
+
 def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_is: str = "start",
-                symbol: str | None = None, columns=None) -> ImportReport:
-    """Read, validate and upsert one bar file into raw_bars. Idempotent: a second import changes nothing."""
+                symbol: str | None = None, columns=None, replace: bool = False) -> ImportReport:
+    """Read, validate and upsert one bar file into raw_bars. Idempotent: a second import changes nothing.
+    Bars already stored with other values are replaced only with `replace` (else DataError, nothing written)."""
     t0 = time.perf_counter()
     path = Path(path).expanduser().absolute()
     _check_path(path)
@@ -240,7 +267,7 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     refuse_unusable(df, path)
     sha = _sha256(path)
-    report = write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0)
+    report = write_bars(con, df, fmt=fmt, source=str(path), sha256=sha, t0=t0, replace=replace)
     report.warnings = notes
     for text in notes:
         log.info("%s: %s", path, text)     # the CLI shows report.warnings; logging them too would repeat them
@@ -257,7 +284,8 @@ def import_frames(con, frames: list[pd.DataFrame], *, source: str) -> ImportRepo
     df = pd.concat([f for f in frames if len(f)], ignore_index=True)
     for col in ("symbol", "source"):        # concat turns differing categoricals into objects
         df[col] = df[col].astype("category")
-    return write_bars(con, df, fmt="dbn", source=source, sha256=None, t0=t0)
+    # A download replaces what it bought before: a changed bar is the vendor's correction (docs/data.md §5).
+    return write_bars(con, df, fmt="dbn", source=source, sha256=None, t0=t0, replace=True)
 
 
 def _check_path(path: Path) -> None:
@@ -284,21 +312,18 @@ def write_demo(con, data) -> int:
     con.register("_demo_bars", bars)
     con.register("_demo_truth", data.truth)
     con.register("_demo_rolls", data.rolls)
-    con.execute("begin transaction")
     try:
-        for table in ("raw_bars", "demo_truth", "demo_rolls"):
-            con.execute(f"delete from {table} where symbol = ?", [DEMO_SYMBOL])
-        con.execute(
-            "insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, source) "
-            "select symbol, ts, open, high, low, close, volume, instrument_id, contract, source from _demo_bars"
-        )
-        con.execute("insert into demo_truth (symbol, ts, contract, sigma, drift, close_exact, k, h_slow, h_fast, eps, mr) "
-                    "select symbol, ts, contract, sigma, drift, close_exact, k, h_slow, h_fast, eps, mr from _demo_truth")
-        con.execute("insert into demo_rolls select symbol, ts, from_contract, to_contract, ratio from _demo_rolls")
-        con.execute("commit")
-    except Exception:
-        con.execute("rollback")
-        raise
+        with db.transaction(con, "writing the demo series"):
+            for table in ("raw_bars", "demo_truth", "demo_rolls"):
+                con.execute(f"delete from {table} where symbol = ?", [DEMO_SYMBOL])
+            con.execute(
+                "insert into raw_bars (symbol, ts, open, high, low, close, volume, instrument_id, contract, source) "
+                "select symbol, ts, open, high, low, close, volume, instrument_id, contract, source from _demo_bars"
+            )
+            con.execute("insert into demo_truth (symbol, ts, contract, sigma, drift, close_exact, k, h_slow, h_fast, "
+                        "eps, mr) select symbol, ts, contract, sigma, drift, close_exact, k, h_slow, h_fast, eps, mr "
+                        "from _demo_truth")
+            con.execute("insert into demo_rolls select symbol, ts, from_contract, to_contract, ratio from _demo_rolls")
     finally:
         for name in ("_demo_bars", "_demo_truth", "_demo_rolls"):
             con.unregister(name)

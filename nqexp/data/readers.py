@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from nqexp.data import db
-from nqexp.data.validate import refuse_unusable
+from nqexp.data.validate import READER_REASON, ZONE_REPEAT, refuse_unusable
 from nqexp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ OPTIONAL_COLUMNS = tuple(ID_ALIASES)
 # A continuous symbol (Databento NQ.v.0 / NQ.c.0 / NQ.n.0) names the series, not a contract.
 _CONTINUOUS_SYMBOL = re.compile(r".+\.[cnv]\.[0-9]+")
 LEAN_MONTHS = "FGHJKMNQUVXZ"
+LEAN_DAY_MS = 86_400_000
 
 
 
@@ -280,7 +281,8 @@ def _read_csv_fast(path: Path, columns, tz: str | None) -> pd.DataFrame | None:
     finally:
         con.close()
     ts = pd.Series(np.asarray(arrays["ts"]).astype("datetime64[us]"))
-    out = pd.DataFrame({"ts": _parse_ts(ts, tz, path)})
+    out = pd.DataFrame(index=pd.RangeIndex(len(ts)))
+    _set_ts(out, _parse_ts(ts, tz, path))
     for k in ("open", "high", "low", "close", "volume"):
         out[k] = np.asarray(arrays[k], dtype=np.float64)
     # The rows as read, built only for the rejected ones (write_bars asks): the file's own fields.
@@ -458,7 +460,12 @@ def _read_lean_zip(path: Path) -> list[pd.DataFrame]:
             if ms.isna().any():
                 raise DataError(f"{path}!{name}: unparseable millisecond timestamps")
             out = df[["open", "high", "low", "close", "volume"]].copy()
-            out["ts"] = pd.Timestamp(day) + pd.to_timedelta(ms, unit="ms")
+            # The field counts milliseconds since midnight of the member's UTC day: a count outside the
+            # day would land on another one, so such a row is rejected with its reason (and kept).
+            outside = ~ms.between(0, LEAN_DAY_MS - 1).to_numpy()
+            out["ts"] = pd.Timestamp(day) + pd.to_timedelta(ms.where(~outside, 0), unit="ms")
+            out[READER_REASON] = np.where(outside, f"Lean millisecond field outside 0..{LEAN_DAY_MS - 1:,} "
+                                                   "(milliseconds since midnight of the file's day)", None)
             contract = _lean_contract(root, yyyymm)
             out["symbol"] = contract
             out["contract"] = contract
@@ -552,12 +559,24 @@ def _parse_ts(values: pd.Series, tz: str | None, path: Path) -> pd.Series:
         except Exception as exc:
             raise DataError(f"{path}: cannot place timestamps in zone {_short(tz)}: {_first_line(exc)}") from None
         if once.any():
+            # validate() must not take these rows' step back for a clock step: the zone explains it.
+            local.attrs[ZONE_REPEAT] = once.to_numpy()
             i = int(np.flatnonzero(once.to_numpy())[0])
             warnings.warn(DataWarning(
                 f"{int(once.sum())} timestamp(s) fall in a repeated fall-back hour that the file's order cannot "
                 f"resolve (first: data row {i + 1}, {parsed.iloc[i]} {tz}); they were taken as the first, "
                 "daylight-time occurrence"), stacklevel=2)
-    return local.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+    out = local.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+    if ZONE_REPEAT in local.attrs:
+        out.attrs[ZONE_REPEAT] = local.attrs[ZONE_REPEAT]
+    return out
+
+
+def _set_ts(df: pd.DataFrame, ts: pd.Series) -> None:
+    """df["ts"] = ts, keeping the fall-back-hour marks _parse_ts attached to it (a column drops attrs)."""
+    df["ts"] = ts
+    if ZONE_REPEAT in ts.attrs:
+        df[ZONE_REPEAT] = ts.attrs[ZONE_REPEAT]
 
 
 def _constant(value: str | None, n: int) -> pd.Categorical:
@@ -624,7 +643,7 @@ def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_i
         df = _read_csv_fast(path, columns, tz) if fmt == "csv" else None
         if df is None:
             df = _read_text_table(path, columns) if fmt == "csv" else _read_parquet(path, columns)
-            df["ts"] = _parse_ts(df["ts"], tz, path)
+            _set_ts(df, _parse_ts(df["ts"], tz, path))
         df["symbol"] = _constant(symbol or "NQ", len(df))
         df["contract"] = _contract_codes(df["contract"]) if "contract" in df else _constant(None, len(df))
         df["instrument_id"] = (_instrument_ids(df["instrument_id"], path) if "instrument_id" in df

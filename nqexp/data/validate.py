@@ -1,12 +1,13 @@
 """Validation of parsed bars: one reason for each row that cannot be a real minute bar.
 
-Validation (docs/data.md §3): a row is rejected, with the first reason that applies, for a
-nonexistent local time, a date before 1990 or after tomorrow, a timestamp not on a whole minute,
-a missing or NaN field, a non-positive price, a price outside [1e-6, 1e9], high < low, open or
-close outside [low, high], negative or fractional volume, a volume above 1e12, a price more than
-5x from the median close of the bars around it, or repeating a (symbol, ts) already seen earlier
-in the same file (the first is kept). Rejected rows go to `rejected_bars` with the file, the
-1-based row number and the reason.
+Validation (docs/data.md §3): a row is rejected, with the first reason that applies, for a field
+its reader could not place (a Lean millisecond count outside the day), a nonexistent local time, a
+date before 1990 or more than FUTURE_TOLERANCE after now, a timestamp not on a whole minute, a
+missing or NaN field, a non-positive price, a price outside [1e-6, 1e9], high < low, open or close
+outside [low, high], negative or fractional volume, a volume above 1e12, a price more than 5x from
+the median close of the bars around it, repeating a (symbol, ts) already seen earlier in the same
+file (the first is kept), or following a step back of the file's clock (docs/data.md §9). Rejected
+rows go to `rejected_bars` with the file, the 1-based row number and the reason.
 """
 
 from __future__ import annotations
@@ -26,12 +27,22 @@ log = logging.getLogger(__name__)
 # Validation
 
 
-# Plausibility bounds (docs/data.md §3). Bars before 1990 or after tomorrow are misparsed dates (an
-# epoch-seconds value in a milliseconds file lands in 1970); prices outside [MIN_PRICE, MAX_PRICE]
-# are wrong scaling or garbage; a volume above MAX_VOLUME cannot be a minute of any market and
+# Plausibility bounds (docs/data.md §3). Bars before 1990 are misparsed dates (an epoch-seconds value
+# in a milliseconds file lands in 1970). A bar starts at its ts, so one starting later than now has not
+# traded yet: beyond FUTURE_TOLERANCE (clocks that disagree) it is a wrong zone or unit. Prices outside
+# [MIN_PRICE, MAX_PRICE] are wrong scaling or garbage; a volume above MAX_VOLUME cannot be a minute of any market and
 # would not survive the int64 column. Otherwise a price is judged against the file's own level:
 # the rolling median close of the PRICE_WINDOW bars around it, within a factor of PRICE_FACTOR.
 EARLIEST_TS = pd.Timestamp("1990-01-01")
+FUTURE_TOLERANCE = pd.Timedelta(minutes=15)
+REASON_EARLY = "timestamp before 1990"
+REASON_FUTURE = (f"timestamp in the future (starts more than {FUTURE_TOLERANCE.seconds // 60} minutes "
+                 "after the import)")
+# A reader's own reason for a row (a Lean millisecond count outside the day): the first check of all.
+READER_REASON = "_reason"
+# Rows whose local time fell in a repeated fall-back hour the file's order could not resolve (readers
+# mark them): the zone explains their step back, so it is not a clock step (docs/data.md §9).
+ZONE_REPEAT = "_zone_repeat"
 MIN_PRICE, MAX_PRICE = 1e-6, 1e9
 MAX_VOLUME = 1e12
 PRICE_FACTOR = 5.0
@@ -61,14 +72,19 @@ def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
             f"minute (first: data row {i + 1}, {ts.iloc[i]}); nqexp imports 1-minute bars (nothing was imported)")
 
 
-def validate(df: pd.DataFrame) -> pd.Series:
-    """The first reason each row is rejected, or None for good rows (vectorised)."""
+def validate(df: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.Series:
+    """The first reason each row is rejected, or None for good rows (vectorised). `now`: naive UTC
+    (default: the clock), for the future check."""
     o, h, lo, c, v = (df[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
     ts = df["ts"]
-    latest = pd.Timestamp.now(tz="UTC").tz_localize(None) + pd.Timedelta(days=1)
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
+    latest = now + FUTURE_TOLERANCE
+    reader = df[READER_REASON].notna().to_numpy() if READER_REASON in df else np.zeros(len(df), dtype=bool)
     checks = [
-        (ts.isna().to_numpy(), "nonexistent local time (DST gap)"),
-        (((ts < EARLIEST_TS) | (ts > latest)).to_numpy(), "timestamp before 1990 or in the future"),
+        (reader, None),                                       # the reader's own text, per row
+        (ts.isna().to_numpy() & ~reader, "nonexistent local time (DST gap)"),
+        ((ts < EARLIEST_TS).to_numpy(), REASON_EARLY),
+        ((ts > latest).to_numpy(), REASON_FUTURE),
         (_off_minute(ts), "timestamp not on a whole minute"),
     ]
     for name in ("open", "high", "low", "close", "volume"):
@@ -95,27 +111,98 @@ def validate(df: pd.DataFrame) -> pd.Series:
     far = _far_from_level(df, code == 0, symbols)
     code[far] = len(texts) - 1
     reason = np.array(texts, dtype=object)[code]
-    dup, first_row = _duplicates(symbols, ts, df["row_number"].to_numpy())
+    if reader.any():
+        reason[reader] = df[READER_REASON].to_numpy()[reader]
+    dup, first_row, first_at = _duplicates(symbols, ts, df["row_number"].to_numpy())
     dup &= code == 0
     if dup.any():
         reason[dup] = [f"duplicate timestamp (row {r} kept)" for r in first_row[dup]]
+    stepped = _clock_steps(df, code == 0, dup, first_at)
+    if stepped is not None:
+        hit = stepped.notna().to_numpy()
+        reason[hit] = stepped.to_numpy()[hit]
     return pd.Series(reason, index=df.index)
 
 
-def _duplicates(symbols: np.ndarray, ts: pd.Series, row_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows repeating an earlier row's (symbol, ts), and that first row's number (NaT equals NaT)."""
+def _clock_steps(df: pd.DataFrame, ok: np.ndarray, dup: np.ndarray, first_at: np.ndarray) -> pd.Series | None:
+    """Rows after a step back of the file's clock (docs/data.md §9), with the step's reason; None when there is none.
+
+    Per file (source) and series, in file order, among rows that passed every other check: a row
+    earlier than a bar already read starts a run of rows behind the file's latest time. A run whose
+    rows fill gaps (rows out of order) or repeat earlier rows verbatim (an overlapping concatenation)
+    is fine: the rows place themselves, the repeats are duplicates. So is a run inside a fall-back hour
+    the file's zone explains. A run that replays times already read with other prices means the
+    clock stepped back: the later rows cannot be placed (the rows past the overlap would land an hour
+    early, say), so that row and every later row of the series in the file are rejected, and the rows
+    before it kept. A series whose times only fall (a newest-first file) has no step.
+    """
+    t = df["ts"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    pos = np.flatnonzero(ok)
+    if len(pos) < 2:
+        return None
+    sym, _ = pd.factorize(df["symbol"])
+    src, _ = pd.factorize(df["source"])
+    key = src.astype(np.int64) * (int(sym.max()) + 1) + sym
+    tk, kk = t[pos], key[pos]
+    if np.all(kk[1:] == kk[:-1]) and np.all(tk[1:] >= tk[:-1]):
+        return None                          # the usual file: one series, never going back
+    by_key = pos[np.argsort(kk, kind="stable")]  # file order within each series
+    out = None
+    zone = df[ZONE_REPEAT].to_numpy(dtype=bool) if ZONE_REPEAT in df else np.zeros(len(df), dtype=bool)
+    for rows in np.split(by_key, np.flatnonzero(np.diff(key[by_key])) + 1):
+        tr = t[rows]
+        if len(rows) < 2 or np.all(tr[1:] >= tr[:-1]) or np.all(tr[1:] <= tr[:-1]):
+            continue
+        latest = np.maximum.accumulate(tr)
+        behind = np.concatenate([[False], tr[1:] < latest[:-1]])
+        starts = np.flatnonzero(behind & ~np.concatenate([[False], behind[:-1]]))
+        ends = np.flatnonzero(behind & ~np.concatenate([behind[1:], [False]])) + 1
+        for a, b in zip(starts, ends):
+            run = rows[a:b]
+            same = np.ones(len(run), dtype=bool)
+            for name in ("open", "high", "low", "close", "volume"):
+                col = df[name].to_numpy()
+                same &= col[run] == col[first_at[run]]
+            # A clash: a time already read (from a row that passed), with other prices.
+            if not (dup[run] & ~same & ok[first_at[run]]).any() or zone[run].all():
+                continue
+            i, prev = rows[a], rows[a - 1]
+            back = pd.Timedelta(int(latest[a - 1] - tr[a]), unit="us")
+            n_row, n_prev = int(df["row_number"].iat[i]), int(df["row_number"].iat[prev])
+            text = (f"timestamps go backwards: data row {n_row} ({df['ts'].iat[i]}) is {_duration(back)} earlier "
+                    f"than row {n_prev} and replays times already read with other prices; it and the series' "
+                    "later rows are rejected (a wrong --tz? a clock that stepped back?)")
+            if out is None:
+                out = pd.Series(None, index=df.index, dtype=object)
+            out.iloc[rows[a:]] = text
+            break
+    return out
+
+
+def _duration(delta: pd.Timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes >= 60 and minutes % 60 == 0:
+        return f"{minutes // 60} hour{'s' * (minutes != 60)}"
+    return f"{minutes} minute{'s' * (minutes != 1)}" if minutes >= 1 else f"{delta.total_seconds():g} seconds"
+
+
+def _duplicates(symbols: np.ndarray, ts: pd.Series, row_number: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows repeating an earlier row's (symbol, ts), that first row's number and its position (NaT equals NaT)."""
     t = ts.to_numpy().astype("datetime64[us]").astype(np.int64)            # NaT: one value, as pandas treats it
     dup = np.zeros(len(t), dtype=bool)
     first = np.zeros(len(t), dtype=np.int64)
+    first_at = np.arange(len(t))
     if len(t) < 2 or (np.all(symbols[1:] == symbols[:-1]) and np.all(t[1:] > t[:-1])):
-        return dup, first                    # the usual file: one series, strictly increasing
+        return dup, first, first_at          # the usual file: one series, strictly increasing
     order = np.lexsort((t, symbols))         # stable: equal keys keep file order, the first stays first
     same = (t[order][1:] == t[order][:-1]) & (symbols[order][1:] == symbols[order][:-1])
     starts = np.flatnonzero(np.concatenate([[True], ~same]))
     group_first = order[starts][np.cumsum(np.concatenate([[True], ~same])) - 1]   # (n,) in sorted order
     dup[order[1:][same]] = True
     first[order] = row_number[group_first]
-    return dup, first
+    first_at[order] = group_first
+    return dup, first, first_at
 
 
 def _far_from_level(df: pd.DataFrame, ok: np.ndarray, symbols: np.ndarray) -> np.ndarray:

@@ -26,9 +26,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from nqexp import metrics as M
 from nqexp.errors import DataError, NqexpError, SpecError
@@ -263,17 +265,18 @@ def flatten_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Limits of the sanity gates (docs/metrics.md). A trial breaking any of them is flagged."""
+    """Limits of the sanity gates (docs/metrics.md). A trial breaking any of them is flagged. Rates, coverages
+    and |IC| lie in [0, 1], a CRPS skill is at most 1: the declared ranges say so."""
 
-    min_picp80: float = 0.4  # collapse: the 80% interval covers less than 40%
+    min_picp80: Annotated[float, Field(ge=0, le=1)] = 0.4  # collapse: the 80% interval covers less than 40%
     # Collapse by width: MPIW80 below this fraction of the climatology 80% width on the same
     # samples ("MPIW ≈ 0" made scale-free). Without a climatology baseline the reference is the
     # 80% width of a normal with the targets' std, 2·1.2816·std(y).
-    min_width_ratio: float = 1e-3
-    min_crpss_climatology: float = 0.0  # the model must not lose to climatology at any horizon
-    max_abs_ic: float = 0.1  # a larger rank IC on returns is far more likely leakage than skill
-    max_crossing_rate: float = 0.0  # crossings must be 0
-    max_nonfinite_rate: float = 0.0  # NaN/Inf quantiles must be 0
+    min_width_ratio: Annotated[float, Field(ge=0)] = 1e-3
+    min_crpss_climatology: Annotated[float, Field(le=1)] = 0.0  # the model must not lose to climatology at any horizon
+    max_abs_ic: Annotated[float, Field(ge=0, le=1)] = 0.1  # a larger rank IC on returns is far more likely leakage than skill
+    max_crossing_rate: Annotated[float, Field(ge=0, le=1)] = 0.0  # crossings must be 0
+    max_nonfinite_rate: Annotated[float, Field(ge=0, le=1)] = 0.0  # NaN/Inf quantiles must be 0
 
 
 @dataclass(frozen=True)

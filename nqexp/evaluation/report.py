@@ -19,14 +19,18 @@ An ablation report holds:
 - the calibration figures of each variant (reliability, PIT, coverage by time of day);
 - every sanity-gate flag.
 
-`build_report` writes `<store>/<experiment>/report.md` (or .html) with figures beside it.
+`build_report` writes `<store>/<experiment>/report.md` (or .html) with figures beside it, or to `out`
+(a read-only or moved store reports elsewhere; trial figures outside the report's folder are copied
+next to it, so the links never point into another tree).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -409,10 +413,32 @@ def _cell(v) -> str:
     return str(v)
 
 
-def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) -> Path:
-    """Write the experiment's report into the store and return its path."""
+def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000, out: str | os.PathLike | None = None
+                 ) -> Path:
+    """Write the experiment's report and return its path: `out`, or `<store>/<experiment>/report.<fmt>`.
+    Figures go to `<its folder>/<its stem>_figures/` (`report_figures/` beside report.md)."""
+    if fmt not in ("md", "html"):
+        raise DataError(f"--format must be md or html, not {fmt!r}")
     data = load(store, experiment)
-    out_dir = store.experiment_dir(experiment)
+    if out is None:
+        # Into the store: refuse a read-only one before drawing anything, and say how to report elsewhere.
+        store.ensure_writable(hint=f"; write the report elsewhere: nqexp report {experiment} --out DIR/report.{fmt}")
+        path = store.experiment_dir(experiment) / f"report.{fmt}"
+    else:
+        path = Path(out).expanduser().absolute()
+        if path.is_dir():
+            raise DataError(f"--out {path} is a folder; give the report's file name, e.g. {path / f'report.{fmt}'}")
+    try:
+        return _write_report(data, path, fmt, n_boot)
+    except OSError as exc:
+        raise DataError(f"cannot write the report {path}: {exc.strerror or exc} ({exc.filename or path}); "
+                        "point --out at a writable folder") from None
+
+
+def _write_report(data: ReportData, path: Path, fmt: str, n_boot: int) -> Path:
+    out_dir = path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment = data.experiment
     summary = summary_table(data)
     paired, vs_baselines = comparisons(data, n_boot=n_boot)
     adjustment = vs_baselines.attrs["adjustment"]
@@ -423,7 +449,7 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
     backtests = backtest_table(data)
     budget = budget_table(data)
     folds = fold_table(data)
-    figures = _figures(data, out_dir / "report_figures")
+    figures = _figures(data, out_dir / f"{path.stem}_figures")
     counts = data.trials["status"].value_counts().to_dict()
     parts = [
         f"# Experiment `{experiment}`\n",
@@ -466,18 +492,16 @@ def build_report(store, experiment: str, fmt: str = "md", n_boot: int = 1000) ->
                   if not data.flags.empty else data.flags),
         "## Figures\n",
     ]
-    for title, path in figures:
-        parts.append(f"### {title}\n\n![{title}]({path.relative_to(out_dir)})\n")
+    for title, fig in figures:
+        parts.append(f"### {title}\n\n![{title}]({Path(os.path.relpath(fig, out_dir)).as_posix()})\n")
     text = "\n".join(parts)
-    if fmt == "md":
-        path = out_dir / "report.md"
-        path.write_text(text)
-        return path
-    if fmt == "html":
-        path = out_dir / "report.html"
-        path.write_text(_to_html(text, out_dir))
-        return path
-    raise DataError(f"--format must be md or html, not {fmt!r}")
+    tmp = path.with_name(f".{path.name}.tmp")       # a full disk leaves the last report whole, not a torn one
+    try:
+        tmp.write_text(text if fmt == "md" else _to_html(text, out_dir))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
@@ -499,6 +523,9 @@ def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
         for name in ("test_reliability", "test_pit", "test_coverage_by_hour", "test_crps_by_horizon"):
             p = plot_dir / f"{name}.png"
             if p.exists():
+                if not p.is_relative_to(out.parent):     # a report outside the store: a copy beside it
+                    out.mkdir(parents=True, exist_ok=True)
+                    p = Path(shutil.copyfile(p, out / f"{variant}_{name}.png"))
                 figs.append((f"{variant}: {name.removeprefix('test_').replace('_', ' ')} (seed {rows.iloc[0]['seed']})", p))
     return figs
 

@@ -342,8 +342,11 @@ def dump_resolved(spec: ExperimentSpec, path: str | os.PathLike) -> Path:
             f"# Reproduce with: nqexp run {path.name}\n"
             + yaml.safe_dump(resolved_dict(spec), sort_keys=False, allow_unicode=True))
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)     # a full disk leaves neither a torn spec nor its temporary file
     return path
 
 

@@ -13,16 +13,22 @@
   backtest equity Parquet, plots and checkpoints. Its tables are the
   migrations in sql/runstore/; every query against them is a RunStore method. `nqexp runs` and
   `nqexp report` read only this, fully offline. Only the driver writes it.
+- The store moves: trial folders are recorded relative to its root, so a copied or synced store
+  reads unchanged; a store that records absolute paths (written before) is read the same way.
+  Reading never writes: a read-only store serves every read, and a write to one is refused with
+  one line before anything is written (docs/experiments.md §15).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -150,18 +156,43 @@ def finite_number(v) -> bool:
 @dataclass
 class RunStore:
     root: Path
+    _writable: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        # Reading creates nothing: the folder is made by the first write (ensure_writable).
         self.root = Path(self.root).absolute()
-        self.root.mkdir(parents=True, exist_ok=True)
 
     @property
     def path(self) -> Path:
         return self.root / "store.duckdb"
 
+    def ensure_writable(self, hint: str = "") -> None:
+        """Create the store's folder if needed and prove this process may write in it (a file made
+        and removed), or raise DataError naming the store; `hint` says how to do without writing.
+        Once per RunStore: every write goes through it before anything is written."""
+        if self._writable:
+            return
+        blocker = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            where = "is a file" if blocker == self.root else f"is under {blocker}, a file"
+            raise DataError(f"run store {self.root} {where}, not a folder; point track.store (--set track.store=DIR) "
+                            "or --store at a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root, prefix=".nqexp-write-check-"):
+                pass
+        except OSError as exc:
+            raise DataError(f"run store {self.root} is not writable ({exc.strerror or exc}); reading it still works "
+                            "(nqexp runs ls|show|compare, nqexp report --out FILE, nqexp predict to stdout)"
+                            + (hint or "; to write results, point --set track.store=DIR at a writable folder")
+                            ) from None
+        self._writable = True
+
     def connect(self, read_only: bool = False):
         if read_only and not self.path.exists():
             raise DataError(f"no run store at {self.path}; run an experiment first (nqexp run SPEC)")
+        if not read_only:
+            self.ensure_writable()
         con = db.connect(self.path, read_only=read_only, migrate=False)
         try:
             if not read_only:
@@ -172,6 +203,16 @@ class RunStore:
             con.close()
             raise
         return con
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """A write connection in one transaction: all of it or nothing, a full disk one line (db.transaction)."""
+        con = self.connect()
+        try:
+            with db.transaction(con, f"{what} (run store {self.root})"):
+                yield con
+        finally:
+            con.close()
 
     def _rows(self, sql: str, params=()) -> list[tuple]:
         con = self.connect(read_only=True)
@@ -202,6 +243,23 @@ class RunStore:
     def trial_dir(self, experiment: str, trial: str) -> Path:
         return self.root / experiment / "trials" / trial
 
+    def _stored_dir(self, path) -> str:
+        """A trial folder as recorded: relative to the root when inside it, so a moved store still finds it."""
+        path = Path(path).absolute()
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+    def _resolve_dir(self, experiment: str, trial: str, stored: str | None) -> str | None:
+        """A recorded trial folder as an absolute path under this root. An absolute one (stores written
+        before paths were relative) that names this trial's place in the layout is read under this root too."""
+        if not isinstance(stored, str):                 # None, or NaN (a frame's missing value)
+            return stored
+        path = Path(stored)
+        if not path.is_absolute():
+            return str(self.root / path)
+        if path.parts[-3:] == (experiment, "trials", trial):
+            return str(self.trial_dir(experiment, trial))
+        return stored
+
     # ---------------------------------------------------------------------------- writes (driver)
 
     def start_experiment(self, experiment: str, kind: str, spec_path: str | None, spec_yaml: str,
@@ -209,45 +267,41 @@ class RunStore:
         """Record (or re-open, on resume) an experiment. `provenance`: where its results come from
         (git commit and dirty flag, package versions, bars fingerprint), stored as JSON, scrubbed."""
         prov = json.dumps(redact(dict(provenance)), sort_keys=True, default=str) if provenance is not None else None
-        con = self.connect()
-        con.execute(
-            "insert into experiments (experiment, kind, spec_path, spec_yaml, status, provenance) "
-            "values (?, ?, ?, ?, 'running', ?) "
-            "on conflict (experiment) do update set spec_yaml = excluded.spec_yaml, status = 'running', "
-            "finished_at = null, provenance = coalesce(excluded.provenance, experiments.provenance)",
-            [experiment, kind, spec_path, redact_text(spec_yaml), prov],
-        )
-        con.close()
+        with self._writing(f"recording experiment {experiment}") as con:
+            con.execute(
+                "insert into experiments (experiment, kind, spec_path, spec_yaml, status, provenance) "
+                "values (?, ?, ?, ?, 'running', ?) "
+                "on conflict (experiment) do update set spec_yaml = excluded.spec_yaml, status = 'running', "
+                "finished_at = null, provenance = coalesce(excluded.provenance, experiments.provenance)",
+                [experiment, kind, spec_path, redact_text(spec_yaml), prov],
+            )
 
     def finish_experiment(self, experiment: str, status: str, wall_seconds: float) -> None:
-        con = self.connect()
-        con.execute("update experiments set status = ?, finished_at = now(), wall_seconds = ? where experiment = ?",
-                    [status, wall_seconds, experiment])
-        con.close()
+        with self._writing(f"finishing experiment {experiment}") as con:
+            con.execute("update experiments set status = ?, finished_at = now(), wall_seconds = ? where experiment = ?",
+                        [status, wall_seconds, experiment])
 
     def upsert_trial(self, experiment: str, trial: str, **fields) -> None:
-        con = self.connect()
+        if fields.get("dir") is not None:
+            fields["dir"] = self._stored_dir(fields["dir"])
         cols = ["experiment", "trial", *fields]
         vals = [experiment, trial, *fields.values()]
         updates = ", ".join(f"{c} = excluded.{c}" for c in fields) + ", updated_at = now()"
-        con.execute(
-            f"insert into trials ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
-            f"on conflict (experiment, trial) do update set {updates}", vals,
-        )
-        con.close()
+        with self._writing(f"recording trial {experiment}/{trial}") as con:
+            con.execute(
+                f"insert into trials ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
+                f"on conflict (experiment, trial) do update set {updates}", vals,
+            )
 
     def write_metrics(self, experiment: str, trial: str, metrics: Mapping[str, float], flags=()) -> None:
-        con = self.connect()
-        con.execute("begin transaction")
-        con.execute("delete from metrics where experiment = ? and trial = ?", [experiment, trial])
-        con.execute("delete from gate_flags where experiment = ? and trial = ?", [experiment, trial])
         rows = [(experiment, trial, k, float(v)) for k, v in metrics.items() if finite_number(v) or v != v]
-        if rows:
-            con.executemany("insert into metrics values (?, ?, ?, ?)", rows)
-        for gate, reason in flags:
-            con.execute("insert into gate_flags values (?, ?, ?, ?)", [experiment, trial, gate, reason])
-        con.execute("commit")
-        con.close()
+        with self._writing(f"recording the metrics of {experiment}/{trial}") as con:
+            con.execute("delete from metrics where experiment = ? and trial = ?", [experiment, trial])
+            con.execute("delete from gate_flags where experiment = ? and trial = ?", [experiment, trial])
+            if rows:
+                con.executemany("insert into metrics values (?, ?, ?, ?)", rows)
+            for gate, reason in flags:
+                con.execute("insert into gate_flags values (?, ?, ?, ?)", [experiment, trial, gate, reason])
 
     def write_epoch(self, experiment: str, trial: str, epoch: int, metrics: Mapping[str, float]) -> None:
         """One epoch's training history (train loss, val CRPS, lr, ...). Idempotent: an epoch
@@ -256,10 +310,9 @@ class RunStore:
                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if not rows:
             return
-        con = self.connect()
-        con.executemany("insert into epochs values (?, ?, ?, ?, ?) "
-                        "on conflict (experiment, trial, epoch, key) do update set value = excluded.value", rows)
-        con.close()
+        with self._writing(f"recording epoch {epoch} of {experiment}/{trial}") as con:
+            con.executemany("insert into epochs values (?, ?, ?, ?, ?) "
+                            "on conflict (experiment, trial, epoch, key) do update set value = excluded.value", rows)
 
     def last_step(self, experiment: str, trial: str) -> int:
         con = self.connect()
@@ -268,10 +321,9 @@ class RunStore:
         return int(rows[0][0]) if rows and rows[0][0] is not None else -1
 
     def set_last_step(self, experiment: str, trial: str, step: int) -> None:
-        con = self.connect()
-        con.execute("update trials set last_step = greatest(coalesce(last_step, -1), ?) where experiment = ? and trial = ?",
-                    [int(step), experiment, trial])
-        con.close()
+        with self._writing(f"recording the last step of {experiment}/{trial}") as con:
+            con.execute("update trials set last_step = greatest(coalesce(last_step, -1), ?) "
+                        "where experiment = ? and trial = ?", [int(step), experiment, trial])
 
     # ---------------------------------------------------------------------------- reads
 
@@ -319,7 +371,10 @@ class RunStore:
     def trial(self, experiment: str, trial: str) -> dict[str, Any] | None:
         """One trial's row (variant, seed, status, best_epoch, epochs, train_seconds, stopped, dir, ...)."""
         rows = self._dicts("select * from trials where experiment = ? and trial = ?", [experiment, trial])
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        rows[0]["dir"] = self._resolve_dir(experiment, trial, rows[0].get("dir"))
+        return rows[0]
 
     def trial_metrics(self, experiment: str, trial: str) -> dict[str, float]:
         """'split/metric[_horizon]' -> value of one trial."""
@@ -335,7 +390,10 @@ class RunStore:
 
     def trials_frame(self, experiment: str):
         """Every column of the experiment's trials as a DataFrame, by variant and seed."""
-        return self._frame("select * from trials where experiment = ? order by variant, seed", [experiment])
+        frame = self._frame("select * from trials where experiment = ? order by variant, seed", [experiment])
+        if len(frame):
+            frame["dir"] = [self._resolve_dir(experiment, t, d) for t, d in zip(frame["trial"], frame["dir"])]
+        return frame
 
     def metrics_frame(self, experiment: str):
         """The experiment's metrics, long format: trial, key, value."""

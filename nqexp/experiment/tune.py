@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -337,6 +338,9 @@ def _make_callback(follower: _Follower):
 
             try:
                 getattr(this._FOLLOWERS[self.key], method)(*args, **kwargs)
+            except this.NqexpError as exc:
+                # A user-fixable failure (a full disk under the run store): its one line, no traceback.
+                this.log.error("nqexp callback %s failed: %s", method, exc)
             except Exception:
                 # Bookkeeping (store, W&B, progress) must never take the experiment down with it;
                 # the trial's own results stay in Tune's storage and the store says what is missing.
@@ -478,6 +482,43 @@ def check_resources(resources, address: str | None) -> list[str]:
     return []
 
 
+def _record_experiment(store, spec, kind: str, spec_path: str | None, exp_dir: Path) -> str:
+    """Save the resolved spec in the experiment's folder (refusing a different one under the same name)
+    and record the experiment; returns the saved YAML."""
+    import yaml
+
+    experiment = spec.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    saved = exp_dir / "spec.resolved.yaml"
+    if saved.exists():
+        # Compare the saved spec with this one as data, without re-validating the old one:
+        # a spec saved by an older nqexp (with keys since removed) is simply a different spec.
+        if yaml.safe_load(saved.read_text()) != spec_mod.resolved_dict(spec):
+            raise SpecError(
+                f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
+                f"different resolved spec; give this one a new name (--set name=...) or compare with "
+                f"`diff {saved} <(nqexp run {spec_path or 'SPEC'} --dry-run --print-spec)`"
+            )
+    if kind == "run":
+        check_resume_checkpoints(store, experiment, spec)
+    spec_mod.dump_resolved(spec, saved)
+    spec_yaml = saved.read_text()
+    store.start_experiment(experiment, kind, spec_path, spec_yaml)
+    return spec_yaml
+
+
+def check_store(spec) -> None:
+    """Refuse, before anything starts, a run store that cannot be written: `track.store` naming a file
+    (SpecError), or a read-only folder (DataError). Reading such a store still works (docs/experiments.md §15)."""
+    store = RunStore(spec.track.store_path())
+    blocker = next((p for p in (store.root, *store.root.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        what = f"is {store.root}, a file" if blocker == store.root else f"is {store.root}, under {blocker}, a file"
+        raise SpecError(f"track.store ({spec.track.store!r}) {what}, not a folder; the run store is a folder: "
+                        "give another one, e.g. --set track.store=runs")
+    store.ensure_writable()
+
+
 def check_data(spec, db_path) -> None:
     """Refuse a spec whose bars are not in the database (the demo series is generated on first use)."""
 
@@ -602,22 +643,14 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     store.connect().close()        # migrates the store, or refuses one a newer nqexp wrote, before we write files
     experiment = spec.name
     exp_dir = store.experiment_dir(experiment)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    saved = exp_dir / "spec.resolved.yaml"
-    if saved.exists():
-        # Compare the saved spec with this one as data, without re-validating the old one:
-        # a spec saved by an older nqexp (with keys since removed) is simply a different spec.
-        if yaml.safe_load(saved.read_text()) != spec_mod.resolved_dict(spec):
-            raise SpecError(
-                f"{spec_path or experiment}: experiment '{experiment}' already exists in {store.root} with a "
-                f"different resolved spec; give this one a new name (--set name=...) or compare with "
-                f"`diff {saved} <(nqexp run {spec_path or 'SPEC'} --dry-run --print-spec)`"
-            )
-    if kind == "run":
-        check_resume_checkpoints(store, experiment, spec)
-    spec_mod.dump_resolved(spec, saved)
-    spec_yaml = saved.read_text()
-    store.start_experiment(experiment, kind, spec_path, spec_yaml)
+    created = not exp_dir.exists()
+    try:
+        spec_yaml = _record_experiment(store, spec, kind, spec_path, exp_dir)
+    except BaseException:
+        # Nothing of a new experiment stays behind when its first records fail (a full disk, say).
+        if created:
+            shutil.rmtree(exp_dir, ignore_errors=True)
+        raise
     finished = store.finished_trials(experiment)
 
     if kind == "run":

@@ -10,15 +10,17 @@ own series. This module owns the feature tables: nothing else writes SQL against
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
-from nqexp.data import bars
+from nqexp.data import bars, db
 from nqexp.data.db import table_exists
 from nqexp.errors import DataError, SqlError
 from nqexp.features.catalog import FeatureSet, as_set
@@ -145,8 +147,10 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
                 con.unregister("_features_out")
             del out
             timings["write"] += time.perf_counter() - t_write
-    except BaseException:
-        con.execute(f'drop table if exists "{staging}"')
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):       # after a fatal write error there may be nothing to drop
+            con.execute(f'drop table if exists "{staging}"')
+        db.raise_if_disk_full(exc, f"building features {fs.name} for {symbol}", con)
         raise
     t_commit = time.perf_counter()
     con.execute("begin transaction")
@@ -165,9 +169,12 @@ def build(con, set_name: FeatureSet | str, symbol: str, force: bool = False,
              fs.warmup_bars, time.perf_counter() - t0],
         )
         con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        con.execute(f'drop table if exists "{staging}"')
+    except BaseException as exc:
+        with contextlib.suppress(duckdb.Error):       # a failed commit has already ended the transaction
+            con.execute("rollback")
+        with contextlib.suppress(duckdb.Error):
+            con.execute(f'drop table if exists "{staging}"')
+        db.raise_if_disk_full(exc, f"building features {fs.name} for {symbol}", con)
         raise
     timings["write"] += time.perf_counter() - t_commit
     report = BuildReport(fs.name, symbol, table, n_rows, time.perf_counter() - t0, True, reason, timings)

@@ -56,11 +56,12 @@ import logging
 import math
 import typing
 from dataclasses import dataclass, fields
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from nqexp.errors import SpecError
@@ -70,17 +71,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # Ranges are declared on the types (Annotated[..., Field(...)]): the spec loader checks them and `nqexp spec
+    # schema` shows them; __post_init__ holds the cross-field rules (and repeats a few ranges for direct callers).
     arch: Literal["migt_tvdt", "grok_sl"] = "migt_tvdt"  # seed-001 two-stage model or seed-000 Grok-SL
-    n_vars: int = 24  # V: feature channels per bar
-    horizons: tuple[int, ...] = (3, 6, 12, 24, 48)  # forecast horizons in bars (H of them)
-    quantiles: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)  # tau levels, strictly increasing
-    d_model: int = 256  # D: token width
-    n_heads: int = 8  # attention heads; head size = d_model / n_heads
-    d_ff: int = 1024  # hidden width of each feed-forward block
-    dropout: float = 0.1  # dropout on residual branches and FFNs
-    attn_dropout: float = 0.0  # dropout on attention weights; > 0 forces SDPA's slow math kernel on CPU
-    n_temporal_layers: int = 4  # temporal blocks (MIGT) or full blocks (Grok-SL, the Grok-SL design used 8)
-    n_variable_layers: int = 2  # variable-attention blocks after pooling (MIGT only)
+    n_vars: Annotated[int, Field(ge=1)] = 24  # V: feature channels per bar
+    horizons: tuple[Annotated[int, Field(ge=1)], ...] = (3, 6, 12, 24, 48)  # forecast horizons in bars (H of them)
+    # tau levels, strictly increasing
+    quantiles: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+    d_model: Annotated[int, Field(ge=2)] = 256  # D: token width
+    n_heads: Annotated[int, Field(ge=1)] = 8  # attention heads; head size = d_model / n_heads
+    d_ff: Annotated[int, Field(ge=1)] = 1024  # hidden width of each feed-forward block
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1  # dropout on residual branches and FFNs
+    attn_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # on attention weights; > 0 forces SDPA's slow math kernel on CPU
+    n_temporal_layers: Annotated[int, Field(ge=1)] = 4  # temporal blocks (MIGT) or full blocks (Grok-SL; its design used 8)
+    n_variable_layers: Annotated[int, Field(ge=0)] = 2  # variable-attention blocks after pooling (MIGT only)
     embedding: Literal["per_variable", "flat"] = "per_variable"  # one token per variable (group), or one per step
     attention: Literal["two_stage", "temporal"] = "two_stage"  # time then variable stage, or a vanilla temporal Transformer
     instance_norm: bool = True  # RevIN: normalize each window per variable over its valid steps
@@ -88,14 +92,15 @@ class ModelConfig:
     head: Literal["quantile", "point"] = "quantile"  # non-crossing quantiles (pinball) or a mean (MSE), Q = 1
     horizon_mode: Literal["independent", "autoregressive"] = "independent"  # AR: each horizon sees the previous one
     variable_attention: Literal["full", "none"] = "full"  # attention across variables (groups), or none
-    patch_len: int = 1  # bars per temporal token (Crossformer-style segments); 1 = one token per bar (docs/model.md §2)
-    groups: tuple[int, ...] = (4, 4, 4, 4, 4, 4)  # Grok-SL feature-group sizes, in column order; sum = n_vars
-    width_floor: float = 1e-3  # smallest gap between adjacent quantiles, in units of scale
-    init_width: float = 1.0  # initial quantile spread, as a multiple of the standard-normal gaps
-    norm_eps: float = 1e-10  # added to RevIN's variance; tiny, since log-return features have std ~1e-3
+    patch_len: Annotated[int, Field(ge=1)] = 1  # bars per temporal token (Crossformer segments); 1 = a token per bar (docs/model.md §2)
+    groups: tuple[Annotated[int, Field(ge=1)], ...] = (4, 4, 4, 4, 4, 4)  # Grok-SL group sizes in column order; sum = n_vars
+    width_floor: Annotated[float, Field(ge=0)] = 1e-3  # smallest gap between adjacent quantiles, in units of scale
+    init_width: Annotated[float, Field(gt=0)] = 1.0  # initial quantile spread, as a multiple of the standard-normal gaps
+    norm_eps: Annotated[float, Field(gt=0)] = 1e-10  # added to RevIN's variance; tiny, as log-return features have std ~1e-3
     horizon_weighting: Literal["uniform", "inv_log"] = "uniform"  # loss weight per horizon; inv_log: 1/ln(h+1)
     calendar_encoding: bool = True  # Time2Vec of day-of-month/-year; off: on short train spans they can identify the date
-    recent_bars: int = 12  # the last k bars at full resolution (RevIN'd, all V), flattened into the context; 0 = off
+    # the last k bars at full resolution (RevIN'd, all V), flattened into the context; 0 = off
+    recent_bars: Annotated[int, Field(ge=0, le=1024)] = 12
 
     def __post_init__(self):
         # YAML gives lists; keep the config hashable and comparable.

@@ -39,9 +39,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
+from pydantic import Field
 
 from nqexp.errors import DataError, SpecError
 from nqexp.metrics import crps_quantile, horizon_label
@@ -54,29 +55,32 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Optimisation settings (docs/model.md §6). Defaults are the MIGT-TVDT design's; YAML states only what differs."""
 
-    lr: float = 1e-4                       # AdamW peak learning rate
-    weight_decay: float = 0.01             # AdamW decoupled weight decay
-    beta1: float = 0.9                     # AdamW beta1
-    beta2: float = 0.999                   # AdamW beta2
-    warmup_steps: int = 1000               # linear warmup (optimizer steps), then cosine with warm restarts
-    restart_epochs: int = 10               # cosine warm-restart period T_0, in epochs
-    restart_mult: int = 2                  # T_mult: each restart period is this many times longer
-    lr_min: float = 1e-6                   # cosine floor eta_min
-    grad_clip: float = 1.0                 # max global grad norm
-    batch_size: int = 128                  # samples per micro-batch
-    grad_accum: int = 2                    # micro-batches per optimizer step
-    max_epochs: int = 100                  # hard cap on epochs
-    max_steps: int | None = None           # the training budget in optimizer steps, equal for every variant (None: epochs only)
-    steps_per_epoch: int | None = None     # cap on optimizer steps per epoch (None: one pass over train)
-    patience: int = 10                     # early stopping: epochs without a val CRPS improvement
-    min_improvement: float = 1e-4          # relative val CRPS drop that counts as an improvement
-    keep_checkpoints: int = 3              # best-k checkpoints kept on disk
-    checkpoint_every: int = 0              # also checkpoint every N optimizer steps mid-epoch (0: epoch ends only)
-    amp: str = "auto"                      # "auto": bf16 autocast on CUDA, fp32 on CPU; "off"
-    time_budget_s: float | None = None     # a guard, not a budget: a trial it stops is marked truncated
-    num_threads: int | None = None         # torch intra-op threads (None: leave as the runner set it)
-    eval_batch_size: int = 512             # samples per batch when scoring val/test
-    max_eval_samples: int | None = None    # score val on an evenly spaced subset during training (None: all)
+    # Ranges are declared on the types (Annotated[..., Field(...)]): the spec loader checks them and
+    # `nqexp spec schema` shows them (docs/experiments.md §1); __post_init__ keeps the cross-field rules
+    # and a few checks for code that builds the config directly.
+    lr: Annotated[float, Field(gt=0)] = 1e-4                    # AdamW peak learning rate
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01          # AdamW decoupled weight decay
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9            # AdamW beta1 (torch refuses 1 and above)
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999          # AdamW beta2
+    warmup_steps: Annotated[int, Field(ge=0)] = 1000            # linear warmup in optimizer steps (0: none), then cosine
+    restart_epochs: Annotated[int, Field(ge=1)] = 10            # cosine warm-restart period T_0, in epochs
+    restart_mult: Annotated[int, Field(ge=1)] = 2               # T_mult: each restart period is this many times longer
+    lr_min: Annotated[float, Field(ge=0)] = 1e-6                # cosine floor eta_min (below train.lr)
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0              # max global grad norm (0 would zero every gradient)
+    batch_size: Annotated[int, Field(ge=1)] = 128               # samples per micro-batch
+    grad_accum: Annotated[int, Field(ge=1)] = 2                 # micro-batches per optimizer step
+    max_epochs: Annotated[int, Field(ge=1)] = 100               # hard cap on epochs
+    max_steps: Annotated[int | None, Field(ge=1)] = None        # the budget in optimizer steps, equal for every variant (None: epochs)
+    steps_per_epoch: Annotated[int | None, Field(ge=1)] = None  # cap on optimizer steps per epoch (None: one train pass)
+    patience: Annotated[int, Field(ge=1)] = 10                  # early stopping: epochs without a val CRPS improvement
+    min_improvement: Annotated[float, Field(ge=0, lt=1)] = 1e-4  # relative val CRPS drop that counts as an improvement
+    keep_checkpoints: Annotated[int, Field(ge=1)] = 3           # best-k checkpoints kept on disk
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0           # also checkpoint every N optimizer steps (0: epoch ends only)
+    amp: str = "auto"                                           # "auto": bf16 autocast on CUDA, fp32 on CPU; "off"
+    time_budget_s: Annotated[float | None, Field(gt=0)] = None  # a guard, not a budget: a trial it stops is truncated
+    num_threads: Annotated[int | None, Field(ge=1)] = None      # torch intra-op threads (None: leave as the runner set it)
+    eval_batch_size: Annotated[int, Field(ge=1)] = 512          # samples per batch when scoring val/test
+    max_eval_samples: Annotated[int | None, Field(ge=1)] = None  # val on an evenly spaced subset while training (None: all)
 
     def __post_init__(self):
         checks = [

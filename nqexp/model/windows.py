@@ -67,9 +67,10 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from nqexp.calendar import ET, segment_ids
 from nqexp.errors import DataError, SpecError
@@ -92,17 +93,19 @@ _MAX_FIT_ROWS = 262_144  # percentiles are estimated on at most this many evenly
 class WindowConfig:
     """How samples are cut from the bar arrays. Defaults are the MIGT-TVDT design's `migt24` (24 h of 5-minute bars)."""
 
-    lookback_minutes: int | None = 1440   # wall-clock look-back: bars with ts in (ts_t - lookback, ts_t]; None = last t_max bars
-    t_max: int = 288                      # padded window length T (1440 / 5; 6900 for a 1-minute trading week)
-    stride: int = 1                       # train samples end on bars with index % stride == 0 (60 for 1-minute training)
-    eval_stride: int | None = None        # stride for val/test samples; None = stride
-    min_valid_bars: int = 12              # drop samples whose window holds fewer real bars (first bars after a weekend)
-    drop_target_flags: int = 0            # target_flags bits that drop a sample: 1 break, 2 weekend/holiday, 4 roll; 0 keeps all
-    subsample_fraction: float = 1.0       # keep this share of each split's samples (fast iteration)
-    seed: int = 0                         # seeds the subsample and the loader's shuffling
-    clip: float = 10.0                    # standardized features are clipped to +-clip
-    vol_halflife_minutes: float = 360.0   # EWMA half-life of the recent-realized-vol part of sigma-hat
-    scale_floor: float = 0.1              # sigma-hat floor, as a share of the horizon's train-typical sigma
+    # Ranges are declared on the types: the spec loader checks them and `nqexp spec schema` shows them;
+    # __post_init__ repeats them for code that builds the config directly, with the cross-field rules.
+    lookback_minutes: Annotated[int | None, Field(ge=1)] = 1440   # wall-clock look-back: bars with ts in (ts_t - lookback, ts_t]; None = last t_max bars
+    t_max: Annotated[int, Field(ge=1, le=100_000)] = 288  # padded window length T (1440 / 5; 6900 for a 1-minute trading week)
+    stride: Annotated[int, Field(ge=1)] = 1             # train samples end on bars with index % stride == 0 (60 for 1-minute training)
+    eval_stride: Annotated[int | None, Field(ge=1)] = None  # stride for val/test samples; None = stride
+    min_valid_bars: Annotated[int, Field(ge=1)] = 12    # drop samples whose window holds fewer real bars (first bars after a weekend)
+    drop_target_flags: Annotated[int, Field(ge=0, le=7)] = 0  # target_flags bits that drop a sample: 1 break, 2 weekend/holiday, 4 roll; 0 keeps all
+    subsample_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # keep this share of each split's samples (fast iteration)
+    seed: Annotated[int, Field(ge=0)] = 0               # seeds the subsample and the loader's shuffling
+    clip: Annotated[float, Field(gt=0)] = 10.0          # standardized features are clipped to +-clip
+    vol_halflife_minutes: Annotated[float, Field(gt=0)] = 360.0  # EWMA half-life of the recent-realized-vol part of sigma-hat
+    scale_floor: Annotated[float, Field(gt=0)] = 0.1    # sigma-hat floor, as a share of the horizon's train-typical sigma
     sigma: str = "mcgarch"                # the model's normaliser sigma-hat: "mcgarch" (the MC-GARCH forecast) or "ewma" (tod x EWMA)
 
     def __post_init__(self):
@@ -169,10 +172,10 @@ class SplitConfig:
     val_end: dt.date = dt.date(2023, 12, 31)      # last val session date
     test_start: dt.date = dt.date(2024, 1, 1)     # first test session date
     test_end: dt.date = dt.date(2025, 12, 3)      # last test session date
-    purge_bars: int | None = None                 # gap between splits in bars; None = the minimum allowed
-    feature_lookback_bars: int = 0                # longest feature look-back in bars, added to the minimum purge
-    folds: int = 1                                # rolling-origin folds; the dates above are the last one
-    fold_scheme: str = "expanding"                # expanding: every fold trains from train_start; sliding: train shifts too
+    purge_bars: Annotated[int | None, Field(ge=0)] = None  # gap between splits in bars; None = the minimum allowed
+    feature_lookback_bars: Annotated[int, Field(ge=0)] = 0  # longest feature look-back in bars, added to the minimum purge
+    folds: Annotated[int, Field(ge=1)] = 1                  # rolling-origin folds; the dates above are the last one
+    fold_scheme: Literal["expanding", "sliding"] = "expanding"  # expanding: every fold trains from train_start
 
     def __post_init__(self):
         for f in fields(self):
