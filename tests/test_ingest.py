@@ -594,3 +594,45 @@ def test_lean_millisecond_counts_outside_the_day_are_rejected_rows(con, tmp_path
         (dt.date(2024, 3, 4), dt.date(2024, 3, 4))]                           # nothing landed on another day
     raws = [json.loads(r[0])["ms"] for r in con.execute("select raw from rejected_bars order by row_number").fetchall()]
     assert raws == ["86400000", "-60000", "90000000"]
+
+
+# ------------------------------------------------------------------------------------------
+# Bar spacing and zero volume (docs/data.md §3)
+
+
+def _bars_lines(n, step_min, start="2024-03-04 09:30:00", volume=5):
+    t0 = pd.Timestamp(start)
+    return [f"{(t0 + pd.Timedelta(minutes=step_min * i)):%Y-%m-%d %H:%M:%S},18000,18001,17999,18000.5,{volume}"
+            for i in range(n)]
+
+
+def test_a_five_minute_file_is_refused_with_one_clear_line_and_nothing_is_written(con, tmp_path):
+    path = write(tmp_path, "nq_5min.csv", _bars_lines(60, 5))
+    before = table_counts(con)
+    with pytest.raises(DataError) as info:
+        ingest.import_file(con, path, tz="America/New_York")
+    assert str(info.value).startswith(f"{path}: these are 5-minute bars")
+    assert "nqexp imports 1-minute bars" in str(info.value) and "nothing was imported" in str(info.value)
+    assert table_counts(con) == before
+
+
+def test_one_minute_files_with_missing_minutes_are_still_one_minute(con, tmp_path):
+    """Untraded minutes are absent from real files: a 1-minute file with holes keeps spacing 1."""
+    lines = [line for i, line in enumerate(_bars_lines(200, 1)) if i % 3 != 1]   # a third of the minutes missing
+    report = ingest.import_file(con, write(tmp_path, "holes.csv", lines), tz="America/New_York")
+    assert report.new == len(lines)
+
+
+@pytest.mark.realdata
+def test_the_firstrate_five_minute_file_is_refused(con, shared_data):
+    with pytest.raises(DataError, match="these are 5-minute bars"):
+        ingest.import_file(con, shared_data / "firstrate-nq-2023" / "NQ_5min_sample.csv", tz="America/New_York")
+
+
+def test_zero_volume_rows_are_rejected_with_their_reason(con, tmp_path):
+    lines = _bars_lines(30, 1)
+    lines[7] = lines[7].rsplit(",", 1)[0] + ",0"
+    report = ingest.import_file(con, write(tmp_path, "zero.csv", lines), tz="America/New_York")
+    assert report.new == 29 and report.reasons == {validate.REASON_ZERO_VOLUME: 1}
+    row = con.execute("select row_number, reason from rejected_bars").fetchall()
+    assert row == [(8, validate.REASON_ZERO_VOLUME)]

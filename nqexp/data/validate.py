@@ -45,6 +45,11 @@ READER_REASON = "_reason"
 ZONE_REPEAT = "_zone_repeat"
 MIN_PRICE, MAX_PRICE = 1e-6, 1e9
 MAX_VOLUME = 1e12
+MIN_SPACING_STEPS = 20  # fewer consecutive steps than this: too few to tell a file's bar spacing
+# A minute without a trade is absent from a traded series (Databento, FirstRate); a zero-volume row is a
+# vendor's fill, with a price nobody traded at, and volume-based features (Amihud's |r| / (price x V))
+# are undefined on it. Such rows are rejected with this reason (docs/data.md §3).
+REASON_ZERO_VOLUME = "zero volume (no trade in the minute: a filled bar, not a traded one)"
 PRICE_FACTOR = 5.0
 PRICE_WINDOW = 101
 REASON_PRICE_LEVEL = f"price more than {PRICE_FACTOR:g}x from the median close of nearby bars"
@@ -56,9 +61,28 @@ def _off_minute(ts: pd.Series) -> np.ndarray:
     return ~np.isnat(us) & (us.astype(np.int64) % 60_000_000 != 0)
 
 
-def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
-    """Whole-file refusals that only the parsed rows can show: seconds bars are not minute bars."""
+def bar_spacing_minutes(df: pd.DataFrame) -> int | None:
+    """The file's bar spacing: the most common whole-minute step between consecutive bars of a series
+    (gaps of a session break or more left out), or None with too few steps to tell."""
     ts = df["ts"]
+    steps = df.assign(_t=ts).dropna(subset=["_t"]).sort_values(["symbol", "_t"]) \
+        .groupby("symbol")["_t"].diff().dropna().dt.total_seconds() / 60.0
+    steps = steps[(steps > 0) & (steps < 60) & (steps == np.floor(steps))]
+    if len(steps) < MIN_SPACING_STEPS:
+        return None
+    return int(steps.mode().iloc[0])
+
+
+def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
+    """Whole-file refusals that only the parsed rows can show: bars seconds apart, or coarser than a minute."""
+    ts = df["ts"]
+    spacing_min = bar_spacing_minutes(df)
+    if spacing_min is not None and spacing_min > 1:
+        # A 5-minute file would otherwise land as 1-minute bars with a gap flag on nearly every bar.
+        raise DataError(
+            f"{path}: these are {spacing_min}-minute bars (the most common step between consecutive bars is "
+            f"{spacing_min} minutes); nqexp imports 1-minute bars and builds 5-minute bars from them "
+            f"(nqexp data bars), so import the 1-minute file instead (nothing was imported)")
     sub = _off_minute(ts)
     if not sub.any():
         return
@@ -99,6 +123,7 @@ def validate(df: pd.DataFrame, now: pd.Timestamp | None = None) -> pd.Series:
             ((o < lo) | (o > h), "open outside [low, high]"),
             ((c < lo) | (c > h), "close outside [low, high]"),
             (v < 0, "negative volume"),
+            (v == 0, REASON_ZERO_VOLUME),
             (v != np.floor(v), "fractional volume"),
             (v > MAX_VOLUME, f"volume above {MAX_VOLUME:g}"),
         ]
