@@ -89,6 +89,8 @@ def test_quickstart_smoke_runs_every_trial_and_prints_the_ablation_table(smoke):
     text = (cwd / "runs" / EXP / "report.md").read_text()
     assert "## Backtest of the test split" in text and "report_figures/learning_curves.png" in text
     assert "report_figures/backtest_equity.png" in text
+    # A smoke run has a few hundred train samples: the tree baseline says it was fitted otherwise.
+    assert "**Baselines not fitted as specified:** lgbm: " in text and "fitted with min_data_in_leaf=" in text
     assert "Traceback" not in result.stderr
 
 

@@ -61,10 +61,12 @@ class ReportData:
     flags: pd.DataFrame         # trial, gate, reason
     reference: str              # the variant others are compared with
     epochs: pd.DataFrame = None  # trial, epoch, key, value: the per-epoch training history
+    baseline_notes: list = None  # baselines not fitted as specified (e.g. lgbm on too few samples)
 
     def __post_init__(self):
         if self.epochs is None:
             self.epochs = pd.DataFrame(columns=["trial", "epoch", "key", "value"])
+        self.baseline_notes = list(self.baseline_notes or [])
 
 
 def load(store, experiment: str) -> ReportData:
@@ -74,12 +76,14 @@ def load(store, experiment: str) -> ReportData:
         raise DataError(f"no experiment {experiment!r} in {store.path}; known: {known or 'none'}")
     metrics = store.metrics_frame(experiment)
     flags = store.flags_frame(experiment)
-    spec_yaml = store.experiment(experiment)["spec_yaml"]
+    row = store.experiment(experiment)
     import yaml
 
-    variants = list((yaml.safe_load(spec_yaml) or {}).get("variants") or {})
+    variants = list((yaml.safe_load(row["spec_yaml"]) or {}).get("variants") or {})
     order = [v for v in variants if v in set(trials["variant"])] or sorted(trials["variant"].unique())
-    return ReportData(experiment, trials, metrics, flags, reference=order[0], epochs=store.epochs_frame(experiment))
+    notes = list((row.get("provenance") or {}).get("baseline_notes") or [])
+    return ReportData(experiment, trials, metrics, flags, reference=order[0], epochs=store.epochs_frame(experiment),
+                      baseline_notes=notes)
 
 
 def variant_order(data: ReportData) -> list[str]:
@@ -470,6 +474,8 @@ def _write_report(data: ReportData, path: Path, fmt: str, n_boot: int) -> Path:
            "effect that flips between folds is not a finding.\n",
            _md_table(folds)] if len(folds) else []),
         "## Every variant against every baseline (identical test samples)\n",
+        *([("**Baselines not fitted as specified:** " + "; ".join(data.baseline_notes) + ".\n")]
+          if data.baseline_notes else []),
         "rel_pct = mean over samples of CRPS(model) − CRPS(baseline), as % of the baseline's CRPS, averaged "
         "over seeds; CI = 95% moving-block bootstrap (one-day blocks). The model's claim is made against "
         "the best baseline (`best_baseline` above).\n",
