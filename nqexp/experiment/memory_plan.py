@@ -77,8 +77,8 @@ def gpu_memory(resources, address: str | None = None) -> tuple[float | None, str
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             return props.total_memory / GiB, f"this machine's {props.name} ({props.total_memory / GiB:.1f} GiB)"
-    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU to check against
-        pass
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install means no GPU to check against
+        return None, f"unknown: CUDA is broken here ({str(exc)[:80]}); set resources.gpu_memory_gb"
     return None, "unknown: no GPU visible here; set resources.gpu_memory_gb"
 
 

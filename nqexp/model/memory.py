@@ -238,12 +238,13 @@ def _saved_bytes(cfg: ModelConfig, B: int, t_max: int, *, amp: bool, device: str
             # Group attention at each step: the (B*S, N, D) copy of the stream, LayerNorm output, SDPA over N tokens.
             block += E * res + E * act + attention(N, B * S) + gate(cfg.gate)
         tail = 0  # the last valid step is picked by index: only the indices are kept
-    # Encoder: its dropout mask (on CPU, an fp32 noise tensor), the merge's input, RevIN and the time encodings.
+    # Encoder: its dropout mask (on CPU, an fp32 noise tensor), the merge's input, RevIN's few (B, T, V)
+    # tensors, and the sines of the two Time2Vec encodings (B, S, D).
     encoder = mask(res)
     if cfg.attention == "temporal" and N == 1 and cfg.embedding != "flat":
         n_embedded = cfg.n_vars if cfg.arch == "migt_tvdt" else len(cfg.groups)
         encoder += n_embedded * E * act
-    encoder += 8 * B * t_max * cfg.n_vars * 4 + 4 * B * S * D * res
+    encoder += 8 * B * t_max * cfg.n_vars * 4 + (2 * B * S * D * act if cfg.calendar_encoding else 0)
     return {"encoder": encoder, "tail": tail}, block
 
 
