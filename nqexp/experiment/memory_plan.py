@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from dataclasses import dataclass
 
 from nqexp.errors import SpecError
@@ -166,7 +167,8 @@ def check_memory(spec, kind: str = "run", address: str | None = None) -> list[Pl
     groups: dict[tuple, list[PlanRow]] = {}
     for row in rows:
         if row.fits is False:
-            groups.setdefault((row.fixes, row.budget), []).append(row)
+            settings = tuple(re.sub(r" \([\d.]+ GiB\)$", "", fix) for fix in row.fixes)  # the --sets, not the peaks
+            groups.setdefault((settings, row.budget), []).append(row)
     lines = []
     for group in groups.values():
         worst = max(group, key=lambda r: r.estimate.peak)
