@@ -134,6 +134,22 @@ def test_spec_schema_validates_a_shipped_spec_and_init_copies_them_to_edit(invok
     assert shipped.exit_code == 0 and dry.stdout == shipped.stdout, shipped.output
 
 
+def test_dry_run_prints_the_memory_plan_and_a_run_that_cannot_fit_is_refused_before_it_starts(invoke, tmp_path):
+    dry = invoke("run", "grok_sl_1m", "--dry-run", env={"COLUMNS": "250"})
+    assert dry.exit_code == 0, dry.output
+    assert "grok_sl_1m: memory plan per trial shape" in dry.stdout and "GPU bf16" in dry.stdout
+    assert "usable memory: a 80 GiB GPU (resources.gpu_memory_gb)" in dry.stdout
+    # The same spec on an A100 40GB: one line, exit code 2, nothing created (not even the run store).
+    refused = invoke("run", "grok_sl_1m", "--set", "resources.gpu_memory_gb=40")
+    assert refused.exit_code == 2, refused.output
+    line = refused.stderr.strip()
+    assert line.count("\n") == 0 and "over the 36.0 GiB usable of a 40 GiB GPU" in line, line
+    assert "--set train.batch_size=8 --set train.grad_accum=16" in line, line
+    assert not (tmp_path / "runs").exists()
+    sweep = invoke("sweep", "sweep", "--dry-run", env={"COLUMNS": "250"})
+    assert sweep.exit_code == 0 and "largest trial:" in sweep.stdout, sweep.output
+
+
 def test_import_reports_rejects_and_idempotence_and_rejects_lists_them(invoke, tmp_path):
     csv = tmp_path / "bars.csv"
     csv.write_text("2024-03-04 09:30:00,1,2,0.5,1.5,3\n2024-03-04 09:31:00,1,0.5,2,1.5,3\n")

@@ -99,3 +99,67 @@ def test_quickstart_smoke_trials_train_on_the_gpu(tmp_path):
         # map_location sees where each tensor was saved from: a trial that trained on the GPU saved cuda tensors.
         torch.load(path, weights_only=True, map_location=lambda storage, loc: locations.add(loc) or storage)
     assert locations and all(loc.startswith("cuda") for loc in locations), f"checkpoint tensors came from {locations}"
+
+
+# The memory plan (docs/clusters.md §8) against what the CUDA caching allocator reports. The configs are
+# the shapes tests/test_memory.py measures on CPU, scaled up to a few GiB so the allocator's rounding and
+# the cuBLAS workspace are noise.
+GPU_MEMORY_CASES = {
+    "migt-bf16": (dict(n_vars=24, horizons=(3, 6), d_model=256, n_heads=8, d_ff=1024, n_temporal_layers=4,
+                       n_variable_layers=2, dropout=0.1), 32, 288),
+    "grok-gru-bf16": (dict(arch="grok_sl", n_vars=24, groups=(4, 3, 5, 6, 4, 2), horizons=(5, 15), d_model=256,
+                           n_heads=8, d_ff=512, n_temporal_layers=4, gate="gru", horizon_mode="autoregressive",
+                           dropout=0.1), 4, 2048),
+    "grok-gru-bf16-checkpointed": (dict(arch="grok_sl", n_vars=24, groups=(4, 3, 5, 6, 4, 2), horizons=(5, 15),
+                                        d_model=256, n_heads=8, d_ff=512, n_temporal_layers=4, gate="gru",
+                                        horizon_mode="autoregressive", dropout=0.1, activation_checkpointing=True),
+                                   4, 2048),
+}
+
+
+@pytest.mark.parametrize("name", list(GPU_MEMORY_CASES))
+def test_memory_estimate_is_within_tolerance_of_cuda_max_memory_allocated(name):
+    from nqexp.model.memory import TOLERANCE, estimate_memory
+
+    kw, B, T = GPU_MEMORY_CASES[name]
+    cfg = ModelConfig(**kw)
+    H = len(cfg.horizons)
+    x = torch.randn(B, T, cfg.n_vars, device="cuda")
+    mask = torch.ones(B, T, dtype=torch.bool, device="cuda")
+    temporal, scale = torch.zeros(B, T, 4, device="cuda"), torch.ones(B, H, device="cuda")
+    y = torch.randn(B, H, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    model = build_model(cfg).cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(2):  # the second step runs with the optimizer state present, as in training
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                fc = model(x, mask, temporal, scale, y)
+            (model_loss(fc, y, scale, cfg) / 2).backward()
+            del fc
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    est = estimate_memory(cfg, batch_size=B, t_max=T, amp=True, device="cuda")
+    estimate = max(est.train_peak, est.step_peak)
+    print(f"\n{name} on {torch.cuda.get_device_name(0)}: estimate {estimate / 2**30:.2f} GiB, "
+          f"measured {measured / 2**30:.2f} GiB, ratio {estimate / measured:.3f}")
+    assert abs(estimate - measured) <= TOLERANCE * measured, (name, estimate / 2**30, measured / 2**30)
+
+    del model, optimizer
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    model = build_model(cfg).cuda().eval()
+    with torch.no_grad():
+        model(x, mask, temporal, scale)  # scoring: fp32, no autocast (train.predict)
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    est = estimate_memory(cfg, batch_size=B, t_max=T, amp=True, device="cuda")
+    print(f"{name} scoring: estimate {est.eval_peak / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB")
+    assert abs(est.eval_peak - measured) <= TOLERANCE * measured, (name, est.eval_peak / 2**30, measured / 2**30)

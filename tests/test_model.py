@@ -189,6 +189,75 @@ def test_head_and_loss_stay_fp32_under_bf16_autocast():
     assert (out.q.diff(dim=-1) > 0).all()
 
 
+@pytest.mark.parametrize("gate", ["sigmoid", "gru"])
+def test_gated_grok_blocks_train_under_bf16_autocast_with_an_fp32_residual_stream(gate):
+    # The GRU gate used torch.lerp(x, h, z), which refuses an fp32 x with a bf16 h: Grok-SL as designed
+    # (gate: gru) crashed at its first bf16 step on a GPU. CPU autocast follows the same dtype rules.
+    cfg = dataclasses.replace(TINY, arch="grok_sl", gate=gate, horizon_mode="autoregressive", dropout=0.1)
+    model = seeded(cfg).train()
+    x, mask, temporal, scale, y = make_batch(cfg)
+    streams = []
+    model.blocks[0].register_forward_hook(lambda m, i, out: streams.append(out.dtype))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(x, mask, temporal, scale, y)
+    loss = model_loss(out, y, scale, cfg)
+    loss.backward()
+    assert streams == [torch.float32] and torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- activation checkpointing
+
+
+def _loss_and_grads(cfg, batch, checkpointing):
+    model = seeded(dataclasses.replace(cfg, activation_checkpointing=checkpointing)).train()
+    x, mask, temporal, scale, y = batch
+    torch.manual_seed(123)  # the dropout masks
+    loss = model_loss(model(x, mask, temporal, scale, y), y, scale, cfg)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("cfg", [
+    dataclasses.replace(TINY, dropout=0.1),
+    dataclasses.replace(TINY, arch="grok_sl", gate="gru", horizon_mode="autoregressive", dropout=0.1),
+    dataclasses.replace(TINY, arch="grok_sl", patch_len=4, dropout=0.1),
+], ids=["migt", "grok-gru-ar", "grok-patched"])
+def test_checkpointed_training_gives_the_same_loss_and_gradients_with_dropout(cfg):
+    # Non-reentrant checkpointing restores the RNG state before recomputing a block, so dropout draws
+    # the same masks in the recomputation and the gradients equal the plain ones.
+    batch = make_batch(cfg)
+    loss, grads = _loss_and_grads(cfg, batch, checkpointing=False)
+    loss_ck, grads_ck = _loss_and_grads(cfg, batch, checkpointing=True)
+    torch.testing.assert_close(loss_ck, loss, rtol=1e-6, atol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_ck[name], g, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    other_seed = make_batch(cfg, seed=5)
+    assert not torch.equal(_loss_and_grads(cfg, other_seed, checkpointing=True)[0], loss)  # the check can fail
+
+
+def test_checkpointing_keeps_only_block_inputs_in_training_and_changes_nothing_in_eval():
+    cfg = dataclasses.replace(TINY, arch="grok_sl", dropout=0.1, n_temporal_layers=3)
+    x, mask, temporal, scale, y = make_batch(cfg)
+
+    def kept(model):
+        count = [0]
+
+        def pack(t):
+            count[0] += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x, mask, temporal, scale, y)
+        return count[0]
+
+    plain, ckpt = seeded(cfg).train(), seeded(dataclasses.replace(cfg, activation_checkpointing=True)).train()
+    assert kept(ckpt) < 0.4 * kept(plain), (kept(ckpt), kept(plain))
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.eval()(x, mask, temporal, scale).q, plain.eval()(x, mask, temporal, scale).q,
+                                   rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- masking and causality
 
 MASK_CONFIGS = [

@@ -10,7 +10,7 @@ import click
 @click.command()
 @click.argument("spec_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value (dotted key); repeatable.")
-@click.option("--dry-run", is_flag=True, help="Print the trials (variants x seeds) and exit.")
+@click.option("--dry-run", is_flag=True, help="Print the trials (variants x seeds) and their memory plan, and exit.")
 @click.option("--smoke", is_flag=True, help="Tiny model, windows and epochs on CPU: a one-minute end-to-end check.")
 @click.option("--address", default=None, metavar="ray://HOST:10001",
               help="Ray cluster: ray://HOST:10001 or http://HOST:8265 submits the run as a Ray Job; "
@@ -57,7 +57,7 @@ def _resume_spec_path(experiment, sets):
 @click.argument("spec_path", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a spec value (dotted key); repeatable.")
 @click.option("--num-samples", type=click.IntRange(1, 10000), default=None, help="Trials to sample (sweep.num_samples).")
-@click.option("--dry-run", is_flag=True, help="Print the search space and exit.")
+@click.option("--dry-run", is_flag=True, help="Print the search space and its memory plan, and exit.")
 @click.option("--smoke", is_flag=True, help="Two tiny trials of one epoch on CPU.")
 @click.option("--address", default=None, metavar="ray://HOST:10001",
               help="Ray cluster: ray://HOST:10001 or http://HOST:8265 submits the sweep as a Ray Job.")
@@ -87,9 +87,17 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
 
         click.echo(yaml.safe_dump(redact(spec.to_dict()), sort_keys=False), nl=False)
         return
+    from nqexp.experiment import memory_plan
+
     if dry_run:
         console.print(render.trials_table(spec) if kind == "run" else render.search_space_table(spec))
+        rows = memory_plan.memory_plan(spec, kind, address)
+        console.print(render.memory_table(rows, f"{spec.name}: memory plan per trial shape"))
+        for line in render.memory_notes(rows):
+            console.print(line)
         return
+    # A trial that cannot fit its GPU is refused before anything starts, even a cluster submission.
+    memory_plan.check_memory(spec, kind, address)
     from nqexp.experiment import tune as tune_mod
     from nqexp.experiment.track import wandb_mode
 

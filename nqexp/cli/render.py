@@ -231,6 +231,37 @@ def trials_table(spec) -> Table:
     return table
 
 
+def memory_table(rows, title: str) -> Table:
+    """`--dry-run`: the memory plan, one row per distinct trial shape (docs/clusters.md §8)."""
+    def gib(nbytes: int) -> str:
+        return f"{nbytes / 2**30:.1f}"
+
+    table = Table(title=title, caption="GiB; state = params + grads + AdamW moments; activations kept for backward per "
+                                       "micro-batch (checkpointing off / on), peak; usable = 90% of the GPU")
+    for col in ("trials", "device", "micro x accum", "t_max", "state", "activations off / on",
+                "train peak", "eval peak (batch)", "usable", "fits"):
+        table.add_column(col, overflow="fold", justify="left" if col in ("trials", "device") else "right")
+    for row in rows:
+        est = row.estimate
+        device = f"{'GPU' if row.device == 'cuda' else 'CPU'} {'bf16' if row.amp else 'fp32'}"
+        acts = (f"{gib(est.activations)} / {gib(est.activations_checkpointed)}"
+                + (" (on)" if est.checkpointing else " (off)"))
+        fits = {None: "-", True: "[green]yes[/]", False: "[red]NO[/]"}[row.fits]
+        table.add_row(row.label, device, f"{row.batch_size} x {row.grad_accum}", str(row.t_max), gib(est.state),
+                      acts, gib(max(est.train_peak, est.step_peak)), f"{gib(est.eval_peak)} ({row.eval_batch_size})",
+                      gib(row.budget) if row.budget is not None else "-", fits)
+    return table
+
+
+def memory_notes(rows) -> list[str]:
+    """The lines under the memory table: where the GPU size came from, and what fits when a shape does not."""
+    notes = sorted({f"usable memory: {row.memory_source}" for row in rows if row.device == "cuda"})
+    for row in rows:
+        if row.fits is False:
+            notes.append(f"[red]{row.label} does not fit[/]; to fit: {'; '.join(row.fixes) or 'nothing found'}")
+    return notes
+
+
 def search_space_table(spec) -> Table:
     """`nqexp sweep --dry-run`: the search space and how it is searched."""
     table = Table(title=f"{spec.name}: sweep of {spec.sweep.num_samples} trials "

@@ -99,6 +99,9 @@ class ResourcesConfig:
     gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0  # fractions share one GPU
     max_concurrent_trials: Annotated[int | None, Field(ge=1)] = None  # None: as many as resources allow
     max_failures: Annotated[int, Field(ge=-1)] = 1  # retries of a failed trial (-1: forever)
+    # GiB of one GPU on the nodes trials run on (80 for an A100 80GB); None: the local GPU's when one is
+    # visible, else the memory plan is not checked (docs/clusters.md §8).
+    gpu_memory_gb: Annotated[float | None, Field(gt=0, le=4096)] = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ DEFAULT_SMOKE: dict[str, dict[str, Any]] = {
     "model": {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_temporal_layers": 1, "n_variable_layers": 1,
               "dropout": 0.0},
     "train": {"max_epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "grad_accum": 1, "warmup_steps": 1,
-              "patience": 1, "keep_checkpoints": 1, "eval_batch_size": 64, "time_budget_s": 30.0},
+              "patience": 1, "keep_checkpoints": 1, "eval_batch_size": 64, "time_budget_s": 30.0,
+              "compile": False},
     "resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
     "track": {"wandb_mode": "offline"},
     "sweep": {"num_samples": 2, "max_epochs": 1, "grace_period": 1},
@@ -1042,6 +1046,8 @@ def _describe(tp) -> str:
     origin = typing.get_origin(base)
     if origin is Literal:
         return f"one of {_show(list(typing.get_args(base)))}"
+    if origin in (typing.Union, types.UnionType):  # e.g. train.compile: a boolean or 'auto'
+        return " or ".join(_describe(arm) for arm in typing.get_args(base) if arm is not type(None))
     if _dataclass_of(base) is not None:
         return f"a mapping of {base.__name__} fields"
     if origin in (tuple, list) or base in (tuple, list):

@@ -63,6 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from nqexp.errors import SpecError
 
@@ -101,6 +102,7 @@ class ModelConfig:
     calendar_encoding: bool = True  # Time2Vec of day-of-month/-year; off: on short train spans they can identify the date
     # the last k bars at full resolution (RevIN'd, all V), flattened into the context; 0 = off
     recent_bars: Annotated[int, Field(ge=0, le=1024)] = 12
+    activation_checkpointing: bool = False  # training: recompute each temporal block in backward (docs/model.md §11)
 
     def __post_init__(self):
         # YAML gives lists; keep the config hashable and comparable.
@@ -334,7 +336,11 @@ class ResidualGate(nn.Module):
         wz, wh = self.w(x).chunk(2, dim=-1)  # 2 x (..., D)
         z = torch.sigmoid(wz + self.u_z(y))
         h = torch.tanh(wh + self.u_h(z * y))
-        return torch.lerp(x, h, z)  # (1 - z) x + z h
+        # (1 - z) x + z h, written out rather than torch.lerp: lerp wants one dtype, and under bf16 autocast
+        # h and z are bf16 while the residual stream x stays fp32 (lerp raised there). The increment is
+        # computed in h's dtype, as every other residual branch is, and the stream stays fp32; backward
+        # keeps one extra tensor (h - x) in that dtype (docs/clusters.md §8).
+        return x + z * (h - x.to(h.dtype))
 
 
 class MLP(nn.Module):
@@ -540,6 +546,14 @@ class _Forecaster(nn.Module):
     training mode (teacher forcing); in eval mode they condition on their own predictions.
     """
 
+    def _block(self, block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """One block of the temporal stack, checkpointed in training when `activation_checkpointing` is on:
+        the forward keeps only the block's input and the backward recomputes the rest (docs/model.md §11).
+        Non-reentrant checkpointing restores the RNG state, so dropout draws the same masks again."""
+        if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, attn_mask, use_reentrant=False)
+        return block(x, attn_mask)
+
     def _init_all(self):
         self.apply(_init_linear)
         for m in self.modules():
@@ -595,7 +609,7 @@ class MigtTvdt(_Forecaster):
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
         h = tok.view(B * N, T, D)  # (B*N, T, D)
         for block in self.temporal:
-            h = block(h, attn_mask)  # (B*N, T, D)
+            h = self._block(block, h, attn_mask)  # (B*N, T, D)
         h = self.pool(self.ln_t(h), attn_mask.view(B * N, T))  # (B*N, D)
         h = h.view(B, N, D)  # (B, N, D)
         for block in self.variable:
@@ -626,7 +640,7 @@ class GrokSL(_Forecaster):
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
         for block in self.blocks:
-            tok = block(tok, attn_mask)  # (B, N, T, D)
+            tok = self._block(block, tok, attn_mask)  # (B, N, T, D)
         # Last valid step per window (the largest masked-in index; windows are left-aligned).
         steps = torch.arange(T, device=mask.device)
         last = torch.where(mask, steps, 0).amax(dim=1)  # (B,)

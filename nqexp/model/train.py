@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import Field
@@ -81,6 +81,7 @@ class TrainConfig:
     num_threads: Annotated[int | None, Field(ge=1)] = None      # torch intra-op threads (None: leave as the runner set it)
     eval_batch_size: Annotated[int, Field(ge=1)] = 512          # samples per batch when scoring val/test
     max_eval_samples: Annotated[int | None, Field(ge=1)] = None  # val on an evenly spaced subset while training (None: all)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the training step; auto: on CUDA only (docs/model.md §11)
 
     def __post_init__(self):
         checks = [
@@ -280,6 +281,17 @@ def crps_by_horizon(scored: Scored, taus) -> np.ndarray:
     return out
 
 
+def compile_for_training(model, setting: bool | str, device):
+    """The module the training step calls: `torch.compile(model)` when `train.compile` is true, or "auto"
+    on a CUDA device, else `model` itself (docs/model.md §11). The compiled wrapper shares the parameters,
+    so checkpoints and bundles save `model.state_dict()`, without the wrapper's `_orig_mod.` prefixes.
+    Scoring (`predict`) stays eager: it runs once per epoch, and eval mode would compile a second graph."""
+    import torch
+
+    on = torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
+    return torch.compile(model) if on else model
+
+
 def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
           *, seed: int = 0, horizon_minutes: Sequence[int], device: str | None = None,
           resume: bool = True, on_epoch=None) -> TrainResult:
@@ -305,6 +317,7 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
     seed_everything(seed)
 
     model = build_model(model_cfg).to(device)
+    step_model = compile_for_training(model, cfg.compile, device)  # checkpoints keep saving `model`
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(cfg.beta1, cfg.beta2))
     train_data, val_data = data["train"], data["val"]
@@ -353,7 +366,7 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
                 continue
             x, mask, temporal, y, scale = (t.to(device, non_blocking=cuda) for t in (x, mask, temporal, y, scale))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                fc = model(x, mask, temporal, scale, y)
+                fc = step_model(x, mask, temporal, scale, y)
             loss = model_loss(fc, y, scale, model_cfg)           # fp32 inside
             (loss / cfg.grad_accum).backward()
             losses.append(float(loss.detach()))
