@@ -241,8 +241,8 @@ def test_grok_sl_1m_fits_an_a100_80gb_with_checkpointing_and_the_same_effective_
 
 
 def test_a_trial_that_cannot_fit_is_refused_with_one_line_naming_the_settings_that_do():
-    spec = load_spec("grok_sl_1m", overrides=["model.activation_checkpointing=false", "train.batch_size=32",
-                                             "train.grad_accum=4", "train.eval_batch_size=512"])
+    spec = load_spec("grok_sl_1m", overrides=["splits.folds=1", "model.activation_checkpointing=false",
+                                             "train.batch_size=32", "train.grad_accum=4", "train.eval_batch_size=512"])
     with pytest.raises(SpecError) as err:
         check_memory(spec)
     assert str(err.value) == (
@@ -254,7 +254,7 @@ def test_a_trial_that_cannot_fit_is_refused_with_one_line_naming_the_settings_th
 
 
 def test_variants_that_need_the_same_fix_are_refused_in_one_line():
-    spec = load_spec("tsa_ablation", overrides=["resources.gpu_memory_gb=40"])
+    spec = load_spec("tsa_ablation", overrides=["splits.folds=1", "resources.gpu_memory_gb=40"])
     with pytest.raises(SpecError) as err:
         check_memory(spec)
     (line,) = str(err.value).splitlines()
