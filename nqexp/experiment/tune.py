@@ -690,12 +690,13 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     if not todo:
         note(f"All {len(finished)} trials of '{experiment}' are finished; nothing to run.")
     else:
-        datasets = {}
+        datasets, baseline_notes = {}, []
         for key, rep in reps.items():
             prepared = prepare_data(rep, db_path, notes=outcome_notes)
             datasets[key] = prepared
             for text in prepared.notes:
                 note(text)
+            baseline_notes += [n for n in prepared.notes if n.startswith(BASELINE_NOTE_PREFIXES)]
             prepared.notes.clear()
             sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.datasets.items())
             note(f"Data {rep.data.symbol} / {rep.features.set}: samples {sizes} "
@@ -704,7 +705,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         prov = provenance(spec, db_path)
         # What the data step could not do as specified (a baseline fitted with other settings): the
         # report shows it next to the metrics, so no number hides it.
-        prov["baseline_notes"] = [n for n in outcome_notes if n.startswith(BASELINE_NOTE_PREFIXES)]
+        prov["baseline_notes"] = baseline_notes
         (exp_dir / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
         trial_meta["_provenance"] = prov
         store.start_experiment(experiment, kind, spec_path, spec_yaml, provenance=prov)
