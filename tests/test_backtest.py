@@ -208,14 +208,17 @@ def test_score_trial_backtests_the_test_split_by_default(tmp_path):
 
 def test_an_always_long_model_has_no_excess_over_buy_and_hold():
     """In a market that drifts up, a median that is always positive earns the drift: its Sharpe is
-    the benchmark's, and the excess is 0, whatever the drift."""
+    the benchmark's, and the excess is 0, whatever the drift and however its sizes vary."""
     rng = np.random.default_rng(4)
     n = 3000
     ts = _ts(n)
     y = rng.normal(2e-4, 1e-3, size=n)  # a strong upward drift
     close = 1.8e4 * np.exp(np.cumsum(y))
-    r = B.backtest_horizon(ts, close, y, _q(np.full(n, 1e-4)), TAUS, 15)
-    assert r.stats["long_share"] == 1.0
+    med = np.full(n, 1e-4)
+    width = np.exp(rng.normal(np.log(0.002), 0.5, size=n))            # sizes vary (volatility timing)
+    q = np.column_stack([med - width / 2, med, med + width / 2])
+    r = B.backtest_horizon(ts, close, y, q, TAUS, 15)
+    assert r.stats["long_share"] == 1.0 and r.trades["contracts"].std() > 0.1
     assert r.stats["sharpe"] > 2                               # the drift looks like skill ...
     assert r.stats["benchmark_sharpe"] == pytest.approx(r.stats["sharpe"])
     assert r.stats["excess_sharpe"] == pytest.approx(0.0, abs=1e-9)   # ... and is not

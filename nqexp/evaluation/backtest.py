@@ -29,10 +29,11 @@ Statistics (all in dollars of net P&L):
 
 Buy-and-hold benchmark, per horizon (docs/metrics.md §10): in a drifting market "long when the
 median > 0" is mostly long, and its Sharpe is the drift's, not skill. So every horizon also runs the
-**always-long** book on the same samples, under the same non-overlap rule, horizon and costs, with 1
-contract per trade: `benchmark_sharpe` is its Sharpe (the same annualization), and `excess_sharpe` =
-sharpe − benchmark_sharpe is what the signal adds. A model that is always long with a constant size
-takes exactly the benchmark's trades, so its excess is 0.
+**always-long** book on the same samples, under the same non-overlap rule, horizon, sizing rule and
+costs: `benchmark_sharpe` is its Sharpe (the same annualization), and `excess_sharpe` = sharpe −
+benchmark_sharpe is what the signal's direction adds. Inverse-width sizing times volatility, which
+pays in a drifting market whatever the direction; both books have it, so a model that is always
+long takes exactly the benchmark's trades and sizes, and its excess is 0.
 """
 
 from __future__ import annotations
@@ -153,18 +154,19 @@ def backtest_horizon(
     tradable = np.isfinite(y_h) & np.isfinite(q_h).all(axis=1) & (width > 0) & np.isfinite(close) & (close > 0)
     idx = select_non_overlapping(ts, exit_ts, tradable & (side != 0))
 
-    raw = 1.0 / width[idx]  # (n,)
-    if ref_width is not None:
-        contracts = ref_width * raw
-    else:
-        contracts = raw / raw.mean() if len(raw) else raw
-    contracts = np.minimum(contracts, max_contracts)
+    def sizes(taken):   # contracts proportional to the inverse 80% width, normalised over the trades taken
+        raw = 1.0 / width[taken]  # (n,)
+        contracts = ref_width * raw if ref_width is not None else (raw / raw.mean() if len(raw) else raw)
+        return np.minimum(contracts, max_contracts)
+
+    contracts = sizes(idx)
     trades = _trades(ts, exit_ts, close, y_h, idx, side[idx], contracts, costs)
     net = trades["net"].to_numpy()
 
-    # The always-long benchmark: every tradable sample, 1 contract, the same rule and costs.
+    # The always-long benchmark: every tradable sample, long, sized by the same rule, same costs. The
+    # sizing's volatility timing is in both books, so the excess is what the direction adds.
     bench_idx = select_non_overlapping(ts, exit_ts, tradable)
-    bench = _trades(ts, exit_ts, close, y_h, bench_idx, np.ones(len(bench_idx)), np.ones(len(bench_idx)), costs)
+    bench = _trades(ts, exit_ts, close, y_h, bench_idx, np.ones(len(bench_idx)), sizes(bench_idx), costs)
 
     label = M.horizon_label(minutes)
     span_years = (ts.max() - ts.min()) / np.timedelta64(1, "D") / YEAR_DAYS if len(ts) else float("nan")
