@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 
-from nqexp import __version__
+from nqexp.version import __version__
 from nqexp.errors import DatabaseError, SqlError
 
 log = logging.getLogger(__name__)
