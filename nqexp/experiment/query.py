@@ -24,7 +24,7 @@ DEFAULT_SPLIT = "test"
 EXAMPLE = "crps_15m < 0.0012 and ic > 0"
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
-  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z_/]))
+  | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![A-Za-z0-9_./]))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z_][A-Za-z0-9_]*)?)
   | (?P<op><=|>=|==|!=|<|>|=)
   | (?P<paren>[()])
