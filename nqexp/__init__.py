@@ -16,7 +16,7 @@ from nqexp.version import __version__
 
 # The API functions `nqexp.<name>` resolves to, from nqexp.experiment.api.
 _API = ("load_experiment", "load_trial", "find_trials", "compare_experiments")
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "compare_experiments", "find_trials", "load_experiment", "load_trial"]
 
 
 def __getattr__(name: str):

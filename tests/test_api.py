@@ -38,7 +38,7 @@ def lab(tmp_path_factory):
     env.pop("NQEXP_DB", None)
     env.pop("WANDB_API_KEY", None)
     result = subprocess.run([sys.executable, "-m", "nqexp.cli", "run", str(ROOT / "experiments" / "quickstart.yaml"),
-                             "--smoke"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+                             "--smoke"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return cwd
 
@@ -110,7 +110,7 @@ def test_import_nqexp_stays_light_and_finds_the_api_on_first_use():
     assert out.stdout.split("\n")[:2] == ["[]", "nqexp.experiment.api False"], out.stdout + out.stderr
     assert "load_experiment" in dir(nqexp)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        nqexp.nope
+        nqexp.nope  # noqa: B018 (the attribute access is the test)
 
 
 # --------------------------------------------------------------------------------------- the doc
@@ -118,10 +118,10 @@ def test_import_nqexp_stays_light_and_finds_the_api_on_first_use():
 
 def test_the_docs_example_runs_against_a_smoke_run(here, capsys):
     text = (ROOT / "docs" / "api.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exec(compile(code, "docs/api.md", "exec"), {"__name__": "__docs__"})
+        exec(compile(code, "docs/api.md", "exec"), {"__name__": "__docs__"})  # noqa: S102 (the doc's own code)
     out = capsys.readouterr().out
     for needle in ("crps", "mean_diff", "full-s0", "price_q95", "4h"):
         assert needle in out, out
@@ -145,7 +145,7 @@ def test_experiment_table_is_numbers_and_agrees_with_the_store(here):
     trial = nqexp.load_trial(f"{EXP}/no_lgu-s0")
     for key, value in trial.metrics.items():
         split, name = key.split("/", 1)
-        if split != "test" or value != value:
+        if split != "test" or np.isnan(value):
             continue
         m = re.fullmatch(r"(.+)_(\d+[mh])", name)
         metric, horizon = (m.group(1), m.group(2)) if m else (name, "all")
