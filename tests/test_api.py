@@ -276,6 +276,7 @@ def test_a_gated_trial_warns_naming_the_gate(here, tmp_path):
     assert fc.q.shape[0] == 1
 
 
+@pytest.mark.filterwarnings("ignore::nqexp.errors.NqexpWarning")     # those pytest.warns does not match
 def test_short_or_rejected_bars_warn_and_unusable_ones_are_one_line(here):
     trial = nqexp.load_trial(f"{EXP}/full-s0")
     short = raw_bars(here, since="2025-11-20")

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -359,13 +358,11 @@ class Trial:
             finally:
                 con.close()
             if note:
-                warnings.warn(P.ForecastWarning(note), stacklevel=2)
+                P.warn(note)
         if self.flags:
             gates = ", ".join(dict.fromkeys(g for g, _ in self.flags))
-            warnings.warn(P.ForecastWarning(
-                f"trial {self.label} is flagged by the sanity gate{'s' if ',' in gates else ''} {gates} "
-                f"({self.flags[0][1]}); do not trust its forecasts without reading why: nqexp runs show {self.label}"),
-                stacklevel=2)
+            P.warn(f"trial {self.label} is flagged by the sanity gate{'s' if ',' in gates else ''} {gates} "
+                   f"({self.flags[0][1]}); do not trust its forecasts without reading why: nqexp runs show {self.label}")
         return fc
 
     def predict(self, bars=None, *, at=None, start=None, end=None, db=None, symbol: str | None = None,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,14 +308,23 @@ class ForecastWarning(NqexpWarning):
     """A forecast was made, but something about it needs saying (a gated trial, rejected or too few bars)."""
 
 
+_PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep     # nqexp/
+
+
+def warn(message: str) -> None:
+    """A ForecastWarning, attributed to the first caller outside nqexp (the notebook cell or script line)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(ForecastWarning(message), stacklevel=level)
+
+
 def bars_database(source, symbol: str, freq_minutes: int, *, tz: str | None = None):
     """An in-memory database holding the bars of `source` (a DataFrame of 1-minute bars, or the path of a
     CSV or Parquet file) as raw_bars of `symbol`, and their built `freq_minutes` bars: the same import
     (validation, rejects), rolls, back-adjustment and sessions as a database built by `nqexp data import`
     and `nqexp data bars`. Naive timestamps are in `tz`: for a DataFrame UTC unless given, for a file
     refused without it (as `nqexp data import`). Rejected rows and roll warnings are ForecastWarnings."""
-    import warnings
-
     import pandas as pd
 
     if isinstance(source, (str, os.PathLike)):
@@ -336,7 +347,7 @@ def bars_database(source, symbol: str, freq_minutes: int, *, tz: str | None = No
         raise DataError(f"bars must be a DataFrame of 1-minute bars or the path of a CSV or Parquet file, "
                         f"not {type(source).__name__}")
     for w in caught:
-        warnings.warn(ForecastWarning(str(w.message)), stacklevel=3)
+        warn(str(w.message))
     con = db.connect(":memory:")
     try:
         report = ingest.import_frame(con, df, source=label)
@@ -344,11 +355,11 @@ def bars_database(source, symbol: str, freq_minutes: int, *, tz: str | None = No
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.reasons.items(), key=lambda kv: -kv[1]))
             if report.new == 0:
                 raise DataError(f"{label}: every one of its {report.rows_read:,} rows was rejected ({reasons})")
-            warnings.warn(ForecastWarning(f"{label}: {report.rejected:,} of {report.rows_read:,} rows rejected "
-                                          f"({reasons}); forecasting from the rest"), stacklevel=3)
+            warn(f"{label}: {report.rejected:,} of {report.rows_read:,} rows rejected ({reasons}); "
+                 f"forecasting from the rest")
         built = bars.build_bars(con, symbol, [int(freq_minutes)])
         for message in built.warnings:
-            warnings.warn(ForecastWarning(f"{label}: {message}"), stacklevel=3)
+            warn(f"{label}: {message}")
     except Exception:
         con.close()
         raise
