@@ -32,3 +32,8 @@ class DatabaseError(NqexpError):
 
 class CredentialsError(NqexpError):
     """An API key is missing or unreadable. The message never contains the key itself."""
+
+
+class NqexpWarning(UserWarning):
+    """Something a user should know about a result that was still produced (rejected input rows, a
+    trial flagged by a sanity gate). The CLI prints each as one `Warning:` line on stderr."""

@@ -8,6 +8,7 @@ process shows (imports at startup, `python -m nqexp.cli`, exit codes seen by a s
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -231,6 +232,26 @@ def store(tmp_path):
     return st
 
 
+@pytest.fixture
+def seeded_store(tmp_path):
+    """Experiments abl and abl2: variants good and wide x seeds 0-2, test and val CRPS at 15m; abl2's are 1.1x."""
+    st = RunStore(tmp_path / "seeded")
+    for exp, k in (("abl", 1.0), ("abl2", 1.1)):
+        st.start_experiment(exp, "run", None, yaml.safe_dump({"name": exp, "variants": {"good": {}, "wide": {}}}))
+        for variant, base in (("good", 1.0e-3), ("wide", 2.0e-3)):
+            for seed, bump in ((0, 1.0), (1, 1.2), (2, 1.7)):
+                name = f"{variant}-s{seed}"
+                st.upsert_trial(exp, name, variant=variant, seed=seed, status="finished", params_json="{}",
+                                spec_yaml="", dir=str(st.trial_dir(exp, name)), gated=False)
+                crps = base * bump * k
+                st.write_metrics(exp, name, {"test/crps_15m": crps, "test/crps": crps, "val/crps_15m": crps,
+                                             "val/crps": crps})
+                st.write_epoch(exp, name, 0, {"val/crps": crps})
+                st.trial_dir(exp, name).mkdir(parents=True)
+        st.finish_experiment(exp, "finished", 1.0)
+    return st
+
+
 def test_runs_ls_json_lists_experiments_with_trial_counts(invoke, store):
     result = invoke("runs", "ls", "--store", store.root, "--json")
     assert result.exit_code == 0, result.output
@@ -256,14 +277,141 @@ def test_runs_show_json_holds_the_trial_metrics_and_flags(invoke, store):
     assert missing.exit_code == 1 and "no trial abl/nope" in missing.stderr
 
 
-def test_runs_compare_json_is_the_summary_table(invoke, store):
+def test_runs_compare_json_holds_numbers_and_the_table_the_same_numbers_as_text(invoke, store):
     result = invoke("runs", "compare", "abl", "--store", store.root, "--json")
     assert result.exit_code == 0, result.output
-    expected = report.summary_table(report.load(store, "abl")).to_dict(orient="records")
-    assert json.loads(result.stdout) == expected
-    assert [r["variant"] for r in expected if r["horizon"] == "all"] == ["good", "wide"]
+    rows = json.loads(result.stdout)
+    data = report.load(store, "abl")
+    expected = report.summary_stats(data).to_dict(orient="records")
+    assert rows == [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in expected]
+    for r in rows:                                              # numbers, never "mean ± std" text
+        assert isinstance(r["n"], int) and (isinstance(r["mean"], float) if r["n"] else r["mean"] is None), r
+    assert [r["n"] for r in rows if r["metric"] == "ic"] == [0, 0]   # test/ic is NaN: no values, null mean
+    crps = {(r["variant"], r["horizon"]): r["mean"] for r in rows if r["metric"] == "crps"}
+    assert crps == pytest.approx({("good", "all"): 1.5e-3, ("good", "15m"): 1e-3, ("good", "60m"): 2e-3,
+                                  ("wide", "all"): 3e-3, ("wide", "15m"): 2e-3, ("wide", "60m"): 4e-3})
     table = invoke("runs", "compare", "abl", "--store", store.root)
-    assert all(r["crps"] in table.stdout for r in expected)
+    text = report.summary_table(data).to_dict(orient="records")
+    assert [r["variant"] for r in text if r["horizon"] == "all"] == ["good", "wide"]
+    assert all(r["crps"] in table.stdout for r in text)
+
+
+def test_runs_compare_gives_a_95pct_t_interval_over_seeds(invoke, seeded_store):
+    rows = json.loads(invoke("runs", "compare", "abl", "--store", seeded_store.root, "--json").stdout)
+    (good,) = [r for r in rows if (r["variant"], r["horizon"], r["metric"]) == ("good", "15m", "crps")]
+    values = [1.0e-3, 1.2e-3, 1.7e-3]                          # seeds 0, 1, 2 (the fixture's)
+    mean, sd = sum(values) / 3, (sum((v - sum(values) / 3) ** 2 for v in values) / 2) ** 0.5
+    half = 4.302652729911275 * sd / 3 ** 0.5                    # t(0.975, 2 df), from a table
+    assert (good["n"], good["mean"], good["std"]) == (3, pytest.approx(mean), pytest.approx(sd))
+    assert (good["ci_low"], good["ci_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+
+
+def test_runs_compare_two_experiments_side_by_side(invoke, seeded_store):
+    result = invoke("runs", "compare", "abl", "abl2", "--store", seeded_store.root, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["experiment"] for r in rows} == {"abl", "abl2"} and next(iter(rows[0])) == "experiment"
+    one = json.loads(invoke("runs", "compare", "abl2", "--store", seeded_store.root, "--json").stdout)
+    assert [{k: v for k, v in r.items() if k != "experiment"} for r in rows if r["experiment"] == "abl2"] == one
+    table = invoke("runs", "compare", "abl", "abl2", "--store", seeded_store.root)
+    assert table.exit_code == 0 and "abl vs abl2" in table.stdout and "experiment" in table.stdout
+    missing = invoke("runs", "compare", "abl", "nope", "--store", seeded_store.root)
+    assert missing.exit_code == 1 and "no experiment 'nope'" in missing.stderr
+
+
+def test_runs_ls_filters_and_sorts_trials_by_metrics(invoke, seeded_store):
+    root = seeded_store.root
+    result = invoke("runs", "ls", "--sort", "crps_15m", "--where", "crps_15m < 0.0018 and not val/crps > 1",
+                    "--store", root, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    got = [(r["experiment"], r["trial"], r["crps_15m"]) for r in rows]
+    assert got == [("abl", "good-s0", pytest.approx(1.0e-3)), ("abl2", "good-s0", pytest.approx(1.1e-3)),
+                   ("abl", "good-s1", pytest.approx(1.2e-3)), ("abl2", "good-s1", pytest.approx(1.32e-3)),
+                   ("abl", "good-s2", pytest.approx(1.7e-3))]
+    assert all(isinstance(r["crps"], float) for r in rows)
+    desc = json.loads(invoke("runs", "ls", "abl", "--sort", "crps_15m", "--desc", "--store", root, "--json").stdout)
+    assert [r["trial"] for r in desc][:2] == ["wide-s2", "wide-s1"] and {r["experiment"] for r in desc} == {"abl"}
+    table = invoke("runs", "ls", "--where", "crps_15m >= 0.0034", "--store", root)
+    assert table.exit_code == 0 and "abl/wide-s2" in table.stdout and "good-s0" not in table.stdout
+    bad = invoke("runs", "ls", "--where", "crps_15m < ", "--store", root)
+    assert bad.exit_code == 1 and bad.stderr.count("\n") == 1 and "expected a number" in bad.stderr
+    typo = invoke("runs", "ls", "--where", "crsp_15m < 1", "--store", root)
+    assert typo.exit_code == 1 and "did you mean crps_15m" in typo.stderr
+    code = invoke("runs", "ls", "--where", "__import__('os').system('true') < 1", "--store", root)
+    assert code.exit_code == 1 and "cannot read the filter" in code.stderr
+
+
+def test_runs_rm_asks_then_removes_rows_and_folders(invoke, seeded_store):
+    root = seeded_store.root
+    trial_dir = seeded_store.trial_dir("abl", "wide-s1")
+    (trial_dir / "bundle").mkdir(parents=True)
+    (trial_dir / "bundle" / "x.bin").write_bytes(b"0" * 10)
+    no = CliRunner().invoke(cli, ["runs", "rm", "abl/wide-s1", "--store", str(root)], input="n\n")
+    assert no.exit_code == 1 and "Nothing removed" in no.stderr and trial_dir.exists()
+    assert seeded_store.trial("abl", "wide-s1") is not None
+    yes = CliRunner().invoke(cli, ["runs", "rm", "abl/wide-s1", "--store", str(root)], input="y\n")
+    assert yes.exit_code == 0, yes.output
+    assert not trial_dir.exists() and seeded_store.trial("abl", "wide-s1") is None
+    assert seeded_store.trial_metrics("abl", "wide-s1") == {} and seeded_store.trial("abl", "wide-s0") is not None
+    assert seeded_store.epochs_frame("abl").query("trial == 'wide-s1'").empty
+    exp_dir = seeded_store.experiment_dir("abl")
+    gone = invoke("runs", "rm", "abl", "--yes", "--store", root)
+    assert gone.exit_code == 0 and "Removed experiment abl" in gone.stdout and "not touched" not in gone.stderr
+    assert not exp_dir.exists() and seeded_store.experiment_names() == ["abl2"]
+    assert seeded_store.trials_frame("abl").empty and seeded_store.metrics_frame("abl").empty
+    again = invoke("runs", "rm", "abl", "--yes", "--store", root)
+    assert again.exit_code == 1 and "no experiment 'abl'" in again.stderr
+
+
+def test_runs_rm_refuses_a_read_only_store_in_one_line(seeded_store):
+    import shutil
+    import stat
+
+    ro = seeded_store.root
+    writable = [ro, *ro.rglob("*")]
+    prefix = []
+    if os.geteuid() == 0:
+        # root writes anything: run the CLI as root without the capabilities that override permissions.
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a store read-only for this process")
+        prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+    for p in writable:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        result = subprocess.run([*prefix, sys.executable, "-m", "nqexp.cli", "runs", "rm", "abl", "--yes",
+                                 "--store", str(ro)], capture_output=True, text=True, cwd=ro.parent,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    finally:
+        for p in writable:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == f"Error: the run store {ro} is read-only; nothing removed"
+    assert (ro / "abl").exists() and seeded_store.trial("abl", "good-s0") is not None
+
+
+def test_data_rejects_json_lists_the_rejected_rows(invoke, tmp_path):
+    csv = tmp_path / "bars.csv"
+    csv.write_text("2024-03-04 09:30:00,1,2,0.5,1.5,3\n2024-03-04 09:31:00,1,0.5,2,1.5,3\n")
+    assert invoke("data", "import", csv, "--tz", "UTC").exit_code == 0
+    result = invoke("data", "rejects", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["source"], row["row_number"], row["reason"]) == (str(csv), 2, "high < low")
+    assert "2024-03-04 09:31:00" in row["raw"]
+
+
+def test_doctor_json_holds_versions_modes_and_the_database_as_data(invoke):
+    secret = "db-SECRETKEY1234567890abcdef"
+    invoke("data", "demo", "--days", "2")
+    result = invoke("doctor", "--json", env={"DATABENTO_API_KEY": secret, "WANDB_MODE": "disabled"})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["databento_key"] is True and secret not in result.output
+    assert doc["packages"]["duckdb"] and doc["torch"]["device"] in ("cpu", "cuda")
+    assert doc["wandb"] == {"mode": "disabled", "mode_from_env": True}
+    assert doc["database"]["exists"] and doc["database"]["tables"]["raw_bars"] > 0
+    assert isinstance(doc["database"]["size_bytes"], int)
 
 
 def test_runs_read_from_a_missing_store_is_one_line(invoke, tmp_path):

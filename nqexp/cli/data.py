@@ -104,18 +104,23 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns, replace):
 @data.command("rejects")
 @click.option("--limit", type=click.IntRange(0, 1_000_000), default=20, show_default=True,
               help="Most rows to show, newest first.")
+@json_option
 @click.pass_context
-def data_rejects(ctx, limit):
+def data_rejects(ctx, limit, as_json):
     """Show rows that imports rejected, with file, row number and reason.
 
     \b
     Example:
       nqexp data rejects --limit 50
+      nqexp data rejects --json
     """
     from nqexp.cli import render
     from nqexp.data import ingest
 
     rows = ingest.rejected_rows(open_db(ctx), limit)
+    if as_json:
+        render.echo_json(rows)       # source, row_number, reason, raw (the row as read: JSON or the file's line)
+        return
     render.console().print(render.rejected_rows_table(rows, limit))
 
 

@@ -7,12 +7,89 @@ import sys
 
 import click
 
+from nqexp.cli.options import json_option
 from nqexp.errors import NqexpError
+
+PACKAGES = ("nqexp", "torch", "ray", "wandb", "duckdb", "databento", "pandas", "numpy", "pyarrow")
+
+
+def facts(db_path) -> dict:
+    """What doctor reports, as data (the --json document; the table is drawn from it)."""
+    import importlib.metadata as md
+    import platform
+
+    from nqexp.data import db as dbmod
+    from nqexp.experiment.track import wandb_mode
+
+    out: dict = {"python": {"version": platform.python_version(), "executable": sys.executable}, "packages": {}}
+    for pkg in PACKAGES:
+        try:
+            out["packages"][pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out["packages"][pkg] = None
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        out["torch"] = {"device": "cuda" if cuda else "cpu", "cuda_devices": torch.cuda.device_count() if cuda else 0,
+                        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+                        "bf16": bool(torch.cuda.is_bf16_supported()) if cuda else None,
+                        "threads": torch.get_num_threads()}
+    except ImportError:
+        out["torch"] = None
+    address = os.environ.get("RAY_ADDRESS") or None
+    out["ray"] = {"mode": "cluster" if address else "local", "address": address}
+    mode = wandb_mode()
+    out["wandb"] = {"mode": mode, "mode_from_env": bool(os.environ.get("WANDB_MODE"))}
+    out["databento_key"] = bool(os.environ.get("DATABENTO_API_KEY"))
+    path = dbmod.resolve_db_path(db_path)
+    database = {"path": path, "exists": False, "size_bytes": None, "tables": None, "error": None}
+    if path != ":memory:" and os.path.exists(path):
+        size = os.path.getsize(path) + (os.path.getsize(path + ".wal") if os.path.exists(path + ".wal") else 0)
+        database.update(exists=True, size_bytes=size)
+        try:
+            con = dbmod.connect(path, read_only=True)
+            database["tables"] = {name: int(n) for name, n in dbmod.table_counts(con)}
+            con.close()
+        except NqexpError as exc:
+            database["error"] = str(exc)
+    out["database"] = database
+    return out
+
+
+def table_rows(f: dict) -> list[tuple[str, str]]:
+    """(what, value) rows of the doctor table, values with rich markup."""
+    rows = [("python", f"{f['python']['version']} ({f['python']['executable']})")]
+    rows += [(pkg, v if v is not None else "[red]not installed[/]") for pkg, v in f["packages"].items()]
+    t = f["torch"]
+    if t is None:
+        rows.append(("torch device", "[red]torch missing[/]"))
+    elif t["device"] == "cuda":
+        rows.append(("torch device", f"cuda ({t['cuda_devices']} x {t['gpu']}), bf16 {'yes' if t['bf16'] else 'no'}"))
+    else:
+        rows.append(("torch device", f"cpu ({t['threads']} threads); no CUDA device visible"))
+    rows.append(("ray mode", f"cluster at {f['ray']['address']}" if f["ray"]["address"]
+                 else "local (ray.init sized to this machine)"))
+    w = f["wandb"]
+    rows.append(("wandb mode", w["mode"] if w["mode"] != "offline" or w["mode_from_env"]
+                 else "offline (no WANDB_API_KEY or netrc login)"))
+    rows.append(("databento key", "present" if f["databento_key"] else "not set (DATABENTO_API_KEY)"))
+    d = f["database"]
+    if d["exists"]:
+        rows.append(("database", f"{d['path']} ({d['size_bytes'] / 1e6:.1f} MB)"))
+        if d["error"] is not None:
+            rows.append(("  tables", f"[yellow]{d['error']}[/]"))
+        else:
+            rows += [(f"  table {name}", f"{n:,} rows") for name, n in d["tables"].items()]
+    else:
+        rows.append(("database", f"{d['path']} (not created yet)"))
+    return rows
 
 
 @click.command()
+@json_option
 @click.pass_context
-def doctor(ctx):
+def doctor(ctx, as_json):
     """Check the installation: versions, torch device and bf16, Ray and W&B modes, database.
 
     Secrets are never printed; only whether each key is present.
@@ -20,47 +97,12 @@ def doctor(ctx):
     \b
     Example:
       nqexp doctor
+      nqexp doctor --json
     """
-    import importlib.metadata as md
-    import platform
-
     from nqexp.cli import render
-    from nqexp.data import db as dbmod
-    from nqexp.experiment.track import wandb_mode
 
-    rows = [("python", f"{platform.python_version()} ({sys.executable})")]
-    for pkg in ("nqexp", "torch", "ray", "wandb", "duckdb", "databento", "pandas", "numpy", "pyarrow"):
-        try:
-            rows.append((pkg, md.version(pkg)))
-        except md.PackageNotFoundError:
-            rows.append((pkg, "[red]not installed[/]"))
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            name = torch.cuda.get_device_name(0)
-            device = f"cuda ({torch.cuda.device_count()} x {name}), bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"
-        else:
-            device = f"cpu ({torch.get_num_threads()} threads); no CUDA device visible"
-        rows.append(("torch device", device))
-    except ImportError:
-        rows.append(("torch device", "[red]torch missing[/]"))
-    rows.append(("ray mode", f"cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS")
-                 else "local (ray.init sized to this machine)"))
-    mode = wandb_mode()
-    rows.append(("wandb mode", mode if mode != "offline" or os.environ.get("WANDB_MODE")
-                 else "offline (no WANDB_API_KEY or netrc login)"))
-    rows.append(("databento key", "present" if os.environ.get("DATABENTO_API_KEY") else "not set (DATABENTO_API_KEY)"))
-    path = dbmod.resolve_db_path(ctx.obj["db"])
-    if path != ":memory:" and os.path.exists(path):
-        size = os.path.getsize(path) + (os.path.getsize(path + ".wal") if os.path.exists(path + ".wal") else 0)
-        rows.append(("database", f"{path} ({size / 1e6:.1f} MB)"))
-        try:
-            con = dbmod.connect(path, read_only=True)
-            rows += [(f"  table {name}", f"{n:,} rows") for name, n in dbmod.table_counts(con)]
-            con.close()
-        except NqexpError as exc:
-            rows.append(("  tables", f"[yellow]{exc}[/]"))
-    else:
-        rows.append(("database", f"{path} (not created yet)"))
-    render.console().print(render.doctor_table(rows))
+    f = facts(ctx.obj["db"])
+    if as_json:
+        render.echo_json(f)
+        return
+    render.console().print(render.doctor_table(table_rows(f)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import click
 
@@ -43,3 +44,27 @@ def run_store(store_dir):
     from nqexp.experiment.track import RunStore
 
     return RunStore(store_dir or TrackConfig().store_path())
+
+
+@contextmanager
+def warnings_as_lines():
+    """Each NqexpWarning the library raises inside the block (a gated trial, rejected rows) as one
+    `Warning: ...` line on stderr, printed as the block ends (also when it fails); other warnings pass."""
+    import warnings
+
+    from nqexp.errors import NqexpWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NqexpWarning)
+        try:
+            yield
+        finally:
+            seen = []
+            for w in caught:
+                if issubclass(w.category, NqexpWarning):
+                    if str(w.message) not in seen:
+                        seen.append(str(w.message))
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            for text in seen:
+                click.secho(f"Warning: {' '.join(text.split())}", fg="yellow", err=True)

@@ -6,21 +6,7 @@ from pathlib import Path
 
 import click
 
-from nqexp.cli.options import run_store, store_option, store_root
-
-
-def _trial_dir(run_name: str, store_dir) -> Path:
-    from nqexp.errors import DataError
-
-    if Path(run_name).is_dir():                       # a trial folder given directly
-        return Path(run_name)
-    if "/" not in run_name:
-        raise DataError(f"TRIAL must be EXPERIMENT/TRIAL, e.g. quickstart/full-s0, not {run_name!r}")
-    experiment, trial = run_name.split("/", 1)
-    path = run_store(store_dir).trial_dir(experiment, trial)
-    if not path.is_dir():
-        raise DataError(f"no trial {run_name} in the run store ({path.parent.parent.parent}); see `nqexp runs ls`")
-    return path
+from nqexp.cli.options import store_option, store_root, warnings_as_lines
 
 
 @click.command()
@@ -29,7 +15,11 @@ def _trial_dir(run_name: str, store_dir) -> Path:
 @click.option("--at", "at", default=None, help="Forecast the last bar at or before this UTC time (default: the last bar).")
 @click.option("--start", default=None, help="Range mode: first session date; writes a predictions Parquet and scores it.")
 @click.option("--end", default=None, help="Range mode: last session date (default: --start).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--bars", "bars_file", type=click.Path(dir_okay=False), default=None,
+              help="Forecast from this CSV or Parquet file of 1-minute bars instead of the database (built in memory).")
+@click.option("--tz", default=None, help="With --bars: zone of naive timestamps, e.g. America/New_York or UTC.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="table, or one row per origin, horizon, source and quantile level (range mode: every origin).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the output here (range mode: the Parquet; default <trial>/predict/START_END.parquet); "
                    "never inside a trial folder except its predict/.")
@@ -37,50 +27,56 @@ def _trial_dir(run_name: str, store_dir) -> Path:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @store_option
 @click.pass_context
-def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store_dir):
+def predict(ctx, run_name, symbol, at, start, end, bars_file, tz, fmt, out, plot, device, store_dir):
     """Forecast the next horizons from a trained trial: 7 quantiles per horizon as log-returns and
     price levels, with the baselines' quantiles beside them.
 
     Reads only the tail of the bars the window and its warm-up need. With --start/--end, every
     bar of those session dates is forecast, saved in the trial's predictions schema and scored
-    where the targets exist (out-of-sample scoring of newly imported bars).
+    where the targets exist (out-of-sample scoring of newly imported bars). With --bars FILE the
+    bars come from a CSV or Parquet file instead of the database. A trial flagged by a sanity
+    gate forecasts with a warning naming the gate.
 
     \b
     Example:
       nqexp predict quickstart/full-s0
       nqexp predict quickstart/full-s0 --at 2025-12-01T15:30 --plot fan.png
-      nqexp predict quickstart/full-s0 --start 2025-12-01 --end 2025-12-03
+      nqexp predict quickstart/full-s0 --start 2025-12-01 --end 2025-12-03 --format csv
+      nqexp predict quickstart/full-s0 --bars recent_bars.csv --tz UTC
     """
     from nqexp.errors import DataError
+    from nqexp.experiment import api
     from nqexp.experiment import predict as P
 
-    trial_dir = _trial_dir(run_name, store_dir)
+    trial = api.load_trial(run_name, store_root(store_dir))
+    trial_dir = trial.dir
     if start is None and end is not None:
         raise DataError("--end needs --start")
     if start is not None and at is not None:
         raise DataError("--at and --start/--end are two modes; give one")
+    if tz is not None and bars_file is None:
+        raise DataError("--tz applies to the timestamps of --bars FILE; give --bars, or drop --tz")
     # Output paths first: a refusal must not come after minutes of work, nor overwrite the run's files.
     targets = {option: P.check_output_path(value, option, trial_dir=trial_dir, store_root=store_root(store_dir))
                for option, value in (("--out", out), ("--plot", plot)) if value}
     if len(targets) == 2 and targets["--out"] == targets["--plot"]:
         raise DataError(f"--out and --plot name the same file ({out}); give two")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = {"bars": bars_file} if bars_file else {"db": ctx.obj["db"]}
+    with warnings_as_lines():
+        fc = trial.forecast(**source, at=at, start=start, end=end, symbol=symbol, tz=tz, device=device)
     if start is not None:
-        fc = P.predict_range(ctx.obj["db"], trial_dir, start, end or start, symbol=symbol, device=device)
-        _warn_in_sample(fc, trial_dir)
         path = Path(out) if out else trial_dir / P.PREDICT_DIR / f"{start}_{end or start}.parquet"
         path, table = P.save_and_score(fc, path)
         from nqexp.cli import render
 
-        render.print_predict_range(render.console(), fc, path, table)
+        if fmt == "table":
+            render.print_predict_range(render.console(), fc, path, table)
+        else:
+            _write_rows(P.range_rows(fc), fmt, None)
+            render.print_predict_range(render.console(stderr=True), fc, path, table)
         if plot:
             _plot(fc, plot)
         return
-    fc = P.predict_at(ctx.obj["db"], trial_dir, symbol=symbol, at=at, device=device)
-    _warn_in_sample(fc, trial_dir)
     rows = P.long_rows(fc)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -92,10 +88,20 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
                 render.print_forecast(render.console(file=f), fc, rows)
         else:
             render.print_forecast(render.console(), fc, rows)
-    elif fmt == "json":
+    else:
+        _write_rows(rows, fmt, out)
+    if plot:
+        _plot(fc, plot)
+
+
+def _write_rows(rows: list[dict], fmt: str, out) -> None:
+    """Forecast rows as JSON (a list of objects) or CSV, to `out` or stdout."""
+    if fmt == "json":
         import json
 
-        text = json.dumps(rows, indent=2)
+        from nqexp.cli.render import _plain
+
+        text = json.dumps(_plain(rows), indent=2)
         Path(out).write_text(text + "\n") if out else click.echo(text)
     else:
         import csv
@@ -106,17 +112,6 @@ def predict(ctx, run_name, symbol, at, start, end, fmt, out, plot, device, store
         writer.writeheader()
         writer.writerows(rows)
         Path(out).write_text(buf.getvalue()) if out else click.echo(buf.getvalue(), nl=False)
-    if plot:
-        _plot(fc, plot)
-
-
-def _warn_in_sample(fc, trial_dir) -> None:
-    """Forecasts at origins the model was fitted or selected on are not a test: say so on stderr."""
-    from nqexp.experiment.bundle import load_bundle
-
-    note = fc.in_sample_note(load_bundle(trial_dir).fitted_sessions)
-    if note:
-        click.echo(note, err=True)
 
 
 def _plot(fc, path) -> None:

@@ -26,11 +26,11 @@ from rich.table import Table
 PIPE_WIDTH = 240
 
 
-def console(file=None) -> Console:
+def console(file=None, stderr: bool = False) -> Console:
     if file is not None:
         return Console(file=file, highlight=False, width=PIPE_WIDTH)
-    piped = not sys.stdout.isatty()
-    return Console(highlight=False, width=PIPE_WIDTH if piped else None, soft_wrap=piped)
+    piped = not (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(highlight=False, stderr=stderr, width=PIPE_WIDTH if piped else None, soft_wrap=piped)
 
 
 def frame_table(frame, title: str) -> Table:
@@ -408,6 +408,20 @@ def experiments_table(root, rows: list[dict]) -> Table:
     return table
 
 
+def found_trials_table(frame, where: str | None, sort: str | None, desc: bool) -> Table:
+    """`nqexp runs ls --where/--sort`: api.find_trials' rows, metrics to 4 significant digits."""
+    what = [f"where {where}" if where else "", f"by {sort}{' (largest first)' if desc else ''}" if sort else ""]
+    table = Table(title=f"{len(frame)} trial(s) " + ", ".join(w for w in what if w))
+    fixed = ["experiment", "trial", "variant", "seed", "fold", "status", "gated"]
+    metrics = [c for c in frame.columns if c not in fixed]
+    for col in ["run", "status", "gated", *metrics]:
+        table.add_column(col, justify="right" if col in metrics else "left", no_wrap=col == "run")
+    for r in frame.to_dict(orient="records"):
+        table.add_row(f"{r['experiment']}/{r['trial']}", str(r["status"]), "yes" if r["gated"] else "no",
+                      *("-" if r[m] != r[m] else f"{r[m]:.4g}" for m in metrics))
+    return table
+
+
 SHOWN_METRICS = ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp80", "picp90", "mpiw80",
                  "calib_err", "ic", "dir_acc", "crossing_rate")
 
@@ -436,11 +450,13 @@ def print_trial(console: Console, name: str, trial: dict, metrics: dict[str, flo
 
 
 def compare_table(experiment: str, split: str, frame) -> Table:
+    """report.summary_table's rows (with an `experiment` column when several are compared)."""
     table = Table(title=f"{experiment}: {split} metrics, mean ± std over seeds (every metric: --json or the report)")
-    cols = _terminal_columns(frame, ("variant", "horizon"))
+    keys = ("experiment", "variant", "horizon")
+    cols = _terminal_columns(frame, keys)
     for col in cols:
-        table.add_column(col, justify="left" if col in ("variant", "horizon") else "right",
-                         no_wrap=col in ("variant", "horizon", "best_baseline"))
+        table.add_column(col, justify="left" if col in keys else "right",
+                         no_wrap=col in (*keys, "best_baseline"))
     for row in frame[cols].itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     return table

@@ -28,8 +28,8 @@ from typing import Any
 
 import duckdb
 
-from nqexp import __version__
 from nqexp.errors import DatabaseError, SqlError
+from nqexp.version import __version__
 
 log = logging.getLogger(__name__)
 

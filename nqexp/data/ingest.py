@@ -274,6 +274,15 @@ def import_file(con, path, *, fmt: str | None = None, tz: str | None = None, ts_
     return report
 
 
+def import_frame(con, df: pd.DataFrame, *, source: str) -> ImportReport:
+    """Validate and upsert a DataFrame of bars read by `readers.read_frame` as one import (format 'frame').
+
+    The DataFrame path of `nqexp predict --bars` and the Python API: the same validation, rejects and
+    upsert as a file import, into any connection (an in-memory database for a forecast).
+    """
+    return write_bars(con, df, fmt="frame", source=source, sha256=None, t0=time.perf_counter())
+
+
 def import_frames(con, frames: list[pd.DataFrame], *, source: str) -> ImportReport:
     """Validate and upsert several files' frames (from `read_dbn_chunk`) as one import, in one transaction.
 

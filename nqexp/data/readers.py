@@ -48,7 +48,7 @@ import pandas as pd
 
 from nqexp.data import db
 from nqexp.data.validate import READER_REASON, ZONE_REPEAT, refuse_unusable
-from nqexp.errors import DataError
+from nqexp.errors import DataError, NqexpWarning
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +483,7 @@ _OFFSET = r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 _UNIT_NS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
-class DataWarning(UserWarning):
+class DataWarning(NqexpWarning):
     """Something about a file the user should know, though it was imported (import_file reports it)."""
 
 
@@ -644,11 +644,7 @@ def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_i
         if df is None:
             df = _read_text_table(path, columns) if fmt == "csv" else _read_parquet(path, columns)
             _set_ts(df, _parse_ts(df["ts"], tz, path))
-        df["symbol"] = _constant(symbol or "NQ", len(df))
-        df["contract"] = _contract_codes(df["contract"]) if "contract" in df else _constant(None, len(df))
-        df["instrument_id"] = (_instrument_ids(df["instrument_id"], path) if "instrument_id" in df
-                               else pd.arrays.IntegerArray(np.zeros(len(df), np.int64), np.ones(len(df), bool)))
-        df["source"] = _constant(str(path), len(df))
+        _table_columns(df, symbol or "NQ", str(path), path)
     else:
         raise DataError(f"{path}: unknown format {fmt!r}; use csv, parquet, dbn or lean")
     if ts_is == "end":
@@ -658,6 +654,47 @@ def read_bars(path: Path, *, fmt: str | None = None, tz: str | None = None, ts_i
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
     df["row_number"] = (np.arange(1, len(df) + 1) if fmt != "lean" else df.groupby("source").cumcount() + 1)
     return df, fmt
+
+
+def _table_columns(df: pd.DataFrame, symbol: str, source: str, where) -> None:
+    """The series, contract, instrument id and source columns of a CSV, Parquet or DataFrame read, in place."""
+    df["symbol"] = _constant(symbol, len(df))
+    df["contract"] = _contract_codes(df["contract"]) if "contract" in df else _constant(None, len(df))
+    df["instrument_id"] = (_instrument_ids(df["instrument_id"], where) if "instrument_id" in df
+                           else pd.arrays.IntegerArray(np.zeros(len(df), np.int64), np.ones(len(df), bool)))
+    df["source"] = _constant(source, len(df))
+
+
+def read_frame(frame: pd.DataFrame, *, symbol: str, tz: str | None = "UTC",
+               source: str = "DataFrame") -> pd.DataFrame:
+    """A DataFrame of 1-minute bars -> the frame `read_bars` gives for a file with the same columns.
+
+    Columns are matched by name as in a file with a header (ts, open, high, low, close, volume and
+    their aliases; optional contract and instrument_id); a DatetimeIndex may hold the timestamps.
+    Timestamps are bar starts: tz-aware ones are instants, naive ones are in `tz` (default UTC).
+    `source` names the frame in messages and in rejected_bars. DataError when it cannot be bars.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"bars must be a pandas DataFrame of 1-minute bars (ts, open, high, low, close, volume), "
+                        f"not {type(frame).__name__}")
+    if frame.empty:
+        raise DataError(f"{source}: no rows; give 1-minute bars (ts, open, high, low, close, volume)")
+    if isinstance(frame.index, pd.DatetimeIndex) and not any(
+            str(c).strip().lower() in ALIASES["ts"] for c in frame.columns):
+        frame = frame.reset_index()
+    frame = frame.reset_index(drop=True)
+    mapping = _column_mapping(list(frame.columns), True, None, source)
+    df = pd.DataFrame({name: frame[col] for name, col in mapping.items()})
+    # A rejected row's fields as read, made only for the rejected rows (ingest.write_bars asks for them).
+    df.attrs["raw_rows"] = lambda rows: [json.dumps(r, default=str) for r in frame.iloc[rows].to_dict("records")]
+    _set_ts(df, _parse_ts(df["ts"], tz, source))
+    _table_columns(df, symbol, source, source)
+    for col in (*PRICE_COLUMNS, "volume"):
+        if df[col].dtype != np.float64:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    df["row_number"] = np.arange(1, len(df) + 1)
+    refuse_unusable(df, source)
+    return df
 
 
 def read_dbn_chunk(path) -> pd.DataFrame:

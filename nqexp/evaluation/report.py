@@ -91,24 +91,68 @@ def variant_order(data: ReportData) -> list[str]:
     return [data.reference] + [v for v in seen if v != data.reference]
 
 
-def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
-    """Rows: variant x horizon; columns: metric -> 'mean ± std' over seeds (and n seeds)."""
+def _summary_groups(data: ReportData, split: str):
+    """(variant, horizon label, best baseline, seeds, name -> finite values over the variant's trials) in
+    variant order, 'all' first, where name is the metric without its horizon suffix; the one place both
+    summary tables (numbers and text) read the store's metrics."""
     m = data.metrics.merge(data.trials[["trial", "variant", "seed"]], on="trial")
     m = m[m["key"].str.startswith(f"{split}/")]
     m["name"] = m["key"].str[len(split) + 1:]
-    rows = []
     for variant in variant_order(data):
         mv = m[m["variant"] == variant]
         labels = horizon_labels(mv["name"])
-        for label in ["all", *labels]:
-            row = {"variant": variant, "horizon": label}
-            for metric in SUMMARY_METRICS:
-                key = metric if label == "all" else f"{metric}_{label}"
-                vals = mv.loc[mv["name"] == key, "value"].to_numpy(dtype=float)
-                row[metric] = _mean_std(vals)
-            row["best_baseline"] = _best_baseline(mv, label)
-            row["seeds"] = int(mv.loc[mv["name"] == "crps", "trial"].nunique())
-            rows.append(row)
+        suffix = re.compile(rf"(.+)_({'|'.join(map(re.escape, labels))})") if labels else None
+        per_label: dict[str, dict[str, list[float]]] = {label: {} for label in ["all", *labels]}
+        for name, value in zip(mv["name"], mv["value"].to_numpy(dtype=float)):
+            hit = suffix.fullmatch(name) if suffix else None
+            metric, label = (hit.group(1), hit.group(2)) if hit else (name, "all")
+            per_label[label].setdefault(metric, []).append(value)
+        seeds = int(mv.loc[mv["name"] == "crps", "trial"].nunique())
+        for label, values in per_label.items():
+            finite = {k: np.asarray(v, dtype=float) for k, v in values.items()}
+            yield variant, label, _best_baseline(mv, label), seeds, {k: v[np.isfinite(v)] for k, v in finite.items()}
+
+
+def summary_stats(data: ReportData, split: str = "test", metrics=None) -> pd.DataFrame:
+    """The variants' metrics as numbers, tidy: one row per variant, horizon ('all' = the horizon mean,
+    then '15m', ...) and metric (`metrics`, default every metric of the split: SUMMARY_METRICS first,
+    then the rest by name), with n (finite values: seeds x folds), mean, std (ddof 1), ci_low and
+    ci_high (the 95% Student-t interval of the mean over those values; NaN below two values) and the
+    variant's best baseline at that horizon (docs/api.md §2)."""
+    rows = []
+    for variant, label, best, _, values in _summary_groups(data, split):
+        names = list(metrics) if metrics is not None else \
+            [*(k for k in SUMMARY_METRICS if k in values), *sorted(k for k in values if k not in SUMMARY_METRICS)]
+        for metric in names:
+            vals = values.get(metric, np.empty(0))
+            n = len(vals)
+            mean = float(vals.mean()) if n else float("nan")
+            std = float(vals.std(ddof=1)) if n > 1 else float("nan")
+            half = _t975(n) * std / np.sqrt(n) if n > 1 else float("nan")
+            rows.append({"variant": variant, "horizon": label, "metric": metric, "n": n, "mean": mean, "std": std,
+                         "ci_low": mean - half, "ci_high": mean + half, "best_baseline": best})
+    cols = ["variant", "horizon", "metric", "n", "mean", "std", "ci_low", "ci_high", "best_baseline"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _t975(n: int) -> float:
+    """The 97.5% quantile of Student's t with n - 1 degrees of freedom (n >= 2)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
+    """Rows: variant x horizon; columns: metric -> 'mean ± std' over seeds (and n seeds): the text view of
+    summary_stats for tables and the report."""
+    rows = []
+    for variant, label, best, seeds, values in _summary_groups(data, split):
+        row = {"variant": variant, "horizon": label}
+        for metric in SUMMARY_METRICS:
+            row[metric] = _mean_std(values.get(metric, np.empty(0)))
+        row["best_baseline"] = best
+        row["seeds"] = seeds
+        rows.append(row)
     out = pd.DataFrame(rows)
     # Columns of baselines an experiment did not run (eval.baselines) are dropped, not shown as n/a.
     return out[[c for c in out.columns if not (out[c] == "n/a").all()]]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from nqexp import features
-from nqexp.data import bars, db
-from nqexp.errors import DataError
+from nqexp.data import bars, db, ingest, readers
+from nqexp.errors import DataError, NqexpWarning
 from nqexp.evaluation import baselines, evaluate
 from nqexp.experiment.bundle import Bundle, check_feature_set, load_bundle
 from nqexp.metrics import horizon_label
@@ -151,7 +153,7 @@ class Forecast:
         """One warning line when any origin is in-sample, else None."""
         if self.in_sample is None or not self.in_sample.any():
             return None
-        return (f"warning: {int(self.in_sample.sum())} of {len(self.in_sample)} forecast origins fall in the "
+        return (f"{int(self.in_sample.sum())} of {len(self.in_sample)} forecast origins fall in the "
                 f"trial's train/val period ({fitted[0]}..{fitted[1]}): they are in-sample, not a test of the "
                 f"model (marked in_sample)")
 
@@ -237,28 +239,34 @@ def _open(db_path, symbol: str, table: str, freq_minutes: int):
     return con
 
 
-def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device: str = "cpu") -> Forecast:
-    """Forecast at the last bar (or the last bar at or before `at`)."""
-    bundle = load_bundle(trial_dir)
+def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device: str = "cpu",
+               bundle: Bundle | None = None) -> Forecast:
+    """Forecast at the last bar (or the last bar at or before `at`) of the database's bars."""
+    bundle = bundle or load_bundle(trial_dir)
     fs = check_feature_set(bundle)
     symbol = symbol or bundle.meta["symbol"]
     con = _open(db_path, symbol, fs.bars_table, fs.freq_minutes)
     try:
-        table = fs.bars_table
-        last = bars.ts_span(con, table, symbol)[1]
-        if at is None:
-            origin = last
-        else:
-            at_ts = _to_ts(at)
-            if np.datetime64(last, "us") < at_ts:
-                raise DataError(f"the {table} bars of {symbol} end at {last}, before --at {at}; "
-                                f"import newer bars or pick an earlier time")
-            origin = bars.ts_before(con, table, symbol, at_ts.item())
-            if origin is None:
-                raise DataError(f"no {table} bars of {symbol} at or before --at {at}")
-        tail = read_tail(con, bundle, fs, symbol, origin, origin)
+        return forecast_at(con, bundle, fs, symbol, at=at, device=device)
     finally:
         con.close()
+
+
+def forecast_at(con, bundle: Bundle, fs, symbol: str, *, at=None, device: str = "cpu") -> Forecast:
+    """Forecast at the last bar (or the last bar at or before `at`) of the bars in `con`."""
+    table = fs.bars_table
+    last = bars.ts_span(con, table, symbol)[1]
+    if at is None:
+        origin = last
+    else:
+        at_ts = _to_ts(at)
+        if np.datetime64(last, "us") < at_ts:
+            raise DataError(f"the {table} bars of {symbol} end at {last}, before --at {at}; "
+                            f"import newer bars or pick an earlier time")
+        origin = bars.ts_before(con, table, symbol, at_ts.item())
+        if origin is None:
+            raise DataError(f"no {table} bars of {symbol} at or before --at {at}")
+    tail = read_tail(con, bundle, fs, symbol, origin, origin)
     i = int(np.searchsorted(tail.arrays.ts, np.datetime64(origin, "us")))
     if not usable_origins(bundle, tail.arrays, [i])[0]:
         raise DataError(f"too few bars for a window at {origin}: the window needs "
@@ -270,21 +278,28 @@ def predict_at(db_path, trial_dir, *, symbol: str | None = None, at=None, device
 
 
 def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, device: str = "cpu",
-                  stride: int | None = None) -> Forecast:
+                  stride: int | None = None, bundle: Bundle | None = None) -> Forecast:
     """Forecasts at every usable bar whose Globex session date is in start..end (or every
     `stride`-th of them); the targets are the realized returns where the bars exist."""
-    bundle = load_bundle(trial_dir)
+    bundle = bundle or load_bundle(trial_dir)
     fs = check_feature_set(bundle)
     symbol = symbol or bundle.meta["symbol"]
-    d0, d1 = _to_ts(start).astype("datetime64[D]"), _to_ts(end).astype("datetime64[D]")
+    _to_ts(start), _to_ts(end)                   # a bad date is refused before the database is opened
     con = _open(db_path, symbol, fs.bars_table, fs.freq_minutes)
     try:
-        span = bars.ts_span(con, fs.bars_table, symbol, (d0.item(), d1.item()))
-        if span[0] is None:
-            raise DataError(f"no {fs.bars_table} bars of {symbol} with session dates {d0}..{d1}")
-        tail = read_tail(con, bundle, fs, symbol, span[0], span[1])
+        return forecast_range(con, bundle, fs, symbol, start, end, device=device, stride=stride)
     finally:
         con.close()
+
+
+def forecast_range(con, bundle: Bundle, fs, symbol: str, start, end, *, device: str = "cpu",
+                   stride: int | None = None) -> Forecast:
+    """predict_range over the bars in `con`."""
+    d0, d1 = _to_ts(start).astype("datetime64[D]"), _to_ts(end).astype("datetime64[D]")
+    span = bars.ts_span(con, fs.bars_table, symbol, (d0.item(), d1.item()))
+    if span[0] is None:
+        raise DataError(f"no {fs.bars_table} bars of {symbol} with session dates {d0}..{d1}")
+    tail = read_tail(con, bundle, fs, symbol, span[0], span[1])
     a = tail.arrays
     sess = a.session_date.astype("datetime64[D]")
     idx = np.flatnonzero((sess >= d0) & (sess <= d1))
@@ -296,6 +311,89 @@ def predict_range(db_path, trial_dir, start, end, *, symbol: str | None = None, 
     out = forecast(bundle, tail, idx, device=device)
     out.seconds["read"] = tail.seconds
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Bars given as a DataFrame or a file: an in-memory database, built by the import and bar code
+
+
+class ForecastWarning(NqexpWarning):
+    """A forecast was made, but something about it needs saying (a gated trial, rejected or too few bars)."""
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep     # nqexp/
+
+
+def warn(message: str) -> None:
+    """A ForecastWarning, attributed to the first caller outside nqexp (the notebook cell or script line)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(ForecastWarning(message), stacklevel=level)
+
+
+def bars_database(source, symbol: str, freq_minutes: int, *, tz: str | None = None):
+    """An in-memory database holding the bars of `source` (a DataFrame of 1-minute bars, or the path of a
+    CSV or Parquet file) as raw_bars of `symbol`, and their built `freq_minutes` bars: the same import
+    (validation, rejects), rolls, back-adjustment and sessions as a database built by `nqexp data import`
+    and `nqexp data bars`. Naive timestamps are in `tz`: for a DataFrame UTC unless given, for a file
+    refused without it (as `nqexp data import`). Rejected rows and roll warnings are ForecastWarnings."""
+    import pandas as pd
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser().absolute()
+        fmt = readers.detect_format(path) if path.is_file() else None
+        if fmt not in (None, "csv", "parquet"):
+            raise DataError(f"{path}: bars for a forecast must be CSV or Parquet, not {fmt}; "
+                            f"import it into a database (nqexp data import) and forecast from there")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", readers.DataWarning)
+            df, _ = readers.read_bars(path, tz=tz, symbol=symbol)
+        label = str(path)
+        readers.refuse_unusable(df, path)
+    elif isinstance(source, pd.DataFrame):
+        label = "bars DataFrame"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", readers.DataWarning)
+            df = readers.read_frame(source, symbol=symbol, tz=tz or "UTC", source=label)
+    else:
+        raise DataError(f"bars must be a DataFrame of 1-minute bars or the path of a CSV or Parquet file, "
+                        f"not {type(source).__name__}")
+    for w in caught:
+        warn(str(w.message))
+    con = db.connect(":memory:")
+    try:
+        report = ingest.import_frame(con, df, source=label)
+        if report.rejected:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.reasons.items(), key=lambda kv: -kv[1]))
+            if report.new == 0:
+                raise DataError(f"{label}: every one of its {report.rows_read:,} rows was rejected ({reasons})")
+            warn(f"{label}: {report.rejected:,} of {report.rows_read:,} rows rejected ({reasons}); "
+                 f"forecasting from the rest")
+        built = bars.build_bars(con, symbol, [int(freq_minutes)])
+        for message in built.warnings:
+            warn(f"{label}: {message}")
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+def short_history(con, bundle: Bundle, fs, symbol: str, origin) -> str | None:
+    """Why a forecast at `origin` may differ from one made with a longer history of bars (None: it
+    will not): fewer bars before it than the feature warm-up and window, or than sigma-hat's warm-up."""
+    have = bars.bar_count(con, fs.bars_table, symbol)
+    feat = bundle.window_cfg.t_max + feature_warmup_bars(fs)
+    sigma = sigma_warmup_bars(bundle)
+    if bars.ts_before(con, fs.bars_table, symbol, origin, feat) is None:
+        return (f"only {have:,} {fs.freq_minutes}-minute bars, fewer than the {feat:,} the features' warm-up and "
+                f"window read before a forecast: features may differ from a longer history's; give more bars")
+    if bars.ts_before(con, fs.bars_table, symbol, origin, sigma) is None:
+        days = math.ceil(sigma * fs.freq_minutes / 1380)
+        return (f"only {have:,} {fs.freq_minutes}-minute bars, fewer than the {sigma:,} (about {days} trading "
+                f"days) sigma-hat reads to settle: the forecast's scale may differ from a longer history's; "
+                f"give more bars")
+    return None
 
 
 def check_output_path(path, option: str, *, trial_dir, store_root=None) -> Path:
@@ -354,4 +452,15 @@ def long_rows(fc: Forecast, row: int = -1) -> list[dict[str, Any]]:
                             "horizon_minutes": int(m), "source": source, "tau": float(tau),
                             "log_return": r, "price": close * math.exp(r),
                             "in_sample": bool(fc.in_sample[row]) if fc.in_sample is not None else False})
+    return out
+
+
+def range_rows(fc: Forecast) -> list[dict[str, Any]]:
+    """Every origin's long_rows, each with `target`: the realized log-return at its horizon (None until
+    the bars exist). Range mode's `--format json|csv`."""
+    out = []
+    for i in range(len(fc.ts)):
+        for r in long_rows(fc, i):
+            y = float(fc.y[i, fc.horizon_minutes.index(r["horizon_minutes"])])
+            out.append({**r, "target": y if math.isfinite(y) else None})
     return out

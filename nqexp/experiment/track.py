@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -388,12 +389,30 @@ class RunStore:
     def has_flags(self, experiment: str) -> bool:
         return self._rows("select count(*) from gate_flags where experiment = ?", [experiment])[0][0] > 0
 
-    def trials_frame(self, experiment: str):
-        """Every column of the experiment's trials as a DataFrame, by variant and seed."""
-        frame = self._frame("select * from trials where experiment = ? order by variant, seed", [experiment])
+    def trials_frame(self, experiment: str | None = None):
+        """Every column of the experiment's trials (None: of every experiment) as a DataFrame, by variant
+        and seed; `dir` is each trial's folder under this store's root."""
+        if experiment is None:
+            frame = self._frame("select * from trials order by experiment, variant, seed")
+        else:
+            frame = self._frame("select * from trials where experiment = ? order by variant, seed", [experiment])
         if len(frame):
-            frame["dir"] = [self._resolve_dir(experiment, t, d) for t, d in zip(frame["trial"], frame["dir"])]
+            frame["dir"] = [self._resolve_dir(e, t, d) for e, t, d in zip(frame["experiment"], frame["trial"], frame["dir"])]
         return frame
+
+    def metric_values(self, keys, experiment: str | None = None):
+        """The values of the metrics `keys` ('test/crps_15m', ...) of every trial (or one experiment's),
+        long format: experiment, trial, key, value."""
+        keys = [str(k) for k in keys]
+        if experiment is None:
+            return self._frame("select experiment, trial, key, value from metrics where list_contains(?::varchar[], key)",
+                               [keys])
+        return self._frame("select experiment, trial, key, value from metrics "
+                           "where experiment = ? and list_contains(?::varchar[], key)", [experiment, keys])
+
+    def metric_keys(self) -> list[str]:
+        """Every metric key some trial of the store has ('test/crps', 'val/picp80_15m', ...), sorted."""
+        return [r[0] for r in self._rows("select distinct key from metrics order by key")]
 
     def metrics_frame(self, experiment: str):
         """The experiment's metrics, long format: trial, key, value."""
@@ -429,3 +448,38 @@ class RunStore:
         for row in rows:
             row["params"] = json.loads(row.pop("params_json") or "{}")
         return rows
+
+    # ---------------------------------------------------------------------------- removal (`nqexp runs rm`)
+
+    def check_writable(self) -> None:
+        """DataError (one line) when the store's folder or file cannot be written: nothing could be removed."""
+        if not os.access(self.root, os.W_OK | os.X_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise DataError(f"the run store {self.root} is read-only; nothing removed")
+
+    def remove(self, experiment: str, trial: str | None = None) -> Path:
+        """Delete an experiment, or one of its trials, from the store: its rows in every table (trials,
+        metrics, gate flags, epochs; the experiment's own row when `trial` is None) in one transaction,
+        then its folder. Returns the folder (which may not have existed). Touches nothing outside
+        the store's folder: W&B runs online stay as they are."""
+        self.check_writable()
+        folder = self.experiment_dir(experiment) if trial is None else self.trial_dir(experiment, trial)
+        if not folder.resolve().is_relative_to(self.root.resolve()) or folder.resolve() == self.root.resolve():
+            raise DataError(f"{folder} is not inside the run store {self.root}; nothing removed")
+        where, params = ("experiment = ?", [experiment]) if trial is None else \
+            ("experiment = ? and trial = ?", [experiment, trial])
+        con = self.connect()
+        try:
+            con.execute("begin transaction")
+            for table in ("metrics", "gate_flags", "epochs", "trials"):
+                con.execute(f"delete from {table} where {where}", params)
+            if trial is None:
+                con.execute("delete from experiments where experiment = ?", [experiment])
+            con.execute("commit")
+        except Exception:
+            con.execute("rollback")
+            raise
+        finally:
+            con.close()
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        return folder
