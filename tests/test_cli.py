@@ -468,3 +468,13 @@ def test_what_the_machine_causes_is_one_line_and_anything_else_keeps_its_traceba
     for bug in (ValueError("x"), KeyError("k"), FileNotFoundError(errno.ENOENT, "No such file", "/x"),
                 duckdb.CatalogException("Table with name nope does not exist")):
         assert environment_error(bug) is None
+
+
+def test_a_sweep_without_a_search_space_is_refused_at_dry_run_too(tmp_path):
+    """`nqexp sweep quickstart --dry-run` printed 'sweep of 20 trials' with an empty table and exited 0,
+    while the real sweep refused: both now refuse with the same line."""
+    result = subprocess.run([sys.executable, "-m", "nqexp.cli", "sweep", "quickstart", "--dry-run"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().endswith("quickstart: search: is empty; `nqexp sweep` needs a search space")
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

@@ -89,6 +89,10 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
         return
     from nqexp.experiment import memory_plan
 
+    if kind == "sweep" and not spec.search:   # refused here too, so --dry-run never promises a sweep of nothing
+        from nqexp.errors import SpecError
+
+        raise SpecError(f"{spec_path}: search: is empty; `nqexp sweep` needs a search space")
     if dry_run:
         console.print(render.trials_table(spec) if kind == "run" else render.search_space_table(spec))
         rows = memory_plan.memory_plan(spec, kind, address)
