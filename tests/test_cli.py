@@ -478,3 +478,17 @@ def test_a_sweep_without_a_search_space_is_refused_at_dry_run_too(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().endswith("quickstart: search: is empty; `nqexp sweep` needs a search space")
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_demo_reports_the_database_size_and_counts_in_words(tmp_path):
+    """`data demo --days 30` said '(0.0 MB)' for a 5 MB file (the writes were still in the WAL) and
+    '1 contracts'."""
+    import re
+
+    result = subprocess.run([sys.executable, "-m", "nqexp.cli", "--db", str(tmp_path / "d.duckdb"), "data", "demo",
+                             "--days", "30"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    size = float(re.search(r"\(([\d.]+) MB\)", result.stdout).group(1))
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("d.duckdb*")) / 1e6
+    assert size > 1.0 and abs(size - on_disk) < 0.15
+    assert "1 contract," in result.stdout and "0 rolls" in result.stdout

@@ -50,10 +50,12 @@ def data_demo(ctx, days, seed, end):
         t0 = time.perf_counter()
         n = ingest.write_demo(con, data_)
         write_s = time.perf_counter() - t0
+    con.close()   # everything written is in the file now, so its size is the database's
     first, last = data_.bars["ts"].iloc[0], data_.bars["ts"].iloc[-1]
+    contracts, rolls = data_.bars["contract"].nunique(), len(data_.rolls)
     console.print(
         f"[green]Wrote {n:,} demo bars[/] for [bold]{demo.DEMO_SYMBOL}[/] ({first} to {last} UTC, "
-        f"{data_.bars['contract'].nunique()} contracts, {len(data_.rolls)} rolls) "
+        f"{contracts} contract{'s' * (contracts != 1)}, {rolls} roll{'s' * (rolls != 1)}) "
         f"in {data_.seconds:.1f}s + {write_s:.1f}s write -> {db_label(ctx)}"
     )
 

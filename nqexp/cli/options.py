@@ -27,7 +27,9 @@ def db_label(ctx) -> str:
     path = db.resolve_db_path(ctx.obj["db"])
     if path == ":memory:" or not os.path.exists(path):
         return path
-    return f"{path} ({os.path.getsize(path) / 1e6:.1f} MB)"
+    # With a connection still open, recent writes sit in the write-ahead log: count it too.
+    size = sum(os.path.getsize(p) for p in (path, path + ".wal") if os.path.exists(p))
+    return f"{path} ({size / 1e6:.1f} MB)"
 
 
 def store_root(store_dir):
