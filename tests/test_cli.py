@@ -492,3 +492,17 @@ def test_demo_reports_the_database_size_and_counts_in_words(tmp_path):
     on_disk = sum(p.stat().st_size for p in tmp_path.glob("d.duckdb*")) / 1e6
     assert size > 1.0 and abs(size - on_disk) < 0.15
     assert "1 contract," in result.stdout and "0 rolls" in result.stdout
+
+
+def test_sync_accepts_a_netrc_login_like_every_other_w_and_b_path(tmp_path):
+    """`wandb login` writes ~/.netrc; `nqexp sync` took only WANDB_API_KEY. Now a netrc login is enough."""
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef0123456789abcdef01234567\n")
+    netrc.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "DATABENTO_API_KEY")}
+    result = subprocess.run([sys.executable, "-m", "nqexp.cli", "sync", "--store", str(tmp_path / "runs")],
+                            capture_output=True, text=True, env={**env, "HOME": str(home)}, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "No offline W&B runs" in result.stdout

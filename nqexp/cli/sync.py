@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -13,20 +12,23 @@ from nqexp.cli.options import run_store, store_option
 @click.command()
 @store_option
 def sync(store_dir):
-    """Upload offline W&B runs from the run store (needs WANDB_API_KEY).
+    """Upload offline W&B runs from the run store (needs WANDB_API_KEY or a `wandb login`).
 
     \b
     Example:
       WANDB_API_KEY=... nqexp sync
+      wandb login && nqexp sync --store runs
     """
     import glob
     import subprocess
 
     from nqexp.cli import render
     from nqexp.errors import CredentialsError
+    from nqexp.experiment.track import wandb_login_found
 
-    if not os.environ.get("WANDB_API_KEY"):
-        raise CredentialsError("nqexp sync needs WANDB_API_KEY in the environment to upload offline runs")
+    if not wandb_login_found():   # the same rule as the W&B mode: the environment, or wandb login's netrc
+        raise CredentialsError("nqexp sync needs a W&B API key to upload offline runs: WANDB_API_KEY in the "
+                               "environment, or `wandb login` (~/.netrc)")
     store = run_store(store_dir)
     paths = sorted(glob.glob(str(store.root / "*" / "wandb" / "offline-run-*")))
     if not paths:
