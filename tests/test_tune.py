@@ -92,6 +92,8 @@ def test_quickstart_smoke_runs_every_trial_and_prints_the_ablation_table(smoke):
     # A smoke run has a few hundred train samples: the tree baseline says it was fitted otherwise.
     assert "**Baselines not fitted as specified:** lgbm: " in text and "fitted with min_data_in_leaf=" in text
     assert "Traceback" not in result.stderr
+    # Gated smoke trials are explained as expected at that size.
+    assert ("flagged by sanity gates" in out) == ("(expected at --smoke size:" in out)
 
 
 def test_run_store_holds_every_trial_with_metrics_gates_and_files(smoke):

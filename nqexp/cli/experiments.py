@@ -127,10 +127,10 @@ def _run_or_sweep(ctx, kind, spec_path, sets, smoke, dry_run, address, print_spe
         outcome = tune_mod.run_experiment(spec, kind=kind, spec_path=spec_path, db_path=ctx.obj["db"],
                                           address=address, on_event=progress, on_note=progress.note,
                                           resource_notes=resource_notes)
-    _print_outcome(console, spec, outcome)
+    _print_outcome(console, spec, outcome, smoke=smoke)
 
 
-def _print_outcome(console, spec, outcome):
+def _print_outcome(console, spec, outcome, smoke: bool = False):
     from nqexp.cli import render
     from nqexp.evaluation import report as report_mod
     from nqexp.experiment.track import RunStore
@@ -148,6 +148,9 @@ def _print_outcome(console, spec, outcome):
             gated = sorted(data.flags["trial"].unique())
             console.print(f"[yellow]{len(gated)} trial(s) flagged by sanity gates[/] "
                           f"(see the report): {', '.join(gated)}")
+            if smoke:   # a few optimizer steps cannot beat climatology: the gates are doing their job
+                console.print("(expected at --smoke size: the trials trained a few steps on a few hundred samples, "
+                              "so the gates flag them; a full run is judged by the same gates)")
         console.print(f"Report: {path}")
     console.print(f"Wall time {outcome.wall_seconds:.0f}s; {len(outcome.finished)} finished, "
                   f"{len(outcome.failed)} failed, {len(outcome.unfinished)} unfinished.")
