@@ -61,22 +61,34 @@ def _off_minute(ts: pd.Series) -> np.ndarray:
     return ~np.isnat(us) & (us.astype(np.int64) % 60_000_000 != 0)
 
 
-def bar_spacing_minutes(df: pd.DataFrame) -> int | None:
-    """The file's bar spacing: the most common whole-minute step between consecutive bars of a series
-    (gaps of a session break or more left out), or None with too few steps to tell."""
-    ts = df["ts"]
-    steps = df.assign(_t=ts).dropna(subset=["_t"]).sort_values(["symbol", "_t"]) \
-        .groupby("symbol")["_t"].diff().dropna().dt.total_seconds() / 60.0
-    steps = steps[(steps > 0) & (steps < 60) & (steps == np.floor(steps))]
-    if len(steps) < MIN_SPACING_STEPS:
+def _steps_seconds(df: pd.DataFrame) -> np.ndarray:
+    """(K,) seconds between consecutive bars of each series (the file's order does not matter; NaT left out)."""
+    ts = df["ts"].to_numpy(dtype="datetime64[ns]")
+    ok = ~np.isnat(ts)
+    codes = pd.factorize(df["symbol"])[0][ok]
+    t = ts[ok].astype(np.int64)
+    order = np.lexsort((t, codes))  # by series, then time
+    t, codes = t[order], codes[order]
+    same = codes[1:] == codes[:-1]
+    return np.diff(t)[same] / 1e9
+
+
+def bar_spacing_minutes(steps_s: np.ndarray) -> int | None:
+    """The file's bar spacing from its steps (`_steps_seconds`): the most common whole-minute step under an
+    hour (session breaks left out), or None with too few steps to tell."""
+    minutes = steps_s / 60.0
+    minutes = minutes[(minutes > 0) & (minutes < 60) & (minutes == np.floor(minutes))]
+    if len(minutes) < MIN_SPACING_STEPS:
         return None
-    return int(steps.mode().iloc[0])
+    values, counts = np.unique(minutes, return_counts=True)
+    return int(values[np.argmax(counts)])  # the smallest of equally common steps, as pandas' mode
 
 
 def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
     """Whole-file refusals that only the parsed rows can show: bars seconds apart, or coarser than a minute."""
     ts = df["ts"]
-    spacing_min = bar_spacing_minutes(df)
+    steps = _steps_seconds(df)  # one sort serves both checks
+    spacing_min = bar_spacing_minutes(steps)
     if spacing_min is not None and spacing_min > 1:
         # A 5-minute file would otherwise land as 1-minute bars with a gap flag on nearly every bar.
         raise DataError(
@@ -86,9 +98,7 @@ def refuse_unusable(df: pd.DataFrame, path: Path) -> None:
     sub = _off_minute(ts)
     if not sub.any():
         return
-    spacing = df.assign(_t=ts).dropna(subset=["_t"]).sort_values(["symbol", "_t"]) \
-        .groupby("symbol")["_t"].diff().dropna()
-    mostly_close = len(spacing) > 0 and (spacing.dt.total_seconds() < 60).mean() > 0.5
+    mostly_close = len(steps) > 0 and (steps < 60).mean() > 0.5
     if mostly_close or sub.mean() > 0.5:
         i = int(np.flatnonzero(sub)[0])
         raise DataError(
