@@ -42,10 +42,8 @@ def session_dates(ts) -> np.ndarray:
 
 
 def session_date(ts) -> dt.date:
-    """The Globex session date of one UTC timestamp (naive values are UTC)."""
-    stamp = pd.Timestamp(ts)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
-    return (stamp.tz_convert(ET).tz_localize(None) + SESSION_SHIFT).date()
+    """The Globex session date of one UTC timestamp (naive values are UTC): `session_dates`' rule."""
+    return pd.Timestamp(session_dates(pd.DatetimeIndex([pd.Timestamp(ts)]))[0]).date()
 
 
 def third_friday(year: int, month: int) -> dt.date:
