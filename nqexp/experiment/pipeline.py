@@ -52,6 +52,7 @@ class PreparedData:
     horizon_minutes: tuple[int, ...]
     names: list[str]
     notes: list[str] = field(default_factory=list)
+    baseline_notes: list[str] = field(default_factory=list)  # baselines not fitted as specified (also in notes)
     baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> name -> (n, H, Q), val/test
     close: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (n,) adjusted origin close (backtest P0)
     # Fitted on train, saved in each trial's bundle so `nqexp predict` can forecast new bars:
@@ -126,11 +127,13 @@ def prepare_data(trial_spec, db_path, notes: list[str] | None = None) -> Prepare
     horizon_minutes = tuple(int(h) * int(arrays.freq_minutes) for h in arrays.horizons)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
-    fitted = fit_baselines(arrays, datasets, scalers, trial_spec, fitted=state, notes=notes)
+    baseline_notes: list[str] = []
+    fitted = fit_baselines(arrays, datasets, scalers, trial_spec, fitted=state, notes=baseline_notes)
+    notes += baseline_notes
     names = ", ".join(trial_spec.eval.baselines)
     notes.append(f"Baselines {names}: fitted on train in {time.perf_counter() - t0:.1f}s.")
     return PreparedData(key=data_key(trial_spec), datasets=datasets, horizon_minutes=horizon_minutes,
-                        names=list(arrays.names), notes=notes,
+                        names=list(arrays.names), notes=notes, baseline_notes=baseline_notes,
                         baselines={s: fitted[s] for s in ("val", "test")}, scalers=scalers,
                         baseline_state=state,
                         close={s: np.asarray(arrays.close[datasets[s].idx], np.float64) for s in ("val", "test")})

@@ -68,7 +68,6 @@ CPU_WORKER_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "6871947673
 # the database, so API keys stay out of runtime_env (Ray shows runtime_env in its job table).
 PROPAGATED_ENV = ("WANDB_MODE", "WANDB_ENTITY", "WANDB_BASE_URL", "NQEXP_DB", "OMP_NUM_THREADS")
 GATE_PENALTY = 1e3
-BASELINE_NOTE_PREFIXES = ("lgbm:",)   # notes of evaluation/baselines.py fallbacks
 
 
 # ------------------------------------------------------------------------------------------
@@ -696,7 +695,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
             datasets[key] = prepared
             for text in prepared.notes:
                 note(text)
-            baseline_notes += [n for n in prepared.notes if n.startswith(BASELINE_NOTE_PREFIXES)]
+            baseline_notes += prepared.baseline_notes
             prepared.notes.clear()
             sizes = ", ".join(f"{k} {len(v):,}" for k, v in prepared.datasets.items())
             note(f"Data {rep.data.symbol} / {rep.features.set}: samples {sizes} "
