@@ -192,7 +192,7 @@ def test_score_trial_backtests_the_test_split_by_default(tmp_path):
     result = train(model_cfg, tiny_train(max_epochs=1), {"train": ds["train"], "val": ds["val"]}, NullTracker(),
                    tmp_path / "ckpt", seed=0, horizon_minutes=(15, 30))
     assert EvalConfig().backtest
-    flat, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "trial", EvalConfig())
+    flat, _, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "trial", EvalConfig())
     for label in ("15m", "30m"):
         for stat in ("sharpe", "max_dd", "profit_factor", "trades"):
             assert np.isfinite(flat[f"test/backtest_{stat}_{label}"]), (stat, label)
@@ -202,7 +202,7 @@ def test_score_trial_backtests_the_test_split_by_default(tmp_path):
     assert set(eq["horizon"]) == {"15m", "30m"}
     last = eq[eq["book"] == "signal"].groupby("horizon")["equity"].last()
     assert last["15m"] == pytest.approx(flat["test/backtest_net_pnl_15m"])
-    off, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "off", EvalConfig(backtest=False))
+    off, _, _, _ = score_trial(model_cfg, result.checkpoint, data, tmp_path / "off", EvalConfig(backtest=False))
     assert not any("backtest" in k for k in off) and not (tmp_path / "off" / "backtest_equity.parquet").exists()
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nqexp.errors import SpecError
+from nqexp.model.volatility import n_vol_inputs
 from nqexp.model.net import (
     Forecast,
     ModelConfig,
@@ -306,7 +307,8 @@ def test_nothing_after_the_last_valid_step_matters(cfg):
 def test_gradients_reach_every_parameter(cfg):
     model = seeded(cfg).train()
     x, mask, temporal, scale, y = make_batch(cfg)
-    model_loss(model(x, mask, temporal, scale, y), y, scale, cfg).backward()
+    vol = torch.randn(x.shape[0], n_vol_inputs(len(cfg.horizons)), generator=torch.Generator().manual_seed(1))
+    model_loss(model(x, mask, temporal, scale, y, vol=vol), y, scale, cfg).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not (p.grad != 0).any()]
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not missing, f"no gradient reaches {missing}"

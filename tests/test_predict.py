@@ -20,8 +20,10 @@ from tests.test_quality import TINY as QUALITY_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # The quality test's tiny demo trial, trained shorter: predict needs a bundle, not a good model.
+# Recalibrated, so predict is checked to apply the bundle's val-fitted recalibration as the trial's test did.
 TINY = [o for o in QUALITY_TINY if not o.startswith(("train.time_budget_s", "train.max_epochs", "train.max_eval"))] + [
-    "train.time_budget_s=6", "train.max_epochs=1", "train.max_eval_samples=512"]
+    "train.time_budget_s=6", "train.max_epochs=1", "train.max_eval_samples=512", "eval.recalibrate=conformal",
+    "eval.median_shrink=true"]
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,11 @@ def trial(tmp_path_factory):
     result = train(tspec.model, tspec.train, {"train": ds["train"], "val": ds["val"]}, NullTracker(),
                    tmp / "ckpt", seed=0, horizon_minutes=data.horizon_minutes, device="cpu")
     trial_dir = tmp / "runs" / "tiny" / "trials" / "full-s0"
-    flat, _, _ = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval)
-    write_bundle(trial_dir, tspec, result.checkpoint, data)
+    flat, _, _, recal = score_trial(tspec.model, result.checkpoint, data, trial_dir, tspec.eval)
+    assert not recal.identity
+    write_bundle(trial_dir, tspec, result.checkpoint, data, recalibration=recal)
     return {"spec": tspec, "db": db_path, "data": data, "dir": trial_dir, "ckpt": result.checkpoint,
-            "metrics": flat, "tmp": tmp}
+            "metrics": flat, "tmp": tmp, "recal": recal}
 
 
 def run(trial, *args):
@@ -97,7 +100,8 @@ def test_at_a_test_bar_matches_the_trained_model(trial):
     rows = json.loads(res.stdout)
     assert rows[0]["ts"] == at + "Z"
     model, _ = load_checkpoint_model(trial["ckpt"])
-    want = predict(model, test, 512, "cpu", subset=np.array([k])).q[0]  # (H, Q)
+    raw = predict(model, test, 512, "cpu", subset=np.array([k])).q  # (1, H, Q)
+    want = trial["recal"].apply(raw, test.scale[k:k + 1])[0]  # (H, Q) as the trial's test was recalibrated
     np.testing.assert_allclose(_rows_to_cube(rows, "model"), want, rtol=1e-5, atol=1e-7)
     base = trial["data"].baselines["test"]
     for name in ("climatology", "volscaled", "mcgarch"):

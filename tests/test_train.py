@@ -31,6 +31,7 @@ from nqexp.model.train import (  # noqa: E402
     lr_factor,
     train,
 )
+from nqexp.model.volatility import n_vol_inputs  # noqa: E402
 from nqexp.model.windows import WindowDataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +55,10 @@ def synthetic_dataset(n: int, seed: int, T: int = 16, V: int = 4, H: int = 2) ->
     y = (sigma * rng.standard_normal((n, H))).astype(np.float32) * 1e-3
     scale = np.full((n, H), 1e-3, np.float32) * np.array([1.0, 1.5], np.float32)[None, :H]
     ts = np.datetime64("2024-01-01T00:00", "us") + np.arange(n) * np.timedelta64(5, "m")
+    vol = rng.standard_normal((n, n_vol_inputs(H))).astype(np.float32)  # (n, K) uninformative here
     return WindowDataset(bars=bars, temporal=temporal, start=start, length=length, y=y, scale=scale,
-                         idx=start + T - 1, ts=ts, t_max=T, names=[f"v{i}" for i in range(V)], horizons=(3, 6)[:H])
+                         idx=start + T - 1, ts=ts, t_max=T, names=[f"v{i}" for i in range(V)], horizons=(3, 6)[:H],
+                         vol=vol)
 
 
 def tiny_model() -> ModelConfig:
@@ -138,9 +141,9 @@ def test_compile_auto_means_on_for_cuda_and_off_for_cpu():
 
 
 def _training_step(model, batch, step_model):
-    x, mask, temporal, y, scale = batch
+    x, mask, temporal, y, scale, vol = batch
     torch.manual_seed(0)
-    fc = step_model(x, mask, temporal, scale, y)
+    fc = step_model(x, mask, temporal, scale, y, vol=vol)
     loss = model_loss(fc, y, scale, model.cfg)
     loss.backward()
     return fc.q.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -265,3 +268,38 @@ def test_same_seed_and_budget_give_the_same_result_twice(tmp_path, data):
     runs = [train(tiny_model(), tiny_train(max_steps=6, max_epochs=50), data, NullTracker(), tmp_path / str(i),
                   seed=3, horizon_minutes=(15, 30)) for i in range(2)]
     assert runs[0].history == runs[1].history and runs[0].best_val_crps == runs[1].best_val_crps
+
+
+def _wrong_normaliser_dataset(n: int, seed: int, T: int = 16, V: int = 4) -> WindowDataset:
+    """Bars of pure noise; the true sigma moves with vol input 0 (a fast EWMA the slow normaliser misses),
+    and at the long horizon the normaliser is also half the true level: only the vol path can fix both."""
+    base = synthetic_dataset(n, seed, T=T, V=V)
+    rng = np.random.default_rng(100 + seed)
+    vol = rng.standard_normal((n, n_vol_inputs(2))).astype(np.float32)  # (n, K)
+    true_sigma = base.scale * np.exp(0.5 * vol[:, :1]) * np.array([1.0, 2.0], np.float32)  # (n, H)
+    y = (true_sigma * rng.standard_normal((n, 2))).astype(np.float32)
+    return dataclasses.replace(base, bars=rng.standard_normal(base.bars.shape).astype(np.float32), y=y, vol=vol)
+
+
+@pytest.mark.parametrize("vol_inputs", [True, False])
+def test_vol_inputs_let_the_model_correct_a_slow_and_biased_normaliser(tmp_path, vol_inputs):
+    data = {"train": _wrong_normaliser_dataset(2048, 0), "val": _wrong_normaliser_dataset(512, 1)}
+    cfg = dataclasses.replace(tiny_model(), vol_inputs=vol_inputs, recent_bars=0)
+    result = train(cfg, tiny_train(max_epochs=8, lr=1e-2, warmup_steps=5, batch_size=64, grad_accum=1),
+                   data, NullTracker(), tmp_path, seed=0, horizon_minutes=(15, 30))
+    model, _ = load_checkpoint_model(result.checkpoint)
+    scored = train_mod.predict(model, data["val"], 256, "cpu")
+    val = data["val"]
+    true_sigma = val.scale * np.exp(0.5 * val.vol[:, :1]) * np.array([1.0, 2.0], np.float32)  # (n, H)
+    width = scored.q[:, :, -2] - scored.q[:, :, 1]  # (n, H) the 0.1..0.9 interval
+    ratio = width / (2 * 1.2816 * true_sigma)  # 1 when the width matches the true normal's
+    from scipy.stats import spearmanr
+
+    rho = [spearmanr(width[:, h], true_sigma[:, h]).statistic for h in range(2)]
+    if vol_inputs:
+        # The width follows the true sigma and sits at its level at both horizons, the biased one too.
+        assert min(rho) > 0.9, rho
+        assert np.all(np.abs(np.median(ratio, axis=0) - 1) < 0.2), np.median(ratio, axis=0)
+    else:
+        # Without them the bars carry nothing: the width cannot follow sigma (the control of the claim).
+        assert max(rho) < 0.5, rho

@@ -209,7 +209,7 @@ def test_scalers_fit_on_train_only_test_changes_move_test_outputs_not_train(arra
     changed.X[t0:] = changed.X[t0:] * 3 + 7
     changed.close[t0:] = changed.close[t0:] * np.exp(np.cumsum(np.r_[0, 0.01 * np.ones(len(arrays.close) - t0 - 1)]))
     refit = fit_scalers(changed, splits["train"], WCFG)
-    for f in ("center", "spread", "tod_profile", "scale_floor"):
+    for f in ("center", "spread", "tod_profile", "scale_floor", "vol_center", "vol_spread"):
         assert np.array_equal(getattr(scalers, f), getattr(refit, f)), f
     assert scalers.var_per_bar == refit.var_per_bar
     train_a = dataset_arrays(arrays, splits["train"], scalers, WCFG).batch(np.arange(300))
@@ -285,7 +285,7 @@ def test_window_t_holds_exactly_the_bars_up_to_t(arrays, splits, scalers):
     later.X[t + 1:] = 1e6
     later.close[t + 1:] *= 1.5
     again = dataset_arrays(later, ds.idx[rows[10]:rows[10] + 1], scalers, WCFG).batch([0])
-    for k in ("x", "mask", "temporal", "scale"):
+    for k in ("x", "mask", "temporal", "scale", "vol"):
         assert np.array_equal(again[k][0], b[k][10]), (k, first_mismatch(again[k][0], b[k][10]))
 
 

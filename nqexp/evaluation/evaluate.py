@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ DEFAULT_TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 INTERVALS = {"picp50": (0.25, 0.75), "picp80": (0.1, 0.9), "picp90": (0.05, 0.95)}
 # Baseline metrics that also appear in the flat dict, as `{metric}_{baseline}_{label}`.
 BASELINE_FLAT_METRICS = ("crps", "picp50", "picp80", "picp90", "mpiw80", "calib_err")
+RAW_SOURCE = "model_raw"  # the model before recalibration, in tables next to the recalibrated "model"
 # Metrics whose horizon average is not meaningful (counts are summed instead; CI bounds dropped).
 _NOT_AVERAGED = ("n", "ic_lo", "ic_hi")
 PREDICTIONS_FORMAT_VERSION = 1
@@ -164,6 +165,7 @@ def evaluate_split_table(
     ts=None,
     baselines: Mapping[str, np.ndarray] | None = None,
     *,
+    raw: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -173,7 +175,9 @@ def evaluate_split_table(
     original scale; ts: (N,) UTC bar-close times of the forecast origins, in time order (used for
     the daily IC and the bootstrap blocks); baselines: name -> (N, H, Q) scored on the same
     samples. `horizon` is the label ("15m", "2h") or "all" for the mean over horizons.
-    Model rows also carry `crpss_<baseline>` = 1 − crps / crps_baseline per horizon.
+    Model rows also carry `crpss_<baseline>` = 1 − crps / crps_baseline per horizon. `raw` (N, H, Q):
+    the model's forecast before recalibration, scored as source "model_raw" (not a baseline: no skill
+    is computed against it).
     """
     taus = np.asarray(taus, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -182,7 +186,8 @@ def evaluate_split_table(
     n, n_h = y.shape
     if q.shape != (n, n_h, len(taus)):
         raise DataError(f"{split_name}: q has shape {q.shape}, expected (N, H, Q) = {(n, n_h, len(taus))}")
-    for name, bq in baselines.items():
+    others = {**baselines, **({RAW_SOURCE: np.asarray(raw, dtype=np.float64)} if raw is not None else {})}
+    for name, bq in others.items():
         if bq.shape != q.shape:
             raise DataError(f"{split_name}: baseline {name!r} has shape {bq.shape}, expected {q.shape}")
     if len(horizon_minutes) != n_h:
@@ -198,6 +203,7 @@ def evaluate_split_table(
         order = np.argsort(ts, kind="stable")
         ts, y, q = ts[order], y[order], q[order]
         baselines = {k: v[order] for k, v in baselines.items()}
+        others = {k: v[order] for k, v in others.items()}
 
     rows = []
     for h, minutes in enumerate(horizon_minutes):
@@ -205,7 +211,7 @@ def evaluate_split_table(
         has_y = np.isfinite(y[:, h])  # (N,)
         finite_q = np.isfinite(q[:, h, :]).all(axis=1)  # (N,)
         valid = has_y & finite_q
-        for bq in baselines.values():
+        for bq in others.values():
             valid &= np.isfinite(bq[:, h, :]).all(axis=1)
         n_y = int(has_y.sum())
         scores = {"model": _score_source(y[valid, h], q[valid, h, :], taus, ts[valid],
@@ -217,6 +223,9 @@ def evaluate_split_table(
                                          with_ic_ci=False, n_boot=n_boot, seed=seed)
             scores["model"][f"crpss_{name}"] = M.crps_skill(
                 scores["model"].get("crps", np.nan), scores[name].get("crps", np.nan))
+        if RAW_SOURCE in others:
+            scores[RAW_SOURCE] = _score_source(y[valid, h], others[RAW_SOURCE][valid, h, :], taus, ts[valid],
+                                               with_ic_ci=False, n_boot=n_boot, seed=seed)
         if baselines:
             # The claim is made against the strongest baseline on these very samples.
             best = np.nanmin([scores[name].get("crps", np.nan) for name in baselines] + [np.inf])
@@ -289,6 +298,10 @@ class EvalConfig:
     # Baselines fitted on train and scored on the model's samples (docs/metrics.md §7); climatology
     # is required: the worse-than-climatology gate reads it.
     baselines: tuple[str, ...] = ("climatology", "volscaled", "mcgarch", "lgbm")
+    # Recalibration fitted on each trial's val split and applied to test and predict (docs/metrics.md §13);
+    # the raw forecast stays in the tables as source "model_raw".
+    recalibrate: Literal["none", "conformal"] = "none"  # conformal: per-level conformal offsets in sigma-hat units
+    median_shrink: bool = False  # shrink the median towards 0 by a per-horizon share chosen on val
 
     def __post_init__(self):
         unknown = [b for b in self.baselines if b not in BASELINES]

@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 BACKTEST_METRICS = ("sharpe", "benchmark_sharpe", "excess_sharpe", "long_share", "sharpe_daily", "max_dd",
                     "profit_factor", "trades", "net_pnl", "hit_rate")
 SUMMARY_METRICS = ("crps", "crpss_best", "crpss_climatology", "crpss_volscaled", "crpss_mcgarch", "crpss_lgbm",
-                   "picp80", "calib_err", "mpiw80", "ic")
+                   "picp80", "calib_err", "mpiw80", "ic",
+                   # the forecast before recalibration (eval.recalibrate / median_shrink), when it differs
+                   "crps_model_raw", "picp80_model_raw", "calib_err_model_raw")
 
 
 @dataclass

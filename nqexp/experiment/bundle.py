@@ -8,7 +8,8 @@ everything a fresh process needs, without Ray, W&B or the training data (docs/ex
   * `state.json` + `state.npz`: what was fitted on train, as JSON values and numeric arrays (read with
     `np.load(allow_pickle=False)`): the `windows.Scalers` (feature standardization, sigma-hat with its
     MC-GARCH) and the baselines' state (climatology, vol-scaled and MC-GARCH quantile tables, the
-    LightGBM boosters as LightGBM text models when they are small). The classes write and read their
+    LightGBM boosters as LightGBM text models when they are small), and the recalibration fitted on
+    val (docs/metrics.md §13; null when the trial has none). The classes write and read their
     own state (`to_state` / `from_state`); a JSON leaf {"$npz": KEY} stands for the array KEY;
   * `bundle.json`: the facts (feature set and its SQL hash, symbol, bar size, horizons, quantile
     levels, head, variable names, window config, the resolved spec, the nqexp version) and the
@@ -42,7 +43,7 @@ import numpy as np
 import nqexp
 from nqexp import features
 from nqexp.errors import DataError, SpecError
-from nqexp.evaluation import baselines
+from nqexp.evaluation import baselines, recalibrate
 from nqexp.model.train import BEST_KEYS, load_checkpoint
 from nqexp.model.windows import Scalers, WindowConfig
 from nqexp.secrets import redact
@@ -73,6 +74,7 @@ class Bundle:
     window_cfg: Any                                # windows.WindowConfig the model was trained with
     model_cfg: Any                                 # net.ModelConfig
     model: Any                                     # the network with the bundle's weights, on CPU, eval mode
+    recalibration: Any = None                      # recalibrate.Recalibration fitted on val, or None
 
     @property
     def taus(self) -> tuple[float, ...]:
@@ -100,9 +102,10 @@ class Bundle:
 # Writing
 
 
-def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
-    """Write `<trial_dir>/bundle/` from the best checkpoint and the data's train-fitted state; the
-    previous bundle (of any version) is replaced whole."""
+def write_bundle(trial_dir: Path, trial_spec, checkpoint, data, recalibration=None) -> Path:
+    """Write `<trial_dir>/bundle/` from the best checkpoint, the data's train-fitted state and the
+    val-fitted `recalibration` (recalibrate.Recalibration; None: none); the previous bundle (of any
+    version) is replaced whole."""
     from safetensors.torch import save_file
 
     if data.scalers is None:
@@ -124,7 +127,8 @@ def write_bundle(trial_dir: Path, trial_spec, checkpoint, data) -> Path:
                                    "epoch": ckpt.get("epoch"), "val_crps": ckpt.get("val_crps")})
     arrays: dict[str, np.ndarray] = {}
     _write_json(tmp / STATE_JSON, {"scalers": _split_arrays(data.scalers.to_state(), "scalers", arrays),
-                                   "baselines": _split_arrays(state, "baselines", arrays)})
+                                   "baselines": _split_arrays(state, "baselines", arrays),
+                                   "recalibration": None if recalibration is None else recalibration.to_state()})
     with open(tmp / STATE_NPZ, "wb") as f:
         np.savez(f, **arrays)
     path = getattr(trial_spec.features, "path", None)
@@ -240,7 +244,8 @@ def load_bundle(trial_dir) -> Bundle:
 
     info = _read_json(path / MODEL_JSON)
     try:
-        model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["model"].items()})
+        model_cfg = ModelConfig(**{"vol_inputs": False,  # written before the vol inputs: a model without them
+                                **{k: tuple(v) if isinstance(v, list) else v for k, v in info["model"].items()}})
         window_cfg = WindowConfig(**info["windows"])
     except (KeyError, TypeError, AttributeError, SpecError) as exc:
         raise DataError(f"{path / MODEL_JSON}: not a model and window config ({type(exc).__name__}: {exc}); {FIX}") \
@@ -250,13 +255,15 @@ def load_bundle(trial_dir) -> Bundle:
     try:
         scalers = Scalers.from_state(state["scalers"])
         fitted = baselines.fitted_from_state(state["baselines"])
+        recal = state.get("recalibration")
+        recal = None if recal is None else recalibrate.Recalibration.from_state(recal)
     except DataError as exc:
         raise DataError(f"{path / STATE_JSON}: {exc}; {FIX}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise DataError(f"{path / STATE_JSON}: not a fitted state nqexp wrote ({type(exc).__name__}: {exc}); "
                         f"{FIX}") from None
     bundle = Bundle(path=path, meta=meta, scalers=scalers, baselines=fitted, window_cfg=window_cfg,
-                    model_cfg=model_cfg, model=_load_model(path / WEIGHTS, model_cfg))
+                    model_cfg=model_cfg, model=_load_model(path / WEIGHTS, model_cfg), recalibration=recal)
     check_facts(bundle)
     return bundle
 

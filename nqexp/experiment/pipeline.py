@@ -28,7 +28,8 @@ import nqexp
 from nqexp import features
 from nqexp.data import bars, db, demo, ingest
 from nqexp.errors import DataError, SpecError
-from nqexp.evaluation import backtest, baselines, evaluate
+from nqexp import metrics as M
+from nqexp.evaluation import backtest, baselines, evaluate, recalibrate
 from nqexp.evaluation import plots as figures
 from nqexp.model import windows
 from nqexp.model.train import load_checkpoint_model, predict
@@ -163,20 +164,23 @@ def fit_baselines(arrays, datasets, scalers, trial_spec, fitted: dict | None = N
 
 def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval_cfg, device: str = "cpu",
                 plots: bool = True):
-    """Best checkpoint -> val/test quantiles -> metrics vs baselines, gates, predictions, plots.
+    """Best checkpoint -> val/test quantiles -> recalibration -> metrics vs baselines, gates, predictions, plots.
 
     Returns (flat metrics {"val/crps_15m": ...}, gate flags, {plot name: path}; empty without
-    `plots`: the five figures cost more than the rest of the scoring, docs/experiments.md). With
-    eval.backtest (the default) the test split is also backtested (docs/metrics.md §10): its
-    `test/backtest_<stat>_<horizon>` keys join the metrics and the equity curves are saved as
-    backtest_equity.parquet in the trial dir.
+    `plots`: the five figures cost more than the rest of the scoring, docs/experiments.md; the
+    recalibration.Recalibration fitted on val, which the bundle keeps). With eval.recalibrate or
+    eval.median_shrink, test is recalibrated by the fit on all of val, val by the fit on its other
+    half (recalibrate.cross_fit, so its metrics stay out of sample), and the raw forecast is scored
+    next to it as source "model_raw" (docs/metrics.md §13). With eval.backtest (the default) the
+    test split is also backtested (docs/metrics.md §10): its `test/backtest_<stat>_<horizon>` keys
+    join the metrics and the equity curves are saved as backtest_equity.parquet in the trial dir.
     """
     import pandas as pd
 
     model, _ = load_checkpoint_model(checkpoint, device=device)
     taus = tuple(model_cfg.quantiles)
     ds = data.datasets
-    tables, splits = [], {}
+    raw = {}
     for split in ("val", "test"):
         scored = predict(model, ds[split], 512, device)
         q = scored.q  # (n, H, Q), or (n, H, 1) for a point head
@@ -184,8 +188,23 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
             # Point head: a point mass scored on the same levels. With symmetric taus this gives
             # exactly CRPS = |y - m|, and zero interval width, which the collapse gate flags.
             q = np.repeat(q, len(taus), axis=-1)  # (n, H, Q)
+        raw[split] = (scored, q)
+    method, shrink = eval_cfg.recalibrate, eval_cfg.median_shrink
+    recalibrating = (method != "none" or shrink) and model_cfg.head == "quantile"
+    val_scored, val_q = raw["val"]
+    recal = (recalibrate.fit(val_q, val_scored.y, ds["val"].scale, taus, method=method, median_shrink=shrink)
+             if recalibrating else recalibrate.Recalibration.none(val_q.shape[1], len(taus)))
+    tables, splits = [], {}
+    for split in ("val", "test"):
+        scored, q_raw = raw[split]
+        q = q_raw
+        if recalibrating:
+            q = (recalibrate.cross_fit(q_raw, scored.y, ds[split].scale, scored.ts, taus, method=method,
+                                       median_shrink=shrink) if split == "val"
+                 else recal.apply(q_raw, ds[split].scale)).astype(np.float32)
         base = data.baselines[split]  # fitted on train in prepare_data, on these samples
-        tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base))
+        tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base,
+                                                    raw=q_raw if recalibrating else None))
         splits[split] = evaluate.SplitPredictions(ts=scored.ts, y=scored.y, q=q, baselines=base)
     table = pd.concat(tables, ignore_index=True)
     # Gates look at val and test: a sweep picks on val, so a collapse there must disqualify too.
@@ -202,9 +221,11 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     for split in ("val", "test"):
         part = evaluate.flatten_metrics(table[table["split"] == split])
         flat.update({f"{split}/{k}": v for k, v in part.items()})
+    if recalibrating:
+        flat.update({f"recal/shrink_{M.horizon_label(m)}": float(a) for m, a in zip(data.horizon_minutes, recal.shrink)})
     if eval_cfg.backtest:
         flat.update(_backtest_test(test, data, taus, trial_dir))
-    return flat, flags, {k: str(v) for k, v in plot_paths.items()}
+    return flat, flags, {k: str(v) for k, v in plot_paths.items()}, recal
 
 
 def _backtest_test(test, data: PreparedData, taus, trial_dir: Path) -> dict[str, float]:

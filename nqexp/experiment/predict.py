@@ -180,7 +180,9 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
     # dataset_arrays wants finite targets; the forecast bars may have none yet (y is set after).
     shim = dataclasses.replace(arrays, targets=np.zeros_like(arrays.targets))
     ds = windows.dataset_arrays(shim, idx, s, bundle.window_cfg)
-    ds = dataclasses.replace(ds, y=arrays.targets[idx].astype(np.float32), scale=scale)
+    # sigma-hat and the vol inputs read the calendar ahead (the next h bars' slots), as in training.
+    vol = s.vol_inputs(cal, cidx, scale) if s.vol_center is not None else None  # (n, K)
+    ds = dataclasses.replace(ds, y=arrays.targets[idx].astype(np.float32), scale=scale, vol=vol)
     if model is None:
         model = bundle.model.to(device)
     t1 = time.perf_counter()
@@ -188,6 +190,8 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
     t2 = time.perf_counter()
     if q.shape[-1] == 1:                                    # a point head, scored as in score_trial
         q = np.repeat(q, len(bundle.taus), axis=-1)
+    elif bundle.recalibration is not None:                  # fitted on val, as the trial's test metrics were
+        q = bundle.recalibration.apply(q, scale).astype(np.float32)
     base: dict[str, np.ndarray] = {}
     st = bundle.baselines
     if "climatology" in st:

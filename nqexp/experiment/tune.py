@@ -116,15 +116,16 @@ def _trainable(config, *, datasets: Mapping[str, PreparedData], trial_specs: Map
                        tracker, fold_dir / "checkpoints", seed=fspec.seed, horizon_minutes=data.horizon_minutes,
                        device=device, on_epoch=on_epoch)
         draw = (plot_trials is None or name in plot_trials) and k == len(fold_specs) - 1
-        flat, fold_flags, paths = score_trial(fspec.model, result.checkpoint, data, fold_dir, fspec.eval, device,
-                                              plots=draw)
+        flat, fold_flags, paths, recal = score_trial(fspec.model, result.checkpoint, data, fold_dir, fspec.eval,
+                                                     device, plots=draw)
         results.append(result)
         flats.append(flat)
         flags += fold_flags
         plot_paths.update(paths)
     train_seconds = time.perf_counter() - t0
     last = results[-1]
-    write_bundle(trial_dir, fold_specs[-1], last.checkpoint, datasets[data_key(fold_specs[-1])])  # `nqexp predict`
+    write_bundle(trial_dir, fold_specs[-1], last.checkpoint, datasets[data_key(fold_specs[-1])],  # `nqexp predict`
+                 recalibration=recal)
     flat = {k: float(np.mean([f[k] for f in flats])) for k in flats[0] if all(k in f for f in flats)}
     best_val = float(np.mean([r.best_val_crps for r in results]))
     objective = best_val * (GATE_PENALTY if flags else 1.0)

@@ -48,6 +48,13 @@ Deliberate deviations from the design documents (docs/model.md §10):
   short-horizon structure (mean reversion over a few bars, a shock that just raised volatility)
   lives in exactly those bars. Its output layer starts near zero, so at initialization the model is
   about the same as without it.
+- `vol_inputs` (an addition, docs/model.md §12): RevIN removes every level from the window, so the
+  network cannot see that volatility is high or low relative to its normaliser sigma-hat. K causal
+  log-variance inputs (EWMA at 30 min .. 1 week, realised variance over 1 h, a session, a week, the
+  MC-GARCH components, sigma-hat's own level and the profile ahead; windows.py standardises them on
+  train) enter the context, and a linear map of them gives a per-horizon correction c of log
+  sigma-hat: z is multiplied by exp(c) > 0, so the order of the quantiles is kept. The map starts at
+  zero, so the first forecast is exactly the normaliser's.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from nqexp.errors import SpecError
+from nqexp.model.volatility import n_vol_inputs
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +111,7 @@ class ModelConfig:
     # the last k bars at full resolution (RevIN'd, all V), flattened into the context; 0 = off
     recent_bars: Annotated[int, Field(ge=0, le=1024)] = 12
     activation_checkpointing: bool = False  # training: recompute each temporal block in backward (docs/model.md §11)
+    vol_inputs: bool = True  # volatility inputs in the context and a learned per-horizon log sigma-hat correction (docs/model.md §12)
 
     def __post_init__(self):
         # YAML gives lists; keep the config hashable and comparable.
@@ -534,15 +543,41 @@ class RecentBars(nn.Module):
         return self.mlp(picked.reshape(B, self.k * V))  # (B, D)
 
 
+class VolCorrection(nn.Module):
+    """Vol inputs (B, K) -> a context increment (B, D) and a log sigma-hat correction c (B, H)."""
+
+    MAX_LOG = 3.0  # |c| <= 3: sigma-hat times e^-3..e^3, far beyond any real normaliser error
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.k = n_vol_inputs(len(cfg.horizons))
+        self.ctx = nn.Linear(self.k, cfg.d_model)
+        self.gain = nn.Linear(self.k, len(cfg.horizons))  # a bias and a gain per horizon
+
+    def init_special(self):
+        nn.init.normal_(self.ctx.weight, std=0.01 / math.sqrt(self.k))
+        nn.init.zeros_(self.gain.weight)  # c = 0 at first: the forecast starts at its normaliser
+        nn.init.zeros_(self.gain.bias)
+
+    def forward(self, vol: torch.Tensor | None, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if vol is None:  # a caller without vol inputs (a memory probe): the train mean, 0 after standardising
+            vol = torch.zeros(batch, self.k, device=device)
+        if vol.shape[-1] != self.k:
+            raise ValueError(f"the model takes {self.k} vol inputs per sample, the batch has {vol.shape[-1]}; "
+                             f"were its scalers fitted before the vol inputs existed?")
+        vol = vol.float()  # (B, K)
+        return self.ctx(vol), self.gain(vol).clamp(-self.MAX_LOG, self.MAX_LOG)  # (B, D), (B, H)
+
+
 # ----------------------------------------------------------------------------- models
 
 
 class _Forecaster(nn.Module):
     """Shared tail: context -> fp32 head -> Forecast, plus weight init.
 
-    Both models are called as model(x, mask, temporal, scale, y=None) -> Forecast(z, q) with
+    Both models are called as model(x, mask, temporal, scale, y=None, vol=None) -> Forecast(z, q) with
     x (B, T, V), mask (B, T) bool (True = real bar, left-aligned), temporal (B, T, 4),
-    scale (B, H) > 0 and y (B, H) original-scale targets, read only by autoregressive heads in
+    scale (B, H) > 0, vol (B, K) standardised vol inputs and y (B, H) original-scale targets, read only by autoregressive heads in
     training mode (teacher forcing); in eval mode they condition on their own predictions.
     """
 
@@ -560,13 +595,25 @@ class _Forecaster(nn.Module):
             if hasattr(m, "init_special"):
                 m.init_special()
 
-    def _forecast(self, ctx: torch.Tensor, scale: torch.Tensor, y: torch.Tensor | None) -> Forecast:
+    def _context_extras(self, x: torch.Tensor, mask: torch.Tensor, vol: torch.Tensor | None):
+        """The recent-bars and vol-input context increments (B, D) and the log sigma-hat correction (B, H) or None."""
+        extra = self.recent(x, mask) if self.recent is not None else 0.0  # (B, D)
+        log_corr = None
+        if self.vol is not None:
+            vol_ctx, log_corr = self.vol(vol, x.shape[0], x.device)  # (B, D), (B, H)
+            extra = extra + vol_ctx
+        return extra, log_corr
+
+    def _forecast(self, ctx: torch.Tensor, scale: torch.Tensor, y: torch.Tensor | None,
+                  log_corr: torch.Tensor | None = None) -> Forecast:
         # The head and de-normalization stay fp32 under autocast: bf16 has ~3 significant digits,
         # too few for quantile gaps of 1e-3 around a base.
         with torch.autocast(device_type=ctx.device.type, enabled=False):
             scale = scale.float().clamp_min(1e-12)  # (B, H), > 0 keeps z -> q strictly increasing
             y_norm = y.float() / scale if (y is not None and self.training) else None  # (B, H)
             z = self.head(self.ln_ctx(ctx.float()), y_norm)  # (B, H, Q)
+            if log_corr is not None:
+                z = z * torch.exp(log_corr.float()).unsqueeze(-1)  # (B, H, Q) a positive factor keeps the order
             return Forecast(z=z, q=scale.unsqueeze(-1) * z)
 
 
@@ -598,12 +645,14 @@ class MigtTvdt(_Forecaster):
         self.variable = nn.ModuleList(VariableBlock(cfg) for _ in range(n_var))
         self.proj = nn.Linear(N * D, D)
         self.recent = RecentBars(cfg) if cfg.recent_bars else None
+        self.vol = VolCorrection(cfg) if cfg.vol_inputs else None
         self.ln_ctx = nn.LayerNorm(D)
         self.head = HorizonHead(cfg)
         self._init_all()
 
-    def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None) -> Forecast:
-        recent = self.recent(x, mask) if self.recent is not None else 0.0  # (B, D)
+    def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None,
+                vol: Tensor | None = None) -> Forecast:
+        extra, log_corr = self._context_extras(x, mask, vol)  # (B, D), (B, H) or None
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -614,8 +663,8 @@ class MigtTvdt(_Forecaster):
         h = h.view(B, N, D)  # (B, N, D)
         for block in self.variable:
             h = block(h)  # (B, N, D)
-        ctx = F.gelu(self.proj(h.reshape(B, N * D))) + recent  # (B, D)
-        return self._forecast(ctx, scale, y)
+        ctx = F.gelu(self.proj(h.reshape(B, N * D))) + extra  # (B, D)
+        return self._forecast(ctx, scale, y, log_corr)
 
 
 class GrokSL(_Forecaster):
@@ -630,12 +679,14 @@ class GrokSL(_Forecaster):
         self.blocks = nn.ModuleList(GrokBlock(cfg, cross) for _ in range(cfg.n_temporal_layers))
         self.ln_f = nn.LayerNorm(D)
         self.recent = RecentBars(cfg) if cfg.recent_bars else None
+        self.vol = VolCorrection(cfg) if cfg.vol_inputs else None
         self.ln_ctx = nn.LayerNorm(D)
         self.head = HorizonHead(cfg)
         self._init_all()
 
-    def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None) -> Forecast:
-        recent = self.recent(x, mask) if self.recent is not None else 0.0  # (B, D)
+    def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None,
+                vol: Tensor | None = None) -> Forecast:
+        extra, log_corr = self._context_extras(x, mask, vol)  # (B, D), (B, H) or None
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -645,8 +696,8 @@ class GrokSL(_Forecaster):
         steps = torch.arange(T, device=mask.device)
         last = torch.where(mask, steps, 0).amax(dim=1)  # (B,)
         h = tok[torch.arange(B, device=mask.device), :, last]  # (B, N, D)
-        ctx = self.ln_f(h).mean(dim=1) + recent  # (B, D)
-        return self._forecast(ctx, scale, y)
+        ctx = self.ln_f(h).mean(dim=1) + extra  # (B, D)
+        return self._forecast(ctx, scale, y, log_corr)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -13,8 +13,12 @@ What it does (docs/model.md §6):
 - a budget of `max_steps` optimizer steps, the same for every variant and seed of a run, so variants
   are compared at equal training (docs/model.md §6); `time_budget_s` is only a guard, and a trial it
   stops is `truncated`;
-- evaluation of val CRPS (original return scale) after every epoch and at the last step, early
-  stopping on it, and the best `keep_checkpoints` checkpoints kept on disk;
+- evaluation of val CRPS (original return scale) after every epoch, every `eval_every` optimizer
+  steps and at the last step, early stopping on it (`patience` counts evaluations), and the best
+  `keep_checkpoints` checkpoints kept on disk; the best step, not only the best epoch end, is kept;
+- with `ema_decay` > 0, an exponential moving average of the weights (Polyak averaging) is what
+  is scored and checkpointed: it averages away the step-to-step noise of the last updates, which
+  is what a long-horizon median mostly fits (docs/model.md §6);
 - atomic checkpoints (write to a temporary file, then rename) holding model, optimizer, RNG
   states, epoch, step and early-stopping state, written at every epoch end and every
   `checkpoint_every` optimizer steps. A checkpoint holds only tensors and plain values (dicts,
@@ -29,6 +33,7 @@ SIGKILL and resumed ends with the same metrics as one that never stopped (tested
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -82,6 +87,8 @@ class TrainConfig:
     eval_batch_size: Annotated[int, Field(ge=1)] = 512          # samples per batch when scoring val/test
     max_eval_samples: Annotated[int | None, Field(ge=1)] = None  # val on an evenly spaced subset while training (None: all)
     compile: bool | Literal["auto"] = "auto"  # torch.compile the training step; auto: on CUDA only (docs/model.md §11)
+    eval_every: Annotated[int, Field(ge=0)] = 0                 # also score val every N optimizer steps (0: epoch ends only)
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0        # Polyak average of the weights, scored and kept (0: off)
 
     def __post_init__(self):
         checks = [
@@ -103,7 +110,7 @@ class TrainConfig:
 
 def batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, subset=None,
             pin_memory: bool = False):
-    """(x, mask, temporal, y, scale) torch batches of a windows.WindowDataset; order depends only on (seed, epoch)."""
+    """(x, mask, temporal, y, scale, vol) torch batches of a windows.WindowDataset; order depends only on (seed, epoch)."""
 
     if subset is not None:
         dataset = dataset.subset(subset)
@@ -112,7 +119,7 @@ def batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: in
                                        pin_memory=pin_memory, reuse_buffers=True)
     loader.set_epoch(epoch)
     for b in loader:
-        yield b["x"], b["mask"], b["temporal"], b["y"], b["scale"]
+        yield b["x"], b["mask"], b["temporal"], b["y"], b["scale"], b["vol"]
 
 
 class Tracker(Protocol):
@@ -128,7 +135,7 @@ class TrainResult:
     stopped: str                            # STOP_REASONS
     train_seconds: float                    # wall time inside the training loop (excl. final scoring)
     checkpoint: str                         # path of the best checkpoint
-    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics
+    history: list[dict[str, float]] = field(default_factory=list)  # metrics of every val scoring, with its step
     best_step: int = -1                     # optimizer step of the best checkpoint
 
     @property
@@ -262,9 +269,10 @@ def predict(model, data, batch_size: int, device, subset: np.ndarray | None = No
     out = []
     with torch.no_grad():
         cuda = torch.device(device).type == "cuda"
-        for x, mask, temporal, _y, scale in batches(data, batch_size, shuffle=False, subset=subset, pin_memory=cuda):
-            x, mask, temporal, scale = (t.to(device, non_blocking=cuda) for t in (x, mask, temporal, scale))
-            fc = model(x, mask, temporal, scale)
+        for x, mask, temporal, _y, scale, vol in batches(data, batch_size, shuffle=False, subset=subset,
+                                                          pin_memory=cuda):
+            x, mask, temporal, scale, vol = (t.to(device, non_blocking=cuda) for t in (x, mask, temporal, scale, vol))
+            fc = model(x, mask, temporal, scale, vol=vol)
             out.append(fc.q.float().cpu().numpy())              # (b, H, Q)
     idx = np.arange(len(data)) if subset is None else subset
     return Scored(q=np.concatenate(out, axis=0), y=data.y[idx], ts=data.ts[idx])
@@ -352,6 +360,62 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                      "rng": _rng_state(), "model_cfg": asdict(model_cfg), "train_cfg": asdict(cfg)}, latest)
 
+    # EMA of the weights (ema_decay > 0): a shadow copy that is scored and checkpointed.
+    ema = [p.detach().clone() for p in model.parameters()] if cfg.ema_decay > 0 else None
+    if ema is not None and state.get("ema") is not None:
+        for e, saved in zip(ema, state["ema"]):
+            e.copy_(saved)
+    eval_model = copy.deepcopy(model) if ema is not None else model
+
+    def update_ema():
+        # Warm start: the average's decay grows with the step, so early weights do not dominate it.
+        d = min(cfg.ema_decay, (1 + state["step"]) / (10 + state["step"]))
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - d)
+
+    def scored_model():
+        if ema is None:
+            return model
+        for target, e in zip(eval_model.parameters(), ema):
+            target.data.copy_(e)
+        for target, b in zip(eval_model.buffers(), model.buffers()):
+            target.data.copy_(b)
+        return eval_model
+
+    def evaluate(epoch: int, losses: list[float]) -> dict[str, float]:
+        """Score val, early-stopping bookkeeping and best-k checkpoints at the current step."""
+        scoring = scored_model()
+        scored = predict(scoring, val_data, cfg.eval_batch_size, device, subset=val_subset)
+        crps_h = crps_by_horizon(scored, taus)
+        val_crps = float(np.mean(crps_h))
+        metrics = {"epoch": epoch + 1, "train/loss_epoch": float(np.mean(losses)) if losses else float("nan"),
+                   "val/crps": val_crps, **{f"val/crps_{lab}": float(c) for lab, c in zip(labels, crps_h)}}
+        tracker.log(metrics, step=state["step"])
+        state["history"].append({**metrics, "step": state["step"]})
+        state["last_eval_step"] = state["step"]
+        if not np.isfinite(val_crps):
+            state["stopped"] = "nonfinite"
+        elif val_crps < state["best"] * (1 - cfg.min_improvement):
+            state["best"], state["best_epoch"], state["bad_epochs"] = val_crps, epoch + 1, 0
+            state["best_step"] = state["step"]
+            path = run_dir / f"best-epoch{epoch + 1:04d}-step{state['step']:07d}.pt"
+            atomic_save({"model": scoring.state_dict(), "model_cfg": asdict(model_cfg), "epoch": epoch + 1,
+                         "step": state["step"], "val_crps": val_crps}, path)
+            state["best_ckpts"] = sorted(state["best_ckpts"] + [(val_crps, str(path))])
+            for _, old in state["best_ckpts"][cfg.keep_checkpoints:]:
+                Path(old).unlink(missing_ok=True)
+            state["best_ckpts"] = state["best_ckpts"][: cfg.keep_checkpoints]
+        else:
+            state["bad_epochs"] += 1  # evaluations without an improvement (epochs when eval_every is 0)
+            if state["bad_epochs"] >= cfg.patience and state["stopped"] is None:
+                state["stopped"] = "early_stopping"
+        model.train()
+        return metrics
+
+    def save_state():
+        if ema is not None:
+            state["ema"] = [e.clone() for e in ema]
+        save_latest()
+
     t_start = time.perf_counter() - state["train_seconds"]
     while state["stopped"] is None and state["epoch"] < cfg.max_epochs:
         epoch = state["epoch"]
@@ -359,14 +423,15 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
         losses = []
         # Pinned host batches on CUDA: the host-to-device copy overlaps the previous step's kernels.
         stream = batches(train_data, cfg.batch_size, shuffle=True, seed=seed, epoch=epoch, pin_memory=cuda)
-        for micro, (x, mask, temporal, y, scale) in enumerate(stream):
+        for micro, (x, mask, temporal, y, scale, vol) in enumerate(stream):
             if micro >= micro_per_epoch:
                 break
             if micro < state["micro"]:          # resumed mid-epoch: these were already done
                 continue
-            x, mask, temporal, y, scale = (t.to(device, non_blocking=cuda) for t in (x, mask, temporal, y, scale))
+            x, mask, temporal, y, scale, vol = (t.to(device, non_blocking=cuda)
+                                                for t in (x, mask, temporal, y, scale, vol))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                fc = step_model(x, mask, temporal, scale, y)
+                fc = step_model(x, mask, temporal, scale, y, vol=vol)
             loss = model_loss(fc, y, scale, model_cfg)           # fp32 inside
             (loss / cfg.grad_accum).backward()
             losses.append(float(loss.detach()))
@@ -378,49 +443,38 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
+                if ema is not None:
+                    update_ema()
                 tracker.log({"train/loss": float(np.mean(losses[-cfg.grad_accum:])),
                              "train/lr": optimizer.param_groups[0]["lr"],
                              "train/grad_norm": float(grad_norm)}, step=state["step"])
-                if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-                    state["train_seconds"] = time.perf_counter() - t_start
-                    save_latest()
                 if cfg.max_steps and state["step"] >= cfg.max_steps:   # the budget: scored right below
                     state["stopped"] = "max_steps"
                     break
+                if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                    evaluate(epoch, losses)
+                    state["train_seconds"] = time.perf_counter() - t_start
+                    save_state()
+                    if state["stopped"] is not None:
+                        break
+                if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
+                    state["train_seconds"] = time.perf_counter() - t_start
+                    save_state()
             if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
                 state["stopped"] = TRUNCATED
                 break
 
-        # Epoch end: score val in the original scale, early stopping, best-k checkpoints.
-        scored = predict(model, val_data, cfg.eval_batch_size, device, subset=val_subset)
-        crps_h = crps_by_horizon(scored, taus)
-        val_crps = float(np.mean(crps_h))
-        metrics = {"epoch": epoch + 1, "train/loss_epoch": float(np.mean(losses)) if losses else float("nan"),
-                   "val/crps": val_crps, **{f"val/crps_{lab}": float(c) for lab, c in zip(labels, crps_h)}}
-        tracker.log(metrics, step=state["step"])
-        state["history"].append(metrics)
+        # Epoch end (or the budget's last step): score val, early stopping, best-k checkpoints.
+        if state.get("last_eval_step") != state["step"] or not state["history"]:
+            metrics = evaluate(epoch, losses)
+        else:  # scored at this very step by eval_every
+            metrics = {k: v for k, v in state["history"][-1].items() if k != "step"}
         state["epoch"] = epoch + 1
         state["micro"] = 0
-        if not np.isfinite(val_crps):
-            state["stopped"] = "nonfinite"
-        elif val_crps < state["best"] * (1 - cfg.min_improvement):
-            state["best"], state["best_epoch"], state["bad_epochs"] = val_crps, epoch + 1, 0
-            state["best_step"] = state["step"]
-            path = run_dir / f"best-epoch{epoch + 1:04d}.pt"
-            atomic_save({"model": model.state_dict(), "model_cfg": asdict(model_cfg), "epoch": epoch + 1,
-                         "val_crps": val_crps}, path)
-            state["best_ckpts"] = sorted(state["best_ckpts"] + [(val_crps, str(path))])
-            for _, old in state["best_ckpts"][cfg.keep_checkpoints:]:
-                Path(old).unlink(missing_ok=True)
-            state["best_ckpts"] = state["best_ckpts"][: cfg.keep_checkpoints]
-        else:
-            state["bad_epochs"] += 1
-            if state["bad_epochs"] >= cfg.patience and state["stopped"] is None:
-                state["stopped"] = "early_stopping"
         if state["stopped"] is None and state["epoch"] >= cfg.max_epochs:
             state["stopped"] = "max_epochs"
         state["train_seconds"] = time.perf_counter() - t_start
-        save_latest()
+        save_state()
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
 
@@ -438,7 +492,8 @@ def load_checkpoint_model(path, device: str = "cpu"):
 
     ckpt = load_checkpoint(path, device, BEST_KEYS)
     try:
-        cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(ckpt["model_cfg"]).items()})
+        cfg = ModelConfig(**{"vol_inputs": False,  # written before the vol inputs: a model without them
+                          **{k: tuple(v) if isinstance(v, list) else v for k, v in dict(ckpt["model_cfg"]).items()}})
         model = build_model(cfg).to(device)
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, ValueError, SpecError) as exc:

@@ -216,3 +216,69 @@ class MCGarch:
             disc = dinf[idx] - rho**k * tail
             out[:, j] = h[idx] * (qbar * plain + (q1[idx] - qbar) * disc)
         return np.sqrt(np.maximum(out, 1e-30))
+
+
+# ------------------------------------------------------------------------------------------
+# Volatility inputs of the learned sigma-hat correction (docs/model.md §12)
+
+# The network sees its windows through RevIN, which removes every level, so it cannot tell from its
+# bars that volatility is high or low relative to sigma-hat. These inputs say it directly, as logs
+# of per-bar deseasonalised variance at several speeds, so a linear map of them can correct log
+# sigma-hat (a slow daily component after a volatility shift, a wrong long-horizon profile).
+VOL_EWMA_MINUTES = (30.0, 120.0, 1380.0, 6900.0)  # EWMA half-lives: 30 min, 2 h, a session, a week (5 sessions)
+VOL_RV_MINUTES = (60, 1380, 6900)                 # realised variance over the last hour, session, week
+N_VOL_FIXED = len(VOL_EWMA_MINUTES) + len(VOL_RV_MINUTES) + 2  # + the MC-GARCH daily and intraday components
+
+
+def n_vol_inputs(n_horizons: int) -> int:
+    """K: vol inputs per sample, the fixed ones plus sigma-hat's level and the profile ahead per horizon."""
+    return N_VOL_FIXED + 2 * n_horizons
+
+
+def vol_inputs_raw(arrays, idx, scale, *, tod_profile, var_per_bar: float, garch=None) -> np.ndarray:
+    """(n, K) float64 causal log-variance inputs of the samples ending at idx; columns in this order:
+
+    * log EWMA of u = r^2 / tod[slot] (deseasonalised squared 1-bar returns) at VOL_EWMA_MINUTES;
+    * log mean of u over the last VOL_RV_MINUTES (realised variance; fewer bars at the series start);
+    * log of the MC-GARCH daily component h_d and intraday q_{t+1|t} (0 without an MC-GARCH);
+    * per horizon, log sigma-hat^2 / (h x train variance per bar): the normaliser's own level;
+    * per horizon, log of the mean profile over the next h bars' slots (calendar times, known at t).
+    Every variance is divided by the train mean per bar, so the columns are O(1) logs. Only bars <= t
+    enter the first three groups; the profile ahead reads calendar slots, as sigma-hat does.
+    """
+    from scipy.signal import lfilter
+
+    idx = np.asarray(idx, dtype=np.int64)
+    n_bars = np.shape(arrays.close)[0]
+    freq = int(arrays.freq_minutes)
+    horizons = [int(h) for h in arrays.horizons]
+    slot = np.asarray(arrays.minute_of_day_et).astype(np.int64) // freq  # (N,)
+    prof = np.asarray(tod_profile, dtype=np.float64)[slot]  # (N,)
+    r = log_returns(arrays.close)
+    m = max(float(var_per_bar), 1e-30)
+    u = r * r / prof
+    u = np.where(np.isfinite(u), np.minimum(u, 100.0 * m), m) / m  # (N,) in units of the train mean, capped
+    cols = []
+    for minutes in VOL_EWMA_MINUTES:
+        lam = 0.5 ** (1.0 / max(minutes / freq, 1.0))
+        v, _ = lfilter([1.0 - lam], [1.0, -lam], u, zi=[lam])  # starts at the train mean (1)
+        cols.append(v[idx])
+    cum = np.concatenate([[0.0], np.cumsum(u)])  # (N+1,)
+    for minutes in VOL_RV_MINUTES:
+        w = max(1, minutes // freq)
+        first = np.maximum(idx + 1 - w, 0)
+        cols.append((cum[idx + 1] - cum[first]) / (idx + 1 - first))
+    if garch is not None:
+        h_d, _, q1 = garch.filtered(arrays)
+        cols += [h_d[idx] / m, q1[idx]]
+    else:
+        cols += [np.ones(idx.size), np.ones(idx.size)]
+    scale = np.asarray(scale, dtype=np.float64)  # (n, H)
+    pcum = np.concatenate([[0.0], np.cumsum(prof)])
+    for j, h in enumerate(horizons):
+        cols.append(scale[:, j] ** 2 / (h * m))
+    for h in horizons:
+        last = np.minimum(idx + h, n_bars - 1)
+        cols.append((pcum[last + 1] - pcum[idx + 1] + (idx + h - last)) / h)  # past the end: mean slot (1)
+    out = np.log(np.maximum(np.stack(cols, axis=1), 1e-12))  # (n, K)
+    return np.where(np.isfinite(out), out, 0.0)

@@ -74,7 +74,7 @@ from pydantic import Field
 
 from nqexp.calendar import ET, segment_ids
 from nqexp.errors import DataError, SpecError
-from nqexp.model.volatility import MCGarch, log_returns
+from nqexp.model.volatility import MCGarch, log_returns, vol_inputs_raw
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +370,8 @@ class Scalers:
     names: list[str] = field(default_factory=list)  # variable names, as in arrays.names
     fit_bars: tuple[int, int] = (0, 0)              # [first, last] bar index the fit read
     garch: Any = None                               # volatility.MCGarch when windows.sigma is "mcgarch"
+    vol_center: np.ndarray | None = None            # (K,) train mean of the vol inputs (volatility.vol_inputs_raw)
+    vol_spread: np.ndarray | None = None            # (K,) train std of the vol inputs (1 where constant)
 
     def to_state(self) -> dict:
         """Everything fitted, as JSON values and numpy arrays (no pickle; docs/experiments.md §13)."""
@@ -380,7 +382,9 @@ class Scalers:
                 "scale_floor": np.asarray(self.scale_floor, dtype=np.float64),
                 "horizons": [int(h) for h in self.horizons], "freq_minutes": int(self.freq_minutes),
                 "names": [str(n) for n in self.names], "fit_bars": [int(b) for b in self.fit_bars],
-                "garch": None if self.garch is None else self.garch.to_state()}
+                "garch": None if self.garch is None else self.garch.to_state(),
+                "vol_center": None if self.vol_center is None else np.asarray(self.vol_center, dtype=np.float64),
+                "vol_spread": None if self.vol_spread is None else np.asarray(self.vol_spread, dtype=np.float64)}
 
     @classmethod
     def from_state(cls, state) -> Scalers:
@@ -393,7 +397,10 @@ class Scalers:
                 horizons=tuple(int(h) for h in state["horizons"]), freq_minutes=int(state["freq_minutes"]),
                 names=[str(n) for n in state["names"]],
                 fit_bars=(int(state["fit_bars"][0]), int(state["fit_bars"][1])),
-                garch=None if state["garch"] is None else MCGarch.from_state(state["garch"]))
+                garch=None if state["garch"] is None else MCGarch.from_state(state["garch"]),
+                # Bundles written before the vol inputs have none: their models take no vol inputs.
+                vol_center=None if state.get("vol_center") is None else np.asarray(state["vol_center"], np.float64),
+                vol_spread=None if state.get("vol_spread") is None else np.asarray(state["vol_spread"], np.float64))
         V, H = len(s.names), len(s.horizons)
         slots = 1440 // s.freq_minutes if s.freq_minutes > 0 else -1
         problems = [f"{name} has shape {arr.shape}, expected ({n},)" for name, arr, n in [
@@ -403,6 +410,9 @@ class Scalers:
             problems.append(f"the MC-GARCH profile has shape {s.garch.profile.shape}, expected ({slots},)")
         if not problems and not ((s.spread > 0).all() and (s.scale_floor > 0).all() and (s.tod_profile > 0).all()):
             problems.append("spread, scale_floor and tod_profile must be > 0")
+        if s.vol_center is not None and (s.vol_spread is None or s.vol_center.shape != s.vol_spread.shape
+                                         or not (s.vol_spread > 0).all()):
+            problems.append("vol_center and vol_spread must be arrays of one shape, vol_spread > 0")
         if problems:
             raise DataError(f"scalers state: {'; '.join(problems)} (for {V} variables, {H} horizons, "
                             f"{s.freq_minutes}-minute bars)")
@@ -451,6 +461,17 @@ class Scalers:
         scale = self.garch.sigma(arrays, np.asarray(idx, dtype=np.int64))  # (n, H)
         scale = np.where(np.isfinite(scale), np.maximum(scale, self.scale_floor[None, :]), self.scale_floor[None, :])
         return scale.astype(np.float32)
+
+    def vol_inputs(self, arrays, idx, scale) -> np.ndarray:
+        """(n, K) float32 vol inputs of the samples ending at idx (`scale`: their sigma-hat, (n, H)),
+        standardised with the train mean and std and clipped to +-clip (docs/model.md §12)."""
+        self._check_arrays(arrays)
+        raw = vol_inputs_raw(arrays, idx, scale, tod_profile=self.tod_profile, var_per_bar=self.var_per_bar,
+                             garch=self.garch)  # (n, K)
+        if self.vol_center is None:
+            raise DataError("these scalers were fitted before the vol inputs existed; refit them")
+        z = (raw - self.vol_center) / self.vol_spread
+        return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
     def ewma_scale(self, arrays, idx) -> np.ndarray:
         """(n, H) float32 tod x EWMA sigma-hat (the vol-scaled baseline's scale); strictly > 0."""
@@ -531,11 +552,18 @@ def fit_scalers(arrays, train_idx, window_cfg: WindowConfig) -> Scalers:
     garch = None
     if window_cfg.sigma == "mcgarch":
         garch = MCGarch().fit(arrays, lo, hi)  # the same train bars, nothing later
-    return Scalers(center=center, spread=spread, clip=float(window_cfg.clip), tod_profile=prof,
-                   var_per_bar=var_per_bar, garch=garch,
-                   halflife_bars=float(window_cfg.vol_halflife_minutes) / int(arrays.freq_minutes),
-                   scale_floor=np.maximum(floor, 1e-12), horizons=horizons, freq_minutes=int(arrays.freq_minutes),
-                   names=list(arrays.names), fit_bars=(lo, hi))
+    scalers = Scalers(center=center, spread=spread, clip=float(window_cfg.clip), tod_profile=prof,
+                      var_per_bar=var_per_bar, garch=garch,
+                      halflife_bars=float(window_cfg.vol_halflife_minutes) / int(arrays.freq_minutes),
+                      scale_floor=np.maximum(floor, 1e-12), horizons=horizons, freq_minutes=int(arrays.freq_minutes),
+                      names=list(arrays.names), fit_bars=(lo, hi))
+    # Vol-input standardisation from the train samples (their inputs read only bars <= their end).
+    raw = vol_inputs_raw(arrays, train_idx, scalers.target_scale(arrays, train_idx), tod_profile=prof,
+                         var_per_bar=var_per_bar, garch=garch)  # (n, K)
+    std = raw.std(axis=0)
+    scalers.vol_center = raw.mean(axis=0)
+    scalers.vol_spread = np.where(std > 1e-9, std, 1.0)
+    return scalers
 
 
 def target_scale(arrays, idx, scalers: Scalers) -> np.ndarray:
@@ -586,6 +614,7 @@ class WindowDataset:
     t_max: int             # padded window length T
     names: list[str] = field(default_factory=list)       # variable names (V)
     horizons: tuple[int, ...] = ()                         # horizons in bars (H)
+    vol: np.ndarray | None = None                          # (n, K) float32 standardised vol inputs (None: K = 0)
 
     def __len__(self) -> int:
         return int(self.idx.shape[0])
@@ -595,7 +624,8 @@ class WindowDataset:
         return sum(getattr(self, f.name).nbytes for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray))
 
     def batch(self, rows) -> dict[str, np.ndarray]:
-        """Numpy batch for dataset rows: x (B,T,V), mask (B,T), temporal (B,T,4), y (B,H), scale (B,H), idx (B,)."""
+        """Numpy batch for dataset rows: x (B,T,V), mask (B,T), temporal (B,T,4), y (B,H), scale (B,H),
+        vol (B,K), idx (B,)."""
         rows = np.asarray(rows, dtype=np.int64)
         B, T, V = rows.shape[0], self.t_max, self.bars.shape[1]
         start, length = self.start[rows], self.length[rows]  # (B,), (B,)
@@ -619,6 +649,7 @@ class WindowDataset:
             "temporal": temporal,  # (B, T, 4)
             "y": self.y[rows],  # (B, H)
             "scale": self.scale[rows],  # (B, H)
+            "vol": self.vol[rows] if self.vol is not None else np.zeros((B, 0), np.float32),  # (B, K)
             "idx": self.idx[rows],  # (B,)
         }
 
@@ -634,7 +665,8 @@ class WindowDataset:
         """The same bars with only some samples (e.g. a quick val subset)."""
         rows = np.asarray(rows, dtype=np.int64)
         return replace(self, start=self.start[rows], length=self.length[rows], y=self.y[rows],
-                       scale=self.scale[rows], idx=self.idx[rows], ts=self.ts[rows])
+                       scale=self.scale[rows], idx=self.idx[rows], ts=self.ts[rows],
+                       vol=None if self.vol is None else self.vol[rows])
 
 
 def _block_view(table: np.ndarray, T: int) -> np.ndarray:
@@ -685,7 +717,8 @@ def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> W
                              start=np.zeros(0, np.int64), length=np.zeros(0, np.int64),
                              y=np.zeros((0, H), np.float32), scale=np.ones((0, H), np.float32),
                              idx=idx, ts=np.zeros(0, "datetime64[us]"), t_max=window_cfg.t_max,
-                             names=list(arrays.names), horizons=scalers.horizons)
+                             names=list(arrays.names), horizons=scalers.horizons,
+                             vol=None if scalers.vol_center is None else np.zeros((0, scalers.vol_center.size), np.float32))
     y = np.asarray(arrays.targets)[idx].astype(np.float32)  # (n, H)
     bad = ~np.isfinite(y).all(axis=1)
     if bad.any():
@@ -700,10 +733,11 @@ def dataset_arrays(arrays, idx, scalers: Scalers, window_cfg: WindowConfig) -> W
     scalers.transform_features(np.asarray(arrays.X)[lo:hi + 1], out=bars[:M])
     temporal = np.zeros((M + T, 4), dtype=np.float32)  # (M+T, 4)
     temporal[:M] = temporal_features(np.asarray(arrays.ts)[lo:hi + 1])
+    scale = scalers.target_scale(arrays, idx)  # (n, H)
+    vol = scalers.vol_inputs(arrays, idx, scale) if scalers.vol_center is not None else None  # (n, K)
     return WindowDataset(bars=bars, temporal=temporal, start=start - lo, length=idx - start + 1, y=y,
-                         scale=scalers.target_scale(arrays, idx), idx=idx,
-                         ts=np.asarray(arrays.ts)[idx].astype("datetime64[us]"), t_max=window_cfg.t_max,
-                         names=list(arrays.names), horizons=scalers.horizons)
+                         scale=scale, idx=idx, ts=np.asarray(arrays.ts)[idx].astype("datetime64[us]"),
+                         t_max=window_cfg.t_max, names=list(arrays.names), horizons=scalers.horizons, vol=vol)
 
 
 class WindowLoader:
@@ -801,8 +835,10 @@ class _BufferedBatches:
         R = bars.shape[0]
         self.bars = bars.as_strided((R - T + 1, T * V), (V, 1))  # row s: bars s..s+T-1, flattened
         self.temporal = temporal.as_strided((R - T + 1, T * 4), (4, 1))
+        self.vol = ds.vol if ds.vol is not None else np.zeros((len(ds), 0), np.float32)  # (n, K)
         shapes = {"x": ((B, T, V), ds.bars.dtype), "mask": ((B, T), np.bool_), "temporal": ((B, T, 4), ds.temporal.dtype),
-                  "y": ((B, H), ds.y.dtype), "scale": ((B, H), ds.scale.dtype), "idx": ((B,), ds.idx.dtype)}
+                  "y": ((B, H), ds.y.dtype), "scale": ((B, H), ds.scale.dtype),
+                  "vol": ((B, self.vol.shape[1]), self.vol.dtype), "idx": ((B,), ds.idx.dtype)}
         self.out = {k: torch.from_numpy(np.empty(shape, dtype)) for k, (shape, dtype) in shapes.items()}
 
     def __call__(self, rows: np.ndarray) -> dict:
@@ -825,4 +861,5 @@ class _BufferedBatches:
         # mode="clip" writes straight into `out` (mode="raise" buffers); rows are valid indices anyway.
         for name in ("y", "scale", "idx"):
             np.take(getattr(ds, name), rows, axis=0, out=host[name], mode="clip")
+        np.take(self.vol, rows, axis=0, out=host["vol"], mode="clip")
         return out
