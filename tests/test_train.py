@@ -303,3 +303,31 @@ def test_vol_inputs_let_the_model_correct_a_slow_and_biased_normaliser(tmp_path,
     else:
         # Without them the bars carry nothing: the width cannot follow sigma (the control of the claim).
         assert max(rho) < 0.5, rho
+
+
+def test_eval_every_scores_val_mid_epoch_and_can_keep_a_mid_epoch_step(tmp_path, data):
+    # 256 samples / 32 per micro-batch / 2 per step = 4 optimizer steps per epoch; score every 2.
+    result = train(tiny_model(), tiny_train(max_epochs=3, eval_every=2), data, NullTracker(), tmp_path, seed=0,
+                   horizon_minutes=(15, 30))
+    steps = [h["step"] for h in result.history]
+    assert steps == [2, 4, 6, 8, 10, 12], steps  # the epoch ends (4, 8, 12) are scored once, not twice
+    assert result.best_step in steps
+    best = [h for h in result.history if h["step"] == result.best_step][0]
+    assert best["val/crps"] == result.best_val_crps
+
+
+def test_ema_weights_are_what_is_scored_and_checkpointed(tmp_path, data):
+    result = train(tiny_model(), tiny_train(max_epochs=2, ema_decay=0.9), data, NullTracker(), tmp_path / "ema",
+                   seed=0, horizon_minutes=(15, 30))
+    model, _ = load_checkpoint_model(result.checkpoint)
+    scored = train_mod.predict(model, data["val"], 256, "cpu")
+    assert float(np.mean(train_mod.crps_by_horizon(scored, model.cfg.quantiles))) == pytest.approx(
+        result.best_val_crps, rel=1e-6)
+    latest = torch.load(tmp_path / "ema" / "latest.pt", weights_only=True)
+    assert len(latest["state"]["ema"]) == len(list(model.parameters()))
+    raw = train(tiny_model(), tiny_train(max_epochs=2), data, NullTracker(), tmp_path / "raw", seed=0,
+                horizon_minutes=(15, 30))
+    assert raw.best_val_crps != result.best_val_crps  # the same steps, another (averaged) model scored
+    again = train(tiny_model(), tiny_train(max_epochs=2, ema_decay=0.9), data, NullTracker(), tmp_path / "again",
+                  seed=0, horizon_minutes=(15, 30))
+    assert again.best_val_crps == result.best_val_crps
