@@ -129,6 +129,23 @@ def score(q_model, data, oracle, oracle_ic, taus) -> tuple[list[dict], dict]:
     return rows, verdicts
 
 
+def forecasts(checkpoint, data, tspec, taus) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, recalibrated) test quantiles (n, H, Q) of a checkpoint; recalibrated as the spec's eval
+    section says (fitted on val, as a trial does; the same as raw when it says none)."""
+    from nqexp.evaluation import recalibrate
+    from nqexp.model.train import load_checkpoint_model, predict
+
+    model, _ = load_checkpoint_model(checkpoint)
+    val, test = data.datasets["val"], data.datasets["test"]
+    q_val = predict(model, val, 512, "cpu").q.astype(np.float64)
+    q_test = predict(model, test, 512, "cpu").q.astype(np.float64)
+    recal = recalibrate.fit(q_val, val.y, val.scale, taus, method=tspec.eval.recalibrate,
+                            median_shrink=tspec.eval.median_shrink)
+    log.info("%s: recalibration %s, median kept %s", checkpoint, tspec.eval.recalibrate,
+             np.round(recal.shrink, 2).tolist())
+    return q_test, recal.apply(q_test, test.scale)
+
+
 def markdown(rows, verdicts, with_model: bool = True) -> str:
     names = [k[:-len("_over_oracle")] for k in rows[0] if k.endswith("_over_oracle")]
     if not with_model:
@@ -171,6 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--db", default=None, help="DuckDB file (default: a fresh one in a temp dir)")
     ap.add_argument("--work-dir", default=None, help="checkpoints go here (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write every result to this file")
+    ap.add_argument("--checkpoints", nargs="+", default=None, metavar="CKPT",
+                    help="score these trained checkpoints (best-*.pt of trials on the spec's last fold, e.g. from "
+                         "`nqexp run experiments/quality_ablation.yaml`) instead of training; with two or more, "
+                         "also their seed ensemble (the mean of their recalibrated quantiles)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -180,7 +201,7 @@ def main(argv=None) -> int:
     from nqexp.experiment import spec as spec_mod
     from nqexp.experiment.pipeline import prepare_data
     from nqexp.experiment.track import NullTracker
-    from nqexp.model.train import load_checkpoint_model, predict, train
+    from nqexp.model.train import train
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_quality_")
     db_path = args.db or str(Path(tmp.name) / "demo.duckdb")
@@ -207,6 +228,27 @@ def main(argv=None) -> int:
         rows, verdicts = score(climatology, data, oracle, oracle_ic, taus)  # the "model" slot is a placeholder here
         print(markdown(rows, verdicts, with_model=False), flush=True)
         results.append({"rows": rows, "prep_seconds": prep_s, "oracle_seconds": oracle_s})
+    if args.checkpoints:
+        members = []
+        for path in args.checkpoints:
+            q_raw, q_cal = forecasts(path, data, tspec, taus)
+            members.append(q_cal)
+            for label, q in (("raw", q_raw), ("recalibrated", q_cal)):
+                rows, verdicts = score(q, data, oracle, oracle_ic, taus)
+                text = markdown(rows, verdicts)
+                print(f"\n## {path} ({label})\n\n{text}", flush=True)
+                results.append({"checkpoint": path, "forecast": label, "rows": rows, "verdicts": verdicts,
+                                "markdown": text})
+        if len(members) > 1:
+            rows, verdicts = score(np.mean(members, axis=0), data, oracle, oracle_ic, taus)
+            text = markdown(rows, verdicts)
+            print(f"\n## ensemble of {len(members)} (mean of the recalibrated quantiles)\n\n{text}", flush=True)
+            results.append({"checkpoint": "ensemble", "forecast": "recalibrated", "rows": rows,
+                            "verdicts": verdicts, "markdown": text})
+        if args.json:
+            Path(args.json).write_text(json.dumps({"spec": args.spec, "overrides": args.overrides,
+                                                   "results": results}, indent=1, default=str))
+        return 0 if all(r["verdicts"]["all"] for r in results) else 1
     for seed in ([] if args.no_train else args.seeds):
         sspec = spec_mod.load_spec(args.spec, overrides=list(args.overrides) + one_fold
                                    + [f"seeds=[{seed}]"]).trials()[0].spec
@@ -216,8 +258,7 @@ def main(argv=None) -> int:
                        device="cpu", resume=False,
                        on_epoch=lambda e, m: log.info("seed %d epoch %d: val crps %.6g", seed, e, m["val/crps"]))
         train_wall, train_cpu = time.perf_counter() - t1, time.process_time() - cpu0
-        model, _ = load_checkpoint_model(result.checkpoint)
-        q = predict(model, data.datasets["test"], 512, "cpu").q.astype(np.float64)  # (n, H, Q)
+        q_raw, q = forecasts(result.checkpoint, data, sspec, taus)  # (n, H, Q) each
         rows, verdicts = score(q, data, oracle, oracle_ic, taus)
         text = markdown(rows, verdicts)
         print(f"\n## seed {seed}: {result.epochs} epochs, {result.steps} steps, best epoch {result.best_epoch}, "
