@@ -124,6 +124,18 @@ def test_lr_schedule_warms_up_linearly_then_restarts():
     assert lr_factor(50, cfg, 20) == pytest.approx(0.5 * (1 + 1e-3), rel=1e-3)  # halfway through 40 steps
 
 
+def test_a_step_budget_ends_the_cosine_at_lr_min():
+    cfg = TrainConfig(lr=1e-3, lr_min=1e-6, warmup_steps=10, restart_epochs=30, max_steps=110)
+    # Without the budget the first period would last 30 epochs x 20 steps; the budget cuts it at step 110.
+    assert lr_factor(10, cfg, 20) == pytest.approx(1.0)
+    assert lr_factor(60, cfg, 20) == pytest.approx(0.5 * (1 + 1e-3), rel=1e-3)  # halfway through the 100 steps
+    assert lr_factor(109, cfg, 20) < 0.01
+    # A budget past the first period: the restart happens, and the budget ends the second period.
+    cfg = TrainConfig(lr=1e-3, lr_min=1e-6, warmup_steps=10, restart_epochs=1, restart_mult=2, max_steps=50)
+    assert lr_factor(30, cfg, 20) == pytest.approx(1.0)
+    assert lr_factor(49, cfg, 20) < 0.01
+
+
 # torch.compile on CPU generates C++ through inductor, so it needs a C++ compiler (found here: g++).
 needs_cxx = pytest.mark.skipif(not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")),
                                reason="torch.compile on CPU needs a C++ compiler (g++) for inductor; none on PATH")

@@ -8,7 +8,8 @@ What it does (docs/model.md §6):
   (`model.horizon_weighting`; MSE for the point head), computed in fp32 by `model.model_loss`.
   There is no crossing penalty: the quantile head cannot cross by construction;
 - AdamW, linear warmup, then cosine with warm restarts (`lr_factor`, a pure function of the
-  optimizer step, so resuming needs only the step);
+  optimizer step, so resuming needs only the step); with `max_steps` the period the budget falls in
+  ends at the budget, so the rate reaches lr_min at the last step;
 - gradient clipping, gradient accumulation, bf16 autocast on CUDA and fp32 on CPU;
 - a budget of `max_steps` optimizer steps, the same for every variant and seed of a run, so variants
   are compared at equal training (docs/model.md §6); `time_budget_s` is only a guard, and a trial it
@@ -155,9 +156,15 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
         return (step + 1) / cfg.warmup_steps
     t = step - cfg.warmup_steps
     period = max(1, cfg.restart_epochs * steps_per_epoch)
+    start = 0                               # first step (after warmup) of the current period
     while t >= period:                      # SGDR: T_i = T_0 * T_mult^i
         t -= period
+        start += period
         period *= max(1, cfg.restart_mult)
+    if cfg.max_steps:
+        # The budget ends the period it falls in: the rate anneals to lr_min at max_steps instead of
+        # stopping near its peak (on the demo, a 30-epoch period against a 7-epoch budget did).
+        period = min(period, max(1, cfg.max_steps - cfg.warmup_steps - start))
     floor = cfg.lr_min / cfg.lr
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / period))
 
