@@ -98,6 +98,13 @@ def score(q_model, data, oracle, oracle_ic, taus) -> tuple[list[dict], dict]:
             row[f"{name}_over_oracle"] = float(crps(y[rows_o, j], q[rows_o, j], taus).mean() / c_or)
             row[f"ic_{name}"] = spearman(q[rows_i, j, len(taus) // 2], y[rows_i, j])
             row[f"ic_{name}_test"] = spearman(q[:, j, len(taus) // 2], y[:, j])
+        # Issue 21 §1: the spread of the model's median against the oracle's conditional mean (on the IC
+        # origins, in sigma-hat units): an efficient median has sd <= the oracle's (sd = corr x oracle sd).
+        scale_i = test.scale[rows_i, j].astype(np.float64)
+        med = sources["model"][rows_i, j, len(taus) // 2] / scale_i
+        best = oracle_ic.mean[:, j] / scale_i
+        row["median_sd_model"], row["median_sd_oracle"] = float(np.std(med)), float(np.std(best))
+        row["median_corr_oracle"] = float(np.corrcoef(med, best)[0, 1]) if np.ptp(med) > 0 else float("nan")
         qm = sources["model"][:, j]
         cov = (y[:, j, None] <= qm).mean(axis=0)  # (Q,)
         row["calib_err"] = float(np.mean(np.abs(cov - np.asarray(taus))))
@@ -123,6 +130,10 @@ def score(q_model, data, oracle, oracle_ic, taus) -> tuple[list[dict], dict]:
         "ci_excludes_0_on_3": beat_all_sig >= GOAL_BEAT_ALL_SIGNIFICANT,
         "calib_err_le_0.02": all(r["calib_err"] <= GOAL_CALIB_ERR for r in rows),
         "picp80_in_0.78_0.82": all(GOAL_PICP80[0] <= r["picp80"] <= GOAL_PICP80[1] for r in rows),
+        "long_median_sd_le_oracle": all(r["median_sd_model"] <= r["median_sd_oracle"]
+                                        for r in rows if r["horizon"] in ("2h", "4h")),
+        "long_crps_le_best_baseline": all(r["model_over_oracle"] <= min(r[f"{b}_over_oracle"] for b in names)
+                                          for r in rows if r["horizon"] in ("2h", "4h")),
     }
     verdicts["beat_all_horizons"], verdicts["beat_all_significant"] = beat_all, beat_all_sig
     verdicts["all"] = all(v for v in verdicts.values() if isinstance(v, bool))
@@ -170,6 +181,11 @@ def markdown(rows, verdicts, with_model: bool = True) -> str:
                 f"{r[f'vs_{b}']['rel_pct']:+.2f}% ({r[f'vs_{b}']['verdict']})" for b in base) + " |\n"
         checks = ", ".join(f"{k}: {'PASS' if v else 'MISS'}" for k, v in verdicts.items()
                            if isinstance(v, bool) and k != "all")
+        out += ("\nThe model's median in sigma-hat units against the oracle's conditional mean (IC origins):\n\n"
+                "| horizon | sd model | sd oracle | corr |\n| --- | --- | --- | --- |\n")
+        for r in rows:
+            out += (f"| {r['horizon']} | {r['median_sd_model']:.3f} | {r['median_sd_oracle']:.3f} | "
+                    f"{r['median_corr_oracle']:+.2f} |\n")
         out += (f"\nGoals: {checks} (beats every baseline on {verdicts['beat_all_horizons']}/5 horizons, "
                 f"CI excluding 0 on {verdicts['beat_all_significant']})\n")
     return out
