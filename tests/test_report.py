@@ -238,6 +238,8 @@ def test_differences_pool_every_fold_and_say_where_the_sign_holds(fold_store):
     assert crps.loc["alt", "fold 0"] > crps.loc["ref", "fold 0"] and crps.loc["alt", "fold 1"] < crps.loc["ref", "fold 1"]
     text = report.build_report(fold_store, "f", n_boot=50).read_text()
     assert "## Test CRPS per rolling-origin fold" in text and "same_sign_folds" in text
+    summary = report.summary_table(data)
+    assert (summary["seeds"] == 2).all() and (summary["folds"] == 2).all()   # 4 trials: 2 seeds x 2 folds
 
 
 def test_one_fold_reports_have_no_fold_table(store):

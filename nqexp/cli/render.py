@@ -374,7 +374,7 @@ def sweep_table(experiment: str, rows: list[dict], top: int = 10) -> Table:
 
 
 # The terminal shows the columns a decision needs; the report and --json hold every metric.
-TERMINAL_METRICS = ("crps", "crpss_best", "best_baseline", "picp80", "calib_err", "ic", "seeds")
+TERMINAL_METRICS = ("crps", "crpss_best", "best_baseline", "picp80", "calib_err", "ic", "seeds", "folds")
 
 
 def _terminal_columns(frame, keys: tuple[str, ...]) -> list[str]:

@@ -94,10 +94,11 @@ def variant_order(data: ReportData) -> list[str]:
 
 
 def _summary_groups(data: ReportData, split: str):
-    """(variant, horizon label, best baseline, seeds, name -> finite values over the variant's trials) in
+    """(variant, horizon label, best baseline, {"seeds": n, "folds": n}, name -> finite values over the variant's trials) in
     variant order, 'all' first, where name is the metric without its horizon suffix; the one place both
     summary tables (numbers and text) read the store's metrics."""
-    m = data.metrics.merge(data.trials[["trial", "variant", "seed"]], on="trial")
+    trials = data.trials.assign(fold=[_fold_of(r) for r in data.trials.itertuples()])
+    m = data.metrics.merge(trials[["trial", "variant", "seed", "fold"]], on="trial")
     m = m[m["key"].str.startswith(f"{split}/")]
     m["name"] = m["key"].str[len(split) + 1:]
     for variant in variant_order(data):
@@ -109,7 +110,8 @@ def _summary_groups(data: ReportData, split: str):
             hit = suffix.fullmatch(name) if suffix else None
             metric, label = (hit.group(1), hit.group(2)) if hit else (name, "all")
             per_label[label].setdefault(metric, []).append(value)
-        seeds = int(mv.loc[mv["name"] == "crps", "trial"].nunique())
+        scored = mv[mv["name"] == "crps"]
+        seeds = {"seeds": int(scored["seed"].nunique()), "folds": int(scored["fold"].nunique())}
         for label, values in per_label.items():
             finite = {k: np.asarray(v, dtype=float) for k, v in values.items()}
             yield variant, label, _best_baseline(mv, label), seeds, {k: v[np.isfinite(v)] for k, v in finite.items()}
@@ -153,9 +155,11 @@ def summary_table(data: ReportData, split: str = "test") -> pd.DataFrame:
         for metric in SUMMARY_METRICS:
             row[metric] = _mean_std(values.get(metric, np.empty(0)))
         row["best_baseline"] = best
-        row["seeds"] = seeds
+        row.update(seeds)  # distinct seeds and folds (a fold of a seed is one trial)
         rows.append(row)
     out = pd.DataFrame(rows)
+    if "folds" in out and (out["folds"] <= 1).all():
+        out = out.drop(columns="folds")
     # Columns of baselines an experiment did not run (eval.baselines) are dropped, not shown as n/a.
     return out[[c for c in out.columns if not (out[c] == "n/a").all()]]
 
@@ -511,7 +515,10 @@ def _write_report(data: ReportData, path: Path, fmt: str, n_boot: int) -> Path:
         _md_table(budget),
         "## Test metrics per variant (mean ± std over seeds and folds)\n",
         "CRPS is in log-return units; `crpss_*` is the CRPS skill 1 − CRPS/CRPS_baseline against baselines "
-        "fitted on train only (positive = better than the baseline).\n",
+        "fitted on train only (positive = better than the baseline)."
+        + (" The model is recalibrated on val (`eval.recalibrate`, `eval.median_shrink`; docs/metrics.md §13); "
+           "the `*_model_raw` columns score its forecast before that, on the same samples."
+           if "crps_model_raw" in summary.columns else "") + "\n",
         _md_table(summary),
         *(["## Test CRPS per rolling-origin fold (mean over seeds)\n",
            "Each fold has its own train, purge, val and test; its scalers and baselines are fitted on its own "
