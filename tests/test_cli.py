@@ -506,3 +506,30 @@ def test_sync_accepts_a_netrc_login_like_every_other_w_and_b_path(tmp_path):
                             capture_output=True, text=True, env={**env, "HOME": str(home)}, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "No offline W&B runs" in result.stdout
+
+
+SERIES_COMMANDS = [("data", "bars"), ("data", "rolls"), ("features", "build"), ("features", "check")]
+
+
+def test_every_command_reading_one_series_defaults_to_the_only_series_by_one_rule(invoke, tmp_path):
+    """One default-symbol rule (options.pick_symbol): the database's only series; none or several is a
+    one-line error (several are listed), never a silent NQ.demo."""
+    commands = dict(all_commands(cli))
+    options = [next(p for p in commands[path].params if p.name == "symbol") for path in SERIES_COMMANDS]
+    assert {(o.default, o.help) for o in options} == {(None, options[0].help)}
+    assert options[0].help.endswith("Default: the only series in the database.")
+    for path in SERIES_COMMANDS:
+        empty = invoke(*path)
+        assert empty.exit_code == 1 and "no bars in the database" in empty.stderr, (path, empty.output)
+    (tmp_path / "nq.csv").write_text("ts,open,high,low,close,volume\n2024-03-04T14:30:00Z,1,2,0.5,1.5,3\n")
+    assert invoke("data", "import", "nq.csv").exit_code == 0
+    one = invoke("data", "rolls", "--json")
+    assert one.exit_code == 0 and json.loads(one.stdout)["symbol"] == "NQ", one.output
+    assert invoke("data", "demo", "--days", "5").exit_code == 0
+    for path in SERIES_COMMANDS:
+        several = invoke(*path)
+        assert several.exit_code == 1, (path, several.output)
+        assert "2 series (NQ, NQ.demo); say which with --symbol" in several.stderr, (path, several.stderr)
+        assert several.stderr.strip().count("\n") == 0, several.stderr
+    built = invoke("features", "build", "--symbol", "NQ.demo")
+    assert built.exit_code == 0 and "NQ.demo" in built.stdout, built.output

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from nqexp.cli.options import db_label, json_option, open_db
+from nqexp.cli.options import db_label, json_option, open_db, pick_symbol, symbol_option
 
 
 @click.group()
@@ -213,9 +213,7 @@ def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days
 
 
 @data.command("bars")
-@click.option("--symbol", default=None,
-              help="Continuous series in raw_bars (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES). "
-                   "Default: the only series in the database.")
+@symbol_option
 @click.option("--freq", "freqs", type=click.Choice(["1m", "5m"]), multiple=True,
               help="Bar sizes to build (default: both). 1m bars are always the base of 5m ones.")
 @click.option("--rolls", "rolls_file", type=click.Path(dir_okay=False), default=None,
@@ -244,7 +242,7 @@ def data_bars(ctx, symbol, freqs, rolls_file, no_roll_detect):
     console = render.console()
     freq_minutes = sorted({int(f[:-1]) for f in freqs}) if freqs else [1, 5]
     con = open_db(ctx)
-    symbol = symbol or bars.default_symbol(con)
+    symbol = pick_symbol(con, symbol)
     given = bars.read_rolls_file(rolls_file) if rolls_file else None
     with console.status(f"Building bars for {symbol}..."):
         report = bars.build_bars(con, symbol, freq_minutes, given_rolls=given, detect=not no_roll_detect)
@@ -257,7 +255,7 @@ def data_bars(ctx, symbol, freqs, rolls_file, no_roll_detect):
 
 
 @data.command("rolls")
-@click.option("--symbol", default=None, help="The series (default: the only series in the database).")
+@symbol_option
 @json_option
 @click.pass_context
 def data_rolls(ctx, symbol, as_json):
@@ -274,7 +272,7 @@ def data_rolls(ctx, symbol, as_json):
     from nqexp.data import bars
 
     con = open_db(ctx)
-    symbol = symbol or bars.default_symbol(con)
+    symbol = pick_symbol(con, symbol)
     built = bars.is_built(con, symbol)
     if built:
         rolls, warnings = bars.stored_rolls(con, symbol)
