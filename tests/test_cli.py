@@ -533,3 +533,43 @@ def test_every_command_reading_one_series_defaults_to_the_only_series_by_one_rul
         assert several.stderr.strip().count("\n") == 0, several.stderr
     built = invoke("features", "build", "--symbol", "NQ.demo")
     assert built.exit_code == 0 and "NQ.demo" in built.stdout, built.output
+
+
+def _readme_data_example() -> list[list[str]]:
+    """The README's first `## Data` code block, as argument lists (the leading `nqexp` dropped)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text().split("\n## Data\n", 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    commands = [c for c in commands if c]
+    assert all(c[0] == "nqexp" for c in commands), commands
+    return [c[1:] for c in commands]
+
+
+def test_the_readme_import_example_runs_on_a_file_the_user_has_and_imports_the_demo_unchanged(invoke, tmp_path):
+    """README's import example: export the demo to CSV, import it into a fresh database; every bar (and its
+    contract, so the rolls) arrives as it left."""
+    import duckdb
+
+    commands = _readme_data_example()
+    assert [c[:2] for c in commands][:2] == [["data", "demo"], ["data", "export"]], commands
+    assert any("import" in c for c in commands), commands
+    for args in commands:
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    cols = "ts, open, high, low, close, volume, instrument_id, contract"
+    with duckdb.connect(str(tmp_path / "t.duckdb"), read_only=True) as con:
+        demo = con.execute(f"select {cols} from raw_bars where symbol = 'NQ.demo' order by ts").fetchall()
+    with duckdb.connect(str(tmp_path / "mine.duckdb"), read_only=True) as con:
+        mine = con.execute(f"select {cols} from raw_bars where symbol = 'NQ' order by ts").fetchall()
+        assert con.execute("select count(*) from rejected_bars").fetchall() == [(0,)]
+    assert len(demo) > 20_000 and mine == demo
+    # Parquet and gzipped CSV read back the same; an existing file is kept unless --force.
+    for name in ("demo.parquet", "demo.csv.gz"):
+        assert invoke("data", "export", name).exit_code == 0
+        again = invoke("--db", f"{name}.duckdb", "data", "import", name, "--symbol", "NQ")
+        assert again.exit_code == 0 and "0 rejected" in again.stdout, again.output
+    kept = invoke("data", "export", "demo.csv")
+    assert kept.exit_code == 1 and "--force" in kept.stderr
+    assert invoke("data", "export", "demo.csv", "--force").exit_code == 0

@@ -85,7 +85,8 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns, replace):
 
     \b
     Example:
-      nqexp data import ../shared/data/firstrate-nq-2023/NQ_1min_sample.csv --tz America/New_York
+      nqexp data export demo.csv --symbol NQ.demo && nqexp --db mine.duckdb data import demo.csv --symbol NQ
+      nqexp data import NQ_1min.csv --tz America/New_York     # a vendor file with naive New York times
     """
     from nqexp.cli import render
     from nqexp.data import ingest
@@ -101,6 +102,32 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns, replace):
     if report.rejected:
         console.print(render.import_rejects_table(report.reasons))
         console.print("See them with: nqexp data rejects")
+
+
+@data.command("export")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@symbol_option
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.pass_context
+def data_export(ctx, path, symbol, force):
+    """Write one series' raw 1-minute bars to a CSV (.csv, .csv.gz) or Parquet file that `data import` reads back.
+
+    ts is the bar start in UTC with its offset (no --tz needed), then open, high, low, close,
+    volume, and instrument_id and contract when the series has them, so its rolls survive the
+    round trip.
+
+    \b
+    Example:
+      nqexp data export demo.csv --symbol NQ.demo
+      nqexp --db mine.duckdb data import demo.csv --symbol NQ
+    """
+    from nqexp.cli import render
+    from nqexp.data import ingest
+
+    con = open_db(ctx, read_only=True)
+    symbol = pick_symbol(con, symbol)
+    rows = ingest.export_bars(con, symbol, path, overwrite=force)
+    render.console().print(f"[green]Wrote {rows:,} bars[/] of [bold]{symbol}[/] to {path}")
 
 
 @data.command("rejects")
