@@ -573,3 +573,6 @@ def test_the_readme_import_example_runs_on_a_file_the_user_has_and_imports_the_d
     kept = invoke("data", "export", "demo.csv")
     assert kept.exit_code == 1 and "--force" in kept.stderr
     assert invoke("data", "export", "demo.csv", "--force").exit_code == 0
+    for bad, reason in (("demo.txt", ".csv, .csv.gz or .parquet"), ("no/such/folder/x.csv", "cannot write the export")):
+        refused = invoke("data", "export", bad)
+        assert refused.exit_code == 1 and reason in refused.stderr and refused.stderr.count("\n") == 1, refused.output

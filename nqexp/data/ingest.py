@@ -374,6 +374,9 @@ def export_bars(con, symbol: str, path, *, overwrite: bool = False) -> int:
         con.execute(f"copy (select {', '.join(cols)} from raw_bars where symbol = $symbol order by ts) "
                     f"to '{str(tmp).replace(chr(39), chr(39) * 2)}' ({options})", {"symbol": symbol})
         os.replace(tmp, path)
+    except (duckdb.IOException, OSError) as exc:   # a missing folder, no permission, a full disk
+        reason = str(exc).splitlines()[0].replace(str(tmp), str(path))
+        raise DataError(f"{path}: cannot write the export: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return int(rows)
