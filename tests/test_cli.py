@@ -506,3 +506,73 @@ def test_sync_accepts_a_netrc_login_like_every_other_w_and_b_path(tmp_path):
                             capture_output=True, text=True, env={**env, "HOME": str(home)}, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "No offline W&B runs" in result.stdout
+
+
+SERIES_COMMANDS = [("data", "bars"), ("data", "rolls"), ("features", "build"), ("features", "check")]
+
+
+def test_every_command_reading_one_series_defaults_to_the_only_series_by_one_rule(invoke, tmp_path):
+    """One default-symbol rule (options.pick_symbol): the database's only series; none or several is a
+    one-line error (several are listed), never a silent NQ.demo."""
+    commands = dict(all_commands(cli))
+    options = [next(p for p in commands[path].params if p.name == "symbol") for path in SERIES_COMMANDS]
+    assert {(o.default, o.help) for o in options} == {(None, options[0].help)}
+    assert options[0].help.endswith("Default: the only series in the database.")
+    for path in SERIES_COMMANDS:
+        empty = invoke(*path)
+        assert empty.exit_code == 1 and "no bars in the database" in empty.stderr, (path, empty.output)
+    (tmp_path / "nq.csv").write_text("ts,open,high,low,close,volume\n2024-03-04T14:30:00Z,1,2,0.5,1.5,3\n")
+    assert invoke("data", "import", "nq.csv").exit_code == 0
+    one = invoke("data", "rolls", "--json")
+    assert one.exit_code == 0 and json.loads(one.stdout)["symbol"] == "NQ", one.output
+    assert invoke("data", "demo", "--days", "5").exit_code == 0
+    for path in SERIES_COMMANDS:
+        several = invoke(*path)
+        assert several.exit_code == 1, (path, several.output)
+        assert "2 series (NQ, NQ.demo); say which with --symbol" in several.stderr, (path, several.stderr)
+        assert several.stderr.strip().count("\n") == 0, several.stderr
+    built = invoke("features", "build", "--symbol", "NQ.demo")
+    assert built.exit_code == 0 and "NQ.demo" in built.stdout, built.output
+
+
+def _readme_data_example() -> list[list[str]]:
+    """The README's first `## Data` code block, as argument lists (the leading `nqexp` dropped)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text().split("\n## Data\n", 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    commands = [c for c in commands if c]
+    assert all(c[0] == "nqexp" for c in commands), commands
+    return [c[1:] for c in commands]
+
+
+def test_the_readme_import_example_runs_on_a_file_the_user_has_and_imports_the_demo_unchanged(invoke, tmp_path):
+    """README's import example: export the demo to CSV, import it into a fresh database; every bar (and its
+    contract, so the rolls) arrives as it left."""
+    import duckdb
+
+    commands = _readme_data_example()
+    assert [c[:2] for c in commands][:2] == [["data", "demo"], ["data", "export"]], commands
+    assert any("import" in c for c in commands), commands
+    for args in commands:
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    cols = "ts, open, high, low, close, volume, instrument_id, contract"
+    with duckdb.connect(str(tmp_path / "t.duckdb"), read_only=True) as con:
+        demo = con.execute(f"select {cols} from raw_bars where symbol = 'NQ.demo' order by ts").fetchall()
+    with duckdb.connect(str(tmp_path / "mine.duckdb"), read_only=True) as con:
+        mine = con.execute(f"select {cols} from raw_bars where symbol = 'NQ' order by ts").fetchall()
+        assert con.execute("select count(*) from rejected_bars").fetchall() == [(0,)]
+    assert len(demo) > 20_000 and mine == demo
+    # Parquet and gzipped CSV read back the same; an existing file is kept unless --force.
+    for name in ("demo.parquet", "demo.csv.gz"):
+        assert invoke("data", "export", name).exit_code == 0
+        again = invoke("--db", f"{name}.duckdb", "data", "import", name, "--symbol", "NQ")
+        assert again.exit_code == 0 and "0 rejected" in again.stdout, again.output
+    kept = invoke("data", "export", "demo.csv")
+    assert kept.exit_code == 1 and "--force" in kept.stderr
+    assert invoke("data", "export", "demo.csv", "--force").exit_code == 0
+    for bad, reason in (("demo.txt", ".csv, .csv.gz or .parquet"), ("no/such/folder/x.csv", "cannot write the export")):
+        refused = invoke("data", "export", bad)
+        assert refused.exit_code == 1 and reason in refused.stderr and refused.stderr.count("\n") == 1, refused.output

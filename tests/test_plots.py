@@ -83,3 +83,25 @@ def test_importing_plots_does_not_import_matplotlib_or_touch_pyplot(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_learning_curves_draw_a_point_head_on_its_own_axes_not_on_the_quantile_variants(tmp_path):
+    """A point head's MSE loss and degenerate CRPS (~0.8) would flatten the quantile variants (~0.2) on one axis."""
+    epochs = np.arange(1, 4)
+    rows = [(variant, key, int(e), level + 0.01 * e)
+            for variant, level in (("full", 0.21), ("no_gate", 0.22), ("point_mse", 0.83))
+            for key in P.LEARNING_KEYS for e in epochs]
+    curves = pd.DataFrame(rows, columns=["variant", "key", "epoch", "value"])
+    heads = {"full": "quantile", "no_gate": "quantile", "point_mse": "point"}
+    fig, axes = P.learning_curve_axes(curves, heads)
+    assert set(axes) == {"quantile", "point"} and len(fig.axes) == 4
+    for quantile_ax, point_ax in zip(axes["quantile"], axes["point"]):
+        assert [line.get_label() for line in quantile_ax.get_lines()] == ["full", "no_gate"]
+        assert [line.get_label() for line in point_ax.get_lines()] == ["point_mse"]
+        assert quantile_ax.get_ylim()[1] < 0.5 < point_ax.get_ylim()[0]
+    colors = [line.get_color() for ax in (axes["quantile"][0], axes["point"][0]) for line in ax.get_lines()]
+    assert len(set(colors)) == 3
+    # Without a point head there is one row, as before.
+    fig, axes = P.learning_curve_axes(curves[curves["variant"] != "point_mse"], heads)
+    assert set(axes) == {"quantile"} and len(fig.axes) == 2
+    assert _png_size(P.learning_curves(tmp_path / "lc.png", curves, heads))[1] > 0

@@ -866,3 +866,97 @@ def test_a_value_just_outside_any_declared_range_is_one_line_naming_the_field(tm
     # The shipped defaults sit inside every range (a bound of 0 or 1 is allowed where declared so).
     assert S.load_spec(quickstart, ["train.warmup_steps=0", "train.beta1=0", "model.dropout=0",
                                     "eval.gates.min_picp80=1"]).train.warmup_steps == 0
+
+
+# Field descriptions: the comment on each field is its `nqexp spec schema` description and docs/experiments.md §16
+
+
+def _schema_descriptions(schema) -> dict[str, str | None]:
+    """Dotted key -> the schema's description of every field of every section (nested sections walked)."""
+    defs = schema["$defs"]
+    out = {}
+
+    def walk(node, path):
+        target = defs[node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+        for key, sub in target.get("properties", {}).items():
+            if "$ref" in sub:
+                walk(sub, path + (key,))
+            out[".".join(path + (key,))] = sub.get("description")
+
+    for section in [*S.SECTIONS, "sweep"]:
+        walk(schema["properties"][section], (section,))
+    return out
+
+
+def _doc_field_reference() -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text()
+    return text.split("<!-- nqexp spec fields: begin -->\n", 1)[1].split("<!-- nqexp spec fields: end -->", 1)[0]
+
+
+def test_a_field_description_is_its_trailing_comment_else_the_comment_lines_above():
+    @dataclass(frozen=True)
+    class Commented:
+        # not about `a`: a blank line follows
+
+        a: int = 1  # the trailing comment wins
+        # two lines above b,
+        # joined
+        b: Annotated[float, Field(gt=0)] = 2.0
+        c: str = "x"  # 'quoted # text' stays whole
+        d: tuple[int, ...] = (
+            1, 2)  # a trailing comment on the field's last line
+        e: int = 0
+        KIND: ClassVar[str] = "k"  # not a field
+
+    assert S.field_descriptions(Commented) == {"a": "the trailing comment wins", "b": "two lines above b, joined",
+                                               "c": "'quoted # text' stays whole",
+                                               "d": "a trailing comment on the field's last line", "e": ""}
+
+
+def test_every_spec_field_has_a_description_and_the_schema_carries_it():
+    _require_real_stage_modules()
+    described = _schema_descriptions(S.json_schema())
+    assert len(described) > 90 and described["model.patch_len"].startswith("bars per temporal token")
+    assert described["eval.gates"] == "gate thresholds" and "eval.gates.min_picp80" in described
+    assert not sorted(k for k, text in described.items() if not text), "fields without a comment in the code"
+    for prefix, cls, _ in S._section_classes():
+        for name, text in S.field_descriptions(cls).items():
+            assert described[f"{prefix}.{name}"] == text
+
+
+def test_docs_field_reference_says_what_the_schema_says_for_every_key():
+    """docs/experiments.md §16 holds `nqexp spec fields`; each key's meaning there is its schema description."""
+    _require_real_stage_modules()
+    described = _schema_descriptions(S.json_schema())
+    doc = {}
+    for line in _doc_field_reference().splitlines():
+        if line.startswith("| `"):
+            key, _default, meaning = [c.strip() for c in line.strip("|").split(" | ")]
+            doc[key.strip("`")] = meaning.replace("\\|", "|")
+    assert sorted(doc) == sorted(described), "keys missing from or unknown to docs/experiments.md §16"
+    differ = {k: (doc[k], described[k]) for k in doc if doc[k] != described[k]}
+    assert not differ, f"docs/experiments.md §16 disagrees with the code's field comments: {differ}"
+    assert _doc_field_reference() == S.field_reference(), \
+        "docs/experiments.md §16 is stale: paste the output of `nqexp spec fields` between its markers"
+
+
+def test_spec_fields_prints_the_reference():
+    from click.testing import CliRunner
+
+    from nqexp.cli import cli
+
+    _require_real_stage_modules()
+    result = CliRunner().invoke(cli, ["spec", "fields"])
+    assert result.exit_code == 0 and result.output == S.field_reference()
+
+
+def test_an_inherited_field_keeps_the_comment_of_the_class_that_declares_it():
+    @dataclass(frozen=True)
+    class Base:
+        a: int = 1  # declared in the base
+
+    @dataclass(frozen=True)
+    class Child(Base):
+        b: int = 2  # declared in the child
+
+    assert S.field_descriptions(Child) == {"a": "declared in the base", "b": "declared in the child"}

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from nqexp.cli.options import db_label, json_option, open_db
+from nqexp.cli.options import db_label, json_option, open_db, pick_symbol, symbol_option
 
 
 @click.group()
@@ -85,7 +85,8 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns, replace):
 
     \b
     Example:
-      nqexp data import ../shared/data/firstrate-nq-2023/NQ_1min_sample.csv --tz America/New_York
+      nqexp data export demo.csv --symbol NQ.demo && nqexp --db mine.duckdb data import demo.csv --symbol NQ
+      nqexp data import NQ_1min.csv --tz America/New_York     # a vendor file with naive New York times
     """
     from nqexp.cli import render
     from nqexp.data import ingest
@@ -101,6 +102,32 @@ def data_import(ctx, path, fmt, tz, ts_is, symbol, columns, replace):
     if report.rejected:
         console.print(render.import_rejects_table(report.reasons))
         console.print("See them with: nqexp data rejects")
+
+
+@data.command("export")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=str))
+@symbol_option
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.pass_context
+def data_export(ctx, path, symbol, force):
+    """Write one series' raw 1-minute bars to a CSV (.csv, .csv.gz) or Parquet file that `data import` reads back.
+
+    ts is the bar start in UTC with its offset (no --tz needed), then open, high, low, close,
+    volume, and instrument_id and contract when the series has them, so its rolls survive the
+    round trip.
+
+    \b
+    Example:
+      nqexp data export demo.csv --symbol NQ.demo
+      nqexp --db mine.duckdb data import demo.csv --symbol NQ
+    """
+    from nqexp.cli import render
+    from nqexp.data import ingest
+
+    con = open_db(ctx, read_only=True)
+    symbol = pick_symbol(con, symbol)
+    rows = ingest.export_bars(con, symbol, path, overwrite=force)
+    render.console().print(f"[green]Wrote {rows:,} bars[/] of [bold]{symbol}[/] to {path}")
 
 
 @data.command("rejects")
@@ -213,9 +240,7 @@ def data_download(ctx, start, end, dataset, symbol, schema, stype_in, chunk_days
 
 
 @data.command("bars")
-@click.option("--symbol", default=None,
-              help="Continuous series in raw_bars (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES). "
-                   "Default: the only series in the database.")
+@symbol_option
 @click.option("--freq", "freqs", type=click.Choice(["1m", "5m"]), multiple=True,
               help="Bar sizes to build (default: both). 1m bars are always the base of 5m ones.")
 @click.option("--rolls", "rolls_file", type=click.Path(dir_okay=False), default=None,
@@ -244,7 +269,7 @@ def data_bars(ctx, symbol, freqs, rolls_file, no_roll_detect):
     console = render.console()
     freq_minutes = sorted({int(f[:-1]) for f in freqs}) if freqs else [1, 5]
     con = open_db(ctx)
-    symbol = symbol or bars.default_symbol(con)
+    symbol = pick_symbol(con, symbol)
     given = bars.read_rolls_file(rolls_file) if rolls_file else None
     with console.status(f"Building bars for {symbol}..."):
         report = bars.build_bars(con, symbol, freq_minutes, given_rolls=given, detect=not no_roll_detect)
@@ -257,7 +282,7 @@ def data_bars(ctx, symbol, freqs, rolls_file, no_roll_detect):
 
 
 @data.command("rolls")
-@click.option("--symbol", default=None, help="The series (default: the only series in the database).")
+@symbol_option
 @json_option
 @click.pass_context
 def data_rolls(ctx, symbol, as_json):
@@ -274,7 +299,7 @@ def data_rolls(ctx, symbol, as_json):
     from nqexp.data import bars
 
     con = open_db(ctx)
-    symbol = symbol or bars.default_symbol(con)
+    symbol = pick_symbol(con, symbol)
     built = bars.is_built(con, symbol)
     if built:
         rolls, warnings = bars.stored_rolls(con, symbol)

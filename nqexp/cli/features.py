@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nqexp.cli.options import open_db
+from nqexp.cli.options import open_db, pick_symbol, symbol_option
 
 
 @click.group()
@@ -38,7 +38,7 @@ def features_list(set_path):
 @click.option("--set", "set_name", default="migt24", show_default=True, help="Feature set name.")
 @click.option("--path", "set_path", type=click.Path(file_okay=False), default=None,
               help="A folder of your own feature sets (YAML + SQL), checked like the shipped ones.")
-@click.option("--symbol", default="NQ.demo", show_default=True, help="Series whose bars to use.")
+@symbol_option
 @click.option("--force", is_flag=True, help="Rebuild even when the SQL and bars are unchanged.")
 @click.pass_context
 def features_build(ctx, set_name, set_path, symbol, force):
@@ -57,6 +57,7 @@ def features_build(ctx, set_name, set_path, symbol, force):
     console = render.console()
     fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
     con = open_db(ctx)
+    symbol = pick_symbol(con, symbol)
     with console.status(f"Building {set_name} on {symbol}..."):
         built = ensure_bars(con, symbol, [fs.freq_minutes])   # only the bars the set reads
         report = feat.build(con, fs, symbol, force=force)
@@ -69,7 +70,7 @@ def features_build(ctx, set_name, set_path, symbol, force):
 @click.option("--set", "set_name", default="migt24", show_default=True, help="Feature set name.")
 @click.option("--path", "set_path", type=click.Path(file_okay=False), default=None,
               help="A folder of your own feature sets (YAML + SQL), checked like the shipped ones.")
-@click.option("--symbol", default="NQ.demo", show_default=True, help="Series whose bars to use.")
+@symbol_option
 @click.option("--cuts", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Random truncation points for the leakage check.")
 @click.option("--raw-cuts", type=click.IntRange(0, 20), default=3, show_default=True,
@@ -99,6 +100,7 @@ def features_check(ctx, set_name, set_path, symbol, cuts, raw_cuts, seed):
     console = render.console()
     fs = feat.resolve_set(set_name, set_path)  # a bad name is refused before any bars are built
     con = open_db(ctx)
+    symbol = pick_symbol(con, symbol)
     with console.status(f"Checking {set_name} on {symbol}..."):
         ensure_bars(con, symbol, [fs.freq_minutes])
         report = feat.check(con, fs, symbol, n_cuts=cuts, seed=seed, raw_cuts=raw_cuts)

@@ -1,4 +1,5 @@
-"""Options shared by several commands (`--store`, `--json`) and where a command finds its database and run store."""
+"""Options shared by several commands (`--store`, `--json`, `--symbol`) and where a command finds its database,
+its series and its run store."""
 
 from __future__ import annotations
 
@@ -13,11 +14,24 @@ store_option = click.option("--store", "store_dir", default=None, type=click.Pat
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print machine-readable JSON instead of tables.")
 
+# Every command that reads one series of the database takes it the same way (`pick_symbol`).
+symbol_option = click.option("--symbol", default=None,
+                             help="Series in the database (NQ.demo, NQ.v.0, NQ) or a per-contract root (ES). "
+                                  "Default: the only series in the database.")
+
 
 def open_db(ctx, *, read_only: bool = False):
     from nqexp.data import db
 
     return db.connect(ctx.obj["db"], read_only=read_only)
+
+
+def pick_symbol(con, symbol: str | None) -> str:
+    """--symbol, else the database's only series (bars.default_symbol: a one-line error listing them when
+    there are none or several). The one default-symbol rule of data bars/rolls and features build/check."""
+    from nqexp.data import bars
+
+    return symbol or bars.default_symbol(con)
 
 
 def db_label(ctx) -> str:

@@ -1,4 +1,4 @@
-"""`nqexp spec schema` and `nqexp init`: the spec format for editors, and the shipped specs to edit."""
+"""`nqexp spec schema|fields` and `nqexp init`: the spec format for editors and readers, and the shipped specs to edit."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ import click
 
 @click.group("spec")
 def spec():
-    """Experiment specs: the JSON Schema editors use to complete and check YAML.
+    """Experiment specs: the JSON Schema editors use to complete and check YAML, and the field reference.
 
     \b
     Example:
       nqexp spec schema > nqexp.schema.json
+      nqexp spec fields
     """
 
 
 @spec.command("schema")
 def spec_schema():
-    """Print the JSON Schema of an experiment spec (every section, field, type and bound).
+    """Print the JSON Schema of an experiment spec (every section, field, type, bound and description).
 
     Point your editor's YAML language server at it, e.g. a first line
     `# yaml-language-server: $schema=nqexp.schema.json` in a spec.
@@ -33,6 +34,22 @@ def spec_schema():
     from nqexp.experiment import spec as spec_mod
 
     click.echo(json.dumps(spec_mod.json_schema(), indent=1))
+
+
+@spec.command("fields")
+def spec_fields():
+    """Print every section field with its default and meaning, as Markdown (docs/experiments.md §16).
+
+    The meanings are the comments on the fields in the code, the same text `nqexp spec schema`
+    gives editors.
+
+    \b
+    Example:
+      nqexp spec fields | grep model.patch_len
+    """
+    from nqexp.experiment import spec as spec_mod
+
+    click.echo(spec_mod.field_reference(), nl=False)
 
 
 @click.command("init")

@@ -1,7 +1,7 @@
 """Ingest: vendor files -> raw_bars, validated, with every rejected row kept and explained.
 
 Reading is readers.py, row checks are validate.py; this module writes, and owns raw_bars,
-rejected_bars and imports.
+rejected_bars and imports. `export_bars` writes a raw series back out as a file it imports unchanged.
 
 A file that cannot be read as bars at all (missing, not a regular file, empty, only a header,
 binary garbage, a truncated DBN, wrong columns, an extra field beyond the header, unparseable
@@ -337,6 +337,49 @@ def write_demo(con, data) -> int:
         for name in ("_demo_bars", "_demo_truth", "_demo_rolls"):
             con.unregister(name)
     return len(bars)
+
+
+# ------------------------------------------------------------------------------------------
+# Export: one raw series back out as a file `import_file` reads
+
+
+EXPORT_FORMATS = {".csv": "csv", ".gz": "csv", ".parquet": "parquet"}
+
+
+def export_bars(con, symbol: str, path, *, overwrite: bool = False) -> int:
+    """Write the raw bars of `symbol` to `path` (.csv, .csv.gz or .parquet, by its suffix); the row count.
+
+    The file is what `nqexp data import` reads back unchanged: ts is the bar start in UTC with its
+    offset (`2025-11-03T23:00:00Z`, so no --tz is needed), then open, high, low, close, volume, and
+    instrument_id and contract when the series has them (so its rolls survive the round trip). It is
+    written next to `path` and moved into place, so a failed export leaves no partial file.
+    """
+    path = Path(path)
+    fmt = EXPORT_FORMATS.get(path.suffix.lower())
+    if fmt is None or (path.suffix.lower() == ".gz" and not path.name.lower().endswith(".csv.gz")):
+        raise DataError(f"{path}: export writes .csv, .csv.gz or .parquet files")
+    if path.exists() and not overwrite:
+        raise DataError(f"{path} exists; choose another name or overwrite it with --force")
+    rows, ids, contracts = con.execute("select count(*), count(instrument_id), count(contract) from raw_bars "
+                                       "where symbol = ?", [symbol]).fetchall()[0]
+    if not rows:
+        raise DataError(f"no raw bars of {symbol!r} in the database")
+    ts = "timezone('UTC', ts) as ts" if fmt == "parquet" else "strftime(ts, '%Y-%m-%dT%H:%M:%SZ') as ts"
+    cols = [ts, "open", "high", "low", "close", "volume"] + ["instrument_id"] * bool(ids) + ["contract"] * bool(contracts)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    options = "format parquet" if fmt == "parquet" else \
+        f"format csv, header true{', compression gzip' if path.suffix.lower() == '.gz' else ''}"
+    try:
+        # COPY takes no parameter for its target: the path is quoted as an SQL literal.
+        con.execute(f"copy (select {', '.join(cols)} from raw_bars where symbol = $symbol order by ts) "
+                    f"to '{str(tmp).replace(chr(39), chr(39) * 2)}' ({options})", {"symbol": symbol})
+        os.replace(tmp, path)
+    except (duckdb.IOException, OSError) as exc:   # a missing folder, no permission, a full disk
+        reason = str(exc).splitlines()[0].replace(str(tmp), str(path))
+        raise DataError(f"{path}: cannot write the export: {reason}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int(rows)
 
 
 # ------------------------------------------------------------------------------------------

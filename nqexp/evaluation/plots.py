@@ -8,6 +8,7 @@ log-return). Samples whose target is NaN are left out per horizon, as in evaluat
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -215,6 +216,47 @@ def crps_by_horizon(path: str | os.PathLike, table: pd.DataFrame, split: str,
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+LEARNING_KEYS = {"train/loss_epoch": "train loss (epoch mean)", "val/crps": "val CRPS"}
+ROW_TITLES = {"quantile": "quantile heads", "point": "point head (MSE loss, CRPS of the mean)"}
+
+
+def learning_curves(path: str | os.PathLike, curves: pd.DataFrame, heads: Mapping[str, str] | None = None) -> Path:
+    """Train loss and val CRPS per epoch (LEARNING_KEYS), a line per variant; see `learning_curve_axes`."""
+    return _save(learning_curve_axes(curves, heads)[0], path)
+
+
+def learning_curve_axes(curves: pd.DataFrame, heads: Mapping[str, str] | None = None):
+    """(figure, {"quantile" | "point": its row of axes}) of the learning curves.
+
+    curves: variant, key, epoch, value (a variant's mean over its seeds), variants in drawing order.
+    heads: variant -> model.head. A point head's loss is an MSE and its CRPS a degenerate forecast's
+    (about 0.8 in sigma-hat units, where quantile heads sit near 0.2), so point-head variants get a
+    row of panels of their own: on one axis they flatten every quantile variant into one line.
+    A variant keeps its colour in both rows.
+    """
+    from matplotlib import rcParams
+    from matplotlib.ticker import MaxNLocator
+
+    heads = dict(heads or {})
+    order = list(dict.fromkeys(curves["variant"]))
+    colors = dict(zip(order, itertools.cycle(rcParams["axes.prop_cycle"].by_key()["color"])))
+    rows = {head: [v for v in order if (heads.get(v, "quantile") == "point") == (head == "point")]
+            for head in ("quantile", "point")}
+    rows = {head: variants for head, variants in rows.items() if variants}
+    fig, axes = _figure(len(rows), len(LEARNING_KEYS), figsize=(10.0, 3.8 * len(rows)))
+    for (head, variants), row in zip(rows.items(), axes):
+        for ax, (key, title) in zip(row, LEARNING_KEYS.items()):
+            for variant in variants:
+                series = curves[(curves["variant"] == variant) & (curves["key"] == key)].sort_values("epoch")
+                if len(series):
+                    ax.plot(series["epoch"], series["value"], marker="o", ms=3, color=colors[variant], label=variant)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{title}, {ROW_TITLES[head]}" if len(rows) > 1 else title, fontsize=10)
+        row[-1].legend(fontsize=8)
+    return fig, {head: list(row) for head, row in zip(rows, axes)}
 
 
 def plot_all(out_dir: str | os.PathLike, split: str, ts, y, q, taus, horizon_minutes: Sequence[int],

@@ -20,10 +20,14 @@ import datetime as dt
 import difflib
 import functools
 import importlib
+import inspect
+import io
 import itertools
 import os
 import re
 import stat
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -66,7 +70,7 @@ class DataConfig:
 class FeaturesConfig:
     """Which SQL feature set (sql/features/<set>.yaml) builds the inputs and fixes the horizons."""
 
-    set: str = "migt24"
+    set: str = "migt24"  # feature set: sql/features/SET.yaml, or in features.path; it fixes inputs and horizons
     path: str | None = None  # a folder of your own feature sets (YAML + SQL); None: the shipped ones
 
     def __post_init__(self):
@@ -79,9 +83,9 @@ class FeaturesConfig:
 class TrackConfig:
     """Where results go: the local run store (source of truth) and Weights & Biases."""
 
-    wandb_project: str = "nqexp"
-    wandb_entity: str | None = None  # None: the API key's default
-    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: track.wandb_mode decides
+    wandb_project: str = "nqexp"  # W&B project of every trial
+    wandb_entity: str | None = None  # W&B team or user; None: the API key's default
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with a W&B key or login, else offline; WANDB_MODE wins
     store: str = "runs"  # local run store, relative to the working directory (a shared FS on clusters)
     ray_storage: str | None = None  # Tune experiment state: None = inside the store; or s3://... / gs://...
     tags: tuple[str, ...] = ()  # W&B tags of every trial
@@ -95,9 +99,9 @@ class TrackConfig:
 class ResourcesConfig:
     """Ray Tune resources per trial and failure handling."""
 
-    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0  # fractions share one GPU
-    max_concurrent_trials: Annotated[int | None, Field(ge=1)] = None  # None: as many as resources allow
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0  # CPUs Ray reserves for each trial
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0.0  # GPUs per trial; fractions share one GPU
+    max_concurrent_trials: Annotated[int | None, Field(ge=1)] = None  # trials running at once; None: as many as resources allow
     max_failures: Annotated[int, Field(ge=-1)] = 1  # retries of a failed trial (-1: forever)
     # GiB of one GPU on the nodes trials run on (80 for an A100 80GB); None: the local GPU's when one is
     # visible, else the memory plan is not checked (docs/clusters.md §8).
@@ -112,7 +116,7 @@ class SweepConfig:
     max_epochs: Annotated[int | None, Field(ge=1)] = None  # ASHA max_t (None: train.max_epochs)
     grace_period: Annotated[int, Field(ge=1)] = 1  # epochs before ASHA may stop a trial
     reduction_factor: Annotated[int, Field(ge=2)] = 4  # ASHA halving rate
-    scheduler: Literal["asha", "median", "none"] = "asha"
+    scheduler: Literal["asha", "median", "none"] = "asha"  # early stopper: ASHA, median stopping, or none
     algorithm: Literal["tpe", "random"] = "tpe"  # tpe: Optuna TPE via ray.tune.search.optuna
     # The objective is fixed, not a key: val CRPS, minimized; gated (collapsed) trials never win.
     metric: ClassVar[str] = "val/crps"
@@ -389,8 +393,10 @@ def feature_facts(set_name: str, path: str | None = None) -> dict[str, Any]:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a spec file, for editors. Bases (no `name`) validate too; cross-field rules
-    are `load_spec`'s."""
+    are `load_spec`'s. Every section field carries its description: the comment on the field in its
+    dataclass (`field_descriptions`), the text docs/experiments.md §16 lists."""
     described = lambda text: Field(None, description=text)  # noqa: E731
+    registry = _registry(None)
     top: dict[str, Any] = {
         "name": (Annotated[str, Field(pattern=NAME_RE.pattern)], None),
         "description": (str, None),
@@ -400,9 +406,93 @@ def json_schema() -> dict[str, Any]:
         "search": (dict[str, dict[str, Any]], described("dotted.key -> {distribution: args}")),
         "sweep": (SweepConfig, None),
         "smoke": (dict[str, Any], described("dotted.key -> value, applied by --smoke")),
-        **{section: (cls, None) for section, cls in _registry(None).items()},
+        **{section: (cls, None) for section, cls in registry.items()},
     }
-    return create_model("ExperimentSpec", __config__=ConfigDict(extra="forbid"), **top).model_json_schema()
+    schema = create_model("ExperimentSpec", __config__=ConfigDict(extra="forbid"), **top).model_json_schema()
+    classes = {cls.__name__: cls for _, cls, _ in _section_classes(registry)}
+    for name, definition in schema.get("$defs", {}).items():
+        if name in classes:
+            for key, text in field_descriptions(classes[name]).items():
+                definition["properties"][key]["description"] = text
+    return schema
+
+
+def field_descriptions(cls: type) -> dict[str, str]:
+    """Init field -> its description: the comment that ends the field's line, else the comment lines right
+    above it (docs/contributing.md §3: one field per line with a short comment). Read from the class's source,
+    so the comment a reader sees in the code is the text of `nqexp spec schema` and docs/experiments.md §16."""
+    return dict(_field_comments(cls))
+
+
+@functools.cache
+def _field_comments(cls: type) -> tuple[tuple[str, str], ...]:
+    found: dict[str, str] = {}
+    for klass in cls.__mro__:      # a field inherited from a base dataclass is commented there
+        if dataclasses.is_dataclass(klass):
+            found = {**_comments_in_source(klass, set(_fields(cls))), **found}
+    return tuple((name, found.get(name, "")) for name in _fields(cls))
+
+
+def _comments_in_source(cls: type, names: set[str]) -> dict[str, str]:
+    """Field -> comment of the fields `names` assigned in `cls`'s own body ({} without source: no descriptions)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    found: dict[str, str] = {}
+    above: list[str] = []         # comment lines since the last statement or blank line
+    line: list[tokenize.TokenInfo] = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and not line:
+            above.append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.NL and not line:
+            above = above if tok.line.strip() else []
+        elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            # A field is `name: type [= default]` at the class body's indent (4 after dedent).
+            if len(line) > 1 and line[0].type == tokenize.NAME and line[1].string == ":" \
+                    and line[0].string in names and line[0].start[1] == 4:
+                trailing = [t.string.lstrip("#").strip() for t in line if t.type == tokenize.COMMENT]
+                found[line[0].string] = " ".join(trailing or above)
+            line, above = [], []
+        elif tok.type not in (tokenize.INDENT, tokenize.DEDENT):
+            line.append(tok)
+    return found
+
+
+def _section_classes(registry: Mapping[str, type] | None = None) -> list[tuple[str, type, Any]]:
+    """(dotted prefix, dataclass, its default instance) of every spec section and nested section, in YAML
+    order: data, ..., resources, sweep, and e.g. eval.gates after eval."""
+    out = []
+
+    def visit(prefix: str, cls: type, default):
+        out.append((prefix, cls, default))
+        for name, tp in _fields(cls).items():
+            inner = _dataclass_of(tp)
+            if inner is not None:
+                visit(f"{prefix}.{name}", inner, getattr(default, name))
+
+    for section, cls in {**(registry or _registry(None)), "sweep": SweepConfig}.items():
+        visit(section, cls, cls())
+    return out
+
+
+def field_reference() -> str:
+    """docs/experiments.md §16, the field reference: a Markdown table per section, each field with its
+    default and its description (`field_descriptions`). `nqexp spec fields` prints it."""
+    blocks = []
+    for prefix, cls, default in _section_classes():
+        rows = ["| key | default | meaning |", "|---|---|---|"]
+        for name, text in field_descriptions(cls).items():
+            if _dataclass_of(_fields(cls)[name]) is not None:
+                shown = f"see `{prefix}.{name}.*`"
+            else:
+                value = getattr(default, name)   # a date as YAML writes it, unquoted
+                shown = f"`{value.isoformat() if isinstance(value, dt.date) else _show(_plain(value))}`"
+            if prefix == "model" and name in DERIVED_MODEL_KEYS:
+                shown += " (from `features.set`)"
+            rows.append(f"| `{prefix}.{name}` | {shown} | {text.replace('|', chr(92) + '|')} |")
+        blocks.append(f"`{prefix}` ({cls.__name__})\n\n" + "\n".join(rows))
+    return "\n\n".join(blocks) + "\n"
 
 
 def flatten_dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
