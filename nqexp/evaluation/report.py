@@ -633,27 +633,20 @@ def equity_figure(data: ReportData, path: Path) -> Path | None:
 
 
 def learning_curve_figure(data: ReportData, path: Path) -> Path | None:
-    """Train loss and val CRPS per epoch, a line per variant (mean over its seeds); None without
-    epoch history in the store."""
-    from matplotlib.ticker import MaxNLocator
+    """Train loss and val CRPS per epoch, a line per variant (mean over its seeds), point-head variants
+    in a row of their own (plots.learning_curve_axes); None without epoch history in the store."""
+    import yaml
 
     e = data.epochs
-    keys = ("train/loss_epoch", "val/crps")
-    if e.empty or not e["key"].isin(keys).any():
+    if e.empty or not e["key"].isin(plots.LEARNING_KEYS).any():
         return None
-    e = e[e["key"].isin(keys)].merge(data.trials[["trial", "variant"]], on="trial")
-    mean = e.groupby(["variant", "key", "epoch"])["value"].mean()
-    fig, axes = plots._figure(1, 2, figsize=(10.0, 3.8))
-    for ax, key, title in zip(axes[0], keys, ("train loss (epoch mean)", "val CRPS")):
-        for variant in variant_order(data):
-            if (variant, key) in mean.index.droplevel("epoch"):
-                series = mean.loc[(variant, key)]
-                ax.plot(series.index, series.to_numpy(), marker="o", ms=3, label=variant)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title, fontsize=10)
-    axes[0, 1].legend(fontsize=8)
-    return plots._save(fig, path)
+    e = e[e["key"].isin(plots.LEARNING_KEYS)].merge(data.trials[["trial", "variant"]], on="trial")
+    mean = e.groupby(["variant", "key", "epoch"])["value"].mean().reset_index()
+    order = {v: i for i, v in enumerate(variant_order(data))}
+    mean = mean.sort_values("variant", key=lambda v: v.map(order), kind="stable")
+    heads = {variant: ((yaml.safe_load(spec) or {}).get("model") or {}).get("head", "quantile")
+             for variant, spec in zip(data.trials["variant"], data.trials["spec_yaml"])}
+    return plots.learning_curves(path, mean, heads)
 
 
 def _to_html(markdown_text: str, base: Path) -> str:
