@@ -300,7 +300,7 @@ class EvalConfig:
     baselines: tuple[str, ...] = ("climatology", "volscaled", "mcgarch", "lgbm")
     # Recalibration fitted on each trial's val split and applied to test and predict (docs/metrics.md §13);
     # the raw forecast stays in the tables as source "model_raw".
-    recalibrate: Literal["none", "conformal"] = "none"  # conformal: per-level conformal offsets in sigma-hat units
+    recalibrate: Literal["none", "conformal"] = "none"  # conformal: per-level offsets fitted on val, in sigma-hat units
     median_shrink: bool = False  # shrink the median towards 0 by a per-horizon share chosen on val
 
     def __post_init__(self):
