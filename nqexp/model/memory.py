@@ -39,6 +39,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nqexp.model.volatility import n_vol_inputs
+
 if TYPE_CHECKING:  # only for hints: this module is arithmetic and imports no torch
     from nqexp.model.net import ModelConfig
 
@@ -101,6 +103,8 @@ def parameter_count(cfg: ModelConfig) -> int:
         n += cfg.n_temporal_layers * per_block + layer_norm  # blocks, ln_f
     if cfg.recent_bars:
         n += _linear(cfg.recent_bars * V, D) + _linear(D, D)
+    if cfg.vol_inputs:
+        n += _linear(n_vol_inputs(H), D) + _linear(n_vol_inputs(H), H)  # VolCorrection: context, gain
     n += layer_norm  # ln_ctx
     if cfg.horizon_mode == "autoregressive":
         n += D + _linear(Q, D) + H * _linear(D, Q)
