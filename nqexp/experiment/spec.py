@@ -41,6 +41,7 @@ from nqexp.secrets import SECRET_ENV_HINT, is_secret_key, looks_like_secret, red
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SET_KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
 BASE_VARIANT = "base"
+ENSEMBLE_SUFFIX = "-ensemble"  # `<variant>-ensemble`: a run's seed ensemble (docs/experiments.md §16), never a variant's name
 SMOKE_SUFFIX = "-smoke"  # a smoke run is its own experiment: it never collides with the full run's store entry
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "choice": None}  # name -> arg count
 # Hostile input stays cheap: specs are small files, and YAML aliases must not expand without end.
@@ -839,6 +840,10 @@ def _build_variants(raw, registry, sections: dict | None, problems) -> FrozenDic
         where = ("variants", name)
         if not NAME_RE.match(name):
             problems.append((where, f"variant name {name!r} must match [a-z0-9][a-z0-9_-]*"))
+            continue
+        if name.endswith(ENSEMBLE_SUFFIX):
+            problems.append((where, f"variant name {name!r} ends with {ENSEMBLE_SUFFIX!r}, which names the seed "
+                                    "ensembles of a run (docs/experiments.md §16); give this variant another name"))
             continue
         before = len(problems)
         out[name] = _build_deltas(delta, registry, where, problems)
