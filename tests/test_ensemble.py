@@ -85,7 +85,7 @@ def test_an_ensemble_scores_the_mean_of_its_members_on_their_samples(tmp_path):
     q0, _ = _write_member(tmp_path / "a-s0", ts, sigma, y, 0.7, shift=0.3)
     q1, _ = _write_member(tmp_path / "a-s1", ts, sigma, y, 1.5, shift=-0.3)
     cfg = evaluate.EvalConfig(backtest=False)
-    flat, flags, _ = ensemble.score_ensemble([tmp_path / "a-s0", tmp_path / "a-s1"], tmp_path / "a-ensemble", cfg)
+    flat, _, _ = ensemble.score_ensemble([tmp_path / "a-s0", tmp_path / "a-s1"], tmp_path / "a-ensemble", cfg)
     saved = evaluate.load_predictions(tmp_path / "a-ensemble" / "predictions.parquet")
     mean = (q0 + q1) / 2
     for split in ("val", "test"):
@@ -215,7 +215,7 @@ def nqexp(*args, cwd, timeout=900):
            "PYTHONPATH": str(ROOT)}
     env.pop("WANDB_API_KEY", None)
     return subprocess.run([sys.executable, "-m", "nqexp.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +251,7 @@ def test_a_two_seed_run_records_its_ensemble_in_store_report_and_wandb(smoke):
     assert again.returncode == 0 and "nothing to run" in again.stdout and "Seed ensembles" not in again.stdout
 
 
+@pytest.mark.filterwarnings("ignore:trial ens-smoke/")     # smoke-sized trials are gated; that is not the point here
 def test_predict_on_the_ensemble_is_the_mean_of_its_members_predicts(smoke):
     import nqexp as api
 

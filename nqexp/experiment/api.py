@@ -28,6 +28,7 @@ from nqexp.errors import DataError
 from nqexp.evaluation import report
 from nqexp.experiment import predict as P
 from nqexp.experiment import query
+from nqexp.experiment.bundle import load_bundles
 from nqexp.experiment.track import RunStore
 from nqexp.metrics import horizon_label, quantile_label
 
@@ -311,7 +312,7 @@ class Trial:
     def bundles(self) -> list:
         """The bundles its forecasts come from: [its bundle], or a seed ensemble's members' bundles, whose
         quantiles a forecast averages (docs/experiments.md §16)."""
-        return P.load_bundles(self.dir)
+        return load_bundles(self.dir)
 
     def predictions(self) -> pd.DataFrame:
         """The trial's saved val/test predictions (predictions.parquet): one row per split, sample and
@@ -346,7 +347,8 @@ class Trial:
         device = _device(device)
         bundles = self.bundles                       # one, or a seed ensemble's members
         bundle = bundles[0]
-        fs = [P.check_feature_set(b) for b in bundles][0]
+        checked = [P.check_feature_set(b) for b in bundles]    # each member's, for an ensemble
+        fs = checked[0]
         symbol = symbol or bundle.meta["symbol"]
         if bars is None:
             if start is not None:

@@ -36,7 +36,7 @@ from nqexp import features
 from nqexp.data import bars, db, ingest, readers
 from nqexp.errors import DataError, NqexpWarning
 from nqexp.evaluation import baselines, evaluate
-from nqexp.experiment.bundle import Bundle, check_feature_set, load_bundle, load_bundles
+from nqexp.experiment.bundle import Bundle, check_feature_set, load_bundle
 from nqexp.metrics import horizon_label
 from nqexp.model import windows
 from nqexp.model.train import predict

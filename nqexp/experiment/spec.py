@@ -842,8 +842,8 @@ def _build_variants(raw, registry, sections: dict | None, problems) -> FrozenDic
             problems.append((where, f"variant name {name!r} must match [a-z0-9][a-z0-9_-]*"))
             continue
         if name.endswith(ENSEMBLE_SUFFIX):
-            problems.append((where, f"variant name {name!r} ends with {ENSEMBLE_SUFFIX!r}, which names the seed "
-                                    "ensembles of a run (docs/experiments.md §16); give this variant another name"))
+            problems.append((where, (f"variant name {name!r} ends with {ENSEMBLE_SUFFIX!r}, which names the seed "
+                                     "ensembles of a run (docs/experiments.md §16); give this variant another name")))
             continue
         before = len(problems)
         out[name] = _build_deltas(delta, registry, where, problems)

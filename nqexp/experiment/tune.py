@@ -807,7 +807,7 @@ def record_ensembles(store, experiment: str, spec, *, datasets: Mapping[str, Pre
                 run.log_images({f"plots/{k}": Path(v) for k, v in plots.items()}, step=0)
             _log_prediction_sample(run, out_dir / "predictions.parquet")
             run.finish()
-        except Exception:   # noqa: BLE001 - W&B bookkeeping never takes the run down (as in the callback)
+        except Exception:   # W&B bookkeeping never takes the run down (as in the callback)
             log.exception("W&B run of the seed ensemble %s failed", ens.name)
     return made
 
