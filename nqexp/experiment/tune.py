@@ -734,8 +734,11 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
             shutdown_ray()
 
     if kind == "run":
-        made = record_ensembles(store, experiment, spec, datasets=datasets, redo={t.trial_name for t in todo},
-                                note=note)
+        try:
+            made = record_ensembles(store, experiment, spec, datasets=datasets, redo={t.trial_name for t in todo},
+                                    note=note)
+        except KeyboardInterrupt:
+            made = []          # a second Ctrl-C: the outcome below is still recorded; a rerun builds them
         if made:
             note(f"Seed ensembles (the mean of each variant's seeds' quantiles): {', '.join(made)}.")
     status = store.trial_statuses(experiment)
