@@ -125,31 +125,36 @@ def test_a_variant_named_like_an_ensemble_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------ store and report
 
 
-@pytest.fixture
-def recorded(tmp_path):
-    """The run store as the driver leaves it: two variants x two seeds finished (`full` sharp, `wide`
-    too wide), then record_ensembles (no Ray, W&B disabled)."""
+def _record(tmp_path, folds: int = 1):
+    """The run store as the driver leaves it: two variants x two seeds (x folds) finished (`full` sharp,
+    `wide` too wide; each fold its own test samples), then record_ensembles (no Ray, W&B disabled)."""
     from nqexp.experiment.tune import record_ensembles
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(quick_spec(
         name="ens", seeds=[0, 1], variants={"full": {}, "wide": {"model.dropout": 0.1}},
+        splits={**QUICK["splits"], "folds": folds},
         track={"store": str(tmp_path / "runs"), "wandb_mode": "disabled"}, eval={"backtest": False})))
     spec = load_spec(path)
     st_ = RunStore(tmp_path / "runs")
     st_.start_experiment("ens", "run", str(path), yaml.safe_dump(spec.to_dict()))
-    ts, sigma, y = _samples()
+    samples = {k: _samples(n=1000 + 100 * k, seed=k, start=f"2025-0{k + 1}-06T14:30") for k in range(folds)}
     qs = {}
     for t in spec.trials():
         mult = {"full": 1.0, "wide": 1.8}[t.variant] * (0.9 if t.seed else 1.1)
         d = st_.trial_dir("ens", t.trial_name)
-        qs[t.trial_name], metrics = _write_member(d, ts, sigma, y, mult)
+        qs[t.trial_name], metrics = _write_member(d, *samples[t.fold], mult)
         st_.upsert_trial("ens", t.trial_name, variant=t.variant, seed=t.seed, fold=t.fold, status="finished",
                          params_json="{}", spec_yaml="", dir=str(d), steps=200, epochs=2, best_step=150,
                          best_epoch=2, stopped="max_steps")
         st_.write_metrics("ens", t.trial_name, metrics)
     made = record_ensembles(st_, "ens", spec)
     return st_, spec, made, qs
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    return _record(tmp_path)
 
 
 def test_each_variant_gets_an_ensemble_row_in_the_store(recorded):
@@ -205,6 +210,21 @@ def test_the_budget_counts_an_ensemble_as_its_members_steps(recorded):
     text = report.build_report(st_, "ens", n_boot=50).read_text()
     assert "are seed ensembles: the mean of the variant's seeds' quantiles" in text
     assert "| full-ensemble |" in text
+
+
+def test_with_folds_each_fold_has_its_ensemble_and_the_report_pools_them(tmp_path):
+    st_, _, made, qs = _record(tmp_path, folds=2)
+    assert made == ["full-ensemble-f0", "full-ensemble-f1", "wide-ensemble-f0", "wide-ensemble-f1"]
+    row = st_.trial("ens", "full-ensemble-f1")
+    assert (row["variant"], row["fold"]) == ("full-ensemble", 1)
+    assert json.loads(row["members"]) == ["full-s0-f1", "full-s1-f1"]
+    saved = evaluate.load_predictions(Path(row["dir"]) / "predictions.parquet").splits["test"].q
+    np.testing.assert_allclose(saved, (qs["full-s0-f1"] + qs["full-s1-f1"]) / 2, rtol=1e-12)
+    data = report.load(st_, "ens")
+    paired, _ = report.comparisons(data, n_boot=50)
+    ens = paired[paired["variant"] == "full-ensemble"]
+    assert (ens["folds"] == 2).all() and (ens["n"] == 1000 + 1100).all()       # both folds' samples, pooled
+    assert list(report.fold_table(data)["variant"]) == ["full", "full-ensemble", "wide", "wide-ensemble"]
 
 
 # ------------------------------------------------------------------------------------------ a 2-seed smoke run
