@@ -429,12 +429,19 @@ SHOWN_METRICS = ("crps", "crpss_climatology", "crpss_volscaled", "picp50", "picp
 def print_trial(console: Console, name: str, trial: dict, metrics: dict[str, float], labels: list[str],
                 flags: list[tuple[str, str]]) -> None:
     """`nqexp runs show`: the trial's line, val and test metrics per horizon, its gate flags."""
-    console.print(f"[bold]{name}[/]: variant {trial['variant']}, seed {trial['seed']}, {trial['status']}; "
-              f"{trial.get('steps') if trial.get('steps') is not None else '?'} steps, best at step "
-              f"{trial.get('best_step') if trial.get('best_step') is not None else '?'} (epoch {trial['best_epoch']} "
-              f"of {trial['epochs']}), stopped: {trial['stopped']}"
-              f"{' [yellow](truncated by train.time_budget_s)[/]' if trial['stopped'] == 'time_budget' else ''}, "
-              f"{trial['train_seconds'] or 0:.0f}s training; files in {trial['dir']}")
+    if trial.get("members"):               # a seed ensemble (docs/experiments.md §16): nothing trained
+        import json
+
+        console.print(f"[bold]{name}[/]: variant {trial['variant']}, {trial['status']}; a seed ensemble, the mean of "
+                      f"the quantiles of {', '.join(json.loads(trial['members']))} (it trains nothing: its budget is "
+                      f"its members'); files in {trial['dir']}")
+    else:
+        console.print(f"[bold]{name}[/]: variant {trial['variant']}, seed {trial['seed']}, {trial['status']}; "
+                      f"{trial.get('steps') if trial.get('steps') is not None else '?'} steps, best at step "
+                      f"{trial.get('best_step') if trial.get('best_step') is not None else '?'} (epoch "
+                      f"{trial['best_epoch']} of {trial['epochs']}), stopped: {trial['stopped']}"
+                      f"{' [yellow](truncated by train.time_budget_s)[/]' if trial['stopped'] == 'time_budget' else ''}, "
+                      f"{trial['train_seconds'] or 0:.0f}s training; files in {trial['dir']}")
     for split in ("val", "test"):
         table = Table(title=f"{split} metrics")
         table.add_column("metric")

@@ -19,6 +19,11 @@ An ablation report holds:
 - the calibration figures of each variant (reliability, PIT, coverage by time of day);
 - every sanity-gate flag.
 
+Seed ensembles (`<variant>-ensemble` rows, docs/experiments.md §16) are variants like any other here:
+in the summary, against every baseline and against the reference, and in the number of comparisons.
+Having no seed of their own (seed -1), they are paired with each of the other side's seeds in the
+fold; in the training budget they count their members' steps.
+
 `build_report` writes `<store>/<experiment>/report.md` (or .html) with figures beside it, or to `out`
 (a read-only or moved store reports elsewhere; trial figures outside the report's folder are copied
 next to it, so the links never point into another tree).
@@ -89,8 +94,40 @@ def load(store, experiment: str) -> ReportData:
 
 
 def variant_order(data: ReportData) -> list[str]:
+    """The reference first, then the other variants; each seed ensemble right after its variant."""
     seen = list(dict.fromkeys(data.trials["variant"]))
-    return [data.reference] + [v for v in seen if v != data.reference]
+    of = ensemble_variants(data)                      # ensemble variant -> its members' variant
+    after: dict[str, list[str]] = {}
+    for ens, base in of.items():
+        after.setdefault(base, []).append(ens)
+    out = []
+    for v in [data.reference] + [v for v in seen if v not in of]:
+        for w in (v, *after.get(v, [])):
+            if w not in out:
+                out.append(w)
+    return out + [v for v in seen if v not in out]     # an ensemble whose members' rows were removed
+
+
+def ensemble_variants(data: ReportData) -> dict[str, str]:
+    """The variants whose rows are seed ensembles (rows that list their `members`, seed -1;
+    docs/experiments.md §16) -> the variant of their members. Empty for stores before ensembles."""
+    t = data.trials
+    if "members" not in t:
+        return {}
+    variant_of = dict(zip(t["trial"], t["variant"]))
+    out = {}
+    for r in t[t["members"].notna()].itertuples():
+        members = _members(r)
+        out[r.variant] = variant_of.get(members[0], r.variant) if members else r.variant
+    return out
+
+
+def _members(row) -> list[str]:
+    """A trials row's ensemble members ([] for a trained trial)."""
+    import json
+
+    raw = getattr(row, "members", None)
+    return json.loads(raw) if isinstance(raw, str) and raw else []
 
 
 def _summary_groups(data: ReportData, split: str):
@@ -181,9 +218,17 @@ def fold_table(data: ReportData, split: str = "test", metric: str = "crps") -> p
 def budget_table(data: ReportData) -> pd.DataFrame:
     """One row per trial: optimizer steps, epochs, why it stopped, best step, and `truncated` (the
     wall-clock guard stopped it before its step budget). Stores older than the step budget lack
-    steps and best_step (NaN)."""
+    steps and best_step (NaN). A seed ensemble trains nothing: its row (`stopped` = ensemble) shows
+    `members`, how many trials it averages, and as steps and epochs the sum of theirs, the budget its
+    forecast cost; it has no best step."""
     cols = ["trial", "variant", "seed", "fold", "steps", "epochs", "stopped", "best_step", "best_epoch"]
-    trials = data.trials.reindex(columns=cols)
+    trials = data.trials.reindex(columns=cols + ["members"])
+    by_name = trials.set_index("trial")
+    members = [_members(r) for r in trials.itertuples()]
+    for col in ("steps", "epochs"):
+        spent = [by_name[col].reindex(m).sum(min_count=len(m)) if m else v for m, v in zip(members, trials[col])]
+        trials[col] = pd.to_numeric(pd.Series(spent, index=trials.index, dtype=object), errors="coerce")
+    trials = trials[cols].assign(members=[len(m) if m else 1 for m in members])
     out = trials.assign(truncated=trials["stopped"] == TRUNCATED)
     order = {v: i for i, v in enumerate(variant_order(data))}
     return out.sort_values(["variant", "seed"], key=lambda s: s.map(order) if s.name == "variant" else s,
@@ -193,7 +238,8 @@ def budget_table(data: ReportData) -> pd.DataFrame:
 def budget_note(budget: pd.DataFrame) -> str:
     """What a reader must know before comparing: did every finished trial train for the same number of
     steps, and was any truncated by the wall-clock guard?"""
-    steps = budget["steps"].dropna()
+    ensembles = budget["stopped"] == "ensemble"
+    steps = budget.loc[~ensembles, "steps"].dropna()
     truncated = budget.loc[budget["truncated"], "trial"].tolist()
     parts = []
     if steps.empty:
@@ -204,6 +250,12 @@ def budget_note(budget: pd.DataFrame) -> str:
         parts.append(f"The trials trained for different numbers of steps ({int(steps.min())} to "
                      f"{int(steps.max())}): comparisons between them mix model and budget "
                      "(early stopping, or truncation).")
+    if ensembles.any():
+        sizes = sorted(set(budget.loc[ensembles, "members"].astype(int)))
+        parts.append("The seed-ensemble rows (`stopped` ensemble) train nothing: each averages the forecasts of its "
+                     f"{' or '.join(map(str, sizes))} member seeds, so its steps are the sum of theirs, "
+                     f"{' or '.join(map(str, sizes))} times a single trial's budget: against the reference "
+                     "(one seed) it is a comparison at a larger budget.")
     if truncated:
         parts.append(f"Truncated by train.time_budget_s (not comparable): {', '.join(truncated)}.")
     return " ".join(parts)
@@ -352,10 +404,7 @@ def paired_differences(data: ReportData, split: str = "test", n_boot: int = 1000
     for variant in variant_order(data)[1:]:
         per_fold: dict[int, tuple[list, list, np.ndarray]] = {}
         horizons = None
-        for (v, s, f), path in sorted(by_key.items()):
-            if v != variant or (data.reference, s, f) not in by_key:
-                continue
-            ref_path = by_key[(data.reference, s, f)]
+        for s, f, path, ref_path in _pairs(by_key, variant, data.reference):
             if not path.exists() or not ref_path.exists():
                 continue
             a, b = load_predictions(path), load_predictions(ref_path)
@@ -389,6 +438,22 @@ def paired_differences(data: ReportData, split: str = "test", n_boot: int = 1000
                          "rel_pct": 100 * mean / float(r.mean()), "same_sign_folds": _same_sign(d, seg, mean),
                          "p": p, "p_adj": p, "verdict": _verdict(mean, p, ("better", "worse"))})
     return pd.DataFrame(rows)
+
+
+def _pairs(by_key: dict, variant: str, reference: str) -> list[tuple[int, int, Path, Path]]:
+    """(seed, fold, variant's predictions, reference's predictions) of every paired comparison: the same
+    seed and fold; a seed ensemble (seed -1) has no seed to match, so it is paired with each of the other
+    side's seeds in its fold, and the differences averaged over those seeds give CRPS(ensemble) minus the
+    mean CRPS of the other side's seeds."""
+    out = []
+    for (v, s, f), path in sorted(by_key.items()):
+        if v != variant:
+            continue
+        if (reference, s, f) in by_key:
+            out.append((s, f, path, by_key[(reference, s, f)]))
+        elif s < 0 or (reference, -1, f) in by_key:
+            out += [(rs, f, path, rp) for (rv, rs, rf), rp in sorted(by_key.items()) if rv == reference and rf == f]
+    return out
 
 
 ALPHA = 0.05            # the level of every verdict, after adjustment
@@ -505,6 +570,14 @@ def _write_report(data: ReportData, path: Path, fmt: str, n_boot: int) -> Path:
     folds = fold_table(data)
     figures = _figures(data, out_dir / f"{path.stem}_figures")
     counts = data.trials["status"].value_counts().to_dict()
+    ensembles = [v for v in variant_order(data) if v in ensemble_variants(data)]
+    ensemble_note = (
+        f"Rows {', '.join(f'`{v}`' for v in ensembles)} are seed ensembles: the mean of "
+        "the variant's seeds' quantiles, level by level (ordered members give ordered means), scored on the same "
+        "samples against the same baselines. An ensemble is one forecast per fold, so it has no spread over seeds; "
+        f"in the paired table it is compared with each of the reference's seeds and the differences averaged "
+        f"(CRPS(ensemble) minus the mean CRPS of `{data.reference}`'s seeds), and its rows count among the "
+        "comparisons adjusted together. It costs its members' training budget (above).\n") if ensembles else ""
     parts = [
         f"# Experiment `{experiment}`\n",
         f"Trials: {len(data.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}). "
@@ -519,6 +592,7 @@ def _write_report(data: ReportData, path: Path, fmt: str, n_boot: int) -> Path:
         + (" The model is recalibrated on val (`eval.recalibrate`, `eval.median_shrink`; docs/metrics.md §13); "
            "the `*_model_raw` columns score its forecast before that, on the same samples."
            if "crps_model_raw" in summary.columns else "") + "\n",
+        *([ensemble_note] if ensemble_note else []),
         _md_table(summary),
         *(["## Test CRPS per rolling-origin fold (mean over seeds)\n",
            "Each fold has its own train, purge, val and test; its scalers and baselines are fitted on its own "
@@ -536,7 +610,9 @@ def _write_report(data: ReportData, path: Path, fmt: str, n_boot: int) -> Path:
         _md_table(vs_baselines),
         f"## Paired CRPS differences vs `{data.reference}` (identical test samples)\n",
         "mean_diff = mean over samples of CRPS(variant) − CRPS(reference), averaged over seeds; "
-        "CI = 95% moving-block bootstrap (one-day blocks). Positive = the variant is worse.\n",
+        "CI = 95% moving-block bootstrap (one-day blocks). Positive = the variant is worse."
+        + (" A seed ensemble is paired with each of the reference's seeds (see above)." if ensembles else "")
+        + "\n",
         adjust_note,
         _md_table(paired),
         "## Backtest of the test split (secondary)\n",
@@ -585,7 +661,9 @@ def _figures(data: ReportData, out: Path) -> list[tuple[str, Path]]:
                 if not p.is_relative_to(out.parent):     # a report outside the store: a copy beside it
                     out.mkdir(parents=True, exist_ok=True)
                     p = Path(shutil.copyfile(p, out / f"{variant}_{name}.png"))
-                figs.append((f"{variant}: {name.removeprefix('test_').replace('_', ' ')} (seed {rows.iloc[0]['seed']})", p))
+                seed = int(rows.iloc[0]["seed"])
+                figs.append((f"{variant}: {name.removeprefix('test_').replace('_', ' ')} "
+                             f"({f'seed {seed}' if seed >= 0 else 'seed ensemble'})", p))
     return figs
 
 

@@ -28,6 +28,7 @@ from nqexp.errors import DataError
 from nqexp.evaluation import report
 from nqexp.experiment import predict as P
 from nqexp.experiment import query
+from nqexp.experiment.bundle import load_bundles
 from nqexp.experiment.track import RunStore
 from nqexp.metrics import horizon_label, quantile_label
 
@@ -304,8 +305,14 @@ class Trial:
 
     @functools.cached_property
     def bundle(self):
-        """The model bundle (bundle.py), loaded and checked once."""
+        """The model bundle (bundle.py), loaded and checked once; a seed ensemble has none (see `bundles`)."""
         return P.load_bundle(self.dir)
+
+    @functools.cached_property
+    def bundles(self) -> list:
+        """The bundles its forecasts come from: [its bundle], or a seed ensemble's members' bundles, whose
+        quantiles a forecast averages (docs/experiments.md §16)."""
+        return load_bundles(self.dir)
 
     def predictions(self) -> pd.DataFrame:
         """The trial's saved val/test predictions (predictions.parquet): one row per split, sample and
@@ -338,27 +345,31 @@ class Trial:
         if start is not None and at is not None:
             raise DataError("at and start/end are two modes; give one")
         device = _device(device)
-        bundle = self.bundle
-        fs = P.check_feature_set(bundle)
+        bundles = self.bundles                       # one, or a seed ensemble's members
+        bundle = bundles[0]
+        checked = [P.check_feature_set(b) for b in bundles]    # each member's, for an ensemble
+        fs = checked[0]
         symbol = symbol or bundle.meta["symbol"]
         if bars is None:
             if start is not None:
-                fc = P.predict_range(db, self.dir, start, end or start, symbol=symbol, device=device,
-                                     stride=stride, bundle=bundle)
+                fcs = [P.predict_range(db, self.dir, start, end or start, symbol=symbol, device=device,
+                                       stride=stride, bundle=b) for b in bundles]
             else:
-                fc = P.predict_at(db, self.dir, symbol=symbol, at=at, device=device, bundle=bundle)
+                fcs = [P.predict_at(db, self.dir, symbol=symbol, at=at, device=device, bundle=b) for b in bundles]
         else:
             con = P.bars_database(bars, symbol, fs.freq_minutes, tz=tz)
             try:
                 if start is not None:
-                    fc = P.forecast_range(con, bundle, fs, symbol, start, end or start, device=device, stride=stride)
+                    fcs = [P.forecast_range(con, b, fs, symbol, start, end or start, device=device, stride=stride)
+                           for b in bundles]
                 else:
-                    fc = P.forecast_at(con, bundle, fs, symbol, at=at, device=device)
-                note = P.short_history(con, bundle, fs, symbol, fc.ts[0].item())
+                    fcs = [P.forecast_at(con, b, fs, symbol, at=at, device=device) for b in bundles]
+                note = P.short_history(con, bundle, fs, symbol, fcs[0].ts[0].item())
             finally:
                 con.close()
             if note:
                 P.warn(note)
+        fc = fcs[0] if len(fcs) == 1 else P.mean_forecast(fcs)
         in_sample = fc.in_sample_note(bundle.fitted_sessions)
         if in_sample:
             P.warn(in_sample)

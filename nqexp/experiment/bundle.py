@@ -53,6 +53,7 @@ BUNDLE_VERSION = 2           # 1: model.pt + state.pkl (pickles, refused since)
 MAX_LGBM_BYTES = 8_000_000   # the boosters' text models go into the bundle only below this size
 META, WEIGHTS, MODEL_JSON = "bundle.json", "model.safetensors", "model.json"
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
+ENSEMBLE = "ensemble.json"   # a seed ensemble's whole bundle: its member trials (docs/experiments.md §16)
 FILES = (WEIGHTS, MODEL_JSON, STATE_JSON, STATE_NPZ)          # what the manifest in bundle.json covers
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth")           # never loaded from a bundle
 _ARRAY = "$npz"                                                # {"$npz": key}: the array `key` of state.npz
@@ -227,6 +228,9 @@ def load_bundle(trial_dir) -> Bundle:
         raise DataError(f"{path} holds {', '.join(pickled)}: pickles, which can run code when loaded, so nqexp "
                         f"refuses them (a bundle before version {BUNDLE_VERSION}, or a crafted file). It cannot be "
                         f"converted without loading it; {_retrain_hint(trial_dir)}")
+    if (path / ENSEMBLE).exists() and not (path / META).exists():
+        raise DataError(f"{path} is a seed ensemble's bundle ({ENSEMBLE}): it has no model of its own; "
+                        f"load its members' bundles with load_bundles")
     if not (path / META).exists():
         raise DataError(f"trial {trial_dir} has no model bundle ({path}); it was trained before bundles "
                         f"existed or did not finish: rerun it (nqexp run SPEC --resume EXP)")
@@ -406,3 +410,52 @@ def check_feature_set(bundle: Bundle):
     _differs(bj, "freq_minutes", bundle.meta["freq_minutes"], int(fs.freq_minutes), where)
     _differs(bj, "bars_table", bundle.meta["bars_table"], fs.bars_table, where)
     return fs
+
+
+# ------------------------------------------------------------------------------------------
+# Seed ensembles (docs/experiments.md §16): a bundle that is only the names of its member trials
+
+
+def write_ensemble(trial_dir: Path, members) -> Path:
+    """Write `<trial_dir>/bundle/ensemble.json`: the member trials (folders beside this one) whose bundles
+    a forecast averages. No weights, state or copy of a member's file: each member's bundle is loaded and
+    checked as it is. An older bundle folder is replaced whole."""
+    members = [str(m) for m in members]
+    out = Path(trial_dir) / BUNDLE_DIR
+    tmp = out.with_name(f".{BUNDLE_DIR}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _write_json(tmp / ENSEMBLE, {"ensemble_version": 1, "nqexp_version": nqexp.__version__,
+                                 "combine": "mean of quantiles", "members": members})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def load_bundles(trial_dir) -> list[Bundle]:
+    """The bundles a trial forecasts with: its own (a list of one), or for a seed ensemble every member's,
+    each loaded and checked by load_bundle; their forecasts are averaged (predict.mean_forecast). Members
+    must agree on everything but the weights: symbol, feature set, horizons, levels and windows."""
+    trial_dir = Path(trial_dir)
+    path = trial_dir / BUNDLE_DIR / ENSEMBLE
+    if not path.exists():
+        return [load_bundle(trial_dir)]
+    info = _read_json(path)
+    members = info.get("members")
+    if not (isinstance(members, list) and len(members) >= 2
+            and all(isinstance(m, str) and m and Path(m).name == m and m not in (".", "..") for m in members)):
+        raise DataError(f"{path}: 'members' must list two or more trial names (folders beside {trial_dir.name}); "
+                        f"rerun the experiment to write it again")
+    bundles = []
+    for name in members:
+        member = trial_dir.parent / name
+        if not member.is_dir():
+            raise DataError(f"{path} names the member trial {name}, but {member} does not exist; "
+                            f"an ensemble needs every member's folder beside it")
+        bundles.append(load_bundle(member))
+    first = bundles[0]
+    for b in bundles[1:]:
+        for key in ("symbol", "feature_set", "sql_hash", "freq_minutes", "horizons", "horizon_minutes", "taus",
+                    "windows"):
+            _differs(b.path / META, key, b.meta[key], first.meta[key], f"the first member ({first.path / META})")
+    return bundles

@@ -213,6 +213,21 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
                     in_sample=in_sample)
 
 
+def mean_forecast(forecasts) -> Forecast:
+    """A seed ensemble's forecast: the mean of its members' quantiles, level by level (docs/experiments.md
+    §16). Each member's quantiles are ordered, so their mean is too. The members share the data, origins
+    and the baselines' state (one variant, one fold), so the baselines, targets and closes are the first's."""
+    first = forecasts[0]
+    for fc in forecasts[1:]:
+        if not np.array_equal(fc.ts, first.ts) or fc.q.shape != first.q.shape or fc.taus != first.taus:
+            raise DataError(f"the ensemble's members forecast different origins or levels ({len(fc.ts)} vs "
+                            f"{len(first.ts)} origins); their bundles disagree on the windows")
+    q = np.mean(np.stack([fc.q for fc in forecasts]), axis=0).astype(first.q.dtype)     # (n, H, Q)
+    seconds = {k: float(sum(fc.seconds.get(k, 0.0) for fc in forecasts)) for k in first.seconds}
+    in_sample = None if first.in_sample is None else np.any([fc.in_sample for fc in forecasts], axis=0)
+    return dataclasses.replace(first, q=q, seconds=seconds, in_sample=in_sample)
+
+
 def _to_ts(value) -> np.datetime64:
     """A --at / --start value (date or ISO time, naive = UTC) -> datetime64[us]."""
     import pandas as pd

@@ -45,6 +45,7 @@ from nqexp.secrets import SECRET_ENV_HINT, is_secret_key, looks_like_secret, red
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SET_KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*$")
 BASE_VARIANT = "base"
+ENSEMBLE_SUFFIX = "-ensemble"  # `<variant>-ensemble`: a run's seed ensemble (docs/experiments.md §16), never a variant's name
 SMOKE_SUFFIX = "-smoke"  # a smoke run is its own experiment: it never collides with the full run's store entry
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "quniform": 3, "choice": None}  # name -> arg count
 # Hostile input stays cheap: specs are small files, and YAML aliases must not expand without end.
@@ -394,7 +395,7 @@ def feature_facts(set_name: str, path: str | None = None) -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a spec file, for editors. Bases (no `name`) validate too; cross-field rules
     are `load_spec`'s. Every section field carries its description: the comment on the field in its
-    dataclass (`field_descriptions`), the text docs/experiments.md §16 lists."""
+    dataclass (`field_descriptions`), the text docs/experiments.md §17 lists."""
     described = lambda text: Field(None, description=text)  # noqa: E731
     registry = _registry(None)
     top: dict[str, Any] = {
@@ -420,7 +421,7 @@ def json_schema() -> dict[str, Any]:
 def field_descriptions(cls: type) -> dict[str, str]:
     """Init field -> its description: the comment that ends the field's line, else the comment lines right
     above it (docs/contributing.md §3: one field per line with a short comment). Read from the class's source,
-    so the comment a reader sees in the code is the text of `nqexp spec schema` and docs/experiments.md §16."""
+    so the comment a reader sees in the code is the text of `nqexp spec schema` and docs/experiments.md §17."""
     return dict(_field_comments(cls))
 
 
@@ -477,7 +478,7 @@ def _section_classes(registry: Mapping[str, type] | None = None) -> list[tuple[s
 
 
 def field_reference() -> str:
-    """docs/experiments.md §16, the field reference: a Markdown table per section, each field with its
+    """docs/experiments.md §17, the field reference: a Markdown table per section, each field with its
     default and its description (`field_descriptions`). `nqexp spec fields` prints it."""
     blocks = []
     for prefix, cls, default in _section_classes():
@@ -929,6 +930,10 @@ def _build_variants(raw, registry, sections: dict | None, problems) -> FrozenDic
         where = ("variants", name)
         if not NAME_RE.match(name):
             problems.append((where, f"variant name {name!r} must match [a-z0-9][a-z0-9_-]*"))
+            continue
+        if name.endswith(ENSEMBLE_SUFFIX):
+            problems.append((where, (f"variant name {name!r} ends with {ENSEMBLE_SUFFIX!r}, which names the seed "
+                                     "ensembles of a run (docs/experiments.md §16); give this variant another name")))
             continue
         before = len(problems)
         out[name] = _build_deltas(delta, registry, where, problems)

@@ -44,6 +44,7 @@ import numpy as np
 
 from nqexp.data import db, demo, ingest
 from nqexp.errors import DataError, NqexpError, SpecError
+from nqexp.experiment import ensemble as ensemble_mod
 from nqexp.experiment import spec as spec_mod
 from nqexp.experiment.bundle import write_bundle
 from nqexp.experiment.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
@@ -260,22 +261,10 @@ class _Follower:
             plots = {f"plots/{k}": Path(v) for k, v in json.loads(result.get("plots") or "{}").items()}
             if plots:                     # only the trials that drew figures (plot_trial_names)
                 run.log_images(plots, step=run.last_step)
-            self._log_prediction_sample(run, name)
+            _log_prediction_sample(run, self.store.trial_dir(self.experiment, name) / "predictions.parquet")
             run.finish()
         self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"),
                       steps=result.get("steps"), truncated=result["stopped"] == TRUNCATED)
-
-    def _log_prediction_sample(self, run, name):
-        """500 evenly spaced test predictions as a W&B Table (the full file stays in the store)."""
-        import pandas as pd
-
-        path = self.store.trial_dir(self.experiment, name) / "predictions.parquet"
-        if not path.exists():
-            return
-        frame = pd.read_parquet(path)
-        frame = frame[frame["split"] == "test"]
-        sample = frame.iloc[np.linspace(0, len(frame) - 1, min(500, len(frame))).astype(int)]
-        run.log_table("test/predictions_sample", sample.astype({"ts": str}), step=run.last_step)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """A trial that ended without its final report was stopped early by the sweep's scheduler."""
@@ -314,6 +303,18 @@ class _Follower:
         for run in self.runs.values():        # interrupted trials: close their W&B runs cleanly
             run.finish(exit_code=130)
         self.runs.clear()
+
+
+def _log_prediction_sample(run, path: Path) -> None:
+    """500 evenly spaced test predictions as a W&B Table (the full file stays in the store)."""
+    import pandas as pd
+
+    if not path.exists():
+        return
+    frame = pd.read_parquet(path)
+    frame = frame[frame["split"] == "test"]
+    sample = frame.iloc[np.linspace(0, len(frame) - 1, min(500, len(frame))).astype(int)]
+    run.log_table("test/predictions_sample", sample.astype({"ts": str}), step=run.last_step)
 
 
 _FOLLOWERS: dict[str, _Follower] = {}
@@ -654,8 +655,10 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         raise
     finished = store.finished_trials(experiment)
 
+    datasets: dict[str, PreparedData] = {}
     if kind == "run":
         trials = spec.trials()
+        finished &= {t.trial_name for t in trials}            # not the seed ensembles' rows (ensemble.py)
         todo = [t for t in trials if t.trial_name not in finished]
         if finished:
             note(f"Resuming '{experiment}': {len(finished)} of {len(trials)} trials already finished; "
@@ -690,7 +693,7 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     if not todo:
         note(f"All {len(finished)} trials of '{experiment}' are finished; nothing to run.")
     else:
-        datasets, baseline_notes = {}, []
+        baseline_notes = []
         for key, rep in reps.items():
             prepared = prepare_data(rep, db_path, notes=outcome_notes)
             datasets[key] = prepared
@@ -731,6 +734,14 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
         finally:
             shutdown_ray()
 
+    if kind == "run":
+        try:
+            made = record_ensembles(store, experiment, spec, datasets=datasets, redo={t.trial_name for t in todo},
+                                    note=note)
+        except KeyboardInterrupt:
+            made = []          # a second Ctrl-C: the outcome below is still recorded; a rerun builds them
+        if made:
+            note(f"Seed ensembles (the mean of each variant's seeds' quantiles): {', '.join(made)}.")
     status = store.trial_statuses(experiment)
     expected = [t.trial_name for t in spec.trials()] if kind == "run" else list(status)
     fin = [t for t in expected if status.get(t) in ("finished", "stopped")]   # stopped: by the sweep scheduler
@@ -742,6 +753,67 @@ def run_experiment(spec, *, kind: str = "run", spec_path: str | None = None, db_
     wall = time.perf_counter() - t0
     store.finish_experiment(experiment, exp_status, wall)
     return ExperimentOutcome(experiment, fin, unfinished, failed, wall, outcome_notes, kind)
+
+
+def record_ensembles(store, experiment: str, spec, *, datasets: Mapping[str, PreparedData] | None = None,
+                     redo=frozenset(), note: Callable[[str], None] | None = None) -> list[str]:
+    """Score and record the run's seed ensembles (ensemble.py, docs/experiments.md §16): for each variant
+    and fold whose seeds (two or more) all finished, a `<variant>-ensemble[-f<k>]` row in the run store
+    (seed -1, `members`, no steps), its metrics and gate flags, files in its trial folder, and a W&B run
+    like a trial's (no step history: it trains nothing). An ensemble already recorded with the same
+    members is kept unless one of them ran again (`redo`). `datasets`: the prepared data of this
+    invocation, for the backtest's closes (without it the ensemble is not backtested). Returns the
+    ensembles recorded. A member set that cannot be averaged, or bookkeeping that fails, is a note,
+    never the end of the run."""
+    note = note or (lambda text: log.info(text))
+    datasets = datasets or {}
+    status = store.trial_statuses(experiment)
+    mode = wandb_mode(spec.track.wandb_mode)
+    made = []
+    for ens in ensemble_mod.ensembles(spec.trials()):
+        names = [m.trial_name for m in ens.members]
+        if any(status.get(n) != "finished" for n in names):
+            continue
+        row = store.trial(experiment, ens.name)
+        if (row is not None and row["status"] == "finished" and json.loads(row.get("members") or "null") == names
+                and not set(names) & set(redo)):
+            continue
+        first = ens.members[0]
+        out_dir = store.trial_dir(experiment, ens.name)
+        try:
+            # Figures like the trials': the first fold only (plot_trial_names).
+            flat, flags, plots = ensemble_mod.score_ensemble(
+                [store.trial_dir(experiment, n) for n in names], out_dir, first.spec.eval,
+                datasets.get(data_key(first.spec)), plots=ens.fold == 0)
+            pairs = [(f.gate, f.reason) for f in flags]
+            store.upsert_trial(experiment, ens.name, variant=ens.variant, seed=-1, fold=ens.fold, status="finished",
+                               params_json=json.dumps(dict(spec.variants[ens.member_variant]), default=str),
+                               spec_yaml="", dir=str(out_dir), members=json.dumps(names), stopped="ensemble",
+                               gated=bool(flags), error=None, best_epoch=None, epochs=None, steps=None,
+                               best_step=None, train_seconds=None)
+            store.write_metrics(experiment, ens.name, flat, pairs)
+        except NqexpError as exc:
+            note(f"Seed ensemble {ens.name} not recorded: {exc}")
+            continue
+        made.append(ens.name)
+        if mode == "disabled":
+            continue
+        try:
+            prov = (store.experiment(experiment) or {}).get("provenance")
+            run = WandbRun(project=spec.track.wandb_project, entity=spec.track.wandb_entity, group=experiment,
+                           job_type=ens.variant, name=ens.name, run_id=_wandb_id(experiment, ens.name),
+                           config={**first.tracker_config(), "variant": ens.variant, "seed": None,
+                                   "trial_name": ens.name, "members": names, "provenance": prov},
+                           directory=store.experiment_dir(experiment), mode=mode, tags=tuple(spec.track.tags))
+            run.summary({**flat, "gated": bool(flags), "gate_reasons": "; ".join(r for _, r in pairs),
+                         "members": len(names), "ensemble_of": ", ".join(names), "stopped": "ensemble"})
+            if plots:
+                run.log_images({f"plots/{k}": Path(v) for k, v in plots.items()}, step=0)
+            _log_prediction_sample(run, out_dir / "predictions.parquet")
+            run.finish()
+        except Exception:   # W&B bookkeeping never takes the run down (as in the callback)
+            log.exception("W&B run of the seed ensemble %s failed", ens.name)
+    return made
 
 
 def check_resume_checkpoints(store, experiment: str, spec) -> None:
