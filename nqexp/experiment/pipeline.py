@@ -222,7 +222,8 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
         part = evaluate.flatten_metrics(table[table["split"] == split])
         flat.update({f"{split}/{k}": v for k, v in part.items()})
     if recalibrating:
-        flat.update({f"recal/shrink_{M.horizon_label(m)}": float(a) for m, a in zip(data.horizon_minutes, recal.shrink)})
+        flat.update({f"val/recal_shrink_{M.horizon_label(m)}": float(a)   # the median's share kept, fitted on val
+                     for m, a in zip(data.horizon_minutes, recal.shrink)})
     if eval_cfg.backtest:
         flat.update(_backtest_test(test, data, taus, trial_dir))
     return flat, flags, {k: str(v) for k, v in plot_paths.items()}, recal
