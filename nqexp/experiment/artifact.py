@@ -119,9 +119,9 @@ def is_ref(text) -> bool:
 def parse_ref(text: str) -> ArtifactRef:
     """`wandb:ENTITY/PROJECT/NAME:VERSION` (ENTITY optional, VERSION default latest); DataError otherwise."""
     body = text[len(PREFIX):] if is_ref(text) else text
-    name_part, _, version = body.partition(":")
+    name_part, sep, version = body.partition(":")
     parts = name_part.split("/")
-    if len(parts) not in (2, 3) or not all(parts) or ":" in version or (_ and not version):
+    if len(parts) not in (2, 3) or not all(parts) or ":" in version or (sep and not version):
         raise DataError(f"{text!r} is not a W&B artifact reference; give {USAGE}")
     entity, project, name = parts if len(parts) == 3 else (None, *parts)
     return ArtifactRef(entity, project, name, version or "latest")
