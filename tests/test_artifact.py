@@ -34,6 +34,15 @@ def open_run(store: Path, experiment: str, run_id: str):
                     config={}, directory=store / experiment, mode="offline")
 
 
+def finish(run) -> None:
+    """Finish the run and stop W&B's service: on a busy machine `finish()` can return before the service
+    has written the artifact record to the run's log; a process that exits (the Tune driver) stops it too."""
+    import wandb
+
+    run.finish()
+    wandb.teardown()
+
+
 @pytest.fixture(scope="module")
 def logged(bundle_trial, tmp_path_factory):
     from nqexp.experiment import artifact
@@ -47,7 +56,7 @@ def logged(bundle_trial, tmp_path_factory):
     run = open_run(bundle_trial["store"], experiment, "artifactrun0")
     flags = [("picp80", f"val picp80 0.41 < 0.5 (a reason quoting {SECRET})")]
     art = artifact.log_bundle(run, bundle_trial["dir"], experiment, name, flags)
-    run.finish()
+    finish(run)
     yield {**bundle_trial, "artifact": art, "experiment": experiment, "trial_name": name, "cache": cache}
     mp.undo()
 
@@ -144,7 +153,7 @@ def test_versions_count_distinct_contents_in_logging_order(logged, tmp_path, mon
         run = open_run(store, exp, run_id)
         # the same name as the first, as a rerun of the trial would log
         run.log_artifact(_artifact(artifact, folder, exp, name))
-        run.finish()
+        finish(run)
     ref = f"wandb:{PROJECT}/{logged['artifact']}"
     first, _ = artifact.fetch_bundle(ref + ":v0", store, mode="offline")
     second, _ = artifact.fetch_bundle(ref + ":v1", store, mode="offline")
