@@ -44,7 +44,7 @@ def finish(run) -> None:
 
 
 @pytest.fixture(scope="module")
-def logged(bundle_trial, tmp_path_factory):
+def logged(bundle_trial, tmp_path_factory):  # noqa: F811  (the fixture imported above)
     from nqexp.experiment import artifact
 
     cache = tmp_path_factory.mktemp("cache")

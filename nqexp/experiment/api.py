@@ -26,9 +26,8 @@ import pandas as pd
 
 from nqexp.errors import DataError
 from nqexp.evaluation import report
-from nqexp.experiment import artifact
+from nqexp.experiment import artifact, query
 from nqexp.experiment import predict as P
-from nqexp.experiment import query
 from nqexp.experiment.track import RunStore
 from nqexp.metrics import horizon_label, quantile_label
 
