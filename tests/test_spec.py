@@ -868,7 +868,7 @@ def test_a_value_just_outside_any_declared_range_is_one_line_naming_the_field(tm
                                     "eval.gates.min_picp80=1"]).train.warmup_steps == 0
 
 
-# Field descriptions: the comment on each field is its `nqexp spec schema` description and docs/experiments.md §17
+# Field descriptions: the comment on each field is its `nqexp spec schema` description and docs/experiments.md §18
 
 
 def _schema_descriptions(schema) -> dict[str, str | None]:
@@ -925,7 +925,7 @@ def test_every_spec_field_has_a_description_and_the_schema_carries_it():
 
 
 def test_docs_field_reference_says_what_the_schema_says_for_every_key():
-    """docs/experiments.md §17 holds `nqexp spec fields`; each key's meaning there is its schema description."""
+    """docs/experiments.md §18 holds `nqexp spec fields`; each key's meaning there is its schema description."""
     _require_real_stage_modules()
     described = _schema_descriptions(S.json_schema())
     doc = {}
@@ -933,11 +933,11 @@ def test_docs_field_reference_says_what_the_schema_says_for_every_key():
         if line.startswith("| `"):
             key, _default, meaning = [c.strip() for c in line.strip("|").split(" | ")]
             doc[key.strip("`")] = meaning.replace("\\|", "|")
-    assert sorted(doc) == sorted(described), "keys missing from or unknown to docs/experiments.md §17"
+    assert sorted(doc) == sorted(described), "keys missing from or unknown to docs/experiments.md §18"
     differ = {k: (doc[k], described[k]) for k in doc if doc[k] != described[k]}
-    assert not differ, f"docs/experiments.md §17 disagrees with the code's field comments: {differ}"
+    assert not differ, f"docs/experiments.md §18 disagrees with the code's field comments: {differ}"
     assert _doc_field_reference() == S.field_reference(), \
-        "docs/experiments.md §17 is stale: paste the output of `nqexp spec fields` between its markers"
+        "docs/experiments.md §18 is stale: paste the output of `nqexp spec fields` between its markers"
 
 
 def test_spec_fields_prints_the_reference():

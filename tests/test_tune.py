@@ -151,6 +151,28 @@ def test_every_trial_has_one_offline_wandb_run_with_explicit_increasing_steps(sm
         assert run_rec.run_group == EXP and run_rec.job_type in run_rec.display_name
 
 
+def test_every_trial_logs_its_bundle_as_an_artifact_that_predicts_as_the_trial(smoke):
+    """Offline too: read back from the store's W&B runs, `nqexp predict wandb:...` is the trial's forecast."""
+    cwd, result, _ = smoke
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = []
+    for run in sorted((cwd / "runs" / EXP / "wandb").glob("offline-run-*")):
+        (log,) = run.glob("run-*.wandb")
+        records = read_wandb_records(log)
+        # (the predictions sample Table is an artifact too, of type run_table)
+        (art,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+        trial = next(r.run for r in records if r.WhichOneof("record_type") == "run").display_name
+        assert art.name == f"{EXP}-{trial}", art.name
+        assert {e.path for e in art.manifest.contents} == {p.name for p in (cwd / "runs" / EXP / "trials" / trial / "bundle").iterdir()}
+        names.append(art.name)
+    assert len(names) == 5
+    env = {"XDG_CACHE_HOME": str(cwd / "cache")}
+    local = nqexp("predict", f"{EXP}/full-s0", "--format", "json", cwd=cwd, env=env)
+    remote = nqexp("predict", f"wandb:nqexp/{EXP}-full-s0:latest", "--format", "json", cwd=cwd, env=env)
+    assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+
+
 def test_no_secret_reaches_logs_store_specs_or_wandb(smoke):
     cwd, result, _ = smoke
     assert SECRET not in result.stdout + result.stderr

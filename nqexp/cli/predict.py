@@ -1,4 +1,4 @@
-"""`nqexp predict EXP/TRIAL`: forecasts for new bars from a trial's model bundle (no Ray, no W&B)."""
+"""`nqexp predict EXP/TRIAL`: forecasts for new bars from a trial's model bundle (no Ray; W&B only to fetch an artifact)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from nqexp.cli.options import store_option, store_root, warnings_as_lines
 
 
 @click.command()
-@click.argument("run_name", metavar="EXP/TRIAL")
+@click.argument("run_name", metavar="EXP/TRIAL|wandb:ENTITY/PROJECT/NAME:VERSION")
 @click.option("--symbol", default=None, help="Series to forecast (default: the one the trial trained on).")
 @click.option("--at", "at", default=None, help="Forecast the last bar at or before this UTC time (default: the last bar).")
 @click.option("--start", default=None, help="Range mode: first session date; writes a predictions Parquet and scores it.")
@@ -21,7 +21,8 @@ from nqexp.cli.options import store_option, store_root, warnings_as_lines
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="table, or one row per origin, horizon, source and quantile level (range mode: every origin).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write the output here (range mode: the Parquet; default <trial>/predict/START_END.parquet); "
+              help="Write the output here (range mode: the Parquet; default <trial>/predict/START_END.parquet, for an "
+                   "artifact ./predict/NAME/START_END.parquet); "
                    "never inside a trial folder except its predict/.")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None, help="Fan chart PNG of the price paths ahead.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -35,7 +36,9 @@ def predict(ctx, run_name, symbol, at, start, end, bars_file, tz, fmt, out, plot
     bar of those session dates is forecast, saved in the trial's predictions schema and scored
     where the targets exist (out-of-sample scoring of newly imported bars). With --bars FILE the
     bars come from a CSV or Parquet file instead of the database. A trial flagged by a sanity
-    gate forecasts with a warning naming the gate.
+    gate forecasts with a warning naming the gate. A trial's bundle can also come from its W&B
+    artifact (wandb:ENTITY/PROJECT/NAME:VERSION; offline: the runs under --store), so no shared
+    disk with the cluster is needed.
 
     \b
     Example:
@@ -43,6 +46,7 @@ def predict(ctx, run_name, symbol, at, start, end, bars_file, tz, fmt, out, plot
       nqexp predict quickstart/full-s0 --at 2025-12-01T15:30 --plot fan.png
       nqexp predict quickstart/full-s0 --start 2025-12-01 --end 2025-12-03 --format csv
       nqexp predict quickstart/full-s0 --bars recent_bars.csv --tz UTC
+      nqexp predict wandb:my-team/nqexp/quickstart-full-s0:latest
     """
     from nqexp.errors import DataError
     from nqexp.experiment import api
@@ -65,7 +69,8 @@ def predict(ctx, run_name, symbol, at, start, end, bars_file, tz, fmt, out, plot
     with warnings_as_lines():
         fc = trial.forecast(**source, at=at, start=start, end=end, symbol=symbol, tz=tz, device=device)
     if start is not None:
-        path = Path(out) if out else trial_dir / P.PREDICT_DIR / f"{start}_{end or start}.parquet"
+        folder = trial_dir / P.PREDICT_DIR if trial.source is None else Path(P.PREDICT_DIR) / trial.name
+        path = Path(out) if out else folder / f"{start}_{end or start}.parquet"
         path, table = P.save_and_score(fc, path)
         from nqexp.cli import render
 

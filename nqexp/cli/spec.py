@@ -38,7 +38,7 @@ def spec_schema():
 
 @spec.command("fields")
 def spec_fields():
-    """Print every section field with its default and meaning, as Markdown (docs/experiments.md §17).
+    """Print every section field with its default and meaning, as Markdown (docs/experiments.md §18).
 
     The meanings are the comments on the fields in the code, the same text `nqexp spec schema`
     gives editors.

@@ -26,8 +26,8 @@ import pandas as pd
 
 from nqexp.errors import DataError
 from nqexp.evaluation import report
+from nqexp.experiment import artifact, query
 from nqexp.experiment import predict as P
-from nqexp.experiment import query
 from nqexp.experiment.bundle import load_bundles
 from nqexp.experiment.track import RunStore
 from nqexp.metrics import horizon_label, quantile_label
@@ -223,10 +223,17 @@ def _did_you_mean(key: str, known) -> str:
 
 
 def load_trial(name, store=DEFAULT_STORE) -> Trial:
-    """A trial, as "EXPERIMENT/TRIAL" of the run store `store` (default ./runs), or its folder.
+    """A trial, as "EXPERIMENT/TRIAL" of the run store `store` (default ./runs), its folder, or its
+    bundle's W&B artifact "wandb:ENTITY/PROJECT/NAME:VERSION" (docs/experiments.md §17).
 
-    Its gate flags, metrics and history come from the store (a folder outside any store has none);
-    forecasts need only its bundle."""
+    Its gate flags, metrics and history come from the store (a folder outside any store has none;
+    an artifact carries its gate flags); forecasts need only its bundle."""
+    if artifact.is_ref(name):
+        root = store.root if isinstance(store, RunStore) else Path(store or DEFAULT_STORE).expanduser().absolute()
+        path, meta = artifact.fetch_bundle(name, root)
+        trial = Trial(None, str(meta.get("trial") or artifact.parse_ref(name).name), path, None, source=str(name))
+        trial.flags = [tuple(f) for f in meta.get("gate_flags") or []]
+        return trial
     if Path(name).is_dir():                                  # a trial folder given directly
         path = Path(name).absolute()
         root = path.parent.parent.parent
@@ -252,10 +259,11 @@ class Trial:
     name: str
     dir: Path
     store: RunStore | None = None
+    source: str | None = None         # the W&B artifact reference the bundle came from
 
     @property
     def label(self) -> str:
-        return f"{self.experiment}/{self.name}" if self.experiment else str(self.dir)
+        return self.source or (f"{self.experiment}/{self.name}" if self.experiment else str(self.dir))
 
     def __repr__(self) -> str:
         return f"Trial({self.label!r})"
@@ -376,7 +384,8 @@ class Trial:
         if self.flags:
             gates = ", ".join(dict.fromkeys(g for g, _ in self.flags))
             P.warn(f"trial {self.label} is flagged by the sanity gate{'s' if ',' in gates else ''} {gates} "
-                   f"({self.flags[0][1]}); do not trust its forecasts without reading why: nqexp runs show {self.label}")
+                   f"({self.flags[0][1]}); do not trust its forecasts without reading why: "
+                   + (f"nqexp runs show {self.label}" if self.source is None else "the artifact's gate_flags metadata"))
         return fc
 
     def predict(self, bars=None, *, at=None, start=None, end=None, db=None, symbol: str | None = None,

@@ -395,7 +395,7 @@ def feature_facts(set_name: str, path: str | None = None) -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     """JSON Schema of a spec file, for editors. Bases (no `name`) validate too; cross-field rules
     are `load_spec`'s. Every section field carries its description: the comment on the field in its
-    dataclass (`field_descriptions`), the text docs/experiments.md §17 lists."""
+    dataclass (`field_descriptions`), the text docs/experiments.md §18 lists."""
     described = lambda text: Field(None, description=text)  # noqa: E731
     registry = _registry(None)
     top: dict[str, Any] = {
@@ -421,7 +421,7 @@ def json_schema() -> dict[str, Any]:
 def field_descriptions(cls: type) -> dict[str, str]:
     """Init field -> its description: the comment that ends the field's line, else the comment lines right
     above it (docs/contributing.md §3: one field per line with a short comment). Read from the class's source,
-    so the comment a reader sees in the code is the text of `nqexp spec schema` and docs/experiments.md §17."""
+    so the comment a reader sees in the code is the text of `nqexp spec schema` and docs/experiments.md §18."""
     return dict(_field_comments(cls))
 
 
@@ -478,7 +478,7 @@ def _section_classes(registry: Mapping[str, type] | None = None) -> list[tuple[s
 
 
 def field_reference() -> str:
-    """docs/experiments.md §17, the field reference: a Markdown table per section, each field with its
+    """docs/experiments.md §18, the field reference: a Markdown table per section, each field with its
     default and its description (`field_descriptions`). `nqexp spec fields` prints it."""
     blocks = []
     for prefix, cls, default in _section_classes():

@@ -138,6 +138,10 @@ class WandbRun:
 
         self.run.log({key: wandb.Table(dataframe=frame)}, step=self._media_step(step))
 
+    def log_artifact(self, artifact) -> None:
+        """A wandb.Artifact (artifact.log_bundle: the trial's model bundle); offline runs keep it for `nqexp sync`."""
+        self.run.log_artifact(artifact)
+
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
 

@@ -46,6 +46,7 @@ from nqexp.data import db, demo, ingest
 from nqexp.errors import DataError, NqexpError, SpecError
 from nqexp.experiment import ensemble as ensemble_mod
 from nqexp.experiment import spec as spec_mod
+from nqexp.experiment.artifact import log_bundle
 from nqexp.experiment.bundle import write_bundle
 from nqexp.experiment.pipeline import PreparedData, data_key, prepare_data, provenance, score_trial
 from nqexp.experiment.track import BufferTracker, RunStore, WandbRun, finite_number, wandb_mode
@@ -262,6 +263,8 @@ class _Follower:
             if plots:                     # only the trials that drew figures (plot_trial_names)
                 run.log_images(plots, step=run.last_step)
             _log_prediction_sample(run, self.store.trial_dir(self.experiment, name) / "predictions.parquet")
+            # The bundle as a model artifact: `nqexp predict wandb:...` anywhere, no shared disk (artifact.py).
+            log_bundle(run, self.store.trial_dir(self.experiment, name), self.experiment, name, flags)
             run.finish()
         self.on_event("done", name, gated=bool(flags), test_crps=metrics.get("test/crps"),
                       steps=result.get("steps"), truncated=result["stopped"] == TRUNCATED)
