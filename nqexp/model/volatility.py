@@ -49,14 +49,28 @@ def _session_ids(session_date) -> tuple[np.ndarray, int]:
     return ids, int(ids[-1]) + 1 if ids.size else 0
 
 
-def _ewma_prior(x: np.ndarray, halflife: float, start: float) -> np.ndarray:
-    """(D,) EWMA of x over the elements strictly before each position (start before the first)."""
+def ewma(x: np.ndarray, halflife: float, start: float) -> np.ndarray:
+    """(N,) EWMA of x up to and including each position: v_t = lam v_{t-1} + (1 - lam) x_t, v_{-1} = start,
+    lam = 0.5^(1 / halflife); lfilter is the exact recursion in C."""
     from scipy.signal import lfilter
 
     lam = 0.5 ** (1.0 / halflife)
-    x = np.where(np.isfinite(x), x, start)
-    v, _ = lfilter([1.0 - lam], [1.0, -lam], x, zi=[lam * start])  # v[d] includes x[d]
+    v, _ = lfilter([1.0 - lam], [1.0, -lam], x, zi=[lam * start])
+    return v
+
+
+def _ewma_prior(x: np.ndarray, halflife: float, start: float) -> np.ndarray:
+    """(D,) EWMA of x over the elements strictly before each position (start before the first)."""
+    v = ewma(np.where(np.isfinite(x), x, start), halflife, start)  # v[d] includes x[d]
     return np.concatenate([[start], v[:-1]])
+
+
+def deseasonalised_sq_returns(close: np.ndarray, profile: np.ndarray, level: float) -> np.ndarray:
+    """(N,) r_t^2 / profile_t of the 1-bar log-returns, `level` where it is not finite (the first bar, a
+    gap), and at most 100 x level: one bar moves an estimate built on it by at most a 10-sigma shock."""
+    r = log_returns(close)
+    u = r * r / profile
+    return np.where(np.isfinite(u), np.minimum(u, 100.0 * level), level)
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,23 +260,17 @@ def vol_inputs_raw(arrays, idx, scale, *, tod_profile, var_per_bar: float, garch
     Every variance is divided by the train mean per bar, so the columns are O(1) logs. Only bars <= t
     enter the first three groups; the profile ahead reads calendar slots, as sigma-hat does.
     """
-    from scipy.signal import lfilter
-
     idx = np.asarray(idx, dtype=np.int64)
     n_bars = np.shape(arrays.close)[0]
     freq = int(arrays.freq_minutes)
     horizons = [int(h) for h in arrays.horizons]
     slot = np.asarray(arrays.minute_of_day_et).astype(np.int64) // freq  # (N,)
     prof = np.asarray(tod_profile, dtype=np.float64)[slot]  # (N,)
-    r = log_returns(arrays.close)
     m = max(float(var_per_bar), 1e-30)
-    u = r * r / prof
-    u = np.where(np.isfinite(u), np.minimum(u, 100.0 * m), m) / m  # (N,) in units of the train mean, capped
+    u = deseasonalised_sq_returns(arrays.close, prof, m) / m  # (N,) in units of the train mean, capped
     cols = []
     for minutes in VOL_EWMA_MINUTES:
-        lam = 0.5 ** (1.0 / max(minutes / freq, 1.0))
-        v, _ = lfilter([1.0 - lam], [1.0, -lam], u, zi=[lam])  # starts at the train mean (1)
-        cols.append(v[idx])
+        cols.append(ewma(u, max(minutes / freq, 1.0), 1.0)[idx])  # starts at the train mean (1)
     cum = np.concatenate([[0.0], np.cumsum(u)])  # (N+1,)
     for minutes in VOL_RV_MINUTES:
         w = max(1, minutes // freq)

@@ -74,7 +74,7 @@ from pydantic import Field
 
 from nqexp.calendar import ET, segment_ids
 from nqexp.errors import DataError, SpecError
-from nqexp.model.volatility import MCGarch, log_returns, vol_inputs_raw
+from nqexp.model.volatility import MCGarch, deseasonalised_sq_returns, ewma, log_returns, vol_inputs_raw
 
 log = logging.getLogger(__name__)
 
@@ -435,18 +435,9 @@ class Scalers:
 
     def recent_variance(self, arrays) -> np.ndarray:
         """(N,) float64 EWMA of deseasonalized squared 1-bar returns up to and including each bar (causal)."""
-        from scipy.signal import lfilter
-
         self._check_arrays(arrays)
-        r = log_returns(arrays.close)  # (N,)
-        slot = _slots(arrays)  # (N,)
-        u = r * r / self.tod_profile[slot]  # (N,)
-        m = self.var_per_bar
-        u = np.where(np.isfinite(u), np.minimum(u, 100.0 * m), m)  # one bar moves the estimate at most 10 sigma
-        lam = 0.5 ** (1.0 / self.halflife_bars)
-        # v_t = lam v_{t-1} + (1 - lam) u_t, v_{-1} = m; lfilter is the exact recursion in C.
-        v, _ = lfilter([1.0 - lam], [1.0, -lam], u, zi=[lam * m])
-        return v
+        u = deseasonalised_sq_returns(arrays.close, self.tod_profile[_slots(arrays)], self.var_per_bar)  # (N,)
+        return ewma(u, self.halflife_bars, self.var_per_bar)
 
     def target_scale(self, arrays, idx) -> np.ndarray:
         """(n, H) float32 causal sigma-hat for the samples ending at idx; strictly > 0.
@@ -466,10 +457,10 @@ class Scalers:
         """(n, K) float32 vol inputs of the samples ending at idx (`scale`: their sigma-hat, (n, H)),
         standardised with the train mean and std and clipped to +-clip (docs/model.md §12)."""
         self._check_arrays(arrays)
-        raw = vol_inputs_raw(arrays, idx, scale, tod_profile=self.tod_profile, var_per_bar=self.var_per_bar,
-                             garch=self.garch)  # (n, K)
         if self.vol_center is None:
             raise DataError("these scalers were fitted before the vol inputs existed; refit them")
+        raw = vol_inputs_raw(arrays, idx, scale, tod_profile=self.tod_profile, var_per_bar=self.var_per_bar,
+                             garch=self.garch)  # (n, K)
         z = (raw - self.vol_center) / self.vol_spread
         return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
