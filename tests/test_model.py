@@ -19,6 +19,7 @@ from nqexp.model.net import (
     build_model,
     count_parameters,
     horizon_weights,
+    model_config_from_saved,
     model_loss,
     pinball_loss,
 )
@@ -53,7 +54,8 @@ ONE_FLIP = [
     if name != "arch"
     for value in values
 ] + [dataclasses.replace(TINY, arch=arch, patch_len=4) for arch in SWITCHES["arch"]] + [
-    dataclasses.replace(TINY, arch=arch, calendar_encoding=False) for arch in SWITCHES["arch"]]
+    dataclasses.replace(TINY, arch=arch, calendar_encoding=False) for arch in SWITCHES["arch"]] + [
+    dataclasses.replace(TINY, arch=arch, recent_bars=4, recent_max_horizon=3) for arch in SWITCHES["arch"]]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -464,3 +466,44 @@ def test_without_calendar_encoding_day_of_month_and_year_cannot_matter():
     full = seeded(TINY).eval()
     with torch.no_grad():
         assert not torch.equal(full(x, mask, temporal, scale).q, full(x, mask, moved, scale).q)
+
+
+# ----------------------------------------------------------------------------- recent-bars reach
+
+
+@pytest.mark.parametrize("arch", ["migt_tvdt", "grok_sl"])
+@pytest.mark.parametrize("horizon_mode", ["independent", "autoregressive"])
+def test_recent_path_informs_only_the_horizons_within_its_reach(arch, horizon_mode):
+    # TINY's horizons are 3 and 12 bars; a reach of 3 leaves the 12-bar forecast without the path.
+    cfg = dataclasses.replace(TINY, arch=arch, horizon_mode=horizon_mode, recent_bars=4, recent_max_horizon=3)
+    model = seeded(cfg).eval()
+    x, mask, temporal, scale, _ = make_batch(cfg)
+    with torch.no_grad():
+        before = model(x, mask, temporal, scale).z  # (B, H, Q)
+        model.recent.mlp[-1].weight.mul_(50.0).add_(0.1)  # a very different recent-bars path
+        after = model(x, mask, temporal, scale).z
+    assert not torch.allclose(before[:, 0], after[:, 0]), "the 3-bar horizon must see the recent-bars path"
+    assert torch.equal(before[:, 1], after[:, 1]), describe(before[:, 1], after[:, 1])
+
+
+def test_a_reach_covering_every_horizon_is_the_unlimited_path_bit_for_bit():
+    x, mask, temporal, scale, _ = make_batch()
+    every = seeded(dataclasses.replace(TINY, recent_bars=4, recent_max_horizon=0)).eval()
+    covering = seeded(dataclasses.replace(TINY, recent_bars=4, recent_max_horizon=12)).eval()
+    with torch.no_grad():
+        a, b = every(x, mask, temporal, scale).q, covering(x, mask, temporal, scale).q
+    assert torch.equal(a, b), describe(a, b)
+
+
+def test_saved_configs_without_newer_fields_rebuild_the_model_that_was_saved():
+    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(TINY).items()}
+    for newer in ("vol_inputs", "recent_max_horizon"):
+        saved.pop(newer)
+    cfg = model_config_from_saved(saved)
+    assert (cfg.vol_inputs, cfg.recent_max_horizon) == (False, 0)
+    assert cfg.horizons == TINY.horizons
+
+
+def test_a_reach_shorter_than_every_horizon_is_refused():
+    with pytest.raises(SpecError, match="recent_max_horizon .2. is shorter than every horizon"):
+        ModelConfig(horizons=(3, 6), recent_bars=12, recent_max_horizon=2)

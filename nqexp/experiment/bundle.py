@@ -219,7 +219,7 @@ def _join_arrays(tree, arrays: dict[str, np.ndarray], npz: Path):
 def load_bundle(trial_dir) -> Bundle:
     """The trial's bundle, every file checked (see the module docstring); DataError otherwise."""
     # lazy: imports torch
-    from nqexp.model.net import ModelConfig
+    from nqexp.model.net import model_config_from_saved
 
     trial_dir = Path(trial_dir)
     path = trial_dir / BUNDLE_DIR
@@ -248,8 +248,7 @@ def load_bundle(trial_dir) -> Bundle:
 
     info = _read_json(path / MODEL_JSON)
     try:
-        model_cfg = ModelConfig(**{"vol_inputs": False,  # written before the vol inputs: a model without them
-                                **{k: tuple(v) if isinstance(v, list) else v for k, v in info["model"].items()}})
+        model_cfg = model_config_from_saved(info["model"])
         window_cfg = WindowConfig(**info["windows"])
     except (KeyError, TypeError, AttributeError, SpecError) as exc:
         raise DataError(f"{path / MODEL_JSON}: not a model and window config ({type(exc).__name__}: {exc}); {FIX}") \

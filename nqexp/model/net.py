@@ -47,7 +47,8 @@ Deliberate deviations from the design documents (docs/model.md §10):
   patched, go through a small MLP into the context. Patching folds the last hour into one token;
   short-horizon structure (mean reversion over a few bars, a shock that just raised volatility)
   lives in exactly those bars. Its output layer starts near zero, so at initialization the model is
-  about the same as without it.
+  about the same as without it. `recent_max_horizon` limits which horizons see it (docs/model.md §13):
+  the head runs twice, on the context with and without the path, and each horizon takes its own.
 - `vol_inputs` (an addition, docs/model.md §12): RevIN removes every level from the window, so the
   network cannot see that volatility is high or low relative to its normaliser sigma-hat. K causal
   log-variance inputs (EWMA at 30 min .. 1 week, realised variance over 1 h, a session, a week, the
@@ -110,6 +111,8 @@ class ModelConfig:
     calendar_encoding: bool = True  # Time2Vec of day-of-month/-year; off: on short train spans they can identify the date
     # the last k bars at full resolution (RevIN'd, all V), flattened into the context; 0 = off
     recent_bars: Annotated[int, Field(ge=0, le=1024)] = 12
+    # the longest horizon (bars) the recent-bars path informs; longer ones forecast without it; 0 = every horizon
+    recent_max_horizon: Annotated[int, Field(ge=0)] = 0
     activation_checkpointing: bool = False  # training: recompute each temporal block in backward (docs/model.md §11)
     vol_inputs: bool = True  # volatility inputs in the context and a learned per-horizon log sigma-hat correction (docs/model.md §12)
 
@@ -131,6 +134,11 @@ class ModelConfig:
                 raise SpecError(f"model.{name} ({getattr(self, name)}) must be at least 1")
         if not 0 <= self.recent_bars <= 1024:
             raise SpecError(f"model.recent_bars ({self.recent_bars}) must be in 0..1024")
+        if self.recent_max_horizon < 0:
+            raise SpecError(f"model.recent_max_horizon ({self.recent_max_horizon}) must be >= 0 (0 = every horizon)")
+        if self.recent_bars and 0 < self.recent_max_horizon < min(self.horizons, default=1):
+            raise SpecError(f"model.recent_max_horizon ({self.recent_max_horizon}) is shorter than every horizon "
+                            f"({list(self.horizons)}): the recent-bars path would inform none; set model.recent_bars: 0")
         if self.n_variable_layers < 0:
             raise SpecError(f"model.n_variable_layers ({self.n_variable_layers}) must be >= 0")
         if not self.horizons or any(h < 1 for h in self.horizons) or list(self.horizons) != sorted(set(self.horizons)):
@@ -162,6 +170,17 @@ class ModelConfig:
         if self.embedding == "flat" or self.attention == "temporal":
             return 1
         return self.n_vars if self.arch == "migt_tvdt" else len(self.groups)
+
+
+# A config saved in a checkpoint or bundle lacks the fields added after it was written: each gets the
+# value that rebuilds the model that was saved, not today's default.
+LEGACY_MODEL_DEFAULTS = {"vol_inputs": False, "recent_max_horizon": 0}
+
+
+def model_config_from_saved(saved) -> ModelConfig:
+    """The ModelConfig of a saved model (a checkpoint's or bundle's dict; JSON lists become tuples)."""
+    return ModelConfig(**{**LEGACY_MODEL_DEFAULTS,
+                          **{k: tuple(v) if isinstance(v, list) else v for k, v in dict(saved).items()}})
 
 
 class Forecast(NamedTuple):
@@ -596,25 +615,37 @@ class _Forecaster(nn.Module):
                 m.init_special()
 
     def _context_extras(self, x: torch.Tensor, mask: torch.Tensor, vol: torch.Tensor | None):
-        """The recent-bars and vol-input context increments (B, D) and the log sigma-hat correction (B, H) or None."""
-        extra = self.recent(x, mask) if self.recent is not None else 0.0  # (B, D)
-        log_corr = None
+        """The context increments of every horizon (B, D), of the recent-bars path where it reaches only
+        some horizons (B, D) or None, and the log sigma-hat correction (B, H) or None."""
+        recent = self.recent(x, mask) if self.recent is not None else None  # (B, D)
+        extra, log_corr = 0.0, None
         if self.vol is not None:
-            vol_ctx, log_corr = self.vol(vol, x.shape[0], x.device)  # (B, D), (B, H)
-            extra = extra + vol_ctx
-        return extra, log_corr
+            extra, log_corr = self.vol(vol, x.shape[0], x.device)  # (B, D), (B, H)
+        if recent is not None and self.recent_everywhere:
+            extra, recent = extra + recent, None
+        return extra, recent, log_corr
 
     def _forecast(self, ctx: torch.Tensor, scale: torch.Tensor, y: torch.Tensor | None,
-                  log_corr: torch.Tensor | None = None) -> Forecast:
+                  log_corr: torch.Tensor | None = None, recent: torch.Tensor | None = None) -> Forecast:
         # The head and de-normalization stay fp32 under autocast: bf16 has ~3 significant digits,
         # too few for quantile gaps of 1e-3 around a base.
         with torch.autocast(device_type=ctx.device.type, enabled=False):
             scale = scale.float().clamp_min(1e-12)  # (B, H), > 0 keeps z -> q strictly increasing
             y_norm = y.float() / scale if (y is not None and self.training) else None  # (B, H)
             z = self.head(self.ln_ctx(ctx.float()), y_norm)  # (B, H, Q)
+            if recent is not None:
+                # The recent path reaches only the short horizons: at long ones its noise fed the median.
+                z_recent = self.head(self.ln_ctx(ctx.float() + recent.float()), y_norm)  # (B, H, Q)
+                z = torch.where(self.recent_reach.view(1, -1, 1), z_recent, z)  # (B, H, Q)
             if log_corr is not None:
                 z = z * torch.exp(log_corr.float()).unsqueeze(-1)  # (B, H, Q) a positive factor keeps the order
             return Forecast(z=z, q=scale.unsqueeze(-1) * z)
+
+    def _init_recent(self, cfg: ModelConfig):
+        self.recent = RecentBars(cfg) if cfg.recent_bars else None
+        reach = [cfg.recent_max_horizon == 0 or h <= cfg.recent_max_horizon for h in cfg.horizons]
+        self.recent_everywhere = all(reach)  # a Python bool: no device sync per forward
+        self.register_buffer("recent_reach", torch.tensor(reach), persistent=False)  # (H,) horizons the path informs
 
 
 def _init_linear(m: nn.Module):
@@ -644,7 +675,7 @@ class MigtTvdt(_Forecaster):
         n_var = cfg.n_variable_layers if (N > 1 and cfg.variable_attention == "full") else 0
         self.variable = nn.ModuleList(VariableBlock(cfg) for _ in range(n_var))
         self.proj = nn.Linear(N * D, D)
-        self.recent = RecentBars(cfg) if cfg.recent_bars else None
+        self._init_recent(cfg)
         self.vol = VolCorrection(cfg) if cfg.vol_inputs else None
         self.ln_ctx = nn.LayerNorm(D)
         self.head = HorizonHead(cfg)
@@ -652,7 +683,7 @@ class MigtTvdt(_Forecaster):
 
     def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None,
                 vol: Tensor | None = None) -> Forecast:
-        extra, log_corr = self._context_extras(x, mask, vol)  # (B, D), (B, H) or None
+        extra, recent, log_corr = self._context_extras(x, mask, vol)  # (B, D), (B, D) or None, (B, H) or None
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -664,7 +695,7 @@ class MigtTvdt(_Forecaster):
         for block in self.variable:
             h = block(h)  # (B, N, D)
         ctx = F.gelu(self.proj(h.reshape(B, N * D))) + extra  # (B, D)
-        return self._forecast(ctx, scale, y, log_corr)
+        return self._forecast(ctx, scale, y, log_corr, recent)
 
 
 class GrokSL(_Forecaster):
@@ -678,7 +709,7 @@ class GrokSL(_Forecaster):
         cross = N > 1 and cfg.variable_attention == "full"
         self.blocks = nn.ModuleList(GrokBlock(cfg, cross) for _ in range(cfg.n_temporal_layers))
         self.ln_f = nn.LayerNorm(D)
-        self.recent = RecentBars(cfg) if cfg.recent_bars else None
+        self._init_recent(cfg)
         self.vol = VolCorrection(cfg) if cfg.vol_inputs else None
         self.ln_ctx = nn.LayerNorm(D)
         self.head = HorizonHead(cfg)
@@ -686,7 +717,7 @@ class GrokSL(_Forecaster):
 
     def forward(self, x: Tensor, mask: Tensor, temporal: Tensor, scale: Tensor, y: Tensor | None = None,
                 vol: Tensor | None = None) -> Forecast:
-        extra, log_corr = self._context_extras(x, mask, vol)  # (B, D), (B, H) or None
+        extra, recent, log_corr = self._context_extras(x, mask, vol)  # (B, D), (B, D) or None, (B, H) or None
         tok, mask = self.encoder(x, mask, temporal)  # (B, N, T, D), (B, T); T = segments when patch_len > 1
         B, N, T, D = tok.shape
         attn_mask = _key_mask(mask, N)  # (B*N, 1, 1, T)
@@ -697,7 +728,7 @@ class GrokSL(_Forecaster):
         last = torch.where(mask, steps, 0).amax(dim=1)  # (B,)
         h = tok[torch.arange(B, device=mask.device), :, last]  # (B, N, D)
         ctx = self.ln_f(h).mean(dim=1) + extra  # (B, D)
-        return self._forecast(ctx, scale, y, log_corr)
+        return self._forecast(ctx, scale, y, log_corr, recent)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

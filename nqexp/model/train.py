@@ -495,12 +495,11 @@ def train(model_cfg, cfg: TrainConfig, data: Mapping, tracker: Tracker, run_dir,
 def load_checkpoint_model(path, device: str = "cpu"):
     """Rebuild the model stored in a checkpoint (best-*.pt or latest.pt)."""
     # lazy: imports torch
-    from nqexp.model.net import ModelConfig, build_model
+    from nqexp.model.net import build_model, model_config_from_saved
 
     ckpt = load_checkpoint(path, device, BEST_KEYS)
     try:
-        cfg = ModelConfig(**{"vol_inputs": False,  # written before the vol inputs: a model without them
-                          **{k: tuple(v) if isinstance(v, list) else v for k, v in dict(ckpt["model_cfg"]).items()}})
+        cfg = model_config_from_saved(ckpt["model_cfg"])
         model = build_model(cfg).to(device)
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, ValueError, SpecError) as exc:
