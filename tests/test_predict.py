@@ -20,10 +20,11 @@ from tests.test_quality import TINY as QUALITY_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # The quality test's tiny demo trial, trained shorter: predict needs a bundle, not a good model.
-# Recalibrated, so predict is checked to apply the bundle's val-fitted recalibration as the trial's test did.
+# Recalibrated (by time of day), so predict is checked to apply the bundle's val-fitted recalibration as the
+# trial's test did.
 TINY = [o for o in QUALITY_TINY if not o.startswith(("train.time_budget_s", "train.max_epochs", "train.max_eval"))] + [
     "train.time_budget_s=6", "train.max_epochs=1", "train.max_eval_samples=512", "eval.recalibrate=conformal",
-    "eval.median_shrink=true"]
+    "eval.median_shrink=true", "eval.recalibrate_tod_buckets=4"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,8 @@ def test_at_a_test_bar_matches_the_trained_model(trial):
     assert rows[0]["ts"] == at + "Z"
     model, _ = load_checkpoint_model(trial["ckpt"])
     raw = predict(model, test, 512, "cpu", subset=np.array([k])).q  # (1, H, Q)
-    want = trial["recal"].apply(raw, test.scale[k:k + 1])[0]  # (H, Q) as the trial's test was recalibrated
+    assert trial["recal"].n_buckets == 4
+    want = trial["recal"].apply(raw, test.scale[k:k + 1], test.ts[k:k + 1])[0]  # (H, Q) as the trial's test was
     np.testing.assert_allclose(_rows_to_cube(rows, "model"), want, rtol=1e-5, atol=1e-7)
     base = trial["data"].baselines["test"]
     for name in ("climatology", "volscaled", "mcgarch"):

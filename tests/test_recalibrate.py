@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from nqexp.errors import DataError
-from nqexp.evaluation.recalibrate import Recalibration, cross_fit, fit
+from nqexp.evaluation.recalibrate import Recalibration, cross_fit, fit, tod_buckets
 from nqexp.metrics import crps_quantile
 
 TAUS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -73,3 +73,48 @@ def test_cross_fit_scores_each_half_of_val_with_the_other_halfs_fit():
     again = cross_fit(q, changed, scale, ts, TAUS, method="conformal", median_shrink=True)
     assert np.array_equal(out[2000:], again[2000:])
     assert not np.array_equal(out[:2000], again[:2000])
+
+
+def by_time_of_day(n, seed):
+    """Origins every 5 minutes; the forecast is too narrow in the New York morning (06:00-12:00), too wide
+    the rest of the day, so pooled offsets over-cover one and under-cover the other."""
+    q, y, scale, _ = sample(n, seed)
+    ts = np.datetime64("2025-03-03T00:00") + 5 * np.arange(n).astype("timedelta64[m]")  # naive UTC
+    morning = tod_buckets(ts, 4) == 1  # (n,) 06:00-12:00 New York time
+    y = y * np.where(morning, 1.6, 0.8)[:, None]
+    return q, y, scale, ts, morning
+
+
+def test_time_of_day_buckets_restore_the_coverage_of_each_part_of_the_day():
+    q, y, scale, ts, _ = by_time_of_day(40_000, 7)
+    pooled = fit(q, y, scale, TAUS, method="conformal", median_shrink=False)
+    bucketed = fit(q, y, scale, TAUS, method="conformal", median_shrink=False, ts=ts, n_buckets=4)
+    q2, y2, scale2, ts2, morning = by_time_of_day(40_000, 8)
+    flat, tod = pooled.apply(q2, scale2), bucketed.apply(q2, scale2, ts2)
+    assert picp80(flat[morning], y2[morning]) < 0.7 and picp80(flat[~morning], y2[~morning]) > 0.85
+    for part in (morning, ~morning):
+        assert 0.78 <= picp80(tod[part], y2[part]) <= 0.82
+    assert (np.diff(tod, axis=-1) >= 0).all()
+    # The state keeps the buckets, applying them needs the times, and a (H, Q) state of before is one bucket.
+    again = Recalibration.from_state(bucketed.to_state())
+    assert np.array_equal(again.apply(q2, scale2, ts2), tod)
+    with pytest.raises(ValueError, match="needs the origin times"):
+        bucketed.apply(q2, scale2)
+    old = {**pooled.to_state(), "offset": pooled.offset[0].tolist()}
+    assert np.array_equal(Recalibration.from_state(old).apply(q2, scale2), flat)
+
+
+def test_tod_buckets_follow_the_new_york_clock_across_daylight_saving():
+    utc = np.array(["2025-01-15T11:00", "2025-07-15T11:00", "2025-07-15T03:59"], dtype="datetime64[m]")
+    # 06:00 EST, 07:00 EDT, 23:59 EDT: with 4 buckets of 6 hours, 1, 1 and 3.
+    assert tod_buckets(utc, 4).tolist() == [1, 1, 3]
+    assert tod_buckets(utc, 24).tolist() == [6, 7, 23]
+
+
+def test_buckets_without_conformal_offsets_are_a_spec_error():
+    from nqexp.errors import SpecError
+    from nqexp.evaluation.evaluate import EvalConfig
+
+    with pytest.raises(SpecError, match="set eval.recalibrate: conformal"):
+        EvalConfig(recalibrate_tod_buckets=4)
+    assert EvalConfig(recalibrate="conformal", recalibrate_tod_buckets=4).recalibrate_tod_buckets == 4

@@ -302,8 +302,15 @@ class EvalConfig:
     # the raw forecast stays in the tables as source "model_raw".
     recalibrate: Literal["none", "conformal"] = "none"  # conformal: per-level offsets fitted on val, in sigma-hat units
     median_shrink: bool = False  # shrink the median towards 0 by a per-horizon share chosen on val
+    # conformal offsets per time-of-day bucket: this many equal slices of the New York day; 1 = one set
+    recalibrate_tod_buckets: Annotated[int, Field(ge=1, le=24)] = 1
 
     def __post_init__(self):
+        if not 1 <= self.recalibrate_tod_buckets <= 24:
+            raise SpecError(f"eval.recalibrate_tod_buckets ({self.recalibrate_tod_buckets}) must be in 1..24")
+        if self.recalibrate_tod_buckets > 1 and self.recalibrate != "conformal":
+            raise SpecError(f"eval.recalibrate_tod_buckets ({self.recalibrate_tod_buckets}) buckets the conformal "
+                            f"offsets: set eval.recalibrate: conformal, or leave it at 1")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown or "climatology" not in self.baselines or len(set(self.baselines)) != len(self.baselines):
             raise SpecError(f"eval.baselines ({list(self.baselines)}) must be distinct names from "

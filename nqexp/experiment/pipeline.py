@@ -192,7 +192,9 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
     method, shrink = eval_cfg.recalibrate, eval_cfg.median_shrink
     recalibrating = (method != "none" or shrink) and model_cfg.head == "quantile"
     val_scored, val_q = raw["val"]
-    recal = (recalibrate.fit(val_q, val_scored.y, ds["val"].scale, taus, method=method, median_shrink=shrink)
+    buckets = eval_cfg.recalibrate_tod_buckets
+    recal = (recalibrate.fit(val_q, val_scored.y, ds["val"].scale, taus, method=method, median_shrink=shrink,
+                             ts=val_scored.ts, n_buckets=buckets)
              if recalibrating else recalibrate.Recalibration.none(val_q.shape[1], len(taus)))
     tables, splits = [], {}
     for split in ("val", "test"):
@@ -200,8 +202,8 @@ def score_trial(model_cfg, checkpoint, data: PreparedData, trial_dir: Path, eval
         q = q_raw
         if recalibrating:
             q = (recalibrate.cross_fit(q_raw, scored.y, ds[split].scale, scored.ts, taus, method=method,
-                                       median_shrink=shrink) if split == "val"
-                 else recal.apply(q_raw, ds[split].scale)).astype(np.float32)
+                                       median_shrink=shrink, n_buckets=buckets) if split == "val"
+                 else recal.apply(q_raw, ds[split].scale, scored.ts)).astype(np.float32)
         base = data.baselines[split]  # fitted on train in prepare_data, on these samples
         tables.append(evaluate.evaluate_split_table(split, scored.y, q, taus, data.horizon_minutes, scored.ts, base,
                                                     raw=q_raw if recalibrating else None))

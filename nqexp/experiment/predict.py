@@ -191,7 +191,7 @@ def forecast(bundle: Bundle, tail: Tail, idx, model=None, device: str = "cpu") -
     if q.shape[-1] == 1:                                    # a point head, scored as in score_trial
         q = np.repeat(q, len(bundle.taus), axis=-1)
     elif bundle.recalibration is not None:                  # fitted on val, as the trial's test metrics were
-        q = bundle.recalibration.apply(q, scale).astype(np.float32)
+        q = bundle.recalibration.apply(q, scale, arrays.ts[idx]).astype(np.float32)
     base: dict[str, np.ndarray] = {}
     st = bundle.baselines
     if "climatology" in st:
