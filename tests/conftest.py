@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab import LAB_FILES, make_quickstart_lab
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NQEXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -30,6 +32,21 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
     parser.addoption("--run-cluster", action="store_true", default=False, help="run tests marked cluster")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (pyproject addopts), except that the modules sharing the quickstart lab
+    (tests/lab.py) are one unit: one worker, so one smoke run."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LabAwareLoadFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "quickstart_lab" if Path(scope).name in LAB_FILES else scope
+
+    return LabAwareLoadFile(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,6 +71,13 @@ def pytest_collection_modifyitems(config, items):
                     has_cuda = False
             if not has_cuda:
                 item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device"))
+
+
+@pytest.fixture(scope="session")
+def quickstart_lab(tmp_path_factory):
+    """(cwd, CompletedProcess, seconds) of `nqexp run quickstart --smoke` in a user's working directory,
+    run once per session (tests/lab.py)."""
+    return make_quickstart_lab(tmp_path_factory.mktemp("quickstart_lab"))
 
 
 @pytest.fixture(scope="session")

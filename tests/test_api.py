@@ -1,9 +1,10 @@
 """The Python API (nqexp/experiment/api.py, docs/api.md): experiments and trials as DataFrames, forecasts
 from a DataFrame or a file without a database, and the CLI on the same path.
 
-One module-scoped smoke run of the quickstart (`nqexp run quickstart --smoke`, about a minute) in a
-working directory of its own, with the default database ./nqexp_data/nqexp.duckdb and store ./runs,
-as a user who follows the README has them; docs/api.md's example runs there.
+The session's smoke run of the quickstart (`nqexp run quickstart --smoke`, about a minute; `quickstart_lab`,
+shared with tests/test_tune.py, tests/lab.py) in a working directory of its own, with the default database
+./nqexp_data/nqexp.duckdb and store ./runs, as a user who follows the README has them; docs/api.md's example
+runs there.
 """
 
 from __future__ import annotations
@@ -32,15 +33,8 @@ RECENT = "2025-07-01"          # the demo ends 2025-12-03: over 100 sessions, wh
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("lab")
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
-    env.pop("NQEXP_DB", None)
-    env.pop("WANDB_API_KEY", None)
-    result = subprocess.run([sys.executable, "-m", "nqexp.cli", "run", str(ROOT / "experiments" / "quickstart.yaml"),
-                             "--smoke"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return cwd
+def lab(quickstart_lab):
+    return quickstart_lab[0]
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The product's main job, end to end: `nqexp run SPEC` on Ray Tune, the run store, W&B offline runs.
 
-One module-scoped smoke run of experiments/quickstart.yaml (real Ray Tune, real W&B client in
-offline mode, real DuckDB) feeds most tests here; it takes about a minute on 2 cores.
+One smoke run of experiments/quickstart.yaml (real Ray Tune, real W&B client in offline mode, real
+DuckDB; the session's `quickstart_lab`, shared with tests/test_api.py, tests/lab.py) feeds most tests here;
+it takes about a minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,20 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.lab import SECRET, default_db, nqexp
 from tests.wandb_log import read_wandb_records
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "name:" in p.read_text())
-SECRET = "db-TESTSECRET0123456789abcdefXYZ"
 EXP = "quickstart-smoke"  # --smoke runs under its own experiment name
-
-
-def nqexp(*args, cwd, env=None, timeout=600, **kw):
-    full_env = {**os.environ, "NQEXP_DB": str(Path(cwd) / "nq.duckdb"), "WANDB_MODE": "offline",
-                "WANDB_SILENT": "true", "DATABENTO_API_KEY": SECRET, **(env or {})}
-    full_env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "nqexp.cli", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout, **kw)
 
 
 def dry_run(*args, cwd):
@@ -42,7 +35,7 @@ def dry_run(*args, cwd):
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        result = CliRunner().invoke(cli, list(args), prog_name="nqexp", env={"NQEXP_DB": str(Path(cwd) / "nq.duckdb")})
+        result = CliRunner().invoke(cli, list(args), prog_name="nqexp", env={"NQEXP_DB": str(default_db(cwd))})
     finally:
         os.chdir(old)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
@@ -68,14 +61,8 @@ def test_a_spec_error_is_one_readable_line_with_exit_code_2(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("smoke")
-    # A short demo series made earlier must be replaced, not silently used (it misses the split dates).
-    made = nqexp("data", "demo", "--days", "10", cwd=cwd)
-    assert made.returncode == 0, made.stderr
-    t0 = time.perf_counter()
-    result = nqexp("run", str(ROOT / "experiments" / "quickstart.yaml"), "--smoke", cwd=cwd)
-    return cwd, result, time.perf_counter() - t0
+def smoke(quickstart_lab):
+    return quickstart_lab
 
 
 def test_quickstart_smoke_runs_every_trial_and_prints_the_ablation_table(smoke):
