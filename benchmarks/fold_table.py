@@ -5,7 +5,9 @@ The report pools folds; a default is settled by whether a switch helps on val in
 fold, the % change of the raw (not recalibrated) CRPS against the reference's trial of the same fold and
 seed, on val and test, and how many folds val calls better. The reference can be a variant of another
 experiment of the same configuration (CPU training is deterministic for a seed), e.g. a second batch of
-an ablation compared with the first batch's `full`.
+an ablation compared with the first batch's `full`. Then the paired test differences with their
+one-day block-bootstrap CIs (the report's, docs/metrics.md §12: pooled over folds, the forecasts as
+scored, recalibrated where the trials were), Benjamini-Hochberg-adjusted over the rows of that table.
 
     python benchmarks/fold_table.py quality_ablation_more --store /tmp/abl3/runs
     python benchmarks/fold_table.py quality_ablation_inputs --store /tmp/abl2/runs \
@@ -20,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nqexp.evaluation import report  # noqa: E402
 from nqexp.experiment.track import RunStore  # noqa: E402
+from nqexp.metrics import ADJUSTMENTS  # noqa: E402
 
 HORIZONS = ("15m", "30m", "60m", "2h", "4h")
 
@@ -76,7 +80,38 @@ def main(argv=None) -> int:
         better = sum(v < 0 for v in means)
         print(f"{variant}: val mean CRPS better than the reference in {better} of {len(means)} folds "
               f"({', '.join(f'{v:+.2f}%' for v in means)})")
+    paired_table(store, args.experiment, ref_store, ref_exp, ref_var)
     return 0
+
+
+def paired_table(store, experiment, ref_store, ref_exp, ref_var, n_boot: int = 1000):
+    """The report's paired test comparison of every variant against the reference trial of its fold and seed."""
+    import dataclasses
+
+    import pandas as pd
+
+    data = report.load(store, experiment)
+    ref = report.load(ref_store, ref_exp)
+    ref_trials = ref.trials[ref.trials["variant"] == ref_var].assign(variant="__ref__")
+    ours = data.trials[~((data.trials["variant"] == ref_var) & (experiment == ref_exp))]
+    merged = dataclasses.replace(data, trials=pd.concat([ref_trials, ours], ignore_index=True), reference="__ref__")
+    paired = report.paired_differences(merged, "test", n_boot=n_boot)
+    if paired.empty:
+        return
+    paired["p_adj"] = ADJUSTMENTS["bh"](paired["p"].to_numpy(float))
+    paired["verdict"] = [report._verdict(m, q, ("better", "worse")) for m, q in zip(paired["mean_diff"], paired["p_adj"])]
+    print(f"\nPaired test CRPS against {ref_exp}/{ref_var}, pooled over folds: % of its CRPS [95% CI], verdict after "
+          f"Benjamini-Hochberg over these {len(paired)} comparisons (folds with the pooled sign).")
+    labels = list(dict.fromkeys(paired["horizon"]))
+    print("| variant | " + " | ".join(labels) + " |")
+    print("| --- | " + " | ".join("---" for _ in labels) + " |")
+    for variant, rows in paired.groupby("variant", sort=False):
+        cells = []
+        for r in rows.itertuples():
+            scale = r.rel_pct / r.mean_diff if r.mean_diff else float("nan")  # % per unit of CRPS difference
+            cells.append(f"{r.rel_pct:+.2f}% [{r.ci_lo * scale:+.2f}, {r.ci_hi * scale:+.2f}] {r.verdict} "
+                         f"({r.same_sign_folds})")
+        print(f"| {variant} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
