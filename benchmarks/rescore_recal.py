@@ -2,7 +2,7 @@
 
 Recalibration is fitted on val after training, so its settings need no new training: this rescores each
 fold's best checkpoint of one variant of a finished run with `eval.recalibrate` and `eval.median_shrink`
-switched (none / shrink / conformal / both), and prints the % change of CRPS against the raw forecast,
+switched (none / shrink / conformal / both / conformal by 4 time-of-day buckets), and prints the % change of CRPS against the raw forecast,
 val cross-fitted (each half of val recalibrated by the fit on the other) and test (fitted on all of
 val), with the median shares a_h each fold's val chose. A default is changed only if val improves in
 every fold.
@@ -26,7 +26,9 @@ from nqexp.experiment.spec import load_spec  # noqa: E402
 from nqexp.experiment.track import RunStore  # noqa: E402
 
 HORIZONS = ("15m", "30m", "60m", "2h", "4h")
-SETTINGS = {"shrink": ("none", True), "conformal": ("conformal", False), "both": ("conformal", True)}
+# name -> (eval.recalibrate, eval.median_shrink, eval.recalibrate_tod_buckets)
+SETTINGS = {"shrink": ("none", True, 1), "conformal": ("conformal", False, 1), "both": ("conformal", True, 1),
+            "conformal_tod4": ("conformal", False, 4)}
 
 
 def best_checkpoint(trial_dir: Path, best_step: int) -> Path:
@@ -58,8 +60,9 @@ def main(argv=None) -> int:
         ckpt = best_checkpoint(Path(r.dir), int(r.best_step))
         scored = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for name, (method, shrink) in {"raw": ("none", False), **SETTINGS}.items():
-                eval_cfg = dataclasses.replace(tspec.eval, recalibrate=method, median_shrink=shrink)
+            for name, (method, shrink, buckets) in {"raw": ("none", False, 1), **SETTINGS}.items():
+                eval_cfg = dataclasses.replace(tspec.eval, recalibrate=method, median_shrink=shrink,
+                                               recalibrate_tod_buckets=buckets)
                 flat, _flags, _plots, _recal = score_trial(tspec.model, ckpt, data, Path(tmp) / name, eval_cfg,
                                                            plots=False)
                 scored[name] = flat
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     print("| fold | setting | " + " | ".join(cols) + " | val mean | a_h |")
     print("| ---: | --- | " + " | ".join("---:" for _ in cols) + " | ---: | --- |")
     for fold, name, cells, shares in rows:
-        a = " / ".join(f"{s:.2f}" for s in shares) if name != "conformal" else "-"
+        a = " / ".join(f"{s:.2f}" for s in shares) if SETTINGS[name][1] else "-"
         print(f"| {fold} | {name} | " + " | ".join(f"{c:+.2f}" for c in cells)
               + f" | {sum(cells[:5]) / 5:+.2f} | {a} |")
     return 0
