@@ -66,15 +66,17 @@ def spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def paired(d: np.ndarray, ts, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of the per-sample CRPS differences d with a moving-block bootstrap 95% CI (one-day blocks)."""
+def paired(d: np.ndarray, ts, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float, float]:
+    """Mean of the per-sample CRPS differences d, its moving-block bootstrap 95% CI (one-day blocks) and
+    the bootstrap p-value of mean 0 (the report's, docs/metrics.md §12)."""
     import pandas as pd
 
-    from nqexp.metrics import block_bootstrap_ci
+    from nqexp.metrics import block_bootstrap_replicates, bootstrap_p_value
 
     per_day = pd.Series(1, index=pd.DatetimeIndex(ts)).groupby(pd.DatetimeIndex(ts).floor("D")).size().median()
-    lo, hi = block_bootstrap_ci(d, np.mean, block=max(1, int(per_day)), n_boot=n_boot, seed=seed)
-    return float(d.mean()), float(lo), float(hi)
+    reps = block_bootstrap_replicates(d, np.mean, block=max(1, int(per_day)), n_boot=n_boot, seed=seed)
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    return float(d.mean()), float(lo), float(hi), bootstrap_p_value(reps)
 
 
 def score(q_model, data, oracle, oracle_ic, taus) -> tuple[list[dict], dict]:
@@ -115,11 +117,18 @@ def score(q_model, data, oracle, oracle_ic, taus) -> tuple[list[dict], dict]:
             if name == "model":
                 continue
             c_b = crps(y[:, j], q[:, j], taus)
-            mean, lo_ci, hi_ci = paired(c_model - c_b, test.ts)
+            mean, lo_ci, hi_ci, p = paired(c_model - c_b, test.ts)
             row[f"vs_{name}"] = {"diff": mean, "ci": [lo_ci, hi_ci], "rel_pct": 100 * mean / float(c_b.mean()),
-                                 "verdict": "better" if hi_ci < 0 else "worse" if lo_ci > 0 else "no clear difference"}
+                                 "p": p}
         rows.append(row)
     names = [k for k in sources if k != "model"]
+    # Verdicts after Benjamini-Hochberg over every model-vs-baseline comparison of the table (H x baselines).
+    p_adj = iter(M.ADJUSTMENTS["bh"](np.array([r[f"vs_{b}"]["p"] for r in rows for b in names])))
+    for r in rows:
+        for b in names:
+            v = r[f"vs_{b}"]
+            v["p_adj"] = float(next(p_adj))
+            v["verdict"] = ("no clear difference" if v["p_adj"] >= 0.05 else "better" if v["diff"] < 0 else "worse")
     beat_all = sum(all(r[f"vs_{b}"]["diff"] < 0 for b in names) for r in rows)
     beat_all_sig = sum(all(r[f"vs_{b}"]["verdict"] == "better" for b in names) for r in rows)
     verdicts = {
@@ -157,6 +166,12 @@ def forecasts(checkpoint, data, tspec, taus) -> tuple[np.ndarray, np.ndarray]:
     return q_test, recal.apply(q_test, test.scale)
 
 
+def _cell(v: dict) -> str:
+    """'-0.39% [-0.60, -0.18] better': a paired difference in % of the baseline's CRPS, its CI and verdict."""
+    per = v["rel_pct"] / v["diff"] if v["diff"] else float("nan")  # % per unit of CRPS difference
+    return f"{v['rel_pct']:+.2f}% [{v['ci'][0] * per:+.2f}, {v['ci'][1] * per:+.2f}] {v['verdict']}"
+
+
 def markdown(rows, verdicts, with_model: bool = True) -> str:
     names = [k[:-len("_over_oracle")] for k in rows[0] if k.endswith("_over_oracle")]
     if not with_model:
@@ -174,11 +189,12 @@ def markdown(rows, verdicts, with_model: bool = True) -> str:
     out = head + "\n".join(lines) + "\n"
     if with_model:
         base = [n for n in names if n != "model"]
-        out += ("\nPaired CRPS difference, model − baseline, whole test split (% of the baseline's CRPS, "
-                "95% block-bootstrap CI):\n\n| horizon | " + " | ".join(base) + " |\n|" + " --- |" * (len(base) + 1) + "\n")
+        out += ("\nPaired CRPS difference, model − baseline, whole test split (% of the baseline's CRPS [95% "
+                "block-bootstrap CI]; verdicts after Benjamini-Hochberg over these "
+                f"{len(rows) * len(base)} comparisons):\n\n| horizon | " + " | ".join(base) + " |\n|" + " --- |" * (len(base) + 1) + "\n")
         for r in rows:
             out += f"| {r['horizon']} | " + " | ".join(
-                f"{r[f'vs_{b}']['rel_pct']:+.2f}% ({r[f'vs_{b}']['verdict']})" for b in base) + " |\n"
+                _cell(r[f"vs_{b}"]) for b in base) + " |\n"
         checks = ", ".join(f"{k}: {'PASS' if v else 'MISS'}" for k, v in verdicts.items()
                            if isinstance(v, bool) and k != "all")
         out += ("\nThe model's median in sigma-hat units against the oracle's conditional mean (IC origins):\n\n"
