@@ -73,8 +73,11 @@ def main(argv=None) -> int:
                     if split == "val":
                         val_changes.append(change)
             val_mean = sum(val_changes) / len(val_changes)
-            summary.setdefault(variant, []).append(val_mean)
-            print(f"| {variant} | {int(r.fold)} | " + " | ".join(cells) + f" | {val_mean:+.2f} |")
+            truncated = getattr(r, "stopped", None) == report.TRUNCATED
+            if not truncated:  # a trial its time guard stopped did not train the budget: no verdict from it
+                summary.setdefault(variant, []).append(val_mean)
+            note = " (truncated)" if truncated else ""
+            print(f"| {variant}{note} | {int(r.fold)} | " + " | ".join(cells) + f" | {val_mean:+.2f} |")
     print()
     for variant, means in summary.items():
         better = sum(v < 0 for v in means)
@@ -93,7 +96,8 @@ def paired_table(store, experiment, ref_store, ref_exp, ref_var, n_boot: int = 1
     data = report.load(store, experiment)
     ref = report.load(ref_store, ref_exp)
     ref_trials = ref.trials[ref.trials["variant"] == ref_var].assign(variant="__ref__")
-    ours = data.trials[~((data.trials["variant"] == ref_var) & (experiment == ref_exp))]
+    ours = data.trials[~((data.trials["variant"] == ref_var) & (experiment == ref_exp))
+                       & (data.trials["stopped"] != report.TRUNCATED)]  # truncated trials did not train the budget
     merged = dataclasses.replace(data, trials=pd.concat([ref_trials, ours], ignore_index=True), reference="__ref__")
     paired = report.paired_differences(merged, "test", n_boot=n_boot)
     if paired.empty:
