@@ -1,8 +1,8 @@
 """The quickstart smoke lab shared by tests/test_tune.py and tests/test_api.py, and the CLI helper both use.
 
 `nqexp run experiments/quickstart.yaml --smoke` takes most of a minute on 2 cores, and both modules read
-the same run. conftest.py keeps both modules on one xdist worker (one `xdist_group`), so the session
-fixture `quickstart_lab` runs it once per suite instead of once per module. The lab is a user's working
+the same run. conftest.py's `pytest_xdist_make_scheduler` keeps both modules on one xdist worker (one
+loadfile unit), so the session fixture `quickstart_lab` runs it once per suite instead of once per module. The lab is a user's working
 directory: the default database ./nqexp_data/nqexp.duckdb, the run store ./runs. Tests may rerun specs
 in it (reruns are idempotent) but must not delete from it.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "db-TESTSECRET0123456789abcdefXYZ"  # a Databento key every run sees; it must never be written anywhere
-LAB_FILES = ("test_tune.py", "test_api.py")  # the modules that share the lab: one xdist group
+LAB_FILES = ("test_tune.py", "test_api.py")  # the modules that share the lab: one xdist loadfile unit
 
 
 def default_db(cwd) -> Path:
