@@ -32,12 +32,15 @@ def segment_ids(ts) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64)
 
 
+def et_index(ts) -> pd.DatetimeIndex:
+    """(N,) timestamps as an ET DatetimeIndex (the exchange clock). Naive values are UTC."""
+    idx = pd.DatetimeIndex(np.asarray(ts))
+    return (idx.tz_localize("UTC") if idx.tz is None else idx).tz_convert(ET)
+
+
 def session_dates(ts) -> np.ndarray:
     """(N,) Globex session date of each UTC timestamp, as datetime64[ns] at midnight. Naive values are UTC."""
-    idx = pd.DatetimeIndex(np.asarray(ts))
-    if idx.tz is None:
-        idx = idx.tz_localize("UTC")
-    local = idx.tz_convert(ET) + SESSION_SHIFT
+    local = et_index(ts) + SESSION_SHIFT
     return local.tz_localize(None).normalize().values  # (N,) datetime64[ns] at midnight
 
 

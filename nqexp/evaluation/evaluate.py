@@ -35,6 +35,7 @@ from pydantic import Field
 from nqexp import metrics as M
 from nqexp.errors import DataError, NqexpError, SpecError
 from nqexp.evaluation.baselines import BASELINES
+from nqexp.evaluation.recalibrate import MAX_TOD_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -303,11 +304,12 @@ class EvalConfig:
     recalibrate: Literal["none", "conformal"] = "none"  # conformal: per-level offsets fitted on val, in sigma-hat units
     median_shrink: bool = False  # shrink the median towards 0 by a per-horizon share chosen on val
     # conformal offsets per time-of-day bucket: this many equal slices of the New York day; 1 = one set
-    recalibrate_tod_buckets: Annotated[int, Field(ge=1, le=24)] = 1
+    recalibrate_tod_buckets: Annotated[int, Field(ge=1, le=MAX_TOD_BUCKETS)] = 1
 
     def __post_init__(self):
-        if not 1 <= self.recalibrate_tod_buckets <= 24:
-            raise SpecError(f"eval.recalibrate_tod_buckets ({self.recalibrate_tod_buckets}) must be in 1..24")
+        if not 1 <= self.recalibrate_tod_buckets <= MAX_TOD_BUCKETS:
+            raise SpecError(f"eval.recalibrate_tod_buckets ({self.recalibrate_tod_buckets}) must be in "
+                            f"1..{MAX_TOD_BUCKETS}")
         if self.recalibrate_tod_buckets > 1 and self.recalibrate != "conformal":
             raise SpecError(f"eval.recalibrate_tod_buckets ({self.recalibrate_tod_buckets}) buckets the conformal "
                             f"offsets: set eval.recalibrate: conformal, or leave it at 1")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nqexp import metrics as M
-from nqexp.calendar import ET
+from nqexp.calendar import et_index
 
 BP = 1e4  # log-return -> basis points
 
@@ -114,9 +114,7 @@ def coverage_by_time_of_day(path: str | os.PathLike, ts, y, q, taus, horizon_min
     origin, one line per horizon, hours in Globex session order (18:00 ET first)."""
     y, q = np.asarray(y, float), np.asarray(q, float)
     lo, hi = _tau_index(taus, lo_tau), _tau_index(taus, hi_tau)
-    idx = pd.DatetimeIndex(np.asarray(ts))
-    idx = (idx.tz_localize("UTC") if idx.tz is None else idx).tz_convert(ET)
-    hour = np.asarray(idx.hour)
+    hour = np.asarray(et_index(ts).hour)
     order = [(18 + k) % 24 for k in range(24)]  # session starts 18:00 ET
     fig, axes = _figure(figsize=(9.0, 4.5))
     ax = axes[0, 0]
@@ -143,8 +141,7 @@ def fan_chart(path: str | os.PathLike, ts, y, q, taus, horizon_minutes: Sequence
     quantile pairs (5–95, 10–90, 25–75); gaps longer than 30 minutes (maintenance break,
     weekend) are left blank instead of being bridged."""
     y, q, taus = np.asarray(y, float), np.asarray(q, float), np.asarray(taus, float)
-    t = pd.DatetimeIndex(np.asarray(ts))
-    t = (t.tz_localize("UTC") if t.tz is None else t).tz_convert(ET).tz_localize(None)
+    t = et_index(ts).tz_localize(None)
     t0 = t[0] if start is None else pd.Timestamp(start)
     sel = np.nonzero((t >= t0) & (t < t0 + pd.Timedelta(days=days)))[0]
     if len(sel) == 0:

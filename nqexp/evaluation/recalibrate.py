@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from nqexp.calendar import ET
+from nqexp.calendar import et_index
 from nqexp.errors import DataError
 from nqexp.metrics import crps_quantile
 
@@ -39,9 +39,7 @@ MAX_TOD_BUCKETS = 24
 
 def tod_buckets(ts, n_buckets: int) -> np.ndarray:
     """(n,) bucket of each naive-UTC origin time: B equal slices of the New York day, 0 from midnight."""
-    import pandas as pd
-
-    local = pd.DatetimeIndex(np.asarray(ts, dtype="datetime64[ns]")).tz_localize("UTC").tz_convert(ET)
+    local = et_index(np.asarray(ts, dtype="datetime64[ns]"))
     minute = np.asarray(local.hour * 60 + local.minute, dtype=np.int64)  # (n,) minutes since local midnight
     return minute * n_buckets // 1440
 

@@ -72,7 +72,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from nqexp.calendar import ET, segment_ids
+from nqexp.calendar import et_index, segment_ids
 from nqexp.errors import DataError, SpecError
 from nqexp.model.volatility import MCGarch, deseasonalised_sq_returns, ewma, log_returns, vol_inputs_raw
 
@@ -569,9 +569,7 @@ def target_scale(arrays, idx, scalers: Scalers) -> np.ndarray:
 
 def temporal_features(ts: np.ndarray) -> np.ndarray:
     """(N,) naive-UTC datetime64 -> (N, 4) float32 [minute_of_day, day_of_week (Mon=0), day_of_month, day_of_year] in ET."""
-    import pandas as pd
-
-    et = pd.DatetimeIndex(np.asarray(ts).astype("datetime64[us]")).tz_localize("UTC").tz_convert(ET)
+    et = et_index(np.asarray(ts).astype("datetime64[us]"))
     out = np.empty((et.shape[0], 4), dtype=np.float32)
     out[:, 0] = et.hour * 60 + et.minute
     out[:, 1] = et.day_of_week
