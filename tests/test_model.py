@@ -507,3 +507,5 @@ def test_saved_configs_without_newer_fields_rebuild_the_model_that_was_saved():
 def test_a_reach_shorter_than_every_horizon_is_refused():
     with pytest.raises(SpecError, match="recent_max_horizon .2. is shorter than every horizon"):
         ModelConfig(horizons=(3, 6), recent_bars=12, recent_max_horizon=2)
+    with pytest.raises(SpecError, match=r"recent_max_horizon \(-1\) must be >= 0"):
+        ModelConfig(recent_max_horizon=-1)

@@ -102,6 +102,10 @@ def test_time_of_day_buckets_restore_the_coverage_of_each_part_of_the_day():
         bucketed.apply(q2, scale2)
     old = {**pooled.to_state(), "offset": pooled.offset[0].tolist()}
     assert np.array_equal(Recalibration.from_state(old).apply(q2, scale2), flat)
+    # A damaged state (too many buckets, an offset of the wrong rank) is refused, not applied.
+    for offset in (np.zeros((25, 2, 7)).tolist(), np.zeros((1, 1, 2, 7)).tolist()):
+        with pytest.raises(DataError, match="not one nqexp wrote"):
+            Recalibration.from_state({**bucketed.to_state(), "offset": offset})
 
 
 def test_tod_buckets_follow_the_new_york_clock_across_daylight_saving():
@@ -117,4 +121,6 @@ def test_buckets_without_conformal_offsets_are_a_spec_error():
 
     with pytest.raises(SpecError, match="set eval.recalibrate: conformal"):
         EvalConfig(recalibrate_tod_buckets=4)
+    with pytest.raises(SpecError, match=r"recalibrate_tod_buckets \(25\) must be in 1..24"):
+        EvalConfig(recalibrate="conformal", recalibrate_tod_buckets=25)
     assert EvalConfig(recalibrate="conformal", recalibrate_tod_buckets=4).recalibrate_tod_buckets == 4
